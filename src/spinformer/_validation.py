@@ -1,0 +1,90 @@
+"""Boundary checks shared by every public entry point.
+
+Each check raises ``ValueError`` naming the argument and what was expected, before any work is
+done (STYLE §7). Internals trust their inputs; only public functions call these.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "as_tensor",
+    "check_beta",
+    "check_finite",
+    "check_positive_int",
+    "check_square",
+    "check_symmetric",
+    "check_zero_diagonal",
+]
+
+
+def as_tensor(
+    value: Tensor | float | int | list | tuple,
+    name: str,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Convert ``value`` to a floating tensor (keeping a floating tensor's dtype unless given)."""
+    if isinstance(value, Tensor):
+        tensor = value
+        if not tensor.is_floating_point():
+            tensor = tensor.to(dtype or torch.get_default_dtype())
+        elif dtype is not None:
+            tensor = tensor.to(dtype)
+        return tensor.to(device) if device is not None else tensor
+    try:
+        return torch.as_tensor(value, dtype=dtype or torch.float64, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be a number or an array of numbers, got {value!r}") from err
+
+
+def check_finite(tensor: Tensor, name: str) -> None:
+    """Raise if ``tensor`` holds NaN or infinite entries."""
+    if not bool(torch.isfinite(tensor).all()):
+        bad = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+        raise ValueError(f"{name} must be finite, got {bad} entries")
+
+
+def check_beta(beta: Tensor, name: str = "beta") -> None:
+    """Raise unless every inverse temperature is finite and strictly positive."""
+    check_finite(beta, name)
+    if not bool((beta > 0).all()):
+        worst = float(beta.min())
+        raise ValueError(f"{name} must be positive, got {worst!r}")
+
+
+def check_square(matrix: Tensor, name: str) -> int:
+    """Raise unless ``matrix`` has shape (..., N, N); return N."""
+    if matrix.ndim < 2 or matrix.shape[-1] != matrix.shape[-2]:
+        raise ValueError(f"{name} must have shape (..., N, N), got {tuple(matrix.shape)}")
+    return matrix.shape[-1]
+
+
+def check_symmetric(matrix: Tensor, name: str, rtol: float = 1e-6, atol: float = 1e-10) -> None:
+    """Raise unless ``matrix`` equals its transpose in the last two dimensions."""
+    diff = (matrix - matrix.transpose(-1, -2)).abs().amax() if matrix.numel() else 0.0
+    scale = matrix.abs().amax() if matrix.numel() else 0.0
+    if float(diff) > atol + rtol * float(scale):
+        raise ValueError(
+            f"{name} must be symmetric for an equilibrium model (max |J - J^T| = {float(diff):.3g});"
+            " use a dynamical (non-equilibrium) method for asymmetric couplings"
+        )
+
+
+def check_zero_diagonal(matrix: Tensor, name: str) -> None:
+    """Raise unless the diagonal of ``matrix`` vanishes (no self-coupling)."""
+    diag = matrix.diagonal(dim1=-2, dim2=-1)
+    if diag.numel() and float(diag.abs().amax()) != 0.0:
+        raise ValueError(
+            f"{name} must have a zero diagonal (no self-coupling), got max |J_ii| = "
+            f"{float(diag.abs().amax()):.3g}"
+        )
+
+
+def check_positive_int(value: int, name: str) -> int:
+    """Raise unless ``value`` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value

@@ -1,0 +1,12 @@
+"""The ``spinformer`` command line: thermodynamics tables, experiments, the HTML report.
+
+Sub-command groups live in their own modules and are mounted here.
+"""
+
+from __future__ import annotations
+
+from spinformer.cli import experiments as _experiments  # noqa: F401
+from spinformer.cli import thermo as _thermo  # noqa: F401  (registers commands)
+from spinformer.cli._app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,23 @@
+"""Experiments: the single source of every number and figure (CLI, report, docs).
+
+Importing this package registers every experiment module listed below.
+"""
+
+from spinformer.experiments import thermo as _thermo  # noqa: F401
+from spinformer.experiments._registry import (
+    Experiment,
+    ExperimentResult,
+    get_experiment,
+    list_experiments,
+    register_experiment,
+    run_experiment,
+)
+
+__all__ = [
+    "Experiment",
+    "ExperimentResult",
+    "get_experiment",
+    "list_experiments",
+    "register_experiment",
+    "run_experiment",
+]

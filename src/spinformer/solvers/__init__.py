@@ -1,0 +1,26 @@
+"""Fixed-point solvers with per-sample diagnostics and implicit differentiation.
+
+The only place in spinformer that iterates to a fixed point (DESIGN.md). See
+:func:`fixed_point`; solvers register by name (:func:`register_solver`).
+"""
+
+from spinformer.solvers import _methods as _methods
+from spinformer.solvers._core import (
+    FixedPointResult,
+    SolverOutput,
+    SolverWarning,
+    available_solvers,
+    fixed_point,
+    register_solver,
+    relative_residual,
+)
+
+__all__ = [
+    "FixedPointResult",
+    "SolverOutput",
+    "SolverWarning",
+    "available_solvers",
+    "fixed_point",
+    "register_solver",
+    "relative_residual",
+]

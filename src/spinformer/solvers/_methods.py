@@ -1,0 +1,119 @@
+r"""Picard (damped) iteration and Anderson acceleration on flattened (B, n) iterates.
+
+Both keep per-sample state: a sample whose residual is below ``tol`` keeps its solution and
+stops counting iterations while the others go on; the whole batch is checked for completion
+only every ``check_every`` iterations. Both are written without in-place updates of tensors
+that autograd needs, so ``implicit=False`` can differentiate through them.
+
+Anderson (type II, memory m; Walker & Ni 2011) extrapolates from the last m iterates:
+α = argmin ‖Σ_k α_k G_k‖ subject to Σ_k α_k = 1 with G_k = f(z_k) − z_k, solved as a small
+bordered linear system per sample (with Tikhonov regularisation λ), then
+z ← d Σ α_k f(z_k) + (1 − d) Σ α_k z_k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from spinformer.solvers._core import SolverOutput, register_solver, relative_residual
+
+__all__ = ["anderson", "picard"]
+
+
+def _finish(
+    g: Callable[[Tensor], Tensor], best: Tensor, tol: float, iterations: Tensor
+) -> SolverOutput:
+    residual = relative_residual(best, g(best))
+    return SolverOutput(best, residual <= tol, iterations, residual)
+
+
+@register_solver("picard")
+def picard(
+    g: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    *,
+    tol: float,
+    max_iter: int,
+    damping: float,
+    check_every: int,
+) -> SolverOutput:
+    """Damped fixed-point iteration z ← (1 − d) z + d g(z)."""
+    z = z0
+    done = torch.zeros(z0.shape[0], dtype=torch.bool, device=z0.device)
+    iterations = torch.zeros(z0.shape[0], dtype=torch.long, device=z0.device)
+    for k in range(max_iter):
+        fz = g(z)
+        done = done | (relative_residual(z, fz) <= tol)
+        iterations = iterations + (~done).long()
+        step = (1.0 - damping) * z + damping * fz if damping != 1.0 else fz
+        z = torch.where(done[:, None], z, step)
+        if (k + 1) % check_every == 0 and bool(done.all()):
+            break
+    return _finish(g, z, tol, iterations)
+
+
+@register_solver("anderson")
+def anderson(
+    g: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    *,
+    tol: float,
+    max_iter: int,
+    damping: float,
+    check_every: int,
+    memory: int = 5,
+    regularization: float = 1e-8,
+) -> SolverOutput:
+    """Anderson acceleration with ``memory`` past iterates (see the module docstring)."""
+    batch = z0.shape[0]
+    xs, fs = [z0], [g(z0)]
+    residual = relative_residual(xs[0], fs[0])
+    best, best_residual = xs[0], residual
+    done = residual <= tol
+    iterations = (~done).long()
+    xs.append(torch.where(done[:, None], xs[0], fs[0]))
+    fs.append(g(xs[-1]))
+    eye_cache: dict[int, Tensor] = {}
+    for k in range(1, max_iter):
+        residual = relative_residual(xs[-1], fs[-1])
+        improved = residual < best_residual
+        best = torch.where((improved & ~done)[:, None], xs[-1], best)
+        best_residual = torch.where(improved & ~done, residual, best_residual)
+        done = done | (best_residual <= tol)
+        if (k % check_every == 0 and bool(done.all())) or k == max_iter - 1:
+            break
+        iterations = iterations + (~done).long()
+        x_hist, f_hist = torch.stack(xs, 1), torch.stack(fs, 1)  # (B, m, n)
+        m = x_hist.shape[1]
+        gram_g = f_hist - x_hist
+        gram = gram_g @ gram_g.transpose(1, 2)
+        scale = gram.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True)[..., None] + 1e-30
+        if m not in eye_cache:
+            eye_cache[m] = torch.eye(m, dtype=z0.dtype, device=z0.device)
+        system = torch.zeros(batch, m + 1, m + 1, dtype=z0.dtype, device=z0.device)
+        system = system + torch.nn.functional.pad(
+            gram / scale + regularization * eye_cache[m], (1, 0, 1, 0)
+        )
+        border = torch.zeros(m + 1, m + 1, dtype=z0.dtype, device=z0.device)
+        border[0, 1:] = 1.0
+        border[1:, 0] = 1.0
+        system = system + border
+        rhs = torch.zeros(batch, m + 1, 1, dtype=z0.dtype, device=z0.device)
+        rhs[:, 0] = 1.0
+        alpha = torch.linalg.solve(system, rhs)[:, 1:, 0]  # (B, m)
+        mixed_f = (alpha[:, :, None] * f_hist).sum(1)
+        mixed_x = (alpha[:, :, None] * x_hist).sum(1)
+        new_x = damping * mixed_f + (1.0 - damping) * mixed_x if damping != 1.0 else mixed_f
+        new_x = torch.where(done[:, None], best, new_x)
+        xs.append(new_x)
+        fs.append(g(new_x))
+        if len(xs) > memory:
+            xs.pop(0)
+            fs.pop(0)
+    residual = relative_residual(xs[-1], fs[-1])
+    improved = (residual < best_residual) & ~done
+    best = torch.where(improved[:, None], xs[-1], best)
+    return _finish(g, best, tol, iterations)

@@ -6,6 +6,8 @@ with the method registered under a name (``available_methods()`` lists them).
 """
 
 from spinformer.physics import exact as _exact  # noqa: F401  (registers "exact")
+from spinformer.physics import meanfield as _meanfield  # noqa: F401  (registers "mean_field", "tap")
+from spinformer.physics import saddle as _saddle  # noqa: F401  (registers "saddle")
 from spinformer.physics.constructors import (
     chain,
     curie_weiss,

@@ -1,0 +1,208 @@
+r"""Dynamical (Plefka[t−1, t]) mean field for kinetic spin models with asymmetric couplings.
+
+Asymmetric couplings define no energy, so there is no equilibrium free energy; the system is
+defined by its parallel (Glauber) dynamics instead: given the spins s(t−1), each spin at time t
+is drawn from its single-site Boltzmann distribution in the field θ_i = h_i + Σ_j J_ij s_j(t−1).
+Its mean is ⟨m(θ_i)⟩ over the previous spins, m(·) the single-site response. Plefka's
+expansion around independent previous spins with means m(t−1) (Aguilera, Moosavi & Shimazaki,
+"A unifying framework for mean-field theories of asymmetric kinetic Ising systems", Nat. Commun.
+12, 1197, 2021, the [t−1, t] expansion) gives, with θ̄_i = h_i + Σ_j J_ij m_j(t−1) and
+K_i = Σ_j J_ij² C_j the covariance of the field fluctuation,
+
+.. math::
+
+    m_i(t) = m(\bar\theta_i) \;+\; \tfrac12 \sum_{ab} \partial_a\partial_b m(\bar\theta_i)\,(K_i)_{ab}
+    \;+\; O(J^3).
+
+Order 1 ("naive") keeps the first term; order 2 adds the Onsager-like correction. For Ising
+spins m = tanh(βθ) and the correction is −β² tanh(βθ̄)(1 − tanh²βθ̄) Σ_j J_ij²(1 − m_j²), which
+agrees to O(J²) with the dynamical TAP equations of Roudi & Hertz (2011).
+
+For vector spins the response is the large-D φ(θ) = g(|θ|) θ, g = β/(1 + u),
+u = √(1 + β²|θ|²/R²) (:func:`~spinformer.physics.meanfield.large_d_response`). Its previous-time
+covariance is the one consistent with φ, C = β⁻¹ ∂φ/∂θ, written in terms of m alone
+(s = |m|): tangential b = (R² − s²)/(2R²), radial − tangential = w s² with
+w = −(R² − s²)/(R²(R² + s²)). For a radial map the Hessian contraction is
+
+.. math::
+
+    \tfrac12\Big[\theta\big(g''\,\hat\theta^{\mathsf T} K\hat\theta
+      + \tfrac{g'}{r}(\operatorname{tr}K - \hat\theta^{\mathsf T} K\hat\theta)\big)
+      + 2\,\tfrac{g'}{r} K\theta\Big],\quad
+    \tfrac{g'}{r} = -\frac{\beta^3}{R^2 u(1+u)^2},\quad
+    g'' = \frac{\beta^3(2u^2 - 2u - 1)}{R^2u^3(1+u)^2},
+
+all O(N²D) without forming D×D matrices. Stationary states m* = step(m*) are solved by
+:mod:`spinformer.solvers` (differentiable through the implicit backward).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from spinformer._validation import as_tensor, check_beta, check_finite, check_positive_int
+from spinformer.solvers import FixedPointResult, fixed_point
+
+__all__ = [
+    "dynamical_mean_field",
+    "kinetic_ising_step",
+    "kinetic_vector_step",
+    "stationary_dynamical_mean_field",
+]
+
+Spin = Literal["ising", "vector"]
+
+
+def _check_order(order: int) -> None:
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 (naive) or 2 (Plefka second order), got {order!r}")
+
+
+def _check_inputs(m_prev: Tensor, couplings: Tensor, beta: Tensor | float) -> Tensor:
+    check_finite(m_prev, "magnetization")
+    check_finite(couplings, "couplings")
+    beta = as_tensor(beta, "beta", dtype=m_prev.dtype, device=m_prev.device)
+    check_beta(beta)
+    return beta
+
+
+def kinetic_ising_step(
+    m_prev: Tensor,
+    couplings: Tensor,
+    field: Tensor | float,
+    beta: Tensor | float,
+    order: int = 1,
+) -> Tensor:
+    """m(t) from m(t−1) (..., N) for a kinetic Ising model with couplings (..., N, N) (any J)."""
+    _check_order(order)
+    beta = _check_inputs(m_prev, couplings, beta)
+    return _ising_step(m_prev, couplings, field, beta[..., None] if beta.ndim else beta, order)
+
+
+def _ising_step(m_prev: Tensor, couplings: Tensor, field, beta, order: int) -> Tensor:
+    theta = field + torch.einsum("...ij,...j->...i", couplings, m_prev)
+    m = torch.tanh(beta * theta)
+    if order == 2:
+        spread = torch.einsum("...ij,...j->...i", couplings**2, 1.0 - m_prev**2)
+        m = m - beta**2 * m * (1.0 - m * m) * spread
+    return m
+
+
+def kinetic_vector_step(
+    m_prev: Tensor,
+    couplings: Tensor,
+    field: Tensor,
+    beta: Tensor | float,
+    radius: float,
+    order: int = 1,
+) -> Tensor:
+    """m(t) from m(t−1) (..., N, D) for kinetic vector spins with the large-D response.
+
+    ``couplings`` (..., N, N) may be asymmetric (e.g. softmax attention rows); ``beta``
+    broadcasts against the batch dims; |m(t−1)| must be < R.
+    """
+    _check_order(order)
+    beta = _check_inputs(m_prev, couplings, beta)
+    if not radius > 0:
+        raise ValueError(f"radius must be positive, got {radius!r}")
+    return vector_step(
+        m_prev, couplings, field, beta[..., None, None] if beta.ndim else beta, radius, order
+    )
+
+
+def vector_step(
+    m_prev: Tensor, couplings: Tensor, field: Tensor, beta, radius: float, order: int
+) -> Tensor:
+    """Unchecked :func:`kinetic_vector_step`; ``beta`` broadcastable against (..., N, D)."""
+    dim = m_prev.shape[-1]
+    r2 = radius**2
+    theta = field + couplings @ m_prev
+    norm2 = (theta * theta).sum(-1, keepdim=True)
+    u = torch.sqrt(1.0 + beta * beta * norm2 / r2)
+    m = beta * theta / (1.0 + u)
+    if order == 1:
+        return m
+    s2 = (m_prev * m_prev).sum(-1)  # (..., N)
+    tangential = (r2 - s2) / (2.0 * r2)
+    weight = -(r2 - s2) / (r2 * (r2 + s2))
+    squared = couplings**2
+    overlap = theta @ m_prev.transpose(-1, -2)  # θ_i · m_j
+    k_scalar = squared @ tangential[..., None]  # Σ_j J² b_j, (..., N, 1)
+    weighted = squared * weight[..., None, :]
+    k_theta = k_scalar * theta + (weighted * overlap) @ m_prev  # K θ
+    quad = k_scalar * norm2 + (weighted * overlap**2).sum(-1, keepdim=True)  # θᵀKθ
+    trace = squared @ (dim * tangential + weight * s2)[..., None]
+    b3 = beta**3 / r2
+    g1 = -b3 / (u * (1.0 + u) ** 2)  # g'/r
+    g2 = b3 * (2.0 * u * u - 2.0 * u - 1.0) / (u**3 * (1.0 + u) ** 2)  # g''
+    radial = quad / norm2.clamp_min(torch.finfo(theta.dtype).tiny)
+    correction = 0.5 * (theta * (g2 * radial + g1 * (trace - radial)) + 2.0 * g1 * k_theta)
+    return m + correction
+
+
+def _step_fn(spin: Spin, couplings: Tensor, field, beta: Tensor, radius: float | None, order: int):
+    if spin == "ising":
+        b = beta[..., None] if beta.ndim else beta
+        return lambda m: _ising_step(m, couplings, field, b, order)
+    if radius is None or not radius > 0:
+        raise ValueError(f"radius must be a positive number for vector spins, got {radius!r}")
+    b = beta[..., None, None] if beta.ndim else beta
+    return lambda m: vector_step(m, couplings, field, b, radius, order)
+
+
+def _check_spin(spin: str) -> None:
+    if spin not in ("ising", "vector"):
+        raise ValueError(f"spin must be 'ising' or 'vector', got {spin!r}")
+
+
+def dynamical_mean_field(
+    m0: Tensor,
+    couplings: Tensor,
+    field: Tensor | float,
+    beta: Tensor | float,
+    steps: int,
+    spin: Spin = "vector",
+    radius: float | None = None,
+    order: int = 1,
+) -> Tensor:
+    """Trajectory m(0..steps) of the dynamical mean field, shape (steps + 1, *m0.shape)."""
+    _check_spin(spin)
+    _check_order(order)
+    check_positive_int(steps, "steps")
+    beta = _check_inputs(m0, couplings, beta)
+    step = _step_fn(spin, couplings, field, beta, radius, order)
+    states = [m0]
+    for _ in range(steps):
+        states.append(step(states[-1]))
+    return torch.stack(states)
+
+
+def stationary_dynamical_mean_field(
+    couplings: Tensor,
+    field: Tensor,
+    beta: Tensor | float,
+    spin: Spin = "vector",
+    radius: float | None = None,
+    order: int = 1,
+    m0: Tensor | None = None,
+    batch_dims: int | None = None,
+    **solver_options,
+) -> FixedPointResult:
+    """Stationary state m* = step(m*) by :func:`spinformer.solvers.fixed_point` (implicit backward).
+
+    ``m0`` defaults to zero; ``batch_dims`` defaults to all leading dims before the site dims.
+    ``solver_options`` go to ``fixed_point`` (``method``, ``tol``, ``max_iter``, ``implicit``...).
+    """
+    _check_spin(spin)
+    _check_order(order)
+    check_finite(field, "field")
+    start = torch.zeros_like(field) if m0 is None else m0
+    beta = _check_inputs(start, couplings, beta)
+    step = _step_fn(spin, couplings, field, beta, radius, order)
+    site_dims = 1 if spin == "ising" else 2
+    if batch_dims is None:
+        batch_dims = start.ndim - site_dims
+    return fixed_point(step, start, batch_dims=batch_dims, **solver_options)

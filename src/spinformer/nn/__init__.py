@@ -1,0 +1,22 @@
+"""Trainable spin-model modules: attention and transformer blocks as vector-spin responses.
+
+Each module returns the ordinary output by default and, with ``return_state=True``, a
+:class:`BlockState` with magnetizations, couplings, fixed-point evidence and (where an
+equilibrium free energy exists) free energies.
+"""
+
+from spinformer.nn._spin import BlockState
+from spinformer.nn.blocks import AttentionBlock, SpinTransformerBlock, TransformerBlock
+from spinformer.nn.meanfield import FreeEnergyAttention, MeanFieldAttention
+from spinformer.nn.model import SpinTransformer, SpinTransformerConfig
+
+__all__ = [
+    "AttentionBlock",
+    "BlockState",
+    "FreeEnergyAttention",
+    "MeanFieldAttention",
+    "SpinTransformer",
+    "SpinTransformerBlock",
+    "SpinTransformerConfig",
+    "TransformerBlock",
+]

@@ -1,0 +1,129 @@
+r"""Shared pieces of the spin-model modules: input checks, masks, softmax couplings, state record.
+
+Couplings follow ``DESIGN.md``: per head, J_ij = softmax_j(β_att q_i·k_j) with
+q = x W_Qᵀ, k = x W_Kᵀ and β_att = 1/√d_head, so row i is the Boltzmann distribution of
+ensemble i. Masked entries (causal j > i, padded keys) are exactly zero; a row with no allowed
+key is an error rather than a NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from spinformer._validation import check_finite, check_positive_int
+
+__all__ = ["BlockState", "allowed_keys", "check_heads", "check_tokens", "softmax_couplings"]
+
+
+@dataclass(frozen=True)
+class BlockState:
+    """Physics of one module's forward pass (``return_state=True``).
+
+    Attributes:
+        magnetization: per-head magnetizations (B, H, N, d) (``None`` for the plain transformer).
+        couplings: per-head couplings J (B, H, N, N) as used by the spin system.
+        converged: per (batch, head) spin system, bool (B, H), or ``None`` for explicit steps.
+        iterations: iterations used per spin system (B, H), or the fixed number of steps.
+        residual: final relative fixed-point residual (B, H), or ``None``.
+        free_energy: F = −ln Z/β summed over heads (B,), where an equilibrium free energy exists.
+        beta: inverse temperature per head (H,).
+    """
+
+    magnetization: Tensor | None
+    couplings: Tensor | None
+    converged: Tensor | None = None
+    iterations: Tensor | None = None
+    residual: Tensor | None = None
+    free_energy: Tensor | None = None
+    beta: Tensor | None = None
+
+
+def check_heads(d_model: int, n_heads: int, min_head_dim: int = 1) -> int:
+    """Validate the width/heads split and return the head dimension."""
+    check_positive_int(d_model, "d_model")
+    check_positive_int(n_heads, "n_heads")
+    if d_model % n_heads:
+        raise ValueError(f"d_model must be divisible by n_heads, got {d_model} and {n_heads}")
+    head = d_model // n_heads
+    if head < min_head_dim:
+        raise ValueError(
+            f"head dimension d_model/n_heads must be > 2 for the radius convention R^2 = D/2 - 1, "
+            f"got {head}"
+        )
+    return head
+
+
+def check_tokens(x: Tensor, d_model: int, padding_mask: Tensor | None) -> None:
+    """Raise on wrong shapes, NaN/inf inputs or a malformed padding mask."""
+    if x.ndim != 3 or x.shape[-1] != d_model:
+        raise ValueError(f"x must have shape (B, N, {d_model}), got {tuple(x.shape)}")
+    check_finite(x, "x")
+    if padding_mask is not None and (
+        padding_mask.shape != x.shape[:2] or padding_mask.dtype != torch.bool
+    ):
+        raise ValueError(
+            f"padding_mask must be a bool tensor of shape {tuple(x.shape[:2])} "
+            f"(True = real token), got {padding_mask.dtype} {tuple(padding_mask.shape)}"
+        )
+
+
+def allowed_keys(
+    n: int, causal: bool, padding_mask: Tensor | None, device: torch.device
+) -> Tensor | None:
+    """Bool (B or 1, 1, N, N) of allowed (query, key) pairs, or ``None`` when all are allowed.
+
+    Raises if some query row would have no allowed key (an empty Boltzmann ensemble).
+    """
+    allowed = None
+    if causal:
+        allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
+    if padding_mask is not None:
+        keys = padding_mask[:, None, None, :]
+        allowed = keys if allowed is None else allowed & keys
+    if allowed is not None and not bool(allowed.any(-1).all()):
+        raise ValueError(
+            "the masks leave some query row with no key to attend to (e.g. a padded first token "
+            "under a causal mask); every row must keep at least one key"
+        )
+    return allowed
+
+
+def softmax_couplings(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
+    """J = softmax(q kᵀ/√d) over keys with masked entries exactly zero; q, k (B, H, N, d)."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def split_heads(x: Tensor, n_heads: int) -> Tensor:
+    """(B, N, H·d) -> (B, H, N, d)."""
+    b, n, _ = x.shape
+    return x.reshape(b, n, n_heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, H, N, d) -> (B, N, H·d)."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class PositiveBeta(nn.Module):
+    """Per-head inverse temperature β = exp(log β) > 0, optionally learnable."""
+
+    def __init__(self, beta: float, n_heads: int, learnable: bool) -> None:
+        super().__init__()
+        if not (isinstance(beta, int | float) and math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+        log_beta = torch.full((n_heads,), math.log(beta))
+        if learnable:
+            self.log_beta = nn.Parameter(log_beta)
+        else:
+            self.register_buffer("log_beta", log_beta)
+
+    def forward(self) -> Tensor:
+        return self.log_beta.exp()

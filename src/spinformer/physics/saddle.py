@@ -124,6 +124,7 @@ def solve_saddle(
     ``couplings``, ``field`` and ``beta`` must already be broadcast to a common batch shape.
     """
     check_positive_int(max_iter, "max_iter")
+    check_symmetric(couplings.detach(), "couplings")
     with torch.no_grad():
         couplings, field, beta = couplings.detach(), field.detach(), beta.detach()
         return fixed_point(

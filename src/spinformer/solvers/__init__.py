@@ -5,6 +5,7 @@ The only place in spinformer that iterates to a fixed point (DESIGN.md). See
 """
 
 from spinformer.solvers import _methods as _methods
+from spinformer.solvers import broyden as _broyden  # noqa: F401  (registers "broyden")
 from spinformer.solvers._core import (
     FixedPointResult,
     SolverOutput,

@@ -33,27 +33,35 @@ __all__ = ["stationary_log_partition"]
 Potential = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
+def _hessian(potential: Potential, z_star: Tensor, field: Tensor, beta: Tensor, couplings: Tensor):
+    """Detached per-sample Hessian (*batch, n, n): one reverse pass per component of z."""
+    batch = beta.shape
+    with torch.enable_grad():
+        z = z_star.detach().requires_grad_(True)
+        phi = potential(z, field.detach(), beta.detach(), couplings.detach())
+        (grad,) = torch.autograd.grad(phi.sum(), z, create_graph=True)
+        flat = grad.reshape(*batch, -1)
+        rows = [
+            torch.autograd.grad(flat[..., k].sum(), z, retain_graph=True)[0].reshape(*batch, -1)
+            for k in range(flat.shape[-1])
+        ]
+    return torch.stack(rows, dim=-2)
+
+
 def stationary_log_partition(
     potential: Potential, z_star: Tensor, field: Tensor, beta: Tensor, couplings: Tensor
 ) -> Tensor:
     """Φ(z₁(h, β); h, β) with z₁ one Newton step from the stationary point ``z_star``.
 
-    ``potential(z, field, beta, couplings)`` returns Φ with shape ``beta.shape`` and must also
-    work on a single unbatched sample (it is vmapped for the Hessian). ``z_star``, ``field`` and
-    ``couplings`` carry the full batch shape ``beta.shape`` in front. The Hessian is evaluated
-    detached (forward-over-reverse, vmapped over the batch): at z* the gradient vanishes, so the
-    Hessian's own derivatives never reach the first or second derivatives of ln Z.
+    ``potential(z, field, beta, couplings)`` returns Φ with shape ``beta.shape``; ``z_star``,
+    ``field`` and ``couplings`` carry the full batch shape ``beta.shape`` in front. The Hessian
+    is evaluated detached (batch entries are independent, so the Hessian of the summed Φ is
+    block-diagonal and one pass per component fills every block): at z* the gradient vanishes,
+    so the Hessian's own derivatives never reach the first or second derivatives of ln Z.
     """
     batch = beta.shape
-    nb = len(batch)
-
-    def flat(x: Tensor) -> Tensor:
-        return x.detach().reshape(-1, *x.shape[nb:])
-
-    hess_fn = torch.func.vmap(torch.func.hessian(potential, argnums=0))
-    hessian = hess_fn(flat(z_star), flat(field), flat(beta), flat(couplings))
-    n = z_star[(0,) * nb].numel()
-    hessian = hessian.reshape(*batch, n, n)
+    hessian = _hessian(potential, z_star, field, beta, couplings)
+    n = hessian.shape[-1]
     with torch.enable_grad():
         z = z_star.detach().requires_grad_(True)
         phi = potential(z, field, beta, couplings)

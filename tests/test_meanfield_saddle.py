@@ -1,0 +1,106 @@
+"""Steepest-descent free energy of spherical spins: autodiff vs closed forms, 1/D accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from spinformer.physics import VectorSpinModel, sherrington_kirkpatrick, thermodynamics
+from spinformer.physics.meanfield import transformer_radius
+from spinformer.physics.saddle import (
+    saddle_gradient_hessian,
+    saddle_magnetization,
+    saddle_potential,
+    solve_saddle,
+)
+
+F64 = torch.float64
+
+
+def _instance(n=6, dim=8, scale=0.5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    couplings = scale * sherrington_kirkpatrick(n, generator=g).couplings
+    field = 0.7 * torch.randn(n, dim, generator=g, dtype=F64)
+    return couplings, field
+
+
+def test_autodiff_magnetization_equals_closed_form_and_constraint_holds():
+    couplings, field = _instance()
+    radius = transformer_radius(8)
+    r = thermodynamics(VectorSpinModel(couplings, field, 1.3, radius=radius), method="saddle")
+    assert bool(r.converged)
+    t = r.extras["multipliers"]
+    beta = torch.tensor(1.3, dtype=F64)
+    closed = saddle_magnetization(couplings, field, beta, radius, t)
+    torch.testing.assert_close(r.magnetization, closed, rtol=1e-12, atol=1e-12)
+    # R² = D (V⁻¹)_ii + |m_i|²: each spin on its sphere on average
+    precision = torch.diag(2 * t) - 1.3 * couplings
+    green = torch.linalg.inv(precision)
+    torch.testing.assert_close(
+        8 * green.diagonal() + (closed**2).sum(-1), torch.full((6,), radius**2, dtype=F64)
+    )
+
+
+def test_closed_form_gradient_and_hessian_match_autograd():
+    couplings, field = _instance(5, 4, seed=2)
+    beta = torch.tensor(0.9, dtype=F64)
+    t = torch.full((5,), 2.0, dtype=F64, requires_grad=True)
+    grad, hess, _ = saddle_gradient_hessian(t.detach(), couplings, field, beta, 1.2)
+    auto = torch.autograd.functional.hessian(
+        lambda tt: saddle_potential(tt, couplings, field, beta, 1.2), t.detach()
+    )
+    (auto_grad,) = torch.autograd.grad(saddle_potential(t, couplings, field, beta, 1.2), t)
+    torch.testing.assert_close(grad, auto_grad)
+    torch.testing.assert_close(hess, auto)
+
+
+def test_susceptibility_matches_finite_differences():
+    couplings, field = _instance(4, 4, seed=3)
+    model = VectorSpinModel(couplings, field, 1.1, radius=1.0)
+    r = thermodynamics(model, method="saddle")
+    eps = 1e-6
+    shifted = field.clone()
+    shifted[2, 1] += eps
+    r2 = thermodynamics(
+        VectorSpinModel(couplings, shifted, 1.1), method="saddle", susceptibility=False
+    )
+    fd = (r2.magnetization - r.magnetization) / eps
+    torch.testing.assert_close(r.susceptibility[:, :, 2, 1], fd, rtol=1e-4, atol=1e-6)
+
+
+def test_free_spins_closed_form_and_one_over_d_accuracy():
+    """J = 0: m = (2R²/D)βh/(1 + √(1 + 4R²β²|h|²/D²)); its error vs Bessel falls like 1/D."""
+    g = torch.Generator().manual_seed(4)
+    dims, errors = [8, 16, 32, 64], []
+    for dim in dims:
+        radius = transformer_radius(dim)
+        field = torch.randn(5, dim, generator=g, dtype=F64)
+        field = (
+            field
+            / field.norm(dim=-1, keepdim=True)
+            * radius
+            * torch.linspace(0.2, 3, 5, dtype=F64)[:, None]
+        )
+        model = VectorSpinModel(torch.zeros(5, 5, dtype=F64), field, 1.0, radius=radius)
+        saddle = thermodynamics(model, method="saddle", susceptibility=False)
+        norm2 = (field**2).sum(-1, keepdim=True)
+        closed = (
+            (2 * radius**2 / dim) * field / (1 + torch.sqrt(1 + 4 * radius**2 * norm2 / dim**2))
+        )
+        torch.testing.assert_close(saddle.magnetization, closed, rtol=1e-10, atol=1e-12)
+        exact = thermodynamics(model, susceptibility=False)
+        errors.append(
+            float(((saddle.magnetization - exact.magnetization).norm(dim=-1) / radius).max())
+        )
+    slope = float(np.polyfit(np.log(dims), np.log(errors), 1)[0])
+    assert -1.2 < slope < -0.8, (slope, errors)
+
+
+def test_saddle_rejects_asymmetric_couplings():
+    couplings = torch.tensor([[0.0, 1.0], [0.5, 0.0]], dtype=F64)
+    with pytest.raises(ValueError, match="symmetric"):
+        solve_saddle(couplings, torch.ones(2, 3, dtype=F64), torch.tensor(1.0, dtype=F64), 1.0)
+    assert math.isfinite(transformer_radius(3))

@@ -208,7 +208,7 @@ class FreeEnergyAttention(nn.Module):
         beta: float = 1.0,
         learn_beta: bool = False,
         causal: bool = False,
-        tol: float = 1e-8,
+        tol: float = 1e-6,
         max_iter: int = 50,
     ) -> None:
         super().__init__()

@@ -203,3 +203,18 @@ def test_bad_input_named_errors():
         SpinTransformerConfig(vocab_size=5, max_len=4, head="classify")
     with pytest.raises(ValueError, match="tokens"):
         SpinTransformer(SpinTransformerConfig(vocab_size=5, max_len=4))(torch.tensor([[7]]))
+
+
+def test_spin_transformer_gradcheck_through_embeddings():
+    torch.manual_seed(8)
+    config = SpinTransformerConfig(
+        vocab_size=5, max_len=4, d_model=12, n_heads=2, n_layers=1, tol=1e-12, max_iter=300
+    )
+    model = SpinTransformer(config).double()
+    tokens = torch.tensor([[0, 3, 1]])
+    weight = model.embed.weight.detach().clone().requires_grad_(True)
+
+    def logits(w):
+        return torch.func.functional_call(model, {"embed.weight": w}, (tokens,))
+
+    assert torch.autograd.gradcheck(logits, (weight,), atol=1e-5, rtol=1e-4, fast_mode=True)

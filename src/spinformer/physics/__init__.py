@@ -15,13 +15,33 @@ from spinformer.physics.constructors import (
     sherrington_kirkpatrick,
     square_lattice,
 )
+from spinformer.physics.dynamical import (
+    dynamical_mean_field,
+    kinetic_ising_step,
+    kinetic_vector_step,
+    stationary_dynamical_mean_field,
+)
 from spinformer.physics.exact import (
     MAX_ENUMERATION_SPINS,
     all_states,
     enumeration_log_partition,
     transfer_matrix_log_partition,
 )
+from spinformer.physics.meanfield import (
+    bessel_response,
+    ising_response,
+    large_d_response,
+    mean_field_thermodynamics,
+    transformer_radius,
+    vector_covariance,
+)
 from spinformer.physics.models import IsingModel, SquareLattice, VectorSpinModel
+from spinformer.physics.saddle import (
+    saddle_log_partition,
+    saddle_magnetization,
+    saddle_thermodynamics,
+    solve_saddle,
+)
 from spinformer.physics.special import bessel_ratio, log_bessel_iv, log_bessel_iv_normalized
 from spinformer.physics.thermo import (
     Thermodynamics,
@@ -42,16 +62,30 @@ __all__ = [
     "all_states",
     "available_methods",
     "bessel_ratio",
+    "bessel_response",
     "chain",
     "curie_weiss",
+    "dynamical_mean_field",
     "enumeration_log_partition",
     "hopfield_couplings",
+    "ising_response",
+    "kinetic_ising_step",
+    "kinetic_vector_step",
+    "large_d_response",
     "log_bessel_iv",
     "log_bessel_iv_normalized",
+    "mean_field_thermodynamics",
     "register_method",
+    "saddle_log_partition",
+    "saddle_magnetization",
+    "saddle_thermodynamics",
     "sherrington_kirkpatrick",
+    "solve_saddle",
     "square_lattice",
+    "stationary_dynamical_mean_field",
     "thermodynamics",
     "thermodynamics_from_log_partition",
     "transfer_matrix_log_partition",
+    "transformer_radius",
+    "vector_covariance",
 ]

@@ -17,10 +17,12 @@ its minimum. The stationarity condition R² = D (V⁻¹)_ii + |m_i|² says that 
 sphere on average: thermal spread plus mean, with m = βV⁻¹h (the envelope theorem; here
 m = β⁻¹ ∂ln Z/∂h is computed by autodiff and checked against this closed form).
 
-Solver. The map t ↦ t − Δ/(1 + λ) with Newton step Δ = H⁻¹∇Φ and decrement λ = √(∇Φᵀ Δ) is
-iterated to its fixed point by :mod:`spinformer.solvers` ("picard": mixing could leave the
-domain). The step stays in the Dikin ellipsoid of the barrier −(D/2) ln det V, so V stays
-positive definite. Gradient and Hessian are closed forms, with G = V⁻¹ and m = βGh:
+Solver. The map t ↦ t − Δ/(1 + λ) with Newton step Δ = H⁻¹∇Φ and decrement
+λ = √(∇Φᵀ Δ / (D/2)) (Φ is D/2 times a self-concordant barrier plus convex terms; the full
+step t − Δ once λ < 1/4, where Newton converges quadratically) is iterated to its
+fixed point by :mod:`spinformer.solvers` ("picard": mixing could leave the domain). Every step
+has norm < 1 in the metric of the barrier −ln det V, so it stays in its Dikin ellipsoid and V
+stays positive definite. Gradient and Hessian are closed forms, with G = V⁻¹ and m = βGh:
 
 .. math::
 
@@ -80,8 +82,8 @@ def saddle_gradient_hessian(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(∇Φ, ∇²Φ, m) in closed form at the multipliers t (see the module docstring)."""
     dim = field.shape[-1]
-    green = torch.linalg.inv(_precision(couplings, multipliers, beta))
-    green = 0.5 * (green + green.transpose(-1, -2))
+    chol, _ = torch.linalg.cholesky_ex(_precision(couplings, multipliers, beta))
+    green = torch.cholesky_inverse(chol)
     mag = beta[..., None, None] * green @ field
     grad = radius**2 - dim * green.diagonal(dim1=-2, dim2=-1) - (mag * mag).sum(-1)
     hess = 2.0 * dim * green**2 + 4.0 * green * (mag @ mag.transpose(-1, -2))
@@ -89,7 +91,8 @@ def saddle_gradient_hessian(
 
 
 def _initial_multipliers(couplings: Tensor, field: Tensor, beta: Tensor, radius: float) -> Tensor:
-    """Free-spin saddle plus a Gershgorin margin, so that V = 2 diag(t) − βJ is positive definite."""
+    """Free-spin saddle, raised where needed so that V = 2 diag(t) − βJ is strictly diagonally
+    dominant (hence positive definite, Gershgorin)."""
     dim = field.shape[-1]
     b = beta[..., None]
     free = (
@@ -97,15 +100,20 @@ def _initial_multipliers(couplings: Tensor, field: Tensor, beta: Tensor, radius:
         / (4.0 * radius**2)
         * (1.0 + torch.sqrt(1.0 + 4.0 * radius**2 * b**2 * (field * field).sum(-1) / dim**2))
     )
-    return free + 0.5 * b * couplings.abs().sum(-1)
+    return torch.maximum(free, 0.505 * b * couplings.abs().sum(-1))
 
 
 def _damped_newton(couplings: Tensor, field: Tensor, beta: Tensor, radius: float):
+    dim = field.shape[-1]
+
     def step(multipliers: Tensor) -> Tensor:
         grad, hess, _ = saddle_gradient_hessian(multipliers, couplings, field, beta, radius)
         delta = torch.linalg.solve(hess, grad[..., None])[..., 0]
-        decrement = torch.sqrt((grad * delta).sum(-1, keepdim=True).clamp_min(0.0))
-        return multipliers - delta / (1.0 + decrement)
+        # Φ = (D/2)·(self-concordant barrier) + convex terms: the decrement in the barrier's own
+        # scale is λ/√(D/2); damped far away, pure Newton once it is < 1/4.
+        decrement = torch.sqrt((grad * delta).sum(-1, keepdim=True).clamp_min(0.0) / (dim / 2.0))
+        scale = torch.where(decrement > 0.25, 1.0 / (1.0 + decrement), torch.ones_like(decrement))
+        return multipliers - scale * delta
 
     return step
 

@@ -68,49 +68,76 @@ def _saved_bytes(fn) -> int:
     return sum(seen.values())
 
 
-def measure(name: str, args: argparse.Namespace) -> dict:
+def _build(name: str, args: argparse.Namespace):
     torch.manual_seed(0)
-    device, dtype = args.device, getattr(torch, args.dtype)
-    module = MODULES[name](args.width, args.heads).to(device=device, dtype=dtype)
-    x = torch.randn(args.batch, args.seq, args.width, device=device, dtype=dtype)
+    module = MODULES[name](args.width, args.heads).to(device=args.device, dtype=module_dtype(args))
+    x = torch.randn(args.batch, args.seq, args.width, device=args.device, dtype=module_dtype(args))
+    return module, x
 
-    def step():
-        out, state = module(x, return_state=True)
-        out.square().mean().backward()
-        return state
 
-    warnings.simplefilter("ignore", SolverWarning)
-    step()  # warm-up
-    step()
+def module_dtype(args: argparse.Namespace) -> torch.dtype:
+    return getattr(torch, args.dtype)
+
+
+def _step(module, x):
+    out, state = module(x, return_state=True)
+    out.square().mean().backward()
     module.zero_grad(set_to_none=True)
-    if device.startswith("cuda"):
+    return state
+
+
+def measure_memory(name: str, args: argparse.Namespace) -> dict:
+    """Peak memory of the first forward+backward (fresh process on CPU) and saved bytes."""
+    warnings.simplefilter("ignore", SolverWarning)
+    module, x = _build(name, args)
+    _step(module, x[:1, :8].contiguous())  # one-time library initialisation at a tiny size
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    state = step()
-    _sync(device)
-    if device.startswith("cuda"):
+    state = _step(module, x)
+    _sync(args.device)
+    if args.device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) * 1024
-    times = []
-    for _ in range(args.repeats):
-        module.zero_grad(set_to_none=True)
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    saved = _saved_bytes(lambda: module(x))
     iterations = getattr(state, "iterations", None)
     converged = getattr(state, "converged", None)
     return {
         "module": name,
-        "time_s": statistics.median(times),
         "peak_mib": peak / 2**20,
-        "saved_mib": saved / 2**20,
+        "saved_mib": _saved_bytes(lambda: module(x)) / 2**20,
         "iterations": float(iterations.float().mean()) if iterations is not None else None,
         "converged": float(converged.float().mean()) if converged is not None else None,
+    }
+
+
+def measure_times(names: list[str], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Round-robin timing: every round times each module once, so load changes hit all alike.
+
+    Returns the median time per module and the median over rounds of the per-round ratio to
+    the first module (the reference).
+    """
+    warnings.simplefilter("ignore", SolverWarning)
+    built = {name: _build(name, args) for name in names}
+    for module, x in built.values():
+        _step(module, x)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name, (module, x) in built.items():
+            _sync(args.device)
+            start = time.perf_counter()
+            _step(module, x)
+            _sync(args.device)
+            times[name].append(time.perf_counter() - start)
+    reference = times[names[0]]
+    return {
+        name: {
+            "time_s": statistics.median(t),
+            "time_ratio": statistics.median(a / b for a, b in zip(t, reference, strict=True)),
+        }
+        for name, t in times.items()
     }
 
 
@@ -164,16 +191,15 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], help="module names to leave out")
     args = parser.parse_args()
     if args.only:
-        print(json.dumps(measure(args.only, args)))
+        print(json.dumps(measure_memory(args.only, args)))
         return
     print(
         f"# blocks: B={args.batch} N={args.seq} D={args.width} H={args.heads} "
-        f"{args.device} {args.dtype}, median of {args.repeats}"
+        f"{args.device} {args.dtype}; time = median of {args.repeats} round-robin rounds"
     )
+    names = [name for name in MODULES if name not in args.skip]
     rows = []
-    for name in MODULES:
-        if name in args.skip:
-            continue
+    for name in names:
         if args.device == "cpu":  # a fresh process per module so that peak RSS is its own
             child = subprocess.run(
                 [sys.executable, __file__, *sys.argv[1:], "--only", name],
@@ -183,10 +209,10 @@ def main() -> None:
             )
             rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
         else:
-            rows.append(measure(name, args))
-    reference = rows[0]["time_s"]
-    for r in rows:
-        r["time_ratio"] = r["time_s"] / reference
+            rows.append(measure_memory(name, args))
+    timing = measure_times(names, args)
+    for row in rows:
+        row.update(timing[row["module"]])
     _print_table(rows)
     print("\n# implicit vs unrolled backward: memory vs forward iterations K")
     _print_table(iterations_memory(args))

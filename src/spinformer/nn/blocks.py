@@ -159,8 +159,8 @@ class SpinTransformerBlock(nn.Module):
 class TransformerBlock(nn.Module):
     """Standard pre-norm block: x + MHA(LN x), then + MLP(LN x) (the reference).
 
-    Same constructor keywords and forward interface as :class:`SpinTransformerBlock`; the state
-    holds the attention matrices as ``couplings`` and no magnetization.
+    Same forward interface as :class:`SpinTransformerBlock` (``x, padding_mask, return_state``);
+    the state holds the attention matrices as ``couplings`` and no magnetization.
     """
 
     def __init__(self, d_model: int, n_heads: int, causal: bool = False, ffn_mult: int = 4) -> None:

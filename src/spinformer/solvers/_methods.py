@@ -103,7 +103,12 @@ def anderson(
         system = system + border
         rhs = torch.zeros(batch, m + 1, 1, dtype=z0.dtype, device=z0.device)
         rhs[:, 0] = 1.0
-        alpha = torch.linalg.solve(system, rhs)[:, 1:, 0]  # (B, m)
+        alpha = torch.linalg.solve_ex(system, rhs)[0][:, 1:, 0]  # (B, m)
+        # a sample whose residuals vanished exactly (e.g. float32 at its fixed point) gives a
+        # singular system: fall back to the plain step from the last iterate
+        last = torch.zeros_like(alpha)
+        last[:, -1] = 1.0
+        alpha = torch.where(torch.isfinite(alpha).all(-1, keepdim=True), alpha, last)
         mixed_f = (alpha[:, :, None] * f_hist).sum(1)
         mixed_x = (alpha[:, :, None] * x_hist).sum(1)
         new_x = damping * mixed_f + (1.0 - damping) * mixed_x if damping != 1.0 else mixed_f

@@ -240,7 +240,9 @@ def _attach_adjoint(
     """Replace the gradient arriving at ``output`` = f(z*) by the adjoint fixed point y = g + Jᵀy."""
     shape = z_star.shape
 
-    def hook(grad: Tensor) -> Tensor:
+    def hook(grad: Tensor | None) -> Tensor | None:
+        if grad is None:  # an undefined gradient stays undefined
+            return None
         with torch.enable_grad():
             z_leaf = z_star.detach().requires_grad_(True)
             f_leaf = f(z_leaf)

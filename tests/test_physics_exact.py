@@ -119,22 +119,24 @@ def test_autodiff_of_enumerated_log_partition_equals_expectations(generator):
     field = model0.field.clone().requires_grad_(True)
     beta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
     model = IsingModel(model0.couplings, field, beta)
-    log_z = enumeration_log_partition(model, chunk_size=37)
+    log_z = enumeration_log_partition(model, chunk_size=37)  # one inner block of 2^8 per chunk
     grad_h, grad_beta = torch.autograd.grad(log_z, (field, beta))
     direct = thermodynamics(model0, route="enumerate", chunk_size=50)
     torch.testing.assert_close(grad_h / 0.7, direct.magnetization)  # m = -dF/dh
     torch.testing.assert_close(-grad_beta, direct.energy)  # U = -d lnZ / d beta
 
 
-def test_direct_expectations_by_brute_force(generator):
-    model = sherrington_kirkpatrick(6, beta=1.3, generator=generator, field=-0.1)
-    states = all_states(6)
-    energies = model.energy(states)
+@pytest.mark.parametrize("n", [6, 15])
+def test_direct_expectations_by_brute_force(n, generator):
+    field = -0.1 + 0.2 * torch.randn(n, generator=generator, dtype=torch.float64)
+    model = sherrington_kirkpatrick(n, beta=1.3, generator=generator, field=field)
+    states = all_states(n)
+    energies = model.energy(states)  # the model's own energy, state by state
     p = torch.softmax(-1.3 * energies, 0)
     mean_e = (p * energies).sum()
     m = p @ states
     cov = (states - m).T @ ((states - m) * p[:, None])
-    result = thermodynamics(model, chunk_size=5)  # many chunks: exercises the streaming merge
+    result = thermodynamics(model, chunk_size=5000)  # N = 15: 8 chunks, exercises the streaming merge
     torch.testing.assert_close(result.energy, mean_e)
     torch.testing.assert_close(result.heat_capacity, 1.3**2 * (p * (energies - mean_e) ** 2).sum())
     torch.testing.assert_close(result.magnetization, m)

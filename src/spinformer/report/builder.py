@@ -29,6 +29,7 @@ class ReportResult:
     failures: dict[str, str]
     seconds: dict[str, float]
 
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#1d232a;line-height:1.5}
 h1{font-size:1.8rem;margin-bottom:.2rem}h2{border-bottom:2px solid #dde3ea;padding-bottom:.2rem;margin-top:2.5rem}
@@ -64,20 +65,30 @@ def _table_html(rows: Sequence[dict[str, Any]]) -> str:
         return "<p class='sub'>(empty)</p>"
     columns = list(dict.fromkeys(k for row in rows for k in row))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_format(row.get(c, ''))}</td>" for c in columns) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_format(row.get(c, ''))}</td>" for c in columns) + "</tr>"
+        for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _experiment_html(experiment: Experiment, result: ExperimentResult | None, seconds: float, error: str | None) -> str:
+def _experiment_html(
+    experiment: Experiment, result: ExperimentResult | None, seconds: float, error: str | None
+) -> str:
     parts = [f"<h3 id='{experiment.name}'>{html.escape(experiment.title)}</h3>"]
-    parts.append(f"<p class='sub'><code>spinformer run {experiment.name}</code> · {seconds:.1f} s</p>")
+    parts.append(
+        f"<p class='sub'><code>spinformer run {experiment.name}</code> · {seconds:.1f} s</p>"
+    )
     parts.append(f"<p class='desc'>{html.escape(experiment.description)}</p>")
     if error is not None or result is None:
-        parts.append(f"<p class='err'>This experiment failed: {html.escape(error or 'no result')}</p>")
+        parts.append(
+            f"<p class='err'>This experiment failed: {html.escape(error or 'no result')}</p>"
+        )
         return "\n".join(parts)
     if result.metrics:
         chips = "".join(
-            f"<span class='metric'><b>{html.escape(k)}</b> = {_format(v)}</span>" for k, v in result.metrics.items()
+            f"<span class='metric'><b>{html.escape(k)}</b> = {_format(v)}</span>"
+            for k, v in result.metrics.items()
         )
         parts.append(f"<div class='metrics'>{chips}</div>")
     for note in result.notes:
@@ -85,11 +96,15 @@ def _experiment_html(experiment: Experiment, result: ExperimentResult | None, se
     for name, rows in result.tables.items():
         parts.append(f"<h4>{html.escape(name)}</h4>{_table_html(rows)}")
     for name, figure in result.figures.items():
-        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{_figure_png(figure)}'/></figure>")
+        parts.append(
+            f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{_figure_png(figure)}'/></figure>"
+        )
     return "\n".join(parts)
 
 
-def render_html(blocks: Sequence[tuple[Experiment, ExperimentResult | None, float, str | None]], version: str) -> str:
+def render_html(
+    blocks: Sequence[tuple[Experiment, ExperimentResult | None, float, str | None]], version: str
+) -> str:
     """The whole page for already-run experiments (``(experiment, result, seconds, error)``)."""
     sections: dict[str, list[str]] = {}
     for experiment, result, seconds, error in blocks:
@@ -98,7 +113,8 @@ def render_html(blocks: Sequence[tuple[Experiment, ExperimentResult | None, floa
         )
     nav = "".join(f"<a href='#s{i}'>{html.escape(title)}</a>" for i, title in enumerate(sections))
     body = "".join(
-        f"<h2 id='s{i}'>{html.escape(title)}</h2>" + "\n".join(items) for i, (title, items) in enumerate(sections.items())
+        f"<h2 id='s{i}'>{html.escape(title)}</h2>" + "\n".join(items)
+        for i, (title, items) in enumerate(sections.items())
     )
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (
@@ -135,7 +151,9 @@ def build_report(
         known = {e.name for e in experiments} | {e.section for e in experiments}
         unknown = wanted - known
         if unknown:
-            raise ValueError(f"only must name report experiments or sections, unknown: {sorted(unknown)}")
+            raise ValueError(
+                f"only must name report experiments or sections, unknown: {sorted(unknown)}"
+            )
         experiments = [e for e in experiments if e.name in wanted or e.section in wanted]
     blocks = []
     metrics: dict[str, Any] = {}
@@ -158,7 +176,9 @@ def build_report(
     staging.chmod(0o755)
     try:
         (staging / "index.html").write_text(page, encoding="utf-8")
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+        (staging / "metrics.json").write_text(
+            json.dumps(metrics, indent=2, default=str), encoding="utf-8"
+        )
         if out.exists():
             old = out.with_name(f".{out.name}-old-{os.getpid()}")
             out.rename(old)

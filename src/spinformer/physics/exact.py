@@ -139,12 +139,7 @@ def _enumerate(
         from rich.progress import track
 
         n_outer = model.num_spins - min(model.num_spins, _INNER_SPINS)
-        per_chunk = max(
-            1,
-            chunk_size
-            // (2 ** min(model.num_spins, _INNER_SPINS) * max(1, model.batch_shape.numel())),
-        )
-        total = -(-(2**n_outer) // per_chunk)
+        total = -(-(2**n_outer) // _outer_per_chunk(model, chunk_size))
         chunks = track(chunks, total=total, description=f"enumerating 2^{model.num_spins} states")
     for outer, inner, energies in chunks:
         log_w = -beta[..., None, None] * energies

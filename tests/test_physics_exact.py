@@ -136,7 +136,8 @@ def test_direct_expectations_by_brute_force(n, generator):
     mean_e = (p * energies).sum()
     m = p @ states
     cov = (states - m).T @ ((states - m) * p[:, None])
-    result = thermodynamics(model, chunk_size=5000)  # N = 15: 8 chunks, exercises the streaming merge
+    # N = 15 in chunks of 2^12 states: 8 chunks exercise the streaming merge
+    result = thermodynamics(model, chunk_size=5000)
     torch.testing.assert_close(result.energy, mean_e)
     torch.testing.assert_close(result.heat_capacity, 1.3**2 * (p * (energies - mean_e) ** 2).sum())
     torch.testing.assert_close(result.magnetization, m)

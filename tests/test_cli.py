@@ -95,3 +95,29 @@ def test_report_rejects_unknown_sections(tmp_path):
     result = runner.invoke(app, ["report", "--out", str(tmp_path / "r"), "--only", "nope"])
     assert result.exit_code == 2 and "unknown" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_run_with_toml_preset(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text("sizes = [3, 4]\nnum_betas = 5\n")
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "ising_lattice_sweep",
+            "--config",
+            str(preset),
+            "--set",
+            "beta_max=0.5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert payload["config"] == {"sizes": [3, 4], "beta_min": 0.05, "beta_max": 0.5, "num_betas": 5}
+    assert (tmp_path / "o" / "thermodynamics_vs_beta.png").stat().st_size > 1000
+    missing = runner.invoke(
+        app, ["run", "ising_lattice_sweep", "--config", str(tmp_path / "none.toml")]
+    )
+    assert missing.exit_code == 2 and "--config must be an existing TOML file" in missing.output

@@ -12,6 +12,7 @@ from spinformer.attention.couplings import Couplings, couplings
 from spinformer.attention.ensemble import (
     AttentionEnsemble,
     EnsembleThermodynamics,
+    boltzmann_attention,
     boltzmann_rows,
     causal_mask,
     ensemble,
@@ -40,6 +41,7 @@ __all__ = [
     "FixedPoints",
     "PhaseDiagram",
     "SelfConsistentResult",
+    "boltzmann_attention",
     "boltzmann_rows",
     "causal_mask",
     "couplings",

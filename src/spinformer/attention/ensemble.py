@@ -47,6 +47,7 @@ from spinformer._validation import as_tensor, check_beta, check_finite
 __all__ = [
     "AttentionEnsemble",
     "EnsembleThermodynamics",
+    "boltzmann_attention",
     "boltzmann_rows",
     "causal_mask",
     "ensemble",
@@ -110,6 +111,49 @@ def boltzmann_rows(
         beta=beta_b,
     )
     return weights, thermo
+
+
+def boltzmann_attention(
+    logits: Tensor, bias: Tensor | None, beta: Tensor, values: Tensor
+) -> tuple[Tensor, EnsembleThermodynamics]:
+    """Magnetizations Σ_j α_ij v_j and thermodynamics, with two score-sized buffers and no graph.
+
+    Same inputs as :func:`boltzmann_rows` plus ``values`` (*batch, num_keys, d_v). For the
+    inference path of :class:`spinformer.nn.BoltzmannAttention`: it works in place on
+    ``logits`` (which it consumes) and never forms the normalized weights, so it must not be
+    used where gradients are needed (it raises if any input requires grad). With
+    ℓ = logits − max (per row), e = exp ℓ and Z' = Σ e: ln Z = max + ln Z',
+    ⟨βω⟩ − max = Σ e(ℓ − a)/Z', and Var(βω) = Σ e(ℓ − a)²/Z' − (Σ e(ℓ − a)/Z')²; all sums
+    are centred on the row maximum, so no large terms cancel.
+    """
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (logits, bias, beta, values)
+    ):
+        raise ValueError("boltzmann_attention is for inference; use boltzmann_rows with autograd")
+    if bias is not None:
+        logits.add_(bias)
+    row_max = logits.amax(dim=-1, keepdim=True)
+    shifted = logits.sub_(row_max)  # ℓ, in place
+    boltzmann = torch.exp(shifted)  # e (second buffer)
+    partition = boltzmann.sum(dim=-1, keepdim=True)  # Z'
+    output = (boltzmann @ values).div_(partition)
+    if bias is not None:  # ℓ − a = βω − max; NaN where a = −inf (there e = 0), set to 0
+        shifted.sub_(bias).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    first = boltzmann.mul_(shifted).sum(dim=-1, keepdim=True).div_(partition)
+    second = boltzmann.mul_(shifted).sum(dim=-1, keepdim=True).div_(partition)
+    log_z_shift = partition.log_()
+    log_partition = (row_max + log_z_shift).squeeze(-1)
+    mean_logit = (row_max + first).squeeze(-1)
+    beta_b = torch.broadcast_to(beta, log_partition.shape)
+    thermo = EnsembleThermodynamics(
+        log_partition=log_partition,
+        free_energy=-log_partition / beta_b,
+        energy=-mean_logit / beta_b,
+        entropy=(log_z_shift - first).squeeze(-1),
+        heat_capacity=(second - first * first).clamp_min_(0.0).squeeze(-1),
+        beta=beta_b,
+    )
+    return output, thermo
 
 
 def _row_dot(a: Tensor, b: Tensor) -> Tensor:

@@ -364,6 +364,7 @@ def fixed_points(
     seed: int = 0,
     tol: float | None = None,
     max_iter: int = 2000,
+    root_max_iter: int = 100,
     distinct_tol: float = 1e-4,
 ) -> FixedPoints:
     """All distinct fixed points of m = f(m) reachable from many starts, with their stability.
@@ -371,8 +372,9 @@ def fixed_points(
     Starts: every query x_i, the token mean (the high-temperature solution), and ``num_random``
     Gaussian points of the tokens' scale (seeded). Each start is iterated (the attention dynamics,
     which finds the attractors and their basins) and also solved with Anderson acceleration (a
-    root finder, which also lands on unstable solutions such as m = 0 above β_c). Solutions
-    closer than ``distinct_tol``·R (R the token radius) are the same fixed point.
+    root finder, which also lands on unstable solutions such as m = 0 above β_c; it gets
+    ``root_max_iter`` iterations, as starts between basins can make it wander). Solutions closer
+    than ``distinct_tol``·R (R the token radius) are the same fixed point.
 
     Args:
         x: tokens (N, D) of one system; w_qk: (D, D); beta: a positive float.
@@ -397,7 +399,7 @@ def fixed_points(
     keys = x @ w_qk
     tol = _default_tol(x.dtype) if tol is None else tol
     solutions, converged = [], []
-    for method in ("picard", "anderson"):
+    for method, budget in (("picard", max_iter), ("anderson", min(max_iter, root_max_iter))):
         m, ok, _, _ = _solve(
             x,
             keys,
@@ -406,7 +408,7 @@ def fixed_points(
             radius,
             method=method,
             tol=tol,
-            max_iter=max_iter,
+            max_iter=budget,
             damping=1.0,
             implicit=False,
             warn=False,

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinformer._validation import as_tensor, check_beta, check_finite
-from spinformer.attention import EnsembleThermodynamics, boltzmann_rows
+from spinformer.attention import EnsembleThermodynamics, boltzmann_attention, boltzmann_rows
 
 __all__ = ["BoltzmannAttention"]
 
@@ -389,17 +389,18 @@ class BoltzmannAttention(nn.Module):
                 q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=causal_hint, scale=scale
             )
         else:
-            logits = q @ k.transpose(-1, -2)
-            if scale != 1.0:
-                logits = logits * scale
-            if need_thermo:
-                beta = self.beta.to(q.dtype).view(heads, 1)
-                weights, thermo = boltzmann_rows(logits, bias, beta)
+            logits = (q * scale if scale != 1.0 else q) @ k.transpose(-1, -2)
+            beta = self.beta.to(q.dtype).view(heads, 1)
+            if need_thermo and not need_weights and dropout_p == 0.0 and _inference(q, k, v, beta):
+                out, thermo = boltzmann_attention(logits, bias, beta, v)
             else:
-                weights = torch.softmax(logits if bias is None else logits + bias, dim=-1)
-            if dropout_p > 0.0:
-                weights = F.dropout(weights, p=dropout_p)
-            out = weights @ v
+                if need_thermo:
+                    weights, thermo = boltzmann_rows(logits, bias, beta)
+                else:
+                    weights = torch.softmax(logits if bias is None else logits + bias, dim=-1)
+                if dropout_p > 0.0:
+                    weights = F.dropout(weights, p=dropout_p)
+                out = weights @ v
         out = self.out_proj(out.transpose(1, 2).reshape(batch, tgt, self.embed_dim))
         returned: Tensor | None = None
         if need_weights and weights is not None:
@@ -418,6 +419,11 @@ class BoltzmannAttention(nn.Module):
 
 def _after_load(module: BoltzmannAttention, incompatible_keys: Any) -> None:
     module._refresh_uniform_beta()
+
+
+def _inference(*tensors: Tensor) -> bool:
+    """No gradient will be needed through these tensors (so buffers may be reused in place)."""
+    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
 
 
 def _additive(mask: Tensor, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:

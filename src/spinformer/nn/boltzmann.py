@@ -25,7 +25,8 @@ every head and query, computed from the same logits in a few passes over the sco
 Boltzmann distribution before dropout.
 
 Two deliberate differences from torch: a query whose keys are all masked raises ``ValueError``
-(torch returns NaN), and so do non-finite inputs.
+(torch returns NaN), and so do non-finite inputs. These checks cost one reduction per distinct
+input and one over the merged mask, each with a host sync (on a GPU).
 """
 
 from __future__ import annotations
@@ -398,6 +399,7 @@ class BoltzmannAttention(nn.Module):
                     weights, thermo = boltzmann_rows(logits, bias, beta)
                 else:
                     weights = torch.softmax(logits if bias is None else logits + bias, dim=-1)
+                del logits  # release the scores before the value product (peak memory)
                 if dropout_p > 0.0:
                     weights = F.dropout(weights, p=dropout_p)
                 out = weights @ v

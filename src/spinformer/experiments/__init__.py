@@ -3,6 +3,7 @@
 Importing this package registers every experiment module listed below.
 """
 
+from spinformer.experiments import attention as _attention  # noqa: F401
 from spinformer.experiments import thermo as _thermo  # noqa: F401
 from spinformer.experiments._registry import (
     Experiment,

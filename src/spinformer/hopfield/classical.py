@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 SCHEDULES = ("async", "sync")
+_TIE = 1e-9
 
 
 def random_patterns(
@@ -233,7 +234,8 @@ class ClassicalHopfield:
         old: Tensor, field: Tensor, temperature: float, generator: torch.Generator | None
     ) -> Tensor:
         if temperature == 0.0:
-            return torch.where(field == 0, old, torch.sign(field))
+            # ties (h_i = 0 up to the rounding of the incrementally updated field) keep s_i
+            return torch.where(field.abs() <= _TIE, old, torch.sign(field))
         u = torch.rand(old.shape, dtype=old.dtype, device=old.device, generator=generator)
         up = u < torch.sigmoid(2.0 * field / temperature)
         return torch.where(up, 1.0, -1.0).to(old.dtype)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from spinformer.cli import attention as _attention  # noqa: F401
 from spinformer.cli import experiments as _experiments  # noqa: F401
+from spinformer.cli import hopfield as _hopfield  # noqa: F401
+from spinformer.cli import mc as _mc  # noqa: F401
 from spinformer.cli import thermo as _thermo  # noqa: F401  (registers commands)
 from spinformer.cli._app import app, main
 

@@ -6,6 +6,14 @@ with the method registered under a name (``available_methods()`` lists them).
 """
 
 from spinformer.physics import exact as _exact  # noqa: F401  (registers "exact")
+from spinformer.physics import montecarlo as _montecarlo  # noqa: F401  (registers "monte_carlo")
+from spinformer.physics.autocorrelation import (
+    SeriesEstimate,
+    autocorrelation_function,
+    blocking_standard_error,
+    estimate_mean,
+    integrated_autocorrelation_time,
+)
 from spinformer.physics.constructors import (
     chain,
     curie_weiss,
@@ -20,6 +28,13 @@ from spinformer.physics.exact import (
     transfer_matrix_log_partition,
 )
 from spinformer.physics.models import IsingModel, SquareLattice, VectorSpinModel
+from spinformer.physics.montecarlo import (
+    ALGORITHMS,
+    MonteCarloSamples,
+    autocorrelation_times,
+    sample,
+    von_mises_fisher,
+)
 from spinformer.physics.special import bessel_ratio, log_bessel_iv, log_bessel_iv_normalized
 from spinformer.physics.thermo import (
     Thermodynamics,
@@ -31,25 +46,35 @@ from spinformer.physics.thermo import (
 )
 
 __all__ = [
+    "ALGORITHMS",
     "MAX_ENUMERATION_SPINS",
     "IsingModel",
+    "MonteCarloSamples",
+    "SeriesEstimate",
     "SquareLattice",
     "Thermodynamics",
     "ThermodynamicsMethod",
     "VectorSpinModel",
     "all_states",
+    "autocorrelation_function",
+    "autocorrelation_times",
     "available_methods",
     "bessel_ratio",
+    "blocking_standard_error",
     "chain",
     "curie_weiss",
     "enumeration_log_partition",
+    "estimate_mean",
     "hopfield_couplings",
+    "integrated_autocorrelation_time",
     "log_bessel_iv",
     "log_bessel_iv_normalized",
     "register_method",
+    "sample",
     "sherrington_kirkpatrick",
     "square_lattice",
     "thermodynamics",
     "thermodynamics_from_log_partition",
     "transfer_matrix_log_partition",
+    "von_mises_fisher",
 ]

@@ -5,7 +5,10 @@ Sub-command groups live in their own modules and are mounted here.
 
 from __future__ import annotations
 
+from spinformer.cli import attention as _attention  # noqa: F401
 from spinformer.cli import experiments as _experiments  # noqa: F401
+from spinformer.cli import hopfield as _hopfield  # noqa: F401
+from spinformer.cli import mc as _mc  # noqa: F401
 from spinformer.cli import spin as _spin  # noqa: F401
 from spinformer.cli import thermo as _thermo  # noqa: F401  (registers commands)
 from spinformer.cli._app import app, main

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Annotated
 
@@ -36,11 +37,27 @@ def run_command(
     out: Annotated[
         Path | None, typer.Option(help="Directory for figures (PNG) and results.json.")
     ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML preset (e.g. configs/NAME.toml); --set overrides it.")
+    ] = None,
 ) -> None:
-    """Run one experiment and print its metrics and tables."""
+    """Run one experiment and print its metrics and tables.
+
+    Example: spinformer run ising_lattice_sweep --config configs/ising_lattice_sweep_cpu.toml --set num_betas=21
+    """
     from spinformer.experiments import run_experiment
 
-    overrides = parse_overrides(set_)
+    overrides: dict = {}
+    if config is not None:
+        if not config.is_file():
+            fail(f"--config must be an existing TOML file, got {config}")
+        try:
+            preset = tomllib.loads(config.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            fail(f"--config {config} is not valid TOML: {err}")
+            return
+        overrides.update({k: tuple(v) if isinstance(v, list) else v for k, v in preset.items()})
+    overrides.update(parse_overrides(set_))
     try:
         with console.status(f"running {name}"):
             result = run_experiment(name, **overrides)

@@ -64,8 +64,15 @@ def thermo(
                 size, beta, torch.Generator().manual_seed(seed), field
             )
         options = parse_overrides(option, "--option")
-        with console.status(f"computing thermodynamics ({method})"):
+        enumerating = (
+            method == "exact" and spin_model.lattice is None and spin_model.num_spins >= 18
+        )
+        if enumerating:  # long: a progress bar over the chunks of 2^N states
+            options.setdefault("progress", True)
             result = thermodynamics(spin_model, method=method, **options)
+        else:
+            with console.status(f"computing thermodynamics ({method})"):
+                result = thermodynamics(spin_model, method=method, **options)
     except ValueError as err:
         fail(str(err))
         return

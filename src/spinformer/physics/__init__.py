@@ -7,7 +7,15 @@ with the method registered under a name (``available_methods()`` lists them).
 
 from spinformer.physics import exact as _exact  # noqa: F401  (registers "exact")
 from spinformer.physics import meanfield as _meanfield  # noqa: F401  (registers "mean_field", "tap")
+from spinformer.physics import montecarlo as _montecarlo  # noqa: F401  (registers "monte_carlo")
 from spinformer.physics import saddle as _saddle  # noqa: F401  (registers "saddle")
+from spinformer.physics.autocorrelation import (
+    SeriesEstimate,
+    autocorrelation_function,
+    blocking_standard_error,
+    estimate_mean,
+    integrated_autocorrelation_time,
+)
 from spinformer.physics.constructors import (
     chain,
     curie_weiss,
@@ -36,6 +44,13 @@ from spinformer.physics.meanfield import (
     vector_covariance,
 )
 from spinformer.physics.models import IsingModel, SquareLattice, VectorSpinModel
+from spinformer.physics.montecarlo import (
+    ALGORITHMS,
+    MonteCarloSamples,
+    autocorrelation_times,
+    sample,
+    von_mises_fisher,
+)
 from spinformer.physics.saddle import (
     saddle_log_partition,
     saddle_magnetization,
@@ -53,21 +68,29 @@ from spinformer.physics.thermo import (
 )
 
 __all__ = [
+    "ALGORITHMS",
     "MAX_ENUMERATION_SPINS",
     "IsingModel",
+    "MonteCarloSamples",
+    "SeriesEstimate",
     "SquareLattice",
     "Thermodynamics",
     "ThermodynamicsMethod",
     "VectorSpinModel",
     "all_states",
+    "autocorrelation_function",
+    "autocorrelation_times",
     "available_methods",
     "bessel_ratio",
     "bessel_response",
+    "blocking_standard_error",
     "chain",
     "curie_weiss",
     "dynamical_mean_field",
     "enumeration_log_partition",
+    "estimate_mean",
     "hopfield_couplings",
+    "integrated_autocorrelation_time",
     "ising_response",
     "kinetic_ising_step",
     "kinetic_vector_step",
@@ -79,6 +102,7 @@ __all__ = [
     "saddle_log_partition",
     "saddle_magnetization",
     "saddle_thermodynamics",
+    "sample",
     "sherrington_kirkpatrick",
     "solve_saddle",
     "square_lattice",
@@ -88,4 +112,5 @@ __all__ = [
     "transfer_matrix_log_partition",
     "transformer_radius",
     "vector_covariance",
+    "von_mises_fisher",
 ]

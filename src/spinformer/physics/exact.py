@@ -19,6 +19,8 @@ Interacting vector models have no exact route here: the error points to the appr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -64,55 +66,98 @@ def _check_enumerable(model: IsingModel) -> None:
         )
 
 
-def _chunk_energies(model: IsingModel, couplings: Tensor, field: Tensor, states: Tensor) -> Tensor:
-    """Energies (..., C) of a chunk of states (C, N) for dense couplings (..., N, N)."""
-    pair = torch.einsum("cn,...nm,cm->...c", states, couplings, states)
-    return -0.5 * pair - field @ states.T
+_INNER_SPINS = 12
 
 
-def enumeration_log_partition(model: IsingModel, chunk_size: int = 1 << 16) -> Tensor:
+def _outer_per_chunk(model: IsingModel, chunk_size: int) -> int:
+    """Outer states per chunk so that a chunk holds about ``chunk_size`` entries (states × batch)."""
+    inner = 2 ** min(model.num_spins, _INNER_SPINS)
+    return max(1, chunk_size // (inner * max(1, model.batch_shape.numel())))
+
+
+def _split_chunks(model: IsingModel, chunk_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Energies of all states, chunk by chunk, as (outer states, inner states, energies).
+
+    Meet in the middle: the spins split into an inner block b (the first ≤ 12) and an outer
+    block a, E(a, b) = E_a(a) + E_b(b) − aᵀ J_ab b. All 2^|b| inner energies are computed once;
+    a chunk of outer states then costs one (C_a × |b|) @ (|b| × 2^|b|) product, so each state
+    costs |b| multiply-adds rather than N². Energies have shape (..., C_a, 2^|b|); ``chunk_size``
+    bounds the number of entries (states × batch) per chunk, hence the memory.
+    """
+    n = model.num_spins
+    n_inner = min(n, _INNER_SPINS)
+    couplings, field = model.coupling_matrix, model.field
+    inner = all_states(n_inner, dtype=model.dtype, device=model.device)
+    j_bb, j_ab, j_aa = (
+        couplings[..., :n_inner, :n_inner],
+        couplings[..., n_inner:, :n_inner],
+        couplings[..., n_inner:, n_inner:],
+    )
+    e_inner = (
+        -0.5 * torch.einsum("sn,...nm,sm->...s", inner, j_bb, inner)
+        - field[..., :n_inner] @ inner.T
+    )
+    per_chunk = _outer_per_chunk(model, chunk_size)
+    for start in range(0, 2 ** (n - n_inner), per_chunk):
+        outer = all_states(
+            n - n_inner,
+            start,
+            min(start + per_chunk, 2 ** (n - n_inner)),
+            model.dtype,
+            model.device,
+        )
+        e_outer = (
+            -0.5 * torch.einsum("cn,...nm,cm->...c", outer, j_aa, outer)
+            - field[..., n_inner:] @ outer.T
+        )
+        cross = torch.einsum("cn,...nm->...cm", outer, j_ab) @ inner.T
+        yield outer, inner, e_outer[..., :, None] + e_inner[..., None, :] - cross
+
+
+def enumeration_log_partition(model: IsingModel, chunk_size: int = 1 << 20) -> Tensor:
     """Differentiable ln Z by enumeration (autograd flows to couplings, field and beta)."""
     _check_enumerable(model)
-    couplings, field, beta = model.coupling_matrix, model.field, model.beta
-    n = model.num_spins
-    parts = []
-    for start in range(0, 2**n, chunk_size):
-        states = all_states(n, start, min(start + chunk_size, 2**n), model.dtype, model.device)
-        energies = _chunk_energies(model, couplings, field, states)
-        parts.append(torch.logsumexp(-beta[..., None] * energies, dim=-1))
+    beta = model.beta[..., None, None]
+    parts = [
+        torch.logsumexp((-beta * energies).flatten(-2), dim=-1)
+        for _, _, energies in _split_chunks(model, chunk_size)
+    ]
     return torch.logsumexp(torch.stack(parts, dim=-1), dim=-1).expand(model.batch_shape)
 
 
 def _enumerate(
     model: IsingModel,
-    chunk_size: int = 1 << 16,
+    chunk_size: int = 1 << 20,
     susceptibility: bool = True,
     progress: bool = False,
 ) -> Thermodynamics:
     _check_enumerable(model)
-    n = model.num_spins
-    batch = model.batch_shape
     beta = model.expanded_beta()
-    couplings, field = model.coupling_matrix, model.field
     log_z = mean_e = var_e = mean_s = cov_s = None
-    starts = range(0, 2**n, chunk_size)
+    chunks = _split_chunks(model, chunk_size)
     if progress:
         from rich.progress import track
 
-        starts = track(starts, description=f"enumerating 2^{n} states")
-    for start in starts:
-        states = all_states(n, start, min(start + chunk_size, 2**n), model.dtype, model.device)
-        energies = _chunk_energies(model, couplings, field, states).expand(*batch, states.shape[0])
-        log_w = -beta[..., None] * energies
-        c_log_z = torch.logsumexp(log_w, dim=-1)
-        p = torch.exp(log_w - c_log_z[..., None])
-        c_mean_e = (p * energies).sum(-1)
-        c_var_e = (p * (energies - c_mean_e[..., None]) ** 2).sum(-1)
-        c_mean_s = p @ states
+        n_outer = model.num_spins - min(model.num_spins, _INNER_SPINS)
+        total = -(-(2**n_outer) // _outer_per_chunk(model, chunk_size))
+        chunks = track(chunks, total=total, description=f"enumerating 2^{model.num_spins} states")
+    for outer, inner, energies in chunks:
+        log_w = -beta[..., None, None] * energies
+        c_log_z = torch.logsumexp(log_w.flatten(-2), dim=-1)
+        p = torch.exp(log_w - c_log_z[..., None, None])
+        c_mean_e = (p * energies).sum((-1, -2))
+        c_var_e = (p * (energies - c_mean_e[..., None, None]) ** 2).sum((-1, -2))
+        p_outer, p_inner = p.sum(-1), p.sum(-2)
+        c_mean_s = torch.cat([p_inner @ inner, p_outer @ outer], dim=-1)
         c_cov_s = None
         if susceptibility:
-            centred = states - c_mean_s[..., None, :]
-            c_cov_s = torch.einsum("...c,...cn,...cm->...nm", p, centred, centred)
+            bb = torch.einsum("...s,sn,sm->...nm", p_inner, inner, inner)
+            aa = torch.einsum("...c,cn,cm->...nm", p_outer, outer, outer)
+            ab = torch.einsum("cn,...cs,sm->...nm", outer, p, inner)
+            second = torch.cat(
+                [torch.cat([bb, ab.transpose(-1, -2)], -1), torch.cat([ab, aa], -1)], -2
+            )
+            c_cov_s = second - c_mean_s[..., :, None] * c_mean_s[..., None, :]
         if log_z is None:
             log_z, mean_e, var_e, mean_s, cov_s = c_log_z, c_mean_e, c_var_e, c_mean_s, c_cov_s
             continue
@@ -213,7 +258,7 @@ def transfer_matrix_log_partition(
 def exact_ising(
     model: IsingModel,
     route: str = "auto",
-    chunk_size: int = 1 << 16,
+    chunk_size: int = 1 << 20,
     susceptibility: bool = True,
     progress: bool = False,
 ) -> Thermodynamics:

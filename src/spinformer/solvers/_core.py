@@ -241,8 +241,8 @@ def _attach_adjoint(
     shape = z_star.shape
 
     def hook(grad: Tensor | None) -> Tensor | None:
-        if grad is None:  # an undefined incoming gradient stays undefined
-            return grad
+        if grad is None:  # an undefined gradient stays undefined
+            return None
         with torch.enable_grad():
             z_leaf = z_star.detach().requires_grad_(True)
             f_leaf = f(z_leaf)

@@ -1,0 +1,58 @@
+"""Attention as a spin system: couplings, Boltzmann ensembles, mean-field self-consistency.
+
+The dictionary of ``DESIGN.md`` made executable: :func:`couplings` turns attention weights into
+per-head couplings W_QK = W_Kᵀ W_Q (kept factored), fields h = W_Kᵀ b_Q and β;
+:func:`ensemble` turns queries and keys into the Boltzmann ensemble of every attention row
+(ln Z, F, U, S, C, magnetizations); :func:`self_consistent`, :func:`fixed_points`,
+:func:`critical_beta` and :func:`phase_diagram` solve and classify the mean-field
+self-consistency equation m = Σ_j x_j softmax_j(β x_jᵀ W_QK m) of seed 000.
+"""
+
+from spinformer.attention.couplings import Couplings, couplings
+from spinformer.attention.ensemble import (
+    AttentionEnsemble,
+    EnsembleThermodynamics,
+    boltzmann_attention,
+    boltzmann_rows,
+    causal_mask,
+    ensemble,
+    mask_bias,
+    padding_mask,
+)
+from spinformer.attention.mean_field import (
+    CriticalBeta,
+    FixedPoints,
+    PhaseDiagram,
+    SelfConsistentResult,
+    critical_beta,
+    fixed_points,
+    mean_field_jacobian,
+    mean_field_map,
+    phase_diagram,
+    self_consistent,
+    spectral_radius,
+)
+
+__all__ = [
+    "AttentionEnsemble",
+    "Couplings",
+    "CriticalBeta",
+    "EnsembleThermodynamics",
+    "FixedPoints",
+    "PhaseDiagram",
+    "SelfConsistentResult",
+    "boltzmann_attention",
+    "boltzmann_rows",
+    "causal_mask",
+    "couplings",
+    "critical_beta",
+    "ensemble",
+    "fixed_points",
+    "mask_bias",
+    "mean_field_jacobian",
+    "mean_field_map",
+    "padding_mask",
+    "phase_diagram",
+    "self_consistent",
+    "spectral_radius",
+]

@@ -1,0 +1,120 @@
+"""``spinformer mc``: Monte Carlo thermodynamics with errors, and the Monte Carlo experiments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.table import Table
+
+from spinformer.cli._app import app, console, fail
+from spinformer.cli.experiments import run_command
+from spinformer.cli.thermo import ModelName
+from spinformer.physics import (
+    ALGORITHMS,
+    chain,
+    curie_weiss,
+    sherrington_kirkpatrick,
+    square_lattice,
+    thermodynamics,
+)
+
+mc_app = typer.Typer(help="Monte Carlo sampling and ergodicity experiments.", no_args_is_help=True)
+app.add_typer(mc_app, name="mc")
+
+
+@mc_app.command("sample")
+def sample_command(
+    model: Annotated[ModelName, typer.Argument(help="Which spin model.")],
+    size: Annotated[int, typer.Option(help="Lattice side L or number of spins N.")] = 16,
+    beta: Annotated[float, typer.Option(help="Inverse temperature β > 0.")] = 0.44,
+    field: Annotated[float, typer.Option(help="Uniform external field h.")] = 0.0,
+    algorithm: Annotated[str, typer.Option(help=f"One of {ALGORITHMS}.")] = "metropolis",
+    sweeps: Annotated[int, typer.Option(help="Recorded sweeps (cluster flips for Wolff).")] = 2000,
+    chains: Annotated[int, typer.Option(help="Independent chains (one batched run).")] = 16,
+    initial: Annotated[str, typer.Option(help="'random' (hot) or 'up' (cold) start.")] = "random",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Monte Carlo estimates with standard errors and autocorrelation times.
+
+    Example: spinformer mc sample square-lattice --size 16 --beta 0.44 --algorithm wolff
+    """
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        if model is ModelName.square_lattice:
+            spin_model = square_lattice(size, field=field, beta=beta)
+        elif model is ModelName.chain:
+            spin_model = chain(size, field=field, beta=beta)
+        elif model is ModelName.curie_weiss:
+            spin_model = curie_weiss(size, field=field, beta=beta)
+        else:
+            spin_model = sherrington_kirkpatrick(size, beta, generator, field)
+        result = thermodynamics(
+            spin_model,
+            "monte_carlo",
+            algorithm=algorithm,
+            sweeps=sweeps,
+            chains=chains,
+            initial=initial,
+            generator=generator,
+            progress=True,
+        )
+    except ValueError as err:
+        fail(str(err))
+        return
+    n = spin_model.num_spins
+    taus = result.extras["autocorrelation_time"]
+    table = Table(title=f"{model.value}, N = {n}, β = {beta:g}, h = {field:g}, {algorithm}")
+    for column in ("observable", "estimate", "stderr", "tau_int"):
+        table.add_column(column, justify="right")
+    rows = [
+        ("E / N", result.energy / n, result.stderr["energy"] / n, taus["energy"]),
+        (
+            "C / N",
+            result.heat_capacity / n,
+            result.stderr["heat_capacity"] / n,
+            taus["heat_capacity"],
+        ),
+        (
+            "<m^2>",
+            result.extras["magnetization_squared"],
+            result.stderr["magnetization_squared"],
+            taus["magnetization_squared"],
+        ),
+        ("<|m|>", result.extras["abs_magnetization"], result.stderr["abs_magnetization"], None),
+    ]
+    for name, value, err, tau in rows:
+        table.add_row(
+            name,
+            f"{float(value):.8g}",
+            f"{float(err):.2g}",
+            "" if tau is None else f"{float(tau):.3g}",
+        )
+    console.print(table)
+    console.print(
+        f"[dim]acceptance {float(result.extras['acceptance'].mean()):.3f}; "
+        f"run length >= 50 tau: {bool(result.converged)}[/]"
+    )
+
+
+def _experiment(name: str):
+    def command(
+        set_: Annotated[
+            list[str] | None,
+            typer.Option("--set", "-s", help="Config override key=value (repeatable)."),
+        ] = None,
+        out: Annotated[
+            Path | None, typer.Option(help="Directory for figures and results.json.")
+        ] = None,
+    ) -> None:
+        run_command(name, set_, out)
+
+    command.__doc__ = f"Run the {name!r} experiment (see `spinformer run {name}`)."
+    return command
+
+
+mc_app.command("published")(_experiment("mc_published_values"))
+mc_app.command("slowing-down")(_experiment("mc_critical_slowing_down"))
+mc_app.command("ergodicity")(_experiment("ergodicity"))

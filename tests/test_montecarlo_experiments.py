@@ -1,0 +1,51 @@
+"""Monte Carlo experiments and the ``spinformer mc`` commands, at small sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from spinformer.cli import app
+from spinformer.experiments import get_experiment, run_experiment
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ergodicity_mixture_rebuilds_the_ensemble_below_tc() -> None:
+    result = run_experiment("ergodicity", size=10, sweeps=600, chains=4)
+    m = result.metrics
+    assert m["escape_fraction_plus"] == 0.0 and m["escape_fraction_minus"] == 0.0
+    assert m["basin_plus_m"] > 0.9 and m["basin_minus_m"] < -0.9  # time averages depend on start
+    assert abs(m["mixture_m"] - m["exact_m"]) < 4 * m["mixture_m_err"]
+    assert abs(m["basin_plus_m"] - m["exact_m"]) > 0.3  # neither basin alone is the ensemble
+    assert abs(m["above_tc_energy_z"]) < 3
+    assert m["hopfield_ensemble_overlap"] < 0.05
+    assert "basins" in result.figures
+
+
+def test_experiments_are_registered_in_the_report_section() -> None:
+    for name in ("mc_published_values", "mc_critical_slowing_down", "ergodicity"):
+        assert get_experiment(name).section == "Monte Carlo and ergodicity"
+
+
+def test_mc_sample_command_prints_estimates() -> None:
+    runner = CliRunner()
+    out = runner.invoke(
+        app, ["mc", "sample", "square-lattice", "--size", "4", "--sweeps", "50", "--chains", "2"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "<m^2>" in out.output
+
+
+def test_mc_sample_command_rejects_bad_input() -> None:
+    runner = CliRunner()
+    out = runner.invoke(app, ["mc", "sample", "chain", "--sweeps", "0"])
+    assert out.exit_code == 2
+    assert "sweeps" in out.output

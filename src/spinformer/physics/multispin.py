@@ -58,7 +58,8 @@ __all__ = ["DIGITS", "multispin_supported"]
 DIGITS = 12  # bit-sliced digits of each replica's uniform before the shared 63-bit tail
 _LAGS = (607, 273)
 _MAX63 = (1 << 63) - 1
-_COUNTER_PLANES = 8  # per-site bit-sliced counters flush every 2^8 - 1 measurements
+_COUNTER_PLANES = 8
+_CHUNK_WORDS = 1 << 15  # per-site bit-sliced counters flush every 2^8 - 1 measurements
 
 
 def multispin_supported(model: IsingModel) -> str | None:
@@ -218,11 +219,12 @@ class MultispinIsing:
             self.m0 = [d.reshape(view).bool() for d in d0]
             self.q1, self.q0 = q1.reshape(view), q0.reshape(view)
         quarter = (self.groups, *batch, self.rows // 2, self.cols // 2)
-        self.quarter_words = math.prod(quarter)
-        draws = 2 * (DIGITS + 1) * self.quarter_words
+        row_words = math.prod(quarter) // quarter[-2]
+        # update a quarter in row chunks of about _CHUNK_WORDS words: the random block of
+        # a chunk (13 words per word) then stays cache-sized on large lattices
+        self.chunk_rows = max(1, min(quarter[-2], _CHUNK_WORDS // row_words))
+        draws = (DIGITS + 1) * row_words * self.chunk_rows
         self.rng = _LaggedFibonacci(-(-draws // _LAGS[0]), generator, device)
-        self.draws = draws
-        self.quarter_shape = quarter
         self._load(state, generator)
         self.last_flips: tuple[Tensor, ...] | None = None
         self.accepted = torch.zeros(self.chains, *batch, dtype=torch.float64, device=device)
@@ -342,11 +344,17 @@ class MultispinIsing:
 
     def sweep(self) -> None:
         flips = []
-        for colour in (("be", "bo"), ("we", "wo")):
-            block = self.rng.block().reshape(-1)[: self.draws]
-            block = block.view(2, DIGITS + 1, *self.quarter_shape)
-            for k, name in enumerate(colour):
-                flips.append(self._update(getattr(self, name), self._neighbours(name), block[k]))
+        for name in ("be", "bo", "we", "wo"):  # black quarters first, then white
+            target = getattr(self, name)
+            neighbours = self._neighbours(name)
+            for start in range(0, target.shape[-2], self.chunk_rows):
+                rows = slice(start, start + self.chunk_rows)
+                chunk = target[..., rows, :]
+                block = self.rng.block().reshape(-1)[: (DIGITS + 1) * chunk.numel()]
+                digits = block.view(DIGITS + 1, *chunk.shape)
+                flips.append(
+                    self._update(chunk, tuple(n[..., rows, :] for n in neighbours), digits)
+                )
         self.last_flips = tuple(flips)
 
     # -- measurement ----------------------------------------------------------------------

@@ -1,0 +1,409 @@
+r"""Multi-spin coded checkerboard Metropolis for the uniform-bond 2-D Ising torus.
+
+Multi-spin coding (Jacobs & Rebbi, J. Comput. Phys. 41, 203, 1981; Block, Virnau & Preis,
+Comput. Phys. Commun. 181, 1549, 2010) stores 64 replicas of the lattice in the bits of one
+int64 word per site (bit set = spin down), so every bitwise operation updates 64 spins. For a
+site with :math:`k` unsatisfied bonds among its four (antiparallel neighbours when
+:math:`J > 0`) a flip costs :math:`\Delta E = 2|J|(4 - 2k)`, so Metropolis flips always when
+:math:`k \ge 2`, with :math:`p_1 = e^{-4\beta|J|}` when :math:`k = 1` and with
+:math:`p_0 = e^{-8\beta|J|}` when :math:`k = 0`. The four "unsatisfied" bits
+:math:`a, b, c, d = \sigma \oplus n_j` give, with full-adder logic,
+:math:`[k \ge 2] = ab \lor cd \lor (a \lor b)(c \lor d)` and :math:`[k \ge 1] = a \lor b \lor c
+\lor d`, and the flip mask is :math:`[k\ge2] \lor ([k\ge1] \land A_1) \lor A_0` with
+:math:`A_i = [u < p_i]` (:math:`A_0 \subseteq A_1` because both compare the same
+:math:`u`). An antiferromagnet (:math:`J < 0`) is sampled as the ferromagnet of the gauge
+:math:`\sigma \to -\sigma` on the white sublattice.
+
+**Acceptance without floating point.** Every replica draws its own uniform
+:math:`u = 0.u_1u_2\ldots u_t\,v` whose first :math:`t` binary digits are the bits of
+:math:`t` random words (bit-sliced: digit :math:`j` of all 64 replicas is one word). The
+comparison :math:`u < p` for a constant :math:`p = 0.p_1p_2\ldots p_t + 2^{-t}q` runs from
+the last digit to the first, :math:`\ell \leftarrow \bar u_j \lor \ell` if :math:`p_j = 1`
+and :math:`\ell \leftarrow \bar u_j \land \ell` if :math:`p_j = 0`, one bitwise operation per
+digit, started from :math:`\ell = [v < q]`. The tail :math:`v` is a 63-bit uniform drawn once
+per site word, shared by its 64 replicas, so each replica's test is exact (to
+:math:`2^{-(t+63)}`), and each replica is an exact Metropolis chain. Replicas of one word are
+coupled only when two of them tie with :math:`p` in all :math:`t = 12` digits at the same site
+and sweep (probability :math:`2^{-24}` per pair and update), which the error analysis can
+ignore; they are independent otherwise, so the 64 replicas are treated as 64 chains.
+
+**Random bits.** An additive lagged Fibonacci generator
+:math:`x_n = x_{n-607} + x_{n-273} \bmod 2^{64}` (Knuth, TAOCP vol. 2, §3.2.2; lags of a
+primitive trinomial, period :math:`\ge 2^{63}(2^{607}-1)` with an odd seed word), run in
+many independent lanes seeded from the torch generator, costs one vectorised addition per
+64 random bits -- torch's CPU generator costs 5-7 ns per word, which would dominate. The
+low bit of an additive generator is a linear feedback shift register (the generator family
+that fails cluster-algorithm tests, Ferrenberg, Landau & Wong, PRL 69, 3382, 1992), so every
+output is tempered, :math:`y = x \oplus (x \gg 32)`, mixing the carry-dependent high half
+into every bit; large lags are the regime in which additive generators reproduce exact
+Ising results (Coddington, Int. J. Mod. Phys. C 5, 547, 1994). The tests check energies and
+:math:`\langle m^2\rangle` against transfer-matrix values.
+
+Throughput is counted, as in the literature, as replicas × sites × sweeps per second.
+Measurement (energy, magnetization, per-site sums) counts bits per replica with bit-sliced
+adder trees, so it costs a few word operations per site rather than 64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from spinformer.physics.models import IsingModel
+
+__all__ = ["DIGITS", "multispin_supported"]
+
+DIGITS = 12  # bit-sliced digits of each replica's uniform before the shared 63-bit tail
+_LAGS = (607, 273)
+_MAX63 = (1 << 63) - 1
+_COUNTER_PLANES = 8
+_CHUNK_WORDS = 1 << 15  # per-site bit-sliced counters flush every 2^8 - 1 measurements
+
+
+def multispin_supported(model: IsingModel) -> str | None:
+    """``None`` if the multi-spin engine can sample ``model``, else the reason it cannot."""
+    lattice = model.lattice
+    if lattice is None:
+        return "a SquareLattice model (got dense couplings)"
+    rows, cols = lattice.shape
+    if not lattice.periodic or rows % 2 or cols % 2:
+        return f"a periodic lattice with even sides (got shape {lattice.shape}, periodic={lattice.periodic})"
+    if bool((model.field != 0).any()):
+        return "zero field (h = 0)"
+    return None
+
+
+class _LaggedFibonacci:
+    """Tempered additive lagged Fibonacci generator in ``lanes`` independent streams.
+
+    ``block()`` returns ``r × lanes`` fresh words (r = 607): three vectorised additions
+    (the recurrence in chunks of s = 273 rows) and the tempering y = x ⊕ (x ≫ 32), a
+    logical shift.
+    """
+
+    def __init__(self, lanes: int, generator: torch.Generator | None, device: torch.device):
+        r, _ = _LAGS
+        state = torch.randint(
+            -(2**63), 2**63 - 1, (r, lanes), dtype=torch.int64, device=device, generator=generator
+        )
+        state[0] |= 1  # an odd word in each lane's state gives the maximal period
+        self.state, self.spare = state, torch.empty_like(state)
+        self.out = torch.empty_like(state)
+
+    def block(self) -> Tensor:
+        r, s = _LAGS
+        x, new = self.state, self.spare
+        torch.add(x[:s], x[r - s :], out=new[:s])
+        torch.add(x[s : 2 * s], new[:s], out=new[s : 2 * s])
+        torch.add(x[2 * s :], new[s : r - s], out=new[2 * s :])
+        self.state, self.spare = new, x
+        torch.bitwise_right_shift(new, 32, out=self.out)  # arithmetic shift on int64:
+        self.out &= 0xFFFFFFFF  # keep the high half only (else bit 63 would cancel)
+        return self.out.bitwise_xor_(new)
+
+
+def _digits(p: Tensor, digits: int) -> tuple[list[Tensor], Tensor]:
+    """Binary digits of p ∈ [0, 1] (p = 1 → 0.111…): per digit an int64 mask 0/−1, and the tail.
+
+    Returns ([d_1, …, d_t], Q) with d_j = −p_j and Q = ⌊frac(p 2^t) 2^63⌋, so that
+    p = Σ p_j 2^{-j} + 2^{-t} Q/2^63 up to 2^{-(t+63)}.
+    """
+    p64 = p.to(torch.float64).clamp(0.0, 1.0)
+    scaled = torch.floor(p64 * 2.0**digits)  # exact: a power-of-two scaling
+    one = scaled >= 2.0**digits  # p = 1: every digit 1 and a full tail
+    integer = torch.where(one, scaled - 1.0, scaled).to(torch.int64)
+    masks = [-((integer >> (digits - j)) & 1) for j in range(1, digits + 1)]
+    frac = p64 * 2.0**digits - scaled
+    tail = torch.clamp(torch.floor(frac * 2.0**63), max=float(2**63 - 1024)).to(torch.int64)
+    tail = torch.where(one, torch.full_like(tail, _MAX63), tail)
+    return masks, tail
+
+
+def _bit_counts(words: Tensor, lead: int) -> Tensor:
+    """Per-bit population counts: (*lead dims, 64) int64 summed over all trailing dims.
+
+    A bit-sliced adder tree: pairs of bit-sliced numbers are added with ripple carries until
+    one word remains per leading index; about ten word operations per input word.
+    """
+    flat = words.reshape(*words.shape[:lead], -1)
+    shifts = torch.arange(64, device=words.device)
+    if flat.numel() <= 2**14:  # small: unpacking is cheaper than the tree's many calls
+        return ((flat.unsqueeze(-1) >> shifts) & 1).sum(-2)
+    planes = [flat]
+    while planes[0].shape[-1] > 1:
+        size = planes[0].shape[-1]
+        if size % 2:
+            planes = [torch.nn.functional.pad(p, (0, 1)) for p in planes]
+            size += 1
+        half = size // 2
+        carry: Tensor | None = None
+        summed = []
+        for plane in planes:
+            a, b = plane[..., :half], plane[..., half:]
+            x = a ^ b
+            if carry is None:
+                summed.append(x)
+                carry = a & b
+            else:
+                summed.append(x ^ carry)
+                carry = (a & b) | (x & carry)
+        assert carry is not None
+        planes = [*summed, carry]
+    counts = torch.zeros(*words.shape[:lead], 64, dtype=torch.int64, device=words.device)
+    for j, plane in enumerate(planes):
+        counts += ((plane >> shifts) & 1) << j
+    return counts
+
+
+def _pack(bits: Tensor) -> Tensor:
+    """(64, ...) bool → (...) int64 words, lane i in bit i."""
+    shifts = torch.arange(64, device=bits.device).reshape(64, *([1] * (bits.ndim - 1)))
+    return (bits.to(torch.int64) << shifts).sum(0)
+
+
+def _add_bits(out: Tensor, words: Tensor, scale: float, chunk: int = 8) -> None:
+    """out[g, i, ...] += scale · (bit i of words[g, ...]), a few lanes at a time (memory)."""
+    view = (1, chunk, *([1] * (words.ndim - 1)))
+    for start in range(0, 64, chunk):
+        shifts = torch.arange(start, start + chunk, device=words.device).reshape(view)
+        bits = (words.unsqueeze(1) >> shifts) & 1
+        out[:, start : start + chunk].add_(bits, alpha=scale)
+
+
+class MultispinIsing:
+    """Sweeper of the multi-spin engine (same interface as the tensor engine's sweepers).
+
+    Layout: four sublattice quarters (black/white × even/odd rows), each
+    ``(G, *batch, L/2, W/2)`` int64 with G = ⌈chains/64⌉ words per site. Black (r + c even)
+    site (2i, 2k) is BE[i, k] and (2i+1, 2k+1) is BO[i, k]; white (2i, 2k+1) is WE[i, k] and
+    (2i+1, 2k) is WO[i, k]. Lanes beyond ``chains`` are simulated and dropped.
+    """
+
+    def __init__(
+        self,
+        model: IsingModel,
+        state: Tensor | str,
+        generator: torch.Generator | None,
+        chains: int | None = None,
+    ):
+        """``state``: spins (chains, *batch, N), or ``"random"`` / ``"up"`` with ``chains``."""
+        lattice = model.lattice
+        assert lattice is not None
+        self.model = model
+        self.chains = state.shape[0] if isinstance(state, Tensor) else int(chains or 1)
+        self.rows, self.cols = lattice.shape
+        self.n = lattice.num_sites
+        self.groups = -(-self.chains // 64)
+        device = model.device
+        batch = model.batch_shape
+        self.batch_shape = batch
+        bond = model.couplings.expand(batch) if batch else model.couplings
+        self.abs_bond = bond.abs()
+        # gauge mask: −1 where J < 0 (white spins stored flipped), per batch entry
+        self.gauge = -(bond < 0).to(torch.int64).reshape(*batch, 1, 1)
+        beta = model.beta.expand(batch) if batch else model.beta
+        p1 = torch.exp(-4.0 * beta.to(torch.float64) * self.abs_bond.to(torch.float64))
+        p0 = p1 * p1
+        self.uniform = p1.ndim == 0
+        view = (*batch, 1, 1)
+        d1, q1 = _digits(p1, DIGITS)
+        d0, q0 = _digits(p0, DIGITS)
+        if self.uniform:  # scalar β, J: the digits select the operation
+            self.d1 = [bool(d) for d in d1]
+            self.d0 = [bool(d) for d in d0]
+            self.q1, self.q0 = int(q1), int(q0)
+        else:
+            self.m1 = [d.reshape(view).bool() for d in d1]
+            self.m0 = [d.reshape(view).bool() for d in d0]
+            self.q1, self.q0 = q1.reshape(view), q0.reshape(view)
+        quarter = (self.groups, *batch, self.rows // 2, self.cols // 2)
+        row_words = math.prod(quarter) // quarter[-2]
+        # update a quarter in row chunks of about _CHUNK_WORDS words: the random block of
+        # a chunk (13 words per word) then stays cache-sized on large lattices
+        self.chunk_rows = max(1, min(quarter[-2], _CHUNK_WORDS // row_words))
+        draws = (DIGITS + 1) * row_words * self.chunk_rows
+        self.rng = _LaggedFibonacci(-(-draws // _LAGS[0]), generator, device)
+        self._load(state, generator)
+        self.last_flips: tuple[Tensor, ...] | None = None
+        self.accepted = torch.zeros(self.chains, *batch, dtype=torch.float64, device=device)
+        self.accepted_sweeps = 0
+        words_shape = (self.groups, *batch, self.n)
+        self.counter = [
+            torch.zeros(words_shape, dtype=torch.int64, device=device)
+            for _ in range(_COUNTER_PLANES)
+        ]
+        self.pending = 0
+        self.site_down: Tensor | None = None  # (G, 64, *batch, N), allocated at the first flush
+        self.measurements = 0
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def _load(self, state: Tensor | str, generator: torch.Generator | None) -> None:
+        """Pack spins (chains, *batch, N) ±1, or draw a hot / cold start, into the quarters."""
+        shape = (self.groups, *self.batch_shape, self.n)
+        if isinstance(state, str):
+            if state == "up":
+                words = torch.zeros(shape, dtype=torch.int64, device=self.model.device)
+            else:  # hot start: every bit (spin) independently ±1
+                words = torch.randint(
+                    -(2**63), 2**63 - 1, shape, dtype=torch.int64, device=self.model.device,
+                    generator=generator,
+                )  # fmt: skip
+        else:
+            down = state < 0
+            pad = self.groups * 64 - self.chains
+            if pad:
+                down = torch.cat([down, down[:1].expand(pad, *down.shape[1:])])
+            down = down.reshape(self.groups, 64, *down.shape[1:]).movedim(1, 0)
+            words = _pack(down)  # (G, *batch, N)
+        grid = words.reshape(*words.shape[:-1], self.rows // 2, 2, self.cols // 2, 2)
+        be, bo = grid[..., :, 0, :, 0], grid[..., :, 1, :, 1]
+        we, wo = grid[..., :, 0, :, 1], grid[..., :, 1, :, 0]
+        self.be, self.bo = be.contiguous(), bo.contiguous()
+        self.we, self.wo = (we ^ self.gauge).contiguous(), (wo ^ self.gauge).contiguous()
+
+    def _grid_words(self) -> Tensor:
+        """(G, *batch, N) words of the physical spins (gauge undone)."""
+        we, wo = self.we ^ self.gauge, self.wo ^ self.gauge
+        top = torch.stack((self.be, we), dim=-1)  # even rows: (2k) black, (2k+1) white
+        bottom = torch.stack((wo, self.bo), dim=-1)
+        grid = torch.stack((top, bottom), dim=-3)  # (..., L/2, 2, W/2, 2)
+        return grid.reshape(*grid.shape[:-4], self.n)
+
+    def _lanes(self, per_word: Tensor) -> Tensor:
+        """(G, *batch, 64, ...) → (chains, *batch, ...)."""
+        moved = per_word.movedim(len(self.batch_shape) + 1, 1)
+        flat = moved.reshape(self.groups * 64, *moved.shape[2:])
+        return flat[: self.chains]
+
+    def _per_chain(self, words_like: Tensor) -> Tensor:
+        """(G, 64, *batch, N) → (chains, *batch, N)."""
+        return words_like.reshape(self.groups * 64, *words_like.shape[2:])[: self.chains]
+
+    def full_state(self) -> Tensor:
+        words = self._grid_words()
+        spins = torch.ones(
+            self.groups, 64, *words.shape[1:], dtype=self.model.dtype, device=words.device
+        )
+        _add_bits(spins, words, -2.0)
+        return self._per_chain(spins)
+
+    # -- dynamics -------------------------------------------------------------------------
+
+    def _accept_masks(self, digits: Tensor) -> tuple[Tensor, Tensor]:
+        """A₁ = [u < p₁], A₀ = [u < p₀] (all 64 lanes) from (DIGITS + 1, *quarter) words."""
+        tail = digits[DIGITS] & _MAX63
+        a1 = (tail - self.q1).bitwise_right_shift_(63)  # −1 where v < q
+        a0 = (tail - self.q0).bitwise_right_shift_(63)
+        for j in range(DIGITS - 1, -1, -1):  # last digit first
+            r = digits[j]
+            if self.uniform:
+                (a1.bitwise_or_ if self.d1[j] else a1.bitwise_and_)(r)
+                (a0.bitwise_or_ if self.d0[j] else a0.bitwise_and_)(r)
+            else:
+                a1 = torch.where(self.m1[j], r | a1, r & a1)
+                a0 = torch.where(self.m0[j], r | a0, r & a0)
+        return a1, a0
+
+    @staticmethod
+    def _unsatisfied(
+        target: Tensor, n1: Tensor, n2: Tensor, n3: Tensor, n4: Tensor
+    ) -> tuple[Tensor, ...]:
+        # n2, n4 are fresh (rolled) tensors: reused in place
+        return target ^ n1, n2.bitwise_xor_(target), target ^ n3, n4.bitwise_xor_(target)
+
+    def _update(self, target: Tensor, neighbours: tuple[Tensor, ...], digits: Tensor) -> Tensor:
+        a, b, c, d = self._unsatisfied(target, *neighbours)
+        any_ab = a | b
+        a &= b
+        any_cd = c | d
+        c &= d
+        a |= c
+        torch.bitwise_and(any_ab, any_cd, out=b)
+        a |= b  # k ≥ 2
+        any_ab |= any_cd  # k ≥ 1
+        a1, a0 = self._accept_masks(digits)
+        any_ab &= a1
+        a |= any_ab
+        a |= a0  # flip mask
+        target ^= a
+        return a
+
+    def _neighbours(self, quarter: str) -> tuple[Tensor, ...]:
+        rows, cols = -2, -1
+        be, bo, we, wo = self.be, self.bo, self.we, self.wo
+        if quarter == "be":
+            return wo, torch.roll(wo, 1, rows), we, torch.roll(we, 1, cols)
+        if quarter == "bo":
+            return we, torch.roll(we, -1, rows), wo, torch.roll(wo, -1, cols)
+        if quarter == "we":
+            return bo, torch.roll(bo, 1, rows), be, torch.roll(be, -1, cols)
+        return be, torch.roll(be, -1, rows), bo, torch.roll(bo, 1, cols)
+
+    def sweep(self) -> None:
+        flips = []
+        for name in ("be", "bo", "we", "wo"):  # black quarters first, then white
+            target = getattr(self, name)
+            neighbours = self._neighbours(name)
+            for start in range(0, target.shape[-2], self.chunk_rows):
+                rows = slice(start, start + self.chunk_rows)
+                chunk = target[..., rows, :]
+                block = self.rng.block().reshape(-1)[: (DIGITS + 1) * chunk.numel()]
+                digits = block.view(DIGITS + 1, *chunk.shape)
+                flips.append(
+                    self._update(chunk, tuple(n[..., rows, :] for n in neighbours), digits)
+                )
+        self.last_flips = tuple(flips)
+
+    # -- measurement ----------------------------------------------------------------------
+
+    def measure(self) -> tuple[Tensor, Tensor]:
+        lead = 1 + len(self.batch_shape)
+        dtype = self.model.dtype
+        bonds = [
+            torch.stack(self._unsatisfied(self.be, *self._neighbours("be"))),
+            torch.stack(self._unsatisfied(self.bo, *self._neighbours("bo"))),
+        ]
+        unsatisfied = sum(_bit_counts(b.movedim(0, lead), lead) for b in bonds)
+        words = self._grid_words()
+        down = _bit_counts(words, lead)
+        energy = -self.abs_bond * (2.0 * self.n - 2.0 * self._lanes(unsatisfied).to(dtype))
+        magnetization = 1.0 - 2.0 * self._lanes(down).to(dtype) / self.n
+        if self.last_flips is not None:
+            flipped = sum(_bit_counts(f, lead) for f in self.last_flips)
+            self.accepted += self._lanes(flipped).to(torch.float64) / self.n
+            self.accepted_sweeps += 1
+        return energy, magnetization
+
+    def accumulate(self) -> None:
+        """Add the current spins to per-site bit-sliced counters (flushed every 255 calls)."""
+        carry = self._grid_words()
+        for j in range(_COUNTER_PLANES):
+            plane = self.counter[j]
+            self.counter[j] = plane ^ carry
+            carry = plane & carry
+        self.pending += 1
+        self.measurements += 1
+        if self.pending == 2**_COUNTER_PLANES - 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.site_down is None:
+            shape = (self.groups, 64, *self.batch_shape, self.n)
+            self.site_down = torch.zeros(shape, dtype=self.model.dtype, device=self.be.device)
+        for j in range(self.pending.bit_length()):  # planes above stay zero
+            _add_bits(self.site_down, self.counter[j], float(2**j))
+            self.counter[j].zero_()
+        self.pending = 0
+
+    def site_total(self) -> Tensor:
+        self._flush()
+        assert self.site_down is not None
+        total = self.measurements - 2.0 * self._per_chain(self.site_down)
+        return total.to(self.model.dtype)
+
+    def acceptance(self) -> Tensor:
+        """Mean flipped fraction per chain, estimated on the sweeps that preceded measurements."""
+        return (self.accepted / max(self.accepted_sweeps, 1)).to(self.model.dtype)

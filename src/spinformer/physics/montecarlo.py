@@ -668,6 +668,13 @@ def sample(
             )
         if need is not None:
             raise ValueError(f"engine='multispin' needs {need}")
+    lattice = model.lattice
+    if method == "metropolis" and lattice is not None and lattice.periodic and 2 in lattice.shape:
+        raise ValueError(
+            "method='metropolis' is not reliable on periodic lattices with a side of length 2 "
+            f"(shape {lattice.shape}: double bonds); its checkerboard sweeps disagree with exact "
+            "results there. Use method='heat_bath' (or 'wolff' at zero field)"
+        )
     if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
         raise ValueError(f"step_size must be a positive number or None, got {step_size!r}")
     vector = isinstance(model, VectorSpinModel)

@@ -65,8 +65,9 @@ def test_extreme_beta_matches_the_one_shot_kernel(beta):
         assert all(bool(torch.isfinite(getattr(thermo, name)).all()) for name in FIELDS)
 
 
-@pytest.mark.parametrize("kind", ["none", "padding+causal", "additive"])
-@pytest.mark.parametrize("block", [5, 126, 1 << 20])
+@pytest.mark.parametrize(
+    ("kind", "block"), [("none", 5), ("padding+causal", 126), ("additive", 1 << 20)]
+)
 def test_recomputing_backward_passes_gradcheck(kind, block):
     q, k, v = (t.requires_grad_(True) for t in _inputs(3, heads=2, tgt=4, src=6, dim=3, dim_v=2))
     bias = _biases(4, heads=2, tgt=4, src=6)[kind]

@@ -17,6 +17,7 @@ other processes affects all cases alike; the medians are still noisy on a shared
     python benchmarks/attention.py                      # B=8, N=512, D=512, H=8, fp32, CPU
     python benchmarks/attention.py --device cuda        # on a GPU
     python benchmarks/attention.py --seq 128 --repeats 5
+    python benchmarks/attention.py --threads 1          # one intra-op thread
 """
 
 from __future__ import annotations
@@ -81,12 +82,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
     parser.add_argument("--modes", default="inference,training")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     argv = [a for a in sys.argv[1:] if not a.startswith("--memory-probe")]
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ per-head couplings W_QK = W_Kᵀ W_Q (kept factored), fields h = W_Kᵀ b_Q and 
 self-consistency equation m = Σ_j x_j softmax_j(β x_jᵀ W_QK m) of seed 000.
 """
 
+from spinformer.attention.blocked import blocked_boltzmann_attention
 from spinformer.attention.couplings import Couplings, couplings
 from spinformer.attention.ensemble import (
     AttentionEnsemble,
@@ -41,6 +42,7 @@ __all__ = [
     "FixedPoints",
     "PhaseDiagram",
     "SelfConsistentResult",
+    "blocked_boltzmann_attention",
     "boltzmann_attention",
     "boltzmann_rows",
     "causal_mask",

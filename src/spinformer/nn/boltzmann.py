@@ -19,10 +19,12 @@ Cost. Without ``need_weights`` and ``need_thermo`` the forward pass is
 ``F.scaled_dot_product_attention`` with ``scale`` = β (a per-head or learnable β is folded into
 the queries and the scale is 1), i.e. torch's fused attention. ``need_thermo=True`` returns,
 additionally, the :class:`~spinformer.attention.EnsembleThermodynamics` (ln Z, F, U, S, C) of
-every head and query, computed from the same logits in a few passes over the score matrix
-(:func:`spinformer.attention.boltzmann_rows`); the head-averaged weights are only formed when
-``need_weights`` asks for them. With dropout in training mode the thermodynamics describe the
-Boltzmann distribution before dropout.
+every head and query. Without ``need_weights`` (and without dropout) they come with the output
+from :func:`spinformer.attention.blocked_boltzmann_attention`, which forms the scores a
+cache-sized block at a time and recomputes them in the backward pass, so no (B, H, L, S)
+tensor is ever stored; with ``need_weights`` the weights are formed anyway and the
+thermodynamics are computed from them (:func:`spinformer.attention.boltzmann_rows`). With
+dropout in training mode the thermodynamics describe the Boltzmann distribution before dropout.
 
 Two deliberate differences from torch: a query whose keys are all masked raises ``ValueError``
 (torch returns NaN), and so do non-finite inputs. These checks cost one reduction per distinct
@@ -39,7 +41,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinformer._validation import as_tensor, check_beta, check_finite
-from spinformer.attention import EnsembleThermodynamics, boltzmann_attention, boltzmann_rows
+from spinformer.attention import (
+    EnsembleThermodynamics,
+    blocked_boltzmann_attention,
+    boltzmann_rows,
+)
 
 __all__ = ["BoltzmannAttention"]
 
@@ -390,11 +396,11 @@ class BoltzmannAttention(nn.Module):
                 q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=causal_hint, scale=scale
             )
         else:
-            logits = (q * scale if scale != 1.0 else q) @ k.transpose(-1, -2)
             beta = self.beta.to(q.dtype).view(heads, 1)
-            if need_thermo and not need_weights and dropout_p == 0.0 and _inference(q, k, v, beta):
-                out, thermo = boltzmann_attention(logits, bias, beta, v)
+            if need_thermo and not need_weights and dropout_p == 0.0 and _no_grad(bias):
+                out, thermo = blocked_boltzmann_attention(q, k, v, beta, bias, scale)
             else:
+                logits = (q * scale if scale != 1.0 else q) @ k.transpose(-1, -2)
                 if need_thermo:
                     weights, thermo = boltzmann_rows(logits, bias, beta)
                 else:
@@ -423,9 +429,9 @@ def _after_load(module: BoltzmannAttention, incompatible_keys: Any) -> None:
     module._refresh_uniform_beta()
 
 
-def _inference(*tensors: Tensor) -> bool:
-    """No gradient will be needed through these tensors (so buffers may be reused in place)."""
-    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
+def _no_grad(bias: Tensor | None) -> bool:
+    """The mask needs no gradient (the blocked kernel gives it none)."""
+    return bias is None or not (torch.is_grad_enabled() and bias.requires_grad)
 
 
 def _additive(mask: Tensor, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:

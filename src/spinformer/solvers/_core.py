@@ -219,7 +219,7 @@ def fixed_point(
         failed = int((~converged).sum())
         warnings.warn(
             f"fixed_point({method}): {failed} of {converged.numel()} samples did not converge to tol={tol:g} "
-            f"in {max_iter} iterations (max residual {float(out.residual.max()):.3g})",
+            f"in {max_iter} iterations (max residual {float(out.residual.detach().max()):.3g})",
             SolverWarning,
             stacklevel=2,
         )
@@ -256,7 +256,7 @@ def _attach_adjoint(
         if warn and not bool(out.converged.all()):
             warnings.warn(
                 f"fixed_point backward: the adjoint solve did not converge for "
-                f"{int((~out.converged).sum())} samples (max residual {float(out.residual.max()):.3g})",
+                f"{int((~out.converged).sum())} samples (max residual {float(out.residual.detach().max()):.3g})",
                 SolverWarning,
                 stacklevel=2,
             )

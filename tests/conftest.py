@@ -17,3 +17,12 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def generator() -> torch.Generator:
     """A seeded torch generator (every random test is reproducible)."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (small tensors: avoids OpenMP contention), then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from spinformer.cli import app
 from spinformer.experiments import get_experiment, run_experiment
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ergodicity_mixture_rebuilds_the_ensemble_below_tc() -> None:

@@ -100,6 +100,15 @@ def softmax_couplings(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
     return torch.softmax(scores, dim=-1)
 
 
+def feed_forward(d_model: int, ffn_mult: int) -> nn.Sequential:
+    """The channel-mixing MLP Linear(D, mD) → GELU → Linear(mD, D) shared by every block."""
+    return nn.Sequential(
+        nn.Linear(d_model, ffn_mult * d_model),
+        nn.GELU(),
+        nn.Linear(ffn_mult * d_model, d_model),
+    )
+
+
 def split_heads(x: Tensor, n_heads: int) -> Tensor:
     """(B, N, H·d) -> (B, H, N, d)."""
     b, n, _ = x.shape

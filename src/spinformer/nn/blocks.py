@@ -37,6 +37,7 @@ from spinformer.nn._spin import (
     allowed_keys,
     check_heads,
     check_tokens,
+    feed_forward,
     merge_heads,
     softmax_couplings,
     split_heads,
@@ -98,15 +99,7 @@ class SpinTransformerBlock(nn.Module):
         self.query = nn.Linear(d_model, d_model, bias=False)
         self.key = nn.Linear(d_model, d_model, bias=False)
         self.out = nn.Linear(d_model, d_model)
-        self.ffn = (
-            nn.Sequential(
-                nn.Linear(d_model, ffn_mult * d_model),
-                nn.GELU(),
-                nn.Linear(ffn_mult * d_model, d_model),
-            )
-            if ffn_field
-            else None
-        )
+        self.ffn = feed_forward(d_model, ffn_mult) if ffn_field else None
 
     def couplings(self, x_norm: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Asymmetric softmax couplings J (B, H, N, N) of normalised tokens, masked entries zero."""
@@ -171,11 +164,7 @@ class TransformerBlock(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(d_model, ffn_mult * d_model),
-            nn.GELU(),
-            nn.Linear(ffn_mult * d_model, d_model),
-        )
+        self.mlp = feed_forward(d_model, ffn_mult)
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
@@ -201,11 +190,7 @@ class AttentionBlock(nn.Module):
         self.mlp = None
         if ffn_mult:
             self.norm2 = nn.LayerNorm(d_model)
-            self.mlp = nn.Sequential(
-                nn.Linear(d_model, ffn_mult * d_model),
-                nn.GELU(),
-                nn.Linear(ffn_mult * d_model, d_model),
-            )
+            self.mlp = feed_forward(d_model, ffn_mult)
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False

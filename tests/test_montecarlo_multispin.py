@@ -1,4 +1,7 @@
-"""The multi-spin coded Metropolis engine against transfer-matrix, enumeration and published values."""
+"""The multi-spin coded Metropolis engine against transfer-matrix, enumeration and published values.
+
+Every statistical test runs on both backends: the fused native kernel and the torch operations.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,29 @@ import pytest
 import torch
 
 from spinformer.physics import IsingModel, all_states, sample, square_lattice, thermodynamics
-from spinformer.physics.multispin import DIGITS, _bit_counts, _digits
+from spinformer.physics._native import multispin_library, native_unavailable_reason
+from spinformer.physics.multispin import DIGITS, MultispinIsing, _add_bits, _bit_counts, _digits
 
 BETA_C = 0.5 * math.log(1.0 + math.sqrt(2.0))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _require_native() -> None:
+    if multispin_library() is None:
+        pytest.skip(f"native kernel unavailable: {native_unavailable_reason()}")
+
+
+@pytest.fixture(params=["native", "torch"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs each test with ``engine="multispin"`` on the native kernel and on torch operations."""
+    if request.param == "torch":
+        monkeypatch.setenv("SPINFORMER_NATIVE", "0")
+    else:
+        monkeypatch.delenv("SPINFORMER_NATIVE", raising=False)
+        _require_native()
+    return request.param
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -32,6 +52,84 @@ def _mc(model, seed: int, sweeps: int = 2000, chains: int = 128, **kw):
     )
 
 
+def _random_spins(chains: int, sites: int, seed: int) -> torch.Tensor:
+    return (2 * torch.randint(0, 2, (chains, sites), generator=_gen(seed)) - 1).double()
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (6, 4), (8, 8), (2, 4), (4, 2), (2, 2)])
+@pytest.mark.parametrize("beta", [1e6, 1e-30])
+@pytest.mark.parametrize("coupling", [1.0, -1.0])
+def test_native_and_torch_sweeps_agree_bit_for_bit_when_deterministic(
+    shape: tuple[int, int], beta: float, coupling: float
+) -> None:
+    # beta = 1e6: p1 = p0 = 0, a spin flips iff k >= 2 of its bonds are unsatisfied (the
+    # geometry of every neighbour); beta = 1e-30: p = 1, every spin flips. Neither uses the
+    # random bits, so the two backends must give the same states and flip masks exactly.
+    # 130 chains: three words per site, the last one partly padding; J < 0: the gauge.
+    _require_native()
+    model = square_lattice(shape, beta=beta, coupling=coupling)
+    initial = _random_spins(130, model.num_spins, 10)
+    native = MultispinIsing(model, initial, _gen(0), backend="native")
+    reference = MultispinIsing(model, initial, _gen(0), backend="torch")
+    for _ in range(4):
+        native.sweep()
+        reference.sweep()
+        assert torch.equal(native.full_state(), reference.full_state())
+    assert native.last_flips is not None and reference.last_flips is not None
+    for ours, theirs in zip(native.last_flips, reference.last_flips, strict=True):
+        assert torch.equal(ours, theirs)
+
+
+@pytest.mark.usefixtures("backend")
+def test_zero_temperature_sweep_flips_exactly_the_frustrated_spins() -> None:
+    # An independent check of the neighbour geometry: at beta -> inf a checkerboard sweep flips
+    # a black spin iff the flip lowers its energy or leaves it unchanged (dE <= 0), computed
+    # here from the model's own local field; then the white spins, from the new black ones.
+    model = square_lattice((6, 8), beta=1e6)
+    initial = _random_spins(64, 48, 11)
+    sweeper = MultispinIsing(model, initial, _gen(0))
+    sweeper.sweep()
+    rows, cols = torch.meshgrid(torch.arange(6), torch.arange(8), indexing="ij")
+    black = ((rows + cols) % 2 == 0).reshape(-1)
+    expected = initial.clone()
+    for colour in (black, ~black):
+        delta = 2.0 * expected * model.local_field(expected)
+        expected = torch.where(colour & (delta <= 0), -expected, expected)
+    assert torch.equal(sweeper.full_state(), expected)
+
+
+def test_native_results_do_not_depend_on_the_thread_count() -> None:
+    _require_native()
+    model = square_lattice((8, 6), beta=torch.tensor([0.3, 0.45]))
+    runs = []
+    for threads in (1, 2, 3):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            runs.append(sample(model, 30, chains=100, generator=_gen(12), engine="multispin"))
+        finally:
+            torch.set_num_threads(previous)
+    for run in runs[1:]:
+        assert torch.equal(run.final_state, runs[0].final_state)
+        assert torch.equal(run.energy, runs[0].energy)
+
+
+def test_native_backend_is_refused_where_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPINFORMER_NATIVE", "0")
+    with pytest.raises(RuntimeError, match="SPINFORMER_NATIVE=0"):
+        MultispinIsing(square_lattice(4), "up", None, 64, backend="native")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        MultispinIsing(square_lattice(4), "up", None, 64, backend="cuda")
+
+
+def test_unpacked_bits_match_shifts() -> None:
+    words = torch.randint(-(2**63), 2**63 - 1, (3, 2, 5000), dtype=torch.int64, generator=_gen(13))
+    out = torch.zeros(3, 64, 2, 5000, dtype=torch.float64)
+    _add_bits(out, words, -2.0, chunk=777)
+    bits = (words.unsqueeze(1) >> torch.arange(64).reshape(64, 1, 1)) & 1
+    assert torch.equal(out, -2.0 * bits.double())
+
+
 def test_acceptance_digits_rebuild_the_probability() -> None:
     p = torch.tensor([0.0, 0.0294, math.exp(-4 * BETA_C), 0.5, 0.999999], dtype=torch.float64)
     masks, tail = _digits(p, DIGITS)
@@ -46,6 +144,7 @@ def test_bit_counts_match_unpacked_bits() -> None:
     assert torch.equal(_bit_counts(words, 1), bits.sum(1))
 
 
+@pytest.mark.usefixtures("backend")
 @pytest.mark.parametrize(("shape", "coupling", "beta"), [((4, 6), 1.0, 0.4), ((4, 4), -1.0, 0.5)])
 def test_energy_matches_enumeration(shape: tuple[int, int], coupling: float, beta: float) -> None:
     # (4, 4) with J < 0 runs the antiferromagnet through the sublattice gauge.
@@ -55,6 +154,7 @@ def test_energy_matches_enumeration(shape: tuple[int, int], coupling: float, bet
     assert abs(float(mc.energy - exact.energy)) < 3.5 * float(mc.stderr["energy"])
 
 
+@pytest.mark.usefixtures("backend")
 def test_critical_8x8_energy_and_m2_match_the_transfer_matrix() -> None:
     model = square_lattice(8, beta=BETA_C, dtype=torch.float32)
     exact = thermodynamics(square_lattice(8, beta=BETA_C))
@@ -67,6 +167,7 @@ def test_critical_8x8_energy_and_m2_match_the_transfer_matrix() -> None:
     assert err < 0.01
 
 
+@pytest.mark.usefixtures("backend")
 def test_published_32x32_energy_at_beta_half() -> None:
     mc = _mc(
         square_lattice(32, beta=0.5), seed=3, sweeps=300, chains=128, burn_in=100, initial="up"
@@ -76,6 +177,7 @@ def test_published_32x32_energy_at_beta_half() -> None:
     assert err < 1e-3
 
 
+@pytest.mark.usefixtures("backend")
 def test_batched_temperatures_match_enumeration() -> None:
     betas = torch.tensor([0.3, 0.6], dtype=torch.float64)
     model = square_lattice(4, beta=betas)
@@ -86,6 +188,7 @@ def test_batched_temperatures_match_enumeration() -> None:
     assert float(z.abs().max()) < 3.5
 
 
+@pytest.mark.usefixtures("backend")
 def test_acceptance_equals_the_stationary_metropolis_rate() -> None:
     # A colour class updated from equilibrium flips a fraction E_π[(1/N) Σ_i min(1, e^{−βΔE_i})].
     model = square_lattice(4, beta=0.35)
@@ -100,6 +203,7 @@ def test_acceptance_equals_the_stationary_metropolis_rate() -> None:
     assert abs(float(acceptance.mean()) - expected) < 4 * stderr + 1e-3
 
 
+@pytest.mark.usefixtures("backend")
 def test_records_are_consistent_with_the_states() -> None:
     model = square_lattice((4, 6), beta=0.4)
     initial = (2 * torch.randint(0, 2, (70, 24), generator=_gen(6)) - 1).double()
@@ -123,6 +227,7 @@ def test_records_are_consistent_with_the_states() -> None:
     assert frozen.final_state.shape == (3, 24)
 
 
+@pytest.mark.usefixtures("backend")
 def test_runs_are_reproducible() -> None:
     model = square_lattice(4, beta=0.4)
     a = sample(model, 20, chains=64, generator=_gen(8), engine="multispin")
@@ -146,6 +251,7 @@ def test_unsupported_models_are_rejected() -> None:
         sample(IsingModel(torch.zeros(3, 3)), 5, engine="multispin")
 
 
+@pytest.mark.usefixtures("backend")
 @pytest.mark.slow
 def test_long_critical_8x8_run_has_no_bias_at_the_per_mille_level() -> None:
     # ~20x the statistics of the default test: a bias from the random bits or the

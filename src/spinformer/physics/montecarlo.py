@@ -710,12 +710,15 @@ def sample(
 
         steps = track(steps, description=f"{method}: {chains} chains")
     for step in steps:
-        fraction = sweeper.sweep()
+        done = step - burn_in + 1
+        if engine == "multispin":  # keeps flip masks only before a measurement
+            fraction = sweeper.sweep(record=done > 0 and done % measure_every == 0)
+        else:
+            fraction = sweeper.sweep()
         if step < burn_in:
             continue
         if fraction is not None:  # the multispin engine estimates it when measuring
             accepted = accepted + fraction
-        done = step - burn_in + 1
         if done % measure_every:
             continue
         t = done // measure_every - 1

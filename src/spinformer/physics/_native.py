@@ -1,0 +1,138 @@
+"""Build, cache and load the native multi-spin kernel (``multispin.c``) with the system C compiler.
+
+The kernel is plain C99/POSIX (no Python or torch headers), so building it takes well under a
+second. The shared library is cached per source, compiler, flags and CPU under
+``$SPINFORMER_CACHE_DIR`` (default ``$XDG_CACHE_HOME/spinformer``, else
+``~/.cache/spinformer``), written to a temporary name and renamed into place, so concurrent
+processes never load a half-written file. ``SPINFORMER_NATIVE=0`` switches the native path off
+(the engine then runs the same algorithm as torch operations); ``CC`` names the compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["multispin_library", "native_disabled", "native_unavailable_reason"]
+
+_SOURCE = "multispin.c"
+_BASE_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-pthread")
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+
+
+def native_disabled() -> bool:
+    """True when ``SPINFORMER_NATIVE`` is set to ``0`` (read at every call)."""
+    return os.environ.get("SPINFORMER_NATIVE", "1").strip() == "0"
+
+
+def _cache_dir() -> Path:
+    explicit = os.environ.get("SPINFORMER_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "spinformer"
+
+
+def _compiler() -> str | None:
+    named = os.environ.get("CC")
+    if named:
+        return shutil.which(named)
+    return next((found for cc in ("cc", "gcc", "clang") if (found := shutil.which(cc))), None)
+
+
+def _cpu_signature() -> str:
+    """The CPU feature flags (-march=native builds are only valid on a matching CPU)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compile(cc: str, source: Path, target: Path) -> str | None:
+    """Compile to ``target`` atomically; ``None`` on success, else the compiler's complaint."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    error = ""
+    for extra in (("-march=native",), ()):  # the portable build if the native one fails
+        fd, staging = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run(
+                [cc, *_BASE_FLAGS, *extra, "-o", staging, str(source)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if done.returncode == 0:
+                os.replace(staging, target)
+                return None
+            error = done.stderr.strip()[-500:]
+        except (OSError, subprocess.SubprocessError) as exc:
+            error = str(exc)
+        finally:
+            if os.path.exists(staging):
+                os.unlink(staging)
+    return error or "the compiler failed"
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler found (set CC, or install cc/gcc/clang)"
+    with resources.as_file(resources.files("spinformer.physics") / _SOURCE) as source:
+        code = source.read_bytes()
+        key = hashlib.sha256(
+            b"\0".join(
+                [
+                    code,
+                    cc.encode(),
+                    " ".join(_BASE_FLAGS).encode(),
+                    platform.machine().encode(),
+                    _cpu_signature().encode(),
+                ]
+            )
+        ).hexdigest()[:20]
+        target = _cache_dir() / f"multispin-{key}.so"
+        if not target.exists():
+            try:
+                error = _compile(cc, source, target)
+            except OSError:  # cache directory not writable: build in a private temp dir
+                target = Path(tempfile.mkdtemp(prefix="spinformer-")) / target.name
+                error = _compile(cc, source, target)
+            if error is not None:
+                return None, f"compiling {_SOURCE} with {cc} failed: {error}"
+    try:
+        library = ctypes.CDLL(str(target))
+    except OSError as exc:
+        return None, f"loading {target} failed: {exc}"
+    sweeps = library.spf_multispin_sweeps
+    sweeps.restype = ctypes.c_int
+    sweeps.argtypes = [*[_PTR] * 4, *[_I64] * 3, *[_PTR] * 4, _I64, *[_PTR] * 6, _I64, _I64]
+    return library, None
+
+
+def multispin_library() -> ctypes.CDLL | None:
+    """The loaded kernel, or ``None`` when it is switched off or cannot be built here."""
+    if native_disabled():
+        return None
+    return _load()[0]
+
+
+def native_unavailable_reason() -> str | None:
+    """Why :func:`multispin_library` returns ``None`` (``None`` when it does not)."""
+    if native_disabled():
+        return "SPINFORMER_NATIVE=0"
+    return _load()[1]

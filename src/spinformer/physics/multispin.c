@@ -1,0 +1,236 @@
+/* Fused sweeps of the multi-spin coded checkerboard Metropolis engine (multispin.py).
+ *
+ * The lattice is stored as four sublattice quarters BE, BO, WE, WO, each (planes, H, W)
+ * int64 words (bit i of a word = replica i, set = spin down). One sweep updates the black
+ * quarters (BE, BO) from the white ones, then the white quarters from the black ones, with
+ * exactly the word logic of multispin.py: the four "unsatisfied bond" bits, [k >= 2] and
+ * [k >= 1] by full-adder logic, and each replica's exact Metropolis test from 12 bit-sliced
+ * random digits plus a 63-bit tail shared by the word.
+ *
+ * Random words come from additive lagged Fibonacci streams x_n = x_{n-607} + x_{n-273}
+ * mod 2^64, tempered y = x ^ (x >> 32), one stream per (plane, row) of the quarters: row i of
+ * BE and BO (black half-sweep) and of WE and WO (white half-sweep) draw from stream (p, i),
+ * so the result does not depend on the number of threads. The block recurrence is the one of
+ * _LaggedFibonacci in multispin.py.
+ *
+ * Threads (POSIX) split the (plane, row) tasks into contiguous ranges and meet at a barrier
+ * after each half-sweep. The whole call releases the Python GIL (ctypes).
+ */
+#define _POSIX_C_SOURCE 200809L /* pthread barriers under -std=c11 */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define LAG_R 607
+#define LAG_S 273
+#define DIGITS 12
+#define DRAWS (DIGITS + 1)
+#define MAX63 0x7FFFFFFFFFFFFFFFULL
+
+typedef uint64_t u64;
+typedef int64_t i64;
+
+/* One acceptance constant p = 0.p_1..p_12 + 2^-12 q / 2^63: digit masks (0 or all ones). */
+typedef struct {
+    u64 d1[DIGITS], d0[DIGITS];
+    i64 q1, q0;
+} accept_t;
+
+static void lfg_refill(u64 *x) {
+    for (int j = 0; j < LAG_S; ++j) x[j] += x[j + LAG_R - LAG_S];
+    for (int j = LAG_S; j < LAG_R; ++j) x[j] += x[j - LAG_S];
+}
+
+/* n tempered words of stream (x, *pos) into out; pos = words of the current block used. */
+static void lfg_draw(u64 *x, i64 *pos, u64 *out, i64 n) {
+    i64 p = *pos;
+    while (n > 0) {
+        if (p >= LAG_R) {
+            lfg_refill(x);
+            p = 0;
+        }
+        i64 m = LAG_R - p < n ? LAG_R - p : n;
+        for (i64 j = 0; j < m; ++j) {
+            u64 v = x[p + j];
+            out[j] = v ^ (v >> 32);
+        }
+        out += m;
+        p += m;
+        n -= m;
+    }
+    *pos = p;
+}
+
+/* Update t[k0:k1] in place; h2 is the side neighbour row already offset by +-1. Digit j of
+ * site k is rnd[j * stride + k]. The flip masks go to flips[k]. */
+static inline void update_span(u64 *restrict t, const u64 *restrict v1, const u64 *restrict v2,
+                               const u64 *restrict h1, const u64 *restrict h2,
+                               const u64 *restrict rnd, i64 stride, const accept_t *acc,
+                               u64 *restrict flips, i64 k0, i64 k1) {
+    for (i64 k = k0; k < k1; ++k) {
+        u64 s = t[k];
+        u64 a = s ^ v1[k], b = s ^ v2[k], c = s ^ h1[k], d = s ^ h2[k];
+        u64 ge2 = (a & b) | (c & d) | ((a | b) & (c | d));
+        u64 ge1 = a | b | c | d;
+        i64 tail = (i64)(rnd[DIGITS * stride + k] & MAX63);
+        u64 a1 = -(u64)(tail < acc->q1), a0 = -(u64)(tail < acc->q0);
+        for (int j = DIGITS - 1; j >= 0; --j) { /* last digit first */
+            u64 r = rnd[j * stride + k];
+            a1 = (a1 & r) | (acc->d1[j] & (a1 ^ r)); /* d = 1: a | r, d = 0: a & r */
+            a0 = (a0 & r) | (acc->d0[j] & (a0 ^ r));
+        }
+        u64 m = ge2 | (ge1 & a1) | a0;
+        t[k] = s ^ m;
+        flips[k] = m;
+    }
+}
+
+/* Row update with periodic side neighbour h[(k + dk) mod w], dk = +-1. */
+static void update_row(u64 *t, const u64 *v1, const u64 *v2, const u64 *h, int dk, i64 w,
+                       const u64 *rnd, const accept_t *acc, u64 *flips) {
+    if (w == 1) {
+        update_span(t, v1, v2, h, h, rnd, 1, acc, flips, 0, 1);
+    } else if (dk < 0) {
+        update_span(t, v1, v2, h, h + w - 1, rnd, w, acc, flips, 0, 1);
+        update_span(t, v1, v2, h, h - 1, rnd, w, acc, flips, 1, w);
+    } else {
+        update_span(t, v1, v2, h, h + 1, rnd, w, acc, flips, 0, w - 1);
+        update_span(t, v1, v2, h, h + 1 - w, rnd, w, acc, flips, w - 1, w);
+    }
+}
+
+typedef struct {
+    u64 *q[4];     /* BE, BO, WE, WO */
+    u64 *flips[4]; /* NULL, or where the last sweep's flip masks go */
+    i64 planes, h, w, batch;
+    const accept_t *acc; /* one per batch entry; plane p uses acc[p % batch] */
+    u64 *rng_state;      /* (planes * h, LAG_R) */
+    i64 *rng_pos;        /* (planes * h) */
+    i64 sweeps;
+    pthread_barrier_t barrier;
+    pthread_mutex_t lock; /* the gate: workers start once every thread exists */
+    pthread_cond_t opened;
+    int open;
+} shared_t;
+
+typedef struct {
+    shared_t *sh;
+    i64 begin, end; /* task range, task = p * h + i */
+    u64 *rnd;       /* 2 * DRAWS * w words */
+    u64 *scratch;   /* w words: flip masks not recorded */
+} job_t;
+
+/* Quarter indices and neighbour geometry (see MultispinIsing._neighbours):
+ * BE[i,k]: WO[i], WO[i-1], WE[i,k], WE[i,k-1]     BO[i,k]: WE[i], WE[i+1], WO[i,k], WO[i,k+1]
+ * WE[i,k]: BO[i], BO[i-1], BE[i,k], BE[i,k+1]     WO[i,k]: BE[i], BE[i+1], BO[i,k], BO[i,k-1] */
+enum { BE, BO, WE, WO };
+static const int TARGET[2][2] = {{BE, BO}, {WE, WO}};
+static const int VERT[2][2] = {{WO, WE}, {BO, BE}};
+static const int VSTEP[2][2] = {{-1, +1}, {-1, +1}};
+static const int SIDE[2][2] = {{WE, WO}, {BE, BO}};
+static const int SSTEP[2][2] = {{-1, +1}, {+1, -1}};
+
+static void half_sweep(const job_t *job, int colour, int record) {
+    const shared_t *sh = job->sh;
+    i64 h = sh->h, w = sh->w, plane_words = h * w;
+    for (i64 task = job->begin; task < job->end; ++task) {
+        i64 p = task / h, i = task % h;
+        lfg_draw(sh->rng_state + task * LAG_R, sh->rng_pos + task, job->rnd, 2 * DRAWS * w);
+        const accept_t *acc = sh->acc + (p % sh->batch);
+        for (int half = 0; half < 2; ++half) {
+            int target = TARGET[colour][half], vert = VERT[colour][half];
+            int side = SIDE[colour][half];
+            i64 i2 = (i + VSTEP[colour][half] + h) % h;
+            u64 *row = sh->q[target] + p * plane_words + i * w;
+            const u64 *v = sh->q[vert] + p * plane_words;
+            const u64 *s = sh->q[side] + p * plane_words + i * w;
+            u64 *flips = record ? sh->flips[target] + p * plane_words + i * w : job->scratch;
+            update_row(row, v + i * w, v + i2 * w, s, SSTEP[colour][half], w,
+                       job->rnd + half * DRAWS * w, acc, flips);
+        }
+    }
+}
+
+static void *worker(void *arg) {
+    const job_t *job = arg;
+    shared_t *sh = job->sh;
+    pthread_mutex_lock(&sh->lock);
+    while (!sh->open) pthread_cond_wait(&sh->opened, &sh->lock);
+    pthread_mutex_unlock(&sh->lock);
+    for (i64 sweep = 0; sweep < sh->sweeps; ++sweep) {
+        int record = sh->flips[0] != NULL && sweep == sh->sweeps - 1;
+        for (int colour = 0; colour < 2; ++colour) {
+            half_sweep(job, colour, record);
+            pthread_barrier_wait(&sh->barrier);
+        }
+    }
+    return NULL;
+}
+
+/* Run `sweeps` sweeps. digits1/digits0: (batch, DIGITS) masks 0 / -1 of p1 = e^{-4 beta |J|}
+ * and p0 = p1^2; tail1/tail0: (batch) 63-bit tails. flips: four quarter-shaped outputs for the
+ * last sweep's flip masks, or all NULL. Threads that cannot be created are done without (the
+ * tasks are split over those that exist). Returns 0, or -1 when memory runs out (nothing is
+ * changed then). */
+int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, i64 w,
+                         const i64 *digits1, const i64 *digits0, const i64 *tail1,
+                         const i64 *tail0, i64 batch, i64 *rng_state, i64 *rng_pos, i64 *fbe,
+                         i64 *fbo, i64 *fwe, i64 *fwo, i64 sweeps, i64 threads) {
+    i64 tasks = planes * h;
+    if (threads > tasks) threads = tasks;
+    if (threads < 1) threads = 1;
+    accept_t *acc = malloc(sizeof(accept_t) * (size_t)batch);
+    job_t *jobs = malloc(sizeof(job_t) * (size_t)threads);
+    pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
+    u64 *buffers = malloc(sizeof(u64) * (size_t)(threads * (2 * DRAWS + 1) * w));
+    shared_t *sh = malloc(sizeof(shared_t));
+    int status = 0;
+    if (!acc || !jobs || !ids || !buffers || !sh) {
+        status = -1;
+        goto done;
+    }
+    for (i64 b = 0; b < batch; ++b) {
+        for (int j = 0; j < DIGITS; ++j) {
+            acc[b].d1[j] = (u64)digits1[b * DIGITS + j];
+            acc[b].d0[j] = (u64)digits0[b * DIGITS + j];
+        }
+        acc[b].q1 = tail1[b];
+        acc[b].q0 = tail0[b];
+    }
+    *sh = (shared_t){
+        .q = {(u64 *)be, (u64 *)bo, (u64 *)we, (u64 *)wo},
+        .flips = {(u64 *)fbe, (u64 *)fbo, (u64 *)fwe, (u64 *)fwo},
+        .planes = planes, .h = h, .w = w, .batch = batch, .acc = acc,
+        .rng_state = (u64 *)rng_state, .rng_pos = rng_pos, .sweeps = sweeps, .open = 0,
+    };
+    pthread_mutex_init(&sh->lock, NULL);
+    pthread_cond_init(&sh->opened, NULL);
+    for (i64 t = 0; t < threads; ++t) {
+        u64 *buffer = buffers + t * (2 * DRAWS + 1) * w;
+        jobs[t] = (job_t){sh, 0, 0, buffer, buffer + 2 * DRAWS * w};
+    }
+    i64 running = 1; /* this thread is worker 0 */
+    while (running < threads && !pthread_create(&ids[running], NULL, worker, &jobs[running]))
+        ++running;
+    for (i64 t = 0; t < running; ++t) {
+        jobs[t].begin = tasks * t / running;
+        jobs[t].end = tasks * (t + 1) / running;
+    }
+    pthread_barrier_init(&sh->barrier, NULL, (unsigned)running);
+    pthread_mutex_lock(&sh->lock);
+    sh->open = 1;
+    pthread_cond_broadcast(&sh->opened);
+    pthread_mutex_unlock(&sh->lock);
+    worker(&jobs[0]);
+    for (i64 t = 1; t < running; ++t) pthread_join(ids[t], NULL);
+    pthread_barrier_destroy(&sh->barrier);
+    pthread_cond_destroy(&sh->opened);
+    pthread_mutex_destroy(&sh->lock);
+done:
+    free(acc);
+    free(jobs);
+    free(ids);
+    free(buffers);
+    free(sh);
+    return status;
+}

@@ -12,11 +12,16 @@ precomputed table of exp(−2βσΣn) for the nine values of σΣn, and the flip
 arithmetically (s *= 1 − 2·accept). Its neighbour sums are checked against the plain roll-based
 sum on the full lattice before timing.
 
-spinformer: ``sample(..., engine="multispin")`` (64 replicas per int64 word) and the tensor
-engine (float32, one chain) for reference. On a machine with CUDA the multispin engine is also
-timed on the GPU (same code).
+spinformer, the multi-spin engine (64 replicas per int64 word, lazy Metropolis):
+- sweeps of its native kernel (the CPU default) and of its torch-operations backend (the
+  fallback without a C compiler, and the CUDA path), timed like the baseline: sweeps only, the
+  state already allocated;
+- ``sample(..., engine="multispin")`` end to end: construction, sweeps, one measurement and the
+  (64, L²) final state and site means, with 2^32 flips per call;
+- the tensor engine (float32, one chain) for reference.
+On a machine with CUDA the multispin engine is also timed on the GPU (torch backend).
 
-    PYTHONPATH=src python benchmarks/montecarlo.py [--sizes 256 1024] [--repeats 5]
+    PYTHONPATH=src python benchmarks/montecarlo.py [--sizes 256 1024] [--repeats 5] [--threads 2]
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import numpy as np
 import torch
 
 from spinformer.physics import IsingModel, SquareLattice, sample
+from spinformer.physics._native import native_unavailable_reason
+from spinformer.physics.multispin import MultispinIsing
 
 BETA_C = 0.5 * math.log(1.0 + math.sqrt(2.0))
 
@@ -93,15 +100,39 @@ def numpy_timer(size: int, sweeps: int) -> Callable[[], float]:
     return run
 
 
-def torch_timer(
-    size: int, sweeps: int, dtype: torch.dtype, device: str, chains: int, engine: str
-) -> Callable[[], float]:
-    model = IsingModel(
+def _critical_model(size: int, dtype: torch.dtype, device: str) -> IsingModel:
+    return IsingModel(
         torch.tensor(1.0, dtype=dtype, device=device),
         torch.zeros(size * size, dtype=dtype, device=device),
         beta=BETA_C,
         lattice=SquareLattice((size, size)),
     )
+
+
+def sweep_timer(size: int, sweeps: int, backend: str, device: str = "cpu") -> Callable[[], float]:
+    """Steady-state sweeps of the multi-spin engine (64 replicas), like the baseline's loop."""
+    model = _critical_model(size, torch.float32, device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    engine = MultispinIsing(model, "random", generator, 64, backend=backend)
+    engine.sweep(record=False)
+
+    def run() -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(sweeps):
+            engine.sweep(record=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return 64 * size * size * sweeps / (time.perf_counter() - start) / 1e9
+
+    return run
+
+
+def torch_timer(
+    size: int, sweeps: int, dtype: torch.dtype, device: str, chains: int, engine: str
+) -> Callable[[], float]:
+    model = _critical_model(size, dtype, device)
     generator = torch.Generator(device=device).manual_seed(0)
     sample(model, 1, burn_in=0, chains=chains, generator=generator, engine=engine)
 
@@ -139,28 +170,42 @@ def main() -> None:
         "baseline: numpy compact checkerboard Metropolis, int8 spins, one float32 uniform per "
         "site, exp(-2 beta dE) table lookup"
     )
-    print(f"{'L':>6} {'variant':<34} {'flips/ns':>10} {'x numpy':>9}")
+    unavailable = native_unavailable_reason()
+    print(f"native multispin kernel: {'available' if unavailable is None else unavailable}")
+    print(f"{'L':>6} {'variant':<36} {'flips/ns':>10} {'x numpy':>9}")
     for size in args.sizes:
         flips = 1 << 22  # per repeat for the baseline and the one-chain tensor engine
+        multispin_sweeps = max(8, (1 << 32) // (64 * size**2))
         variants: list[tuple[str, Callable[[], float]]] = [
             ("numpy int8/float32 (baseline)", numpy_timer(size, max(2, flips // size**2))),
+        ]
+        if unavailable is None:
+            variants.append(
+                ("multispin x64 native, sweeps", sweep_timer(size, multispin_sweeps, "native"))
+            )
+        variants += [
             (
-                "spinformer multispin x64",
-                torch_timer(
-                    size, max(8, (1 << 32) // (64 * size**2)), torch.float32, "cpu", 64, "multispin"
-                ),
+                "multispin x64 torch ops, sweeps",
+                sweep_timer(size, max(4, multispin_sweeps // 8), "torch"),
             ),
             (
-                "spinformer tensor float32 x1",
+                "multispin x64 sample() end to end",
+                torch_timer(size, multispin_sweeps, torch.float32, "cpu", 64, "multispin"),
+            ),
+            (
+                "tensor float32 x1 sample()",
                 torch_timer(size, max(2, flips // size**2), torch.float32, "cpu", 1, "tensor"),
             ),
         ]
         if torch.cuda.is_available():
             gpu_sweeps = max(20, 64 * flips // (64 * size**2))
+            variants.append(
+                ("multispin x64 cuda, sweeps", sweep_timer(size, gpu_sweeps, "torch", "cuda"))
+            )
             for chains in (64, 1024):
                 variants.append(
                     (
-                        f"spinformer multispin x{chains} cuda",
+                        f"multispin x{chains} cuda sample()",
                         torch_timer(size, gpu_sweeps, torch.float32, "cuda", chains, "multispin"),
                     )
                 )
@@ -171,7 +216,7 @@ def main() -> None:
         base = statistics.median(rates[variants[0][0]])
         for name, _ in variants:
             rate = statistics.median(rates[name])
-            print(f"{size:>6} {name:<34} {rate:>10.4f} {rate / base:>9.2f}")
+            print(f"{size:>6} {name:<36} {rate:>10.4f} {rate / base:>9.2f}")
 
 
 if __name__ == "__main__":

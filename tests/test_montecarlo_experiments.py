@@ -35,6 +35,10 @@ def test_mc_sample_command_prints_estimates() -> None:
     )
     assert out.exit_code == 0, out.output
     assert "<m^2>" in out.output
+    args = ["mc", "sample", "square-lattice", "--size", "8", "--sweeps", "50", "--chains", "64"]
+    out = runner.invoke(app, [*args, "--engine", "multispin"])
+    assert out.exit_code == 0, out.output
+    assert "<m^2>" in out.output
 
 
 def test_mc_sample_command_rejects_bad_input() -> None:
@@ -42,3 +46,6 @@ def test_mc_sample_command_rejects_bad_input() -> None:
     out = runner.invoke(app, ["mc", "sample", "chain", "--sweeps", "0"])
     assert out.exit_code == 2
     assert "sweeps" in out.output
+    out = runner.invoke(app, ["mc", "sample", "chain", "--engine", "multispin"])
+    assert out.exit_code == 2
+    assert "needs a periodic lattice" in out.output

@@ -46,6 +46,7 @@ from spinformer.physics.meanfield import (
 from spinformer.physics.models import IsingModel, SquareLattice, VectorSpinModel
 from spinformer.physics.montecarlo import (
     ALGORITHMS,
+    ENGINES,
     MonteCarloSamples,
     autocorrelation_times,
     sample,
@@ -69,6 +70,7 @@ from spinformer.physics.thermo import (
 
 __all__ = [
     "ALGORITHMS",
+    "ENGINES",
     "MAX_ENUMERATION_SPINS",
     "IsingModel",
     "MonteCarloSamples",

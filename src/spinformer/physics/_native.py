@@ -120,7 +120,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         return None, f"loading {target} failed: {exc}"
     sweeps = library.spf_multispin_sweeps
     sweeps.restype = ctypes.c_int
-    sweeps.argtypes = [*[_PTR] * 4, *[_I64] * 3, *[_PTR] * 4, _I64, *[_PTR] * 6, _I64, _I64]
+    sweeps.argtypes = [*[_PTR] * 4, *[_I64] * 3, *[_PTR] * 4, _I64, _I64, *[_PTR] * 6, _I64, _I64]
     return library, None
 
 

@@ -34,6 +34,9 @@ typedef int64_t i64;
 typedef struct {
     u64 d1[DIGITS], d0[DIGITS];
     i64 q1, q0;
+    /* lazy Metropolis: k >= 2 moves are declined when u's first `lazy` digits are all 1;
+     * lz[j] = all ones for j < lazy, keep0 = all ones when lazy = 0 (plain Metropolis) */
+    u64 lz[DIGITS], keep0;
 } accept_t;
 
 static void lfg_refill(u64 *x) {
@@ -72,14 +75,16 @@ static inline void update_span(u64 *restrict t, const u64 *restrict v1, const u6
         u64 a = s ^ v1[k], b = s ^ v2[k], c = s ^ h1[k], d = s ^ h2[k];
         u64 ge2 = (a & b) | (c & d) | ((a | b) & (c | d));
         u64 ge1 = a | b | c | d;
+        u64 keep = acc->keep0; /* r_j = NOT u_j: some r_j set <=> u's digits not all 1 */
         i64 tail = (i64)(rnd[DIGITS * stride + k] & MAX63);
         u64 a1 = -(u64)(tail < acc->q1), a0 = -(u64)(tail < acc->q0);
         for (int j = DIGITS - 1; j >= 0; --j) { /* last digit first */
             u64 r = rnd[j * stride + k];
             a1 = (a1 & r) | (acc->d1[j] & (a1 ^ r)); /* d = 1: a | r, d = 0: a & r */
             a0 = (a0 & r) | (acc->d0[j] & (a0 ^ r));
+            keep |= r & acc->lz[j];
         }
-        u64 m = ge2 | (ge1 & a1) | a0;
+        u64 m = (ge2 & keep) | (ge1 & a1) | a0;
         t[k] = s ^ m;
         flips[k] = m;
     }
@@ -168,13 +173,14 @@ static void *worker(void *arg) {
 }
 
 /* Run `sweeps` sweeps. digits1/digits0: (batch, DIGITS) masks 0 / -1 of p1 = e^{-4 beta |J|}
- * and p0 = p1^2; tail1/tail0: (batch) 63-bit tails. flips: four quarter-shaped outputs for the
+ * and p0 = p1^2 (times 1 - 2^-lazy); tail1/tail0: (batch) 63-bit tails; lazy: digits whose
+ * all-ones pattern declines a k >= 2 move (0: plain Metropolis). flips: four quarter-shaped outputs for the
  * last sweep's flip masks, or all NULL. Threads that cannot be created are done without (the
  * tasks are split over those that exist). Returns 0, or -1 when memory runs out (nothing is
  * changed then). */
 int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, i64 w,
                          const i64 *digits1, const i64 *digits0, const i64 *tail1,
-                         const i64 *tail0, i64 batch, i64 *rng_state, i64 *rng_pos, i64 *fbe,
+                         const i64 *tail0, i64 batch, i64 lazy, i64 *rng_state, i64 *rng_pos, i64 *fbe,
                          i64 *fbo, i64 *fwe, i64 *fwo, i64 sweeps, i64 threads) {
     i64 tasks = planes * h;
     if (threads > tasks) threads = tasks;
@@ -196,6 +202,8 @@ int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, 
         }
         acc[b].q1 = tail1[b];
         acc[b].q0 = tail0[b];
+        for (int j = 0; j < DIGITS; ++j) acc[b].lz[j] = j < lazy ? ~(u64)0 : 0;
+        acc[b].keep0 = lazy ? 0 : ~(u64)0;
     }
     *sh = (shared_t){
         .q = {(u64 *)be, (u64 *)bo, (u64 *)we, (u64 *)wo},

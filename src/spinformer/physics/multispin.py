@@ -4,13 +4,16 @@ Multi-spin coding (Jacobs & Rebbi, J. Comput. Phys. 41, 203, 1981; Block, Virnau
 Comput. Phys. Commun. 181, 1549, 2010) stores 64 replicas of the lattice in the bits of one
 int64 word per site (bit set = spin down), so every bitwise operation updates 64 spins. For a
 site with :math:`k` unsatisfied bonds among its four (antiparallel neighbours when
-:math:`J > 0`) a flip costs :math:`\Delta E = 2|J|(4 - 2k)`, so Metropolis flips always when
-:math:`k \ge 2`, with :math:`p_1 = e^{-4\beta|J|}` when :math:`k = 1` and with
-:math:`p_0 = e^{-8\beta|J|}` when :math:`k = 0`. The four "unsatisfied" bits
+:math:`J > 0`) a flip costs :math:`\Delta E = 2|J|(4 - 2k)`, so lazy Metropolis (acceptance
+:math:`(1-\epsilon)\min(1, e^{-\beta\Delta E})`, :math:`\epsilon = 2^{-\lambda}`, see
+:func:`lazy_digits`) flips with probability :math:`1 - \epsilon` when :math:`k \ge 2`, with
+:math:`p_1 = (1-\epsilon)e^{-4\beta|J|}` when :math:`k = 1` and with
+:math:`p_0 = (1-\epsilon)e^{-8\beta|J|}` when :math:`k = 0`. The four "unsatisfied" bits
 :math:`a, b, c, d = \sigma \oplus n_j` give, with full-adder logic,
 :math:`[k \ge 2] = ab \lor cd \lor (a \lor b)(c \lor d)` and :math:`[k \ge 1] = a \lor b \lor c
-\lor d`, and the flip mask is :math:`[k\ge2] \lor ([k\ge1] \land A_1) \lor A_0` with
-:math:`A_i = [u < p_i]` (:math:`A_0 \subseteq A_1` because both compare the same
+\lor d`, and the flip mask is :math:`([k\ge2] \land K) \lor ([k\ge1] \land A_1) \lor A_0` with
+:math:`A_i = [u < p_i]` and :math:`K = [u < 1 - \epsilon]` (:math:`u`'s first :math:`\lambda` digits
+not all 1; :math:`A_0 \subseteq A_1 \subseteq K` because all three compare the same
 :math:`u`). An antiferromagnet (:math:`J < 0`) is sampled as the ferromagnet of the gauge
 :math:`\sigma \to -\sigma` on the white sublattice.
 
@@ -22,7 +25,8 @@ the last digit to the first, :math:`\ell \leftarrow \bar u_j \lor \ell` if :math
 and :math:`\ell \leftarrow \bar u_j \land \ell` if :math:`p_j = 0`, one bitwise operation per
 digit, started from :math:`\ell = [v < q]`. The tail :math:`v` is a 63-bit uniform drawn once
 per site word, shared by its 64 replicas, so each replica's test is exact (to
-:math:`2^{-(t+63)}`), and each replica is an exact Metropolis chain. Replicas of one word are
+:math:`2^{-(t+63)}` beyond the float64 value of :math:`p`), and each replica is an exact lazy
+Metropolis chain. Replicas of one word are
 coupled only when two of them tie with :math:`p` in all :math:`t = 12` digits at the same site
 and sweep (probability :math:`2^{-24}` per pair and update), which the error analysis can
 ignore; they are independent otherwise, so the 64 replicas are treated as 64 chains.
@@ -56,6 +60,7 @@ adder trees, so it costs a few word operations per site rather than 64.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -64,15 +69,27 @@ from torch import Tensor
 from spinformer.physics._native import multispin_library, native_unavailable_reason
 from spinformer.physics.models import IsingModel
 
-__all__ = ["BACKENDS", "DIGITS", "multispin_supported"]
+__all__ = ["BACKENDS", "DIGITS", "LAZY_DIGITS", "lazy_digits", "multispin_supported"]
 
 BACKENDS = ("auto", "native", "torch")
 
 DIGITS = 12  # bit-sliced digits of each replica's uniform before the shared 63-bit tail
+LAZY_DIGITS = 8  # lazy Metropolis declines a move with probability >= 2^-8 (see lazy_digits)
 _LAGS = (607, 273)
 _MAX63 = (1 << 63) - 1
 _COUNTER_PLANES = 8
 _CHUNK_WORDS = 1 << 15  # per-site bit-sliced counters flush every 2^8 - 1 measurements
+
+
+def lazy_digits(num_sites: int) -> int:
+    """λ of the lazy Metropolis rate ε = 2^-λ: min(8, ⌊log₂ N⌋), at least 1.
+
+    Every Ising Metropolis move is declined with probability ε (:mod:`spinformer.physics.
+    montecarlo` explains why: plain Metropolis sweeps are reducible on small tori). N ε ≥ 1, so
+    a state trapped in a deterministic flip cycle leaves it within about a sweep, while large
+    lattices lose at most 0.4 % of their moves.
+    """
+    return max(1, min(LAZY_DIGITS, num_sites.bit_length() - 1))
 
 
 def multispin_supported(model: IsingModel) -> str | None:
@@ -206,12 +223,22 @@ class MultispinIsing:
         generator: torch.Generator | None,
         chains: int | None = None,
         backend: str = "auto",
+        lazy: int | None = None,
     ):
         """``state``: spins (chains, *batch, N), or ``"random"`` / ``"up"`` with ``chains``.
 
         ``backend``: ``"native"`` (the fused C kernel; CPU only), ``"torch"`` (tensor
         operations, any device) or ``"auto"`` (native when it can run here).
+        ``lazy``: every move is declined with probability ``2**-lazy`` (default
+        :func:`lazy_digits` of the number of sites); 0 gives plain Metropolis, which is
+        reducible on small tori (deterministic tests use it).
         """
+        lattice = model.lattice
+        assert lattice is not None
+        lazy = lazy_digits(lattice.num_sites) if lazy is None else lazy
+        if not 0 <= lazy <= DIGITS:
+            raise ValueError(f"lazy must be in [0, {DIGITS}], got {lazy}")
+        self.lazy_digits = lazy
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         library = multispin_library() if model.device.type == "cpu" else None
@@ -238,8 +265,9 @@ class MultispinIsing:
         # gauge mask: −1 where J < 0 (white spins stored flipped), per batch entry
         self.gauge = -(bond < 0).to(torch.int64).reshape(*batch, 1, 1)
         beta = model.beta.expand(batch) if batch else model.beta
-        p1 = torch.exp(-4.0 * beta.to(torch.float64) * self.abs_bond.to(torch.float64))
-        p0 = p1 * p1
+        boltzmann = torch.exp(-4.0 * beta.to(torch.float64) * self.abs_bond.to(torch.float64))
+        keep = 1.0 - 2.0**-lazy if lazy else 1.0
+        p1, p0 = keep * boltzmann, keep * boltzmann * boltzmann  # keep = 0.11…1 in binary
         self.uniform = p1.ndim == 0
         view = (*batch, 1, 1)
         d1, q1 = _digits(p1, DIGITS)
@@ -258,7 +286,7 @@ class MultispinIsing:
         # a chunk (13 words per word) then stays cache-sized on large lattices
         self.chunk_rows = max(1, min(quarter[-2], _CHUNK_WORDS // row_words))
         if self.native is not None:
-            self._native_setup(beta, generator)
+            self._native_setup(p1.reshape(-1), p0.reshape(-1), generator)
         else:
             draws = (DIGITS + 1) * row_words * self.chunk_rows
             self.rng = _LaggedFibonacci(-(-draws // _LAGS[0]), generator, device)
@@ -275,11 +303,9 @@ class MultispinIsing:
         self.site_down: Tensor | None = None  # (G, 64, *batch, N), allocated at the first flush
         self.measurements = 0
 
-    def _native_setup(self, beta: Tensor, generator: torch.Generator | None) -> None:
+    def _native_setup(self, p1: Tensor, p0: Tensor, generator: torch.Generator | None) -> None:
         """Per-batch acceptance digits and one generator stream per (plane, quarter row)."""
-        p1 = torch.exp(-4.0 * beta.to(torch.float64) * self.abs_bond.to(torch.float64))
-        p1 = p1.reshape(-1)
-        (d1, q1), (d0, q0) = _digits(p1, DIGITS), _digits(p1 * p1, DIGITS)
+        (d1, q1), (d0, q0) = _digits(p1, DIGITS), _digits(p0, DIGITS)
         self.native_digits = (
             torch.stack(d1, -1).contiguous(),
             torch.stack(d0, -1).contiguous(),
@@ -310,6 +336,7 @@ class MultispinIsing:
             q1.data_ptr(),
             q0.data_ptr(),
             q1.numel(),
+            self.lazy_digits,
             self.native_state.data_ptr(),
             self.native_position.data_ptr(),
             *((f.data_ptr() for f in flips) if flips else (None,) * 4),
@@ -405,6 +432,8 @@ class MultispinIsing:
         a |= c
         torch.bitwise_and(any_ab, any_cd, out=b)
         a |= b  # k ≥ 2
+        if self.lazy_digits:  # k ≥ 2 moves are declined when u's first digits are all 1
+            a &= functools.reduce(torch.bitwise_or, digits[: self.lazy_digits])
         any_ab |= any_cd  # k ≥ 1
         a1, a0 = self._accept_masks(digits)
         any_ab &= a1
@@ -487,8 +516,8 @@ class MultispinIsing:
     def site_total(self) -> Tensor:
         self._flush()
         assert self.site_down is not None
-        total = self.measurements - 2.0 * self._per_chain(self.site_down)
-        return total.to(self.model.dtype)
+        down = self._per_chain(self.site_down)
+        return torch.add(torch.full_like(down, self.measurements), down, alpha=-2.0)
 
     def acceptance(self) -> Tensor:
         """Mean flipped fraction per chain, estimated on the sweeps that preceded measurements."""

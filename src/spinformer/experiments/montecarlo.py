@@ -255,16 +255,20 @@ def ergodicity(
                 "exact <m>": exact_m,
             }
         )
-    plus_m = basin["+"]["run"].magnetization * n
-    ratio = estimate_mean(torch.exp(-2.0 * beta_low * field * plus_m))
+    plus_series = basin["+"]["run"].magnetization
+    weights = torch.exp(-2.0 * beta_low * field * n * plus_series)  # P-/P+ = <e^{-2βhM}>+
+    ratio = estimate_mean(weights)
     r, r_err = float(ratio.mean), float(ratio.stderr)
     p_plus, p_minus = 1.0 / (1.0 + r), r / (1.0 + r)
     p_err = r_err / (1.0 + r) ** 2
-    (mp, mp_err), (mm, mm_err) = basin["+"]["m"], basin["-"]["m"]
+    (mp, _), (mm, mm_err) = basin["+"]["m"], basin["-"]["m"]
     mixture = p_plus * mp + p_minus * mm
-    mixture_err = math.sqrt(
-        (p_plus * mp_err) ** 2 + (p_minus * mm_err) ** 2 + ((mp - mm) * p_err) ** 2
-    )
+    # P+ and <m>+ come from the same chains: the error of the + part is that of the
+    # linearised series p+ m_t - (<m>+ - <m>-)/(1 + r)^2 w_t, which carries their covariance
+    # and autocorrelation (delta method); the - chains are independent of it.
+    linear = p_plus * plus_series - (mp - mm) / (1.0 + r) ** 2 * weights
+    plus_err = float(estimate_mean(linear).stderr)
+    mixture_err = math.sqrt(plus_err**2 + (p_minus * mm_err) ** 2)
     rows.append(
         {
             "regime": f"below T_c (beta={beta_low}, h={field})",

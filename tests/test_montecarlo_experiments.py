@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from spinformer.cli import app
 from spinformer.experiments import get_experiment, run_experiment
+from spinformer.experiments.montecarlo import _curie_weiss_exact_m
+from spinformer.physics import curie_weiss, thermodynamics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,6 +23,19 @@ def test_ergodicity_mixture_rebuilds_the_ensemble_below_tc() -> None:
     assert abs(m["above_tc_energy_z"]) < 3
     assert m["hopfield_ensemble_overlap"] < 0.05
     assert "basins" in result.figures
+    # Curie–Weiss below T_c: the same decomposition against the binomial sum
+    assert m["cw_escape_fraction"] == 0.0
+    assert m["cw_basin_plus_m"] > 0.95 and m["cw_basin_minus_m"] < -0.95
+    assert abs(m["cw_mixture_m"] - m["cw_exact_m"]) < 4 * m["cw_mixture_m_err"]
+    assert abs(m["cw_exact_m"]) < 0.5  # neither basin alone is the ensemble
+
+
+def test_curie_weiss_binomial_sum_matches_enumeration() -> None:
+    model = curie_weiss(10, beta=1.7, field=0.05)
+    exact = thermodynamics(model)
+    assert _curie_weiss_exact_m(10, 1.7, 0.05) == pytest.approx(
+        float(exact.magnetization.mean()), abs=1e-12
+    )
 
 
 def test_experiments_are_registered_in_the_report_section() -> None:

@@ -8,7 +8,7 @@ average; below a transition it is not, and the Gibbs measure splits into a mixtu
     P(x) = \sum_i P_i\, e^{-\beta E_i(x)}/Z_i, \qquad P_i = Z_i/Z .
 
 :func:`ergodicity` measures both sides on the 2-D Ising model, whose finite tori are exact by
-transfer matrix. Below T_c with a small field h the two basins (M > 0, M < 0) have different
+transfer matrix, and on the Curie–Weiss model, exact by a binomial sum. Below T_c with a small field h the two basins (M > 0, M < 0) have different
 weights; chains started in one basin stay there, and the weights are *measured* from the
 chains inside one basin by the spin-flip identity (flipping every spin maps basin − onto basin
 + and h onto −h): :math:`P_-/P_+ = Z_-/Z_+ = \langle e^{-2\beta h M}\rangle_+`. The mixture
@@ -19,6 +19,7 @@ does. A Hopfield network at low temperature shows the same with 2P basins.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,9 @@ from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import ExperimentResult, register_experiment
 from spinformer.hopfield import ClassicalHopfield, random_patterns
 from spinformer.physics import (
+    IsingModel,
     autocorrelation_times,
+    curie_weiss,
     estimate_mean,
     sample,
     square_lattice,
@@ -183,6 +186,86 @@ def _mean_and_err(series: torch.Tensor) -> tuple[float, float]:
     return float(est.mean), float(est.stderr)
 
 
+def _basin_mixture(
+    model: IsingModel,
+    exact_m: float,
+    sweeps: int,
+    chains: int,
+    seed: int,
+    label: str,
+    exact_energy: float | None = None,
+) -> dict[str, Any]:
+    """Chains started in the + and − basins, and the mixture Σ P_i ⟨m⟩_i with measured P_i.
+
+    The weights come from the + chains alone, P_−/P_+ = ⟨e^{−2βhM}⟩_+ (module docstring); the
+    error of the mixture is that of its linearised series (delta method), which carries the
+    covariance of P_+ and ⟨m⟩_+ (both from the same chains) and their autocorrelation.
+    """
+    n = model.num_spins
+    beta, field = float(model.beta), float(model.field.mean())
+    basin: dict[str, dict[str, Any]] = {}
+    rows = []
+    for k, (name, start) in enumerate([("+", "up"), ("-", -torch.ones(n, dtype=model.dtype))]):
+        run = sample(model, sweeps, chains=chains, initial=start, generator=_gen(seed + 1 + k))
+        m = run.magnetization
+        sign = 1.0 if name == "+" else -1.0
+        basin[name] = {
+            "run": run,
+            "m": _mean_and_err(m),
+            "E": _mean_and_err(run.energy / n),
+            "escape": float((sign * m < 0).double().mean()),
+        }
+        rows.append(
+            {
+                "regime": label,
+                "average": f"time, start in basin {name}",
+                "E/N": basin[name]["E"][0],
+                "E/N err": basin[name]["E"][1],
+                "<m>": basin[name]["m"][0],
+                "<m> err": basin[name]["m"][1],
+                "exact E/N": exact_energy,
+                "exact <m>": exact_m,
+            }
+        )
+    plus_series = basin["+"]["run"].magnetization
+    weights = torch.exp(-2.0 * beta * field * n * plus_series)  # P-/P+ = <e^{-2βhM}>+
+    ratio = estimate_mean(weights)
+    r, r_err = float(ratio.mean), float(ratio.stderr)
+    p_plus, p_minus = 1.0 / (1.0 + r), r / (1.0 + r)
+    (mp, _), (mm, mm_err) = basin["+"]["m"], basin["-"]["m"]
+    mixture = p_plus * mp + p_minus * mm
+    linear = p_plus * plus_series - (mp - mm) / (1.0 + r) ** 2 * weights
+    mixture_err = math.sqrt(float(estimate_mean(linear).stderr) ** 2 + (p_minus * mm_err) ** 2)
+    rows.append(
+        {
+            "regime": label,
+            "average": "mixture sum_i P_i <m>_i",
+            "<m>": mixture,
+            "<m> err": mixture_err,
+            "exact <m>": exact_m,
+        }
+    )
+    return {
+        "basin": basin,
+        "rows": rows,
+        "p_plus": p_plus,
+        "p_err": r_err / (1.0 + r) ** 2,
+        "mixture": mixture,
+        "mixture_err": mixture_err,
+        "z": (mixture - exact_m) / mixture_err,
+    }
+
+
+def _curie_weiss_exact_m(n: int, beta: float, field: float) -> float:
+    """⟨m⟩ of the Curie–Weiss model by the binomial sum over M = n − 2k (closed form)."""
+    k = torch.arange(n + 1, dtype=torch.float64)
+    total = n - 2.0 * k
+    log_degeneracy = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+    energy = -(total**2 - n) / (2.0 * n) - field * total
+    weights = torch.softmax(log_degeneracy - beta * energy, 0)
+    return float((weights * total).sum()) / n
+
+
 @register_experiment(
     "ergodicity",
     "Ergodicity and its breaking: time vs ensemble averages, the mixture of basins",
@@ -197,6 +280,10 @@ def ergodicity(
     field: float = 0.01,
     sweeps: int = 4000,
     chains: int = 16,
+    cw_size: int = 32,
+    cw_beta: float = 2.5,
+    cw_field: float = 0.003,
+    cw_sweeps: int = 600,
     seed: int = 0,
 ) -> ExperimentResult:
     """Time averages against exact ensemble averages above and below T_c (2-D Ising, L×L).
@@ -205,8 +292,9 @@ def ergodicity(
     a small field h) chains started in the + and − basins stay there (escape fraction ≈ 0) and
     their time averages differ; the basin weights measured from the + basin,
     P_−/P_+ = ⟨e^{−2βhM}⟩_+, combine the per-basin averages into Σ P_i ⟨m⟩_i, which matches the
-    exact ⟨m⟩ (transfer matrix). A Hopfield net at low temperature shows the same with one basin
-    per stored pattern.
+    exact ⟨m⟩ (transfer matrix). The Curie–Weiss model (``cw_size`` spins, J_ij = 1/N, at
+    ``cw_beta`` > 1) repeats the decomposition against the exact binomial sum. A Hopfield net at
+    low temperature shows the same with one basin per stored pattern.
     """
     n = size * size
     rows = []
@@ -232,52 +320,22 @@ def ergodicity(
     cold = square_lattice(size, beta=beta_low, field=field)
     exact_cold = thermodynamics(cold, susceptibility=False)
     exact_m = float(exact_cold.magnetization.mean())
-    basin = {}
-    for k, (name, start) in enumerate([("+", "up"), ("-", -torch.ones(n, dtype=torch.float64))]):
-        run = sample(cold, sweeps, chains=chains, initial=start, generator=_gen(seed + 1 + k))
-        m = run.magnetization
-        sign = 1.0 if name == "+" else -1.0
-        basin[name] = {
-            "run": run,
-            "m": _mean_and_err(m),
-            "E": _mean_and_err(run.energy / n),
-            "escape": float((sign * m < 0).double().mean()),
-        }
-        rows.append(
-            {
-                "regime": f"below T_c (beta={beta_low}, h={field})",
-                "average": f"time, start in basin {name}",
-                "E/N": basin[name]["E"][0],
-                "E/N err": basin[name]["E"][1],
-                "<m>": basin[name]["m"][0],
-                "<m> err": basin[name]["m"][1],
-                "exact E/N": float(exact_cold.energy) / n,
-                "exact <m>": exact_m,
-            }
-        )
-    plus_series = basin["+"]["run"].magnetization
-    weights = torch.exp(-2.0 * beta_low * field * n * plus_series)  # P-/P+ = <e^{-2βhM}>+
-    ratio = estimate_mean(weights)
-    r, r_err = float(ratio.mean), float(ratio.stderr)
-    p_plus, p_minus = 1.0 / (1.0 + r), r / (1.0 + r)
-    p_err = r_err / (1.0 + r) ** 2
-    (mp, _), (mm, mm_err) = basin["+"]["m"], basin["-"]["m"]
-    mixture = p_plus * mp + p_minus * mm
-    # P+ and <m>+ come from the same chains: the error of the + part is that of the
-    # linearised series p+ m_t - (<m>+ - <m>-)/(1 + r)^2 w_t, which carries their covariance
-    # and autocorrelation (delta method); the - chains are independent of it.
-    linear = p_plus * plus_series - (mp - mm) / (1.0 + r) ** 2 * weights
-    plus_err = float(estimate_mean(linear).stderr)
-    mixture_err = math.sqrt(plus_err**2 + (p_minus * mm_err) ** 2)
-    rows.append(
-        {
-            "regime": f"below T_c (beta={beta_low}, h={field})",
-            "average": "mixture sum_i P_i <m>_i",
-            "<m>": mixture,
-            "<m> err": mixture_err,
-            "exact <m>": exact_m,
-        }
-    )
+    ising = _basin_mixture(
+        cold, exact_m, sweeps, chains, seed, f"below T_c (beta={beta_low}, h={field})",
+        float(exact_cold.energy) / n,
+    )  # fmt: skip
+    rows += ising["rows"]
+    basin, p_plus, p_err = ising["basin"], ising["p_plus"], ising["p_err"]
+    mixture, mixture_err, mixture_z = ising["mixture"], ising["mixture_err"], ising["z"]
+    mp, mm = basin["+"]["m"][0], basin["-"]["m"][0]
+    # -- Curie–Weiss below T_c = 1: the same decomposition, exact by the binomial sum ----------
+    cw_model = curie_weiss(cw_size, beta=cw_beta, field=cw_field)
+    cw_exact = _curie_weiss_exact_m(cw_size, cw_beta, cw_field)
+    cw = _basin_mixture(
+        cw_model, cw_exact, cw_sweeps, chains, seed + 20,
+        f"Curie-Weiss N={cw_size} (beta={cw_beta}, h={cw_field})",
+    )  # fmt: skip
+    rows += cw["rows"]
     # -- Hopfield network: one basin per stored pattern -----------------------------------------
     net = ClassicalHopfield(random_patterns(3, 100, _gen(seed + 5)))
     starts = torch.cat([net.patterns, -net.patterns]).repeat(4, 1)
@@ -314,7 +372,6 @@ def ergodicity(
     axes[1].set_title(f"Hopfield N=100, T={temperature}: time-averaged overlaps")
     axes[1].grid(False)
     fig.colorbar(image, ax=axes[1])
-    mixture_z = (mixture - exact_m) / mixture_err
     return ExperimentResult(
         name="ergodicity",
         config={
@@ -324,6 +381,10 @@ def ergodicity(
             "field": field,
             "sweeps": sweeps,
             "chains": chains,
+            "cw_size": cw_size,
+            "cw_beta": cw_beta,
+            "cw_field": cw_field,
+            "cw_sweeps": cw_sweeps,
             "seed": seed,
         },
         metrics={
@@ -338,6 +399,13 @@ def ergodicity(
             "mixture_m_err": mixture_err,
             "exact_m": exact_m,
             "mixture_z": mixture_z,
+            "cw_basin_plus_m": cw["basin"]["+"]["m"][0],
+            "cw_basin_minus_m": cw["basin"]["-"]["m"][0],
+            "cw_escape_fraction": max(cw["basin"][b]["escape"] for b in "+-"),
+            "cw_mixture_m": cw["mixture"],
+            "cw_mixture_m_err": cw["mixture_err"],
+            "cw_exact_m": cw_exact,
+            "cw_mixture_z": cw["z"],
             "hopfield_ensemble_overlap": ensemble,
         },
         tables={"time vs ensemble averages": rows, "Hopfield basins (time averages)": hop_rows},
@@ -348,6 +416,10 @@ def ergodicity(
             f"Below T_c the basins give <m> = {mp:+.4f} and {mm:+.4f}; neither is the ensemble "
             f"value {exact_m:+.4f}. With measured weights P_+ = {p_plus:.4f} ± {p_err:.4f}, the "
             f"mixture gives {mixture:+.4f} ± {mixture_err:.4f} ({mixture_z:+.1f} standard errors).",
+            f"Curie–Weiss, N = {cw_size}, β = {cw_beta} (T_c = 1): basins "
+            f"{cw['basin']['+']['m'][0]:+.4f} / {cw['basin']['-']['m'][0]:+.4f}, P_+ = "
+            f"{cw['p_plus']:.4f}; the mixture {cw['mixture']:+.4f} ± {cw['mixture_err']:.4f} "
+            f"against the binomial sum {cw_exact:+.4f} ({cw['z']:+.1f} standard errors).",
             "Hopfield: each start keeps overlap ≈ ±1 with its own pattern; averaged over the 2P "
             f"basins (equal weights by symmetry) the overlaps vanish (max |mean| = {ensemble:.3f}).",
         ],

@@ -10,7 +10,14 @@ import math
 import pytest
 import torch
 
-from spinformer.physics import IsingModel, all_states, sample, square_lattice, thermodynamics
+from spinformer.physics import (
+    IsingModel,
+    _native,
+    all_states,
+    sample,
+    square_lattice,
+    thermodynamics,
+)
 from spinformer.physics._native import multispin_library, native_unavailable_reason
 from spinformer.physics.multispin import DIGITS, MultispinIsing, _add_bits, _bit_counts, _digits
 
@@ -23,6 +30,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _require_native() -> None:
     if multispin_library() is None:
         pytest.skip(f"native kernel unavailable: {native_unavailable_reason()}")
+
+
+def _require_native_compiler() -> None:
+    if _native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
 
 
 @pytest.fixture(params=["native", "torch"])
@@ -120,6 +132,37 @@ def test_native_backend_is_refused_where_it_cannot_run(monkeypatch: pytest.Monke
         MultispinIsing(square_lattice(4), "up", None, 64, backend="native")
     with pytest.raises(ValueError, match="backend must be one of"):
         MultispinIsing(square_lattice(4), "up", None, 64, backend="cuda")
+
+
+@pytest.fixture
+def fresh_native(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """An empty kernel cache and a forgotten library; restored afterwards."""
+    monkeypatch.setenv("SPINFORMER_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SPINFORMER_NATIVE", raising=False)
+    _native._load.cache_clear()
+    yield tmp_path
+    _native._load.cache_clear()
+
+
+def test_kernel_is_built_into_the_cache_dir(fresh_native) -> None:
+    _require_native_compiler()
+    assert multispin_library() is not None, native_unavailable_reason()
+    assert [p.suffix for p in fresh_native.iterdir()] == [".so"]  # no staging files left
+
+
+@pytest.mark.parametrize("compiler", ["/nonexistent/cc", "false"])
+def test_without_a_working_compiler_the_engine_falls_back_to_torch(
+    fresh_native, monkeypatch: pytest.MonkeyPatch, compiler: str
+) -> None:
+    monkeypatch.setenv("CC", compiler)
+    assert multispin_library() is None
+    reason = native_unavailable_reason()
+    assert reason is not None and ("no C compiler" in reason or "failed" in reason)
+    assert list(fresh_native.iterdir()) == []  # nothing half-written
+    model = square_lattice(4, beta=0.4)
+    assert MultispinIsing(model, "up", _gen(0), 64).native is None
+    run = sample(model, 5, chains=64, generator=_gen(0), engine="multispin")
+    assert run.final_state.shape == (64, 16)
 
 
 def test_unpacked_bits_match_shifts() -> None:

@@ -68,7 +68,7 @@ def _random_spins(chains: int, sites: int, seed: int) -> torch.Tensor:
     return (2 * torch.randint(0, 2, (chains, sites), generator=_gen(seed)) - 1).double()
 
 
-@pytest.mark.parametrize("shape", [(4, 6), (6, 4), (8, 8), (2, 4), (4, 2), (2, 2)])
+@pytest.mark.parametrize("shape", [(4, 6), (6, 4), (8, 8), (2, 4), (4, 2), (2, 2), (4, 260)])
 @pytest.mark.parametrize("beta", [1e6, 1e-30])
 @pytest.mark.parametrize("coupling", [1.0, -1.0])
 def test_native_and_torch_sweeps_agree_bit_for_bit_when_deterministic(
@@ -77,7 +77,8 @@ def test_native_and_torch_sweeps_agree_bit_for_bit_when_deterministic(
     # beta = 1e6: p1 = p0 = 0, a spin flips iff k >= 2 of its bonds are unsatisfied (the
     # geometry of every neighbour); beta = 1e-30: p = 1, every spin flips. Neither uses the
     # random bits, so the two backends must give the same states and flip masks exactly.
-    # 130 chains: three words per site, the last one partly padding; J < 0: the gauge.
+    # 130 chains: three words per site, the last one partly padding; J < 0: the gauge;
+    # (4, 260): quarter rows of 130 words, drawn in blocks of 64 by the native kernel.
     _require_native()
     model = square_lattice(shape, beta=beta, coupling=coupling)
     initial = _random_spins(130, model.num_spins, 10)
@@ -269,6 +270,19 @@ def test_records_are_consistent_with_the_states() -> None:
     assert torch.allclose(run.mean_state, run.snapshots.mean(0))
     frozen = sample(model, 1, burn_in=0, chains=3, initial=initial[:3], engine="multispin")
     assert frozen.final_state.shape == (3, 24)
+
+
+@pytest.mark.usefixtures("backend")
+def test_grouping_sweeps_into_calls_changes_nothing() -> None:
+    # measure_every = 6 runs the sweeps between measurements (and the 2 after the last one)
+    # as single calls; the trajectory is the same as sweep by sweep.
+    model = square_lattice((6, 4), beta=torch.tensor([0.35, 0.5]))
+    one = sample(model, 20, burn_in=3, chains=70, generator=_gen(14), engine="multispin")
+    grouped = sample(
+        model, 20, burn_in=3, chains=70, generator=_gen(14), engine="multispin", measure_every=6
+    )
+    assert torch.equal(one.final_state, grouped.final_state)
+    assert torch.equal(one.energy[5::6], grouped.energy)
 
 
 @pytest.mark.usefixtures("backend")

@@ -732,8 +732,15 @@ def sample(
         steps = track(steps, description=f"{method}: {chains} chains")
     for step in steps:
         done = step - burn_in + 1
-        if engine == "multispin":  # keeps flip masks only before a measurement
-            fraction = sweeper.sweep(record=done > 0 and done % measure_every == 0)
+        measuring = done > 0 and done % measure_every == 0
+        if engine == "multispin":  # the sweeps up to a measurement (or the end) run as one call
+            fraction = None
+            if step == burn_in - 1:
+                sweeper.sweep(record=False, count=burn_in)
+            elif measuring:  # flip masks are kept for the acceptance estimate
+                sweeper.sweep(record=True, count=measure_every)
+            elif done == sweeps:  # the sweeps after the last measurement
+                sweeper.sweep(record=False, count=sweeps % measure_every)
         else:
             fraction = sweeper.sweep()
         if step < burn_in:

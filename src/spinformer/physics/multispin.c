@@ -26,6 +26,7 @@
 #define DIGITS 12
 #define DRAWS (DIGITS + 1)
 #define MAX63 0x7FFFFFFFFFFFFFFFULL
+#define BLOCK 64 /* sites per random draw: the DRAWS * BLOCK words stay in L1 */
 
 typedef uint64_t u64;
 typedef int64_t i64;
@@ -65,11 +66,12 @@ static void lfg_draw(u64 *x, i64 *pos, u64 *out, i64 n) {
 }
 
 /* Update t[k0:k1] in place; h2 is the side neighbour row already offset by +-1. Digit j of
- * site k is rnd[j * stride + k]. The flip masks go to flips[k]. */
+ * site k is rnd[j * stride + k - r0]. The flip masks go to flips[k]. */
 static inline void update_span(u64 *restrict t, const u64 *restrict v1, const u64 *restrict v2,
                                const u64 *restrict h1, const u64 *restrict h2,
-                               const u64 *restrict rnd, i64 stride, const accept_t *acc,
+                               const u64 *restrict rnd, i64 stride, i64 r0, const accept_t *acc,
                                u64 *restrict flips, i64 k0, i64 k1) {
+    rnd -= r0;
     for (i64 k = k0; k < k1; ++k) {
         u64 s = t[k];
         u64 a = s ^ v1[k], b = s ^ v2[k], c = s ^ h1[k], d = s ^ h2[k];
@@ -90,17 +92,27 @@ static inline void update_span(u64 *restrict t, const u64 *restrict v1, const u6
     }
 }
 
-/* Row update with periodic side neighbour h[(k + dk) mod w], dk = +-1. */
+/* Row update with periodic side neighbour h[(k + dk) mod w], dk = +-1, in blocks of BLOCK
+ * sites, each with DRAWS * BLOCK fresh words of stream (x, pos) in rnd. */
 static void update_row(u64 *t, const u64 *v1, const u64 *v2, const u64 *h, int dk, i64 w,
-                       const u64 *rnd, const accept_t *acc, u64 *flips) {
-    if (w == 1) {
-        update_span(t, v1, v2, h, h, rnd, 1, acc, flips, 0, 1);
-    } else if (dk < 0) {
-        update_span(t, v1, v2, h, h + w - 1, rnd, w, acc, flips, 0, 1);
-        update_span(t, v1, v2, h, h - 1, rnd, w, acc, flips, 1, w);
-    } else {
-        update_span(t, v1, v2, h, h + 1, rnd, w, acc, flips, 0, w - 1);
-        update_span(t, v1, v2, h, h + 1 - w, rnd, w, acc, flips, w - 1, w);
+                       u64 *x, i64 *pos, u64 *rnd, const accept_t *acc, u64 *flips) {
+    for (i64 k0 = 0; k0 < w; k0 += BLOCK) {
+        i64 k1 = k0 + BLOCK < w ? k0 + BLOCK : w, n = k1 - k0;
+        lfg_draw(x, pos, rnd, DRAWS * n);
+        if (w == 1) {
+            update_span(t, v1, v2, h, h, rnd, n, k0, acc, flips, 0, 1);
+        } else if (dk < 0) {
+            i64 start = k0;
+            if (k0 == 0) { /* site 0's left neighbour wraps to w - 1 */
+                update_span(t, v1, v2, h, h + w - 1, rnd, n, k0, acc, flips, 0, 1);
+                start = 1;
+            }
+            update_span(t, v1, v2, h, h - 1, rnd, n, k0, acc, flips, start, k1);
+        } else {
+            i64 end = k1 == w ? w - 1 : k1; /* site w - 1's right neighbour wraps to 0 */
+            update_span(t, v1, v2, h, h + 1, rnd, n, k0, acc, flips, k0, end);
+            if (end < k1) update_span(t, v1, v2, h, h + 1 - w, rnd, n, k0, acc, flips, end, k1);
+        }
     }
 }
 
@@ -121,7 +133,7 @@ typedef struct {
 typedef struct {
     shared_t *sh;
     i64 begin, end; /* task range, task = p * h + i */
-    u64 *rnd;       /* 2 * DRAWS * w words */
+    u64 *rnd;       /* DRAWS * BLOCK words */
     u64 *scratch;   /* w words: flip masks not recorded */
 } job_t;
 
@@ -140,7 +152,6 @@ static void half_sweep(const job_t *job, int colour, int record) {
     i64 h = sh->h, w = sh->w, plane_words = h * w;
     for (i64 task = job->begin; task < job->end; ++task) {
         i64 p = task / h, i = task % h;
-        lfg_draw(sh->rng_state + task * LAG_R, sh->rng_pos + task, job->rnd, 2 * DRAWS * w);
         const accept_t *acc = sh->acc + (p % sh->batch);
         for (int half = 0; half < 2; ++half) {
             int target = TARGET[colour][half], vert = VERT[colour][half];
@@ -151,7 +162,7 @@ static void half_sweep(const job_t *job, int colour, int record) {
             const u64 *s = sh->q[side] + p * plane_words + i * w;
             u64 *flips = record ? sh->flips[target] + p * plane_words + i * w : job->scratch;
             update_row(row, v + i * w, v + i2 * w, s, SSTEP[colour][half], w,
-                       job->rnd + half * DRAWS * w, acc, flips);
+                       sh->rng_state + task * LAG_R, sh->rng_pos + task, job->rnd, acc, flips);
         }
     }
 }
@@ -188,7 +199,7 @@ int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, 
     accept_t *acc = malloc(sizeof(accept_t) * (size_t)batch);
     job_t *jobs = malloc(sizeof(job_t) * (size_t)threads);
     pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
-    u64 *buffers = malloc(sizeof(u64) * (size_t)(threads * (2 * DRAWS + 1) * w));
+    u64 *buffers = malloc(sizeof(u64) * (size_t)(threads * (DRAWS * BLOCK + w)));
     shared_t *sh = malloc(sizeof(shared_t));
     int status = 0;
     if (!acc || !jobs || !ids || !buffers || !sh) {
@@ -214,8 +225,8 @@ int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, 
     pthread_mutex_init(&sh->lock, NULL);
     pthread_cond_init(&sh->opened, NULL);
     for (i64 t = 0; t < threads; ++t) {
-        u64 *buffer = buffers + t * (2 * DRAWS + 1) * w;
-        jobs[t] = (job_t){sh, 0, 0, buffer, buffer + 2 * DRAWS * w};
+        u64 *buffer = buffers + t * (DRAWS * BLOCK + w);
+        jobs[t] = (job_t){sh, 0, 0, buffer, buffer + DRAWS * BLOCK};
     }
     i64 running = 1; /* this thread is worker 0 */
     while (running < threads && !pthread_create(&ids[running], NULL, worker, &jobs[running]))

@@ -453,11 +453,17 @@ class MultispinIsing:
             return bo, torch.roll(bo, 1, rows), be, torch.roll(be, -1, cols)
         return be, torch.roll(be, -1, rows), bo, torch.roll(bo, 1, cols)
 
-    def sweep(self, record: bool = True) -> None:
-        """One sweep; ``record`` keeps its flip masks for the acceptance of the next measure."""
+    def sweep(self, record: bool = True, count: int = 1) -> None:
+        """``count`` sweeps (one native call); ``record`` keeps the last one's flip masks for
+        the acceptance of the next measure. The result does not depend on how sweeps are
+        grouped into calls."""
         if self.native is not None:
-            self._native_sweeps(1, record)
+            self._native_sweeps(count, record)
             return
+        for _ in range(count):
+            self._torch_sweep()
+
+    def _torch_sweep(self) -> None:
         flips = []
         for name in ("be", "bo", "we", "wo"):  # black quarters first, then white
             target = getattr(self, name)

@@ -256,14 +256,14 @@ def _basin_mixture(
     }
 
 
-def _curie_weiss_exact_m(n: int, beta: float, field: float) -> float:
-    """⟨m⟩ of the Curie–Weiss model by the binomial sum over M = n − 2k (closed form)."""
+def _curie_weiss_exact(n: int, beta: float, field: float) -> tuple[float, float]:
+    """(⟨m⟩, ⟨E⟩/n) of the Curie–Weiss model by the binomial sum over M = n − 2k."""
     k = torch.arange(n + 1, dtype=torch.float64)
     total = n - 2.0 * k
     log_degeneracy = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
     energy = -(total**2 - n) / (2.0 * n) - field * total
     weights = torch.softmax(log_degeneracy - beta * energy, 0)
-    return float((weights * total).sum()) / n
+    return float((weights * total).sum()) / n, float((weights * energy).sum()) / n
 
 
 @register_experiment(
@@ -330,10 +330,10 @@ def ergodicity(
     mp, mm = basin["+"]["m"][0], basin["-"]["m"][0]
     # -- Curie–Weiss below T_c = 1: the same decomposition, exact by the binomial sum ----------
     cw_model = curie_weiss(cw_size, beta=cw_beta, field=cw_field)
-    cw_exact = _curie_weiss_exact_m(cw_size, cw_beta, cw_field)
+    cw_exact, cw_energy = _curie_weiss_exact(cw_size, cw_beta, cw_field)
     cw = _basin_mixture(
         cw_model, cw_exact, cw_sweeps, chains, seed + 20,
-        f"Curie-Weiss N={cw_size} (beta={cw_beta}, h={cw_field})",
+        f"Curie-Weiss N={cw_size} (beta={cw_beta}, h={cw_field})", cw_energy,
     )  # fmt: skip
     rows += cw["rows"]
     # -- Hopfield network: one basin per stored pattern -----------------------------------------

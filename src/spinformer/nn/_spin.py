@@ -9,12 +9,14 @@ key is an error rather than a NaN.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from spinformer._validation import check_finite, check_positive_int
+from spinformer.solvers import fixed_point
 
 __all__ = ["BlockState", "allowed_keys", "check_heads", "check_tokens", "softmax_couplings"]
 
@@ -40,6 +42,43 @@ class BlockState:
     residual: Tensor | None = None
     free_energy: Tensor | None = None
     beta: Tensor | None = None
+
+
+def check_steps(steps: int | None) -> None:
+    """``steps``: ``None`` (solve to the fixed point) or a positive number of iterations."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be None (fixed point) or a positive integer, got {steps!r}")
+
+
+def relax(
+    update: Callable[[Tensor], Tensor],
+    start: Tensor,
+    steps: int | None,
+    solver: str,
+    tol: float,
+    max_iter: int,
+    implicit: bool,
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    """Per-head magnetizations (B, H, N, d): ``steps`` applications of ``update`` to ``start``,
+    or (``steps=None``) its fixed point from ``start`` by :func:`spinformer.solvers.fixed_point`
+    over the (B, H) spin systems. Returns (m, converged, iterations, residual) for
+    :class:`BlockState`; converged and residual are ``None`` for explicit steps.
+    """
+    if steps is not None:
+        m = start
+        for _ in range(steps):
+            m = update(m)
+        return m, None, torch.full(start.shape[:2], steps, device=start.device), None
+    result = fixed_point(
+        update,
+        start,
+        method=solver,
+        tol=tol,
+        max_iter=max_iter,
+        batch_dims=2,
+        implicit=implicit,
+    )
+    return result.solution, result.converged, result.iterations, result.residual
 
 
 def check_heads(d_model: int, n_heads: int, min_head_dim: int = 1) -> int:

@@ -36,22 +36,18 @@ from spinformer.nn._spin import (
     PositiveBeta,
     allowed_keys,
     check_heads,
+    check_steps,
     check_tokens,
     feed_forward,
     merge_heads,
+    relax,
     softmax_couplings,
     split_heads,
 )
 from spinformer.physics.dynamical import vector_step
 from spinformer.physics.meanfield import transformer_radius
-from spinformer.solvers import fixed_point
 
 __all__ = ["AttentionBlock", "SpinTransformerBlock", "TransformerBlock"]
-
-
-def _check_steps(steps: int | None) -> None:
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be None (fixed point) or a positive integer, got {steps!r}")
 
 
 class SpinTransformerBlock(nn.Module):
@@ -88,7 +84,7 @@ class SpinTransformerBlock(nn.Module):
         self.head_dim = check_heads(d_model, n_heads, min_head_dim=3)
         if order not in (1, 2):
             raise ValueError(f"order must be 1 (naive) or 2 (second order), got {order!r}")
-        _check_steps(steps)
+        check_steps(steps)
         self.d_model, self.n_heads, self.order = d_model, n_heads, order
         self.steps, self.causal = steps, causal
         self.solver, self.tol, self.max_iter, self.implicit = solver, tol, max_iter, implicit
@@ -125,24 +121,11 @@ class SpinTransformerBlock(nn.Module):
         def step(m: Tensor) -> Tensor:
             return vector_step(m, couplings, field, b, self.radius, self.order)
 
-        m = torch.zeros_like(field)
-        converged = residual = None
-        if self.steps is not None:
-            for _ in range(self.steps):
-                m = step(m)
-            iterations = torch.full(field.shape[:2], self.steps, device=x.device)
-        else:
-            result = fixed_point(
-                step,
-                step(m),
-                method=self.solver,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                batch_dims=2,
-                implicit=self.implicit,
-            )
-            m, converged = result.solution, result.converged
-            iterations, residual = result.iterations, result.residual
+        zeros = torch.zeros_like(field)  # K steps from m = 0; the solver from step(0)
+        start = zeros if self.steps is not None else step(zeros)
+        m, converged, iterations, residual = relax(
+            step, start, self.steps, self.solver, self.tol, self.max_iter, self.implicit
+        )
         out = x + self.out(merge_heads(m))
         if not return_state:
             return out

@@ -41,14 +41,15 @@ from spinformer.nn._spin import (
     PositiveBeta,
     allowed_keys,
     check_heads,
+    check_steps,
     check_tokens,
     merge_heads,
+    relax,
     softmax_couplings,
     split_heads,
 )
 from spinformer.physics.meanfield import transformer_radius
 from spinformer.physics.saddle import saddle_log_partition, solve_saddle
-from spinformer.solvers import fixed_point
 
 __all__ = ["FreeEnergyAttention", "MeanFieldAttention"]
 
@@ -96,12 +97,7 @@ class MeanFieldAttention(nn.Module):
             raise ValueError(f"couplings must be 'softmax' or 'learned', got {couplings!r}")
         if onsager not in ("none", "tap", "learned"):
             raise ValueError(f"onsager must be 'none', 'tap' or 'learned', got {onsager!r}")
-        if steps is not None and (
-            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
-        ):
-            raise ValueError(
-                f"steps must be None (fixed point) or a positive integer, got {steps!r}"
-            )
+        check_steps(steps)
         self.d_model, self.n_heads = d_model, n_heads
         self.coupling_kind, self.onsager = couplings, onsager
         self.causal, self.steps = causal, steps
@@ -167,24 +163,15 @@ class MeanFieldAttention(nn.Module):
         field = split_heads(self.field(x), self.n_heads)
         couplings = self.couplings(x, padding_mask)
         update = self._update(field, couplings, beta)
-        m = _phi(field, beta, self.radius)
-        converged = residual = None
-        if self.steps is not None:
-            for _ in range(self.steps):
-                m = update(m)
-            iterations = torch.full(field.shape[:2], self.steps, device=x.device)
-        else:
-            result = fixed_point(
-                update,
-                m,
-                method=self.solver,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                batch_dims=2,
-                implicit=self.implicit,
-            )
-            m, converged = result.solution, result.converged
-            iterations, residual = result.iterations, result.residual
+        m, converged, iterations, residual = relax(
+            update,
+            _phi(field, beta, self.radius),
+            self.steps,
+            self.solver,
+            self.tol,
+            self.max_iter,
+            self.implicit,
+        )
         out = self.out(merge_heads(m))
         if not return_state:
             return out

@@ -250,8 +250,6 @@ class MultispinIsing:
             )
             raise RuntimeError(f"the native multispin kernel cannot run: {reason}")
         self.native = library if backend != "torch" else None
-        lattice = model.lattice
-        assert lattice is not None
         self.model = model
         self.chains = state.shape[0] if isinstance(state, Tensor) else int(chains or 1)
         self.rows, self.cols = lattice.shape
@@ -268,28 +266,12 @@ class MultispinIsing:
         boltzmann = torch.exp(-4.0 * beta.to(torch.float64) * self.abs_bond.to(torch.float64))
         keep = 1.0 - 2.0**-lazy if lazy else 1.0
         p1, p0 = keep * boltzmann, keep * boltzmann * boltzmann  # keep = 0.11…1 in binary
-        self.uniform = p1.ndim == 0
-        view = (*batch, 1, 1)
         d1, q1 = _digits(p1, DIGITS)
         d0, q0 = _digits(p0, DIGITS)
-        if self.uniform:  # scalar β, J: the digits select the operation
-            self.d1 = [bool(d) for d in d1]
-            self.d0 = [bool(d) for d in d0]
-            self.q1, self.q0 = int(q1), int(q0)
-        else:
-            self.m1 = [d.reshape(view).bool() for d in d1]
-            self.m0 = [d.reshape(view).bool() for d in d0]
-            self.q1, self.q0 = q1.reshape(view), q0.reshape(view)
-        quarter = (self.groups, *batch, self.rows // 2, self.cols // 2)
-        row_words = math.prod(quarter) // quarter[-2]
-        # update a quarter in row chunks of about _CHUNK_WORDS words: the random block of
-        # a chunk (13 words per word) then stays cache-sized on large lattices
-        self.chunk_rows = max(1, min(quarter[-2], _CHUNK_WORDS // row_words))
         if self.native is not None:
-            self._native_setup(p1.reshape(-1), p0.reshape(-1), generator)
+            self._native_setup(d1, q1, d0, q0, generator)
         else:
-            draws = (DIGITS + 1) * row_words * self.chunk_rows
-            self.rng = _LaggedFibonacci(-(-draws // _LAGS[0]), generator, device)
+            self._torch_setup(d1, q1, d0, q0, generator)
         self._load(state, generator)
         self.last_flips: tuple[Tensor, ...] | None = None
         self.accepted = torch.zeros(self.chains, *batch, dtype=torch.float64, device=device)
@@ -303,14 +285,48 @@ class MultispinIsing:
         self.site_down: Tensor | None = None  # (G, 64, *batch, N), allocated at the first flush
         self.measurements = 0
 
-    def _native_setup(self, p1: Tensor, p0: Tensor, generator: torch.Generator | None) -> None:
+    def _torch_setup(
+        self,
+        d1: list[Tensor],
+        q1: Tensor,
+        d0: list[Tensor],
+        q0: Tensor,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Acceptance digits as operations or masks, and generator lanes for the row chunks."""
+        batch = self.batch_shape
+        self.uniform = q1.ndim == 0
+        view = (*batch, 1, 1)
+        if self.uniform:  # scalar β, J: the digits select the operation
+            self.d1 = [bool(d) for d in d1]
+            self.d0 = [bool(d) for d in d0]
+            self.q1, self.q0 = int(q1), int(q0)
+        else:
+            self.m1 = [d.reshape(view).bool() for d in d1]
+            self.m0 = [d.reshape(view).bool() for d in d0]
+            self.q1, self.q0 = q1.reshape(view), q0.reshape(view)
+        quarter = (self.groups, *batch, self.rows // 2, self.cols // 2)
+        row_words = math.prod(quarter) // quarter[-2]
+        # update a quarter in row chunks of about _CHUNK_WORDS words: the random block of
+        # a chunk (13 words per word) then stays cache-sized on large lattices
+        self.chunk_rows = max(1, min(quarter[-2], _CHUNK_WORDS // row_words))
+        draws = (DIGITS + 1) * row_words * self.chunk_rows
+        self.rng = _LaggedFibonacci(-(-draws // _LAGS[0]), generator, self.model.device)
+
+    def _native_setup(
+        self,
+        d1: list[Tensor],
+        q1: Tensor,
+        d0: list[Tensor],
+        q0: Tensor,
+        generator: torch.Generator | None,
+    ) -> None:
         """Per-batch acceptance digits and one generator stream per (plane, quarter row)."""
-        (d1, q1), (d0, q0) = _digits(p1, DIGITS), _digits(p0, DIGITS)
         self.native_digits = (
-            torch.stack(d1, -1).contiguous(),
-            torch.stack(d0, -1).contiguous(),
-            q1.contiguous(),
-            q0.contiguous(),
+            torch.stack(d1, -1).reshape(-1, DIGITS).contiguous(),
+            torch.stack(d0, -1).reshape(-1, DIGITS).contiguous(),
+            q1.reshape(-1).contiguous(),
+            q0.reshape(-1).contiguous(),
         )
         streams = self.groups * math.prod(self.batch_shape) * (self.rows // 2)
         r, _ = _LAGS

@@ -8,12 +8,13 @@ average; below a transition it is not, and the Gibbs measure splits into a mixtu
     P(x) = \sum_i P_i\, e^{-\beta E_i(x)}/Z_i, \qquad P_i = Z_i/Z .
 
 :func:`ergodicity` measures both sides on the 2-D Ising model, whose finite tori are exact by
-transfer matrix, and on the Curie–Weiss model, exact by a binomial sum. Below T_c with a small field h the two basins (M > 0, M < 0) have different
-weights; chains started in one basin stay there, and the weights are *measured* from the
-chains inside one basin by the spin-flip identity (flipping every spin maps basin − onto basin
-+ and h onto −h): :math:`P_-/P_+ = Z_-/Z_+ = \langle e^{-2\beta h M}\rangle_+`. The mixture
-Σ P_i ⟨m⟩_i then reproduces the exact ensemble magnetization, which neither basin's time average
-does. A Hopfield network at low temperature shows the same with 2P basins.
+transfer matrix, and on the Curie–Weiss model, exact by a binomial sum. Below T_c with a small
+field h the two basins (M > 0, M < 0) have different weights; chains started in one basin stay
+there, and the weights are *measured* from the chains inside one basin by the spin-flip
+identity (flipping every spin maps basin − onto basin + and h onto −h):
+:math:`P_-/P_+ = Z_-/Z_+ = \langle e^{-2\beta h M}\rangle_+`. The mixture Σ P_i ⟨m⟩_i then
+reproduces the exact ensemble magnetization, which neither basin's time average does. A
+Hopfield network at low temperature shows the same with 2P basins.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import ExperimentResult, register_experiment
+from spinformer.experiments.thermo import curie_weiss_binomial
 from spinformer.hopfield import ClassicalHopfield, random_patterns
 from spinformer.physics import (
     IsingModel,
@@ -256,16 +258,6 @@ def _basin_mixture(
     }
 
 
-def _curie_weiss_exact(n: int, beta: float, field: float) -> tuple[float, float]:
-    """(⟨m⟩, ⟨E⟩/n) of the Curie–Weiss model by the binomial sum over M = n − 2k."""
-    k = torch.arange(n + 1, dtype=torch.float64)
-    total = n - 2.0 * k
-    log_degeneracy = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
-    energy = -(total**2 - n) / (2.0 * n) - field * total
-    weights = torch.softmax(log_degeneracy - beta * energy, 0)
-    return float((weights * total).sum()) / n, float((weights * energy).sum()) / n
-
-
 @register_experiment(
     "ergodicity",
     "Ergodicity and its breaking: time vs ensemble averages, the mixture of basins",
@@ -330,7 +322,7 @@ def ergodicity(
     mp, mm = basin["+"]["m"][0], basin["-"]["m"][0]
     # -- Curie–Weiss below T_c = 1: the same decomposition, exact by the binomial sum ----------
     cw_model = curie_weiss(cw_size, beta=cw_beta, field=cw_field)
-    cw_exact, cw_energy = _curie_weiss_exact(cw_size, cw_beta, cw_field)
+    _, cw_exact, cw_energy = curie_weiss_binomial(cw_size, cw_beta, cw_field)
     cw = _basin_mixture(
         cw_model, cw_exact, cw_sweeps, chains, seed + 20,
         f"Curie-Weiss N={cw_size} (beta={cw_beta}, h={cw_field})", cw_energy,

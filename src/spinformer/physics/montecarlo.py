@@ -747,7 +747,7 @@ def sample(
             continue
         if fraction is not None:  # the multispin engine estimates it when measuring
             accepted = accepted + fraction
-        if done % measure_every:
+        if not measuring:
             continue
         t = done // measure_every - 1
         energy[t], magnetization[t] = sweeper.measure()

@@ -1,12 +1,19 @@
-"""The root typer application and its shared helpers."""
+"""The root typer application and its shared helpers.
+
+Bad input ends in one line on stderr, ``error: <option> ...``, and exit status 2, before any work
+starts (:func:`fail`); typer itself reports unknown options and unparsable values the same way
+(exit status 2, the option named).
+"""
 
 from __future__ import annotations
 
 import ast
-from typing import Annotated, Any
+import math
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="spinformer",
@@ -16,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+error_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -43,19 +51,41 @@ def parse_overrides(items: list[str] | None, option: str = "--set") -> dict[str,
     overrides: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint=option)
+        if not sep or not key.strip():
+            fail(f"{option} expects key=value, got {item!r}")
         try:
             overrides[key.strip()] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             overrides[key.strip()] = raw
     return overrides
 
 
-def fail(message: str) -> None:
-    """Print an error and exit with status 2 (bad input)."""
-    console.print(f"[bold red]error:[/] {message}")
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit with status 2 (bad input)."""
+    one_line = " ".join(str(message).split())
+    error_console.print(f"[bold red]error:[/] {escape(one_line)}")
     raise typer.Exit(code=2)
+
+
+def check_option(
+    option: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> None:
+    """Fail unless the option's ``value`` is finite and in ``[low, high]`` (``(low`` if open)."""
+    if not math.isfinite(value):
+        fail(f"{option} must be a finite number, got {value}")
+    below = low is not None and (value <= low if low_open else value < low)
+    if below or (high is not None and value > high):
+        if high is None:
+            expected = f"{'>' if low_open else '>='} {low}"
+        elif low is None:
+            expected = f"<= {high}"
+        else:
+            expected = f"in {'(' if low_open else '['}{low}, {high}]"
+        fail(f"{option} must be {expected}, got {value!r}")
 
 
 def main() -> None:

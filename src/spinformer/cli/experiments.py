@@ -1,16 +1,26 @@
-"""``spinformer run``, ``spinformer experiments`` and ``spinformer report``."""
+"""``spinformer run``, ``spinformer experiments`` and ``spinformer report``.
+
+Everything the user gave is checked before an experiment runs: the experiment name, the
+``--config`` file (readable, UTF-8, TOML), every config value against the experiment's signature
+and limits (:meth:`spinformer.experiments.Experiment.bind`), and that ``--out`` can take the
+output (:func:`spinformer._io.check_output_dir`). Output is written through
+:func:`spinformer._io.write_output_dir`: each file atomically, nothing spinformer did not write
+touched.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from spinformer._io import check_output_dir, write_output_dir
 from spinformer.cli._app import app, console, fail, parse_overrides
 
 
@@ -45,25 +55,37 @@ def run_command(
 
     Example: spinformer run ising_lattice_sweep --config configs/ising_lattice_sweep_cpu.toml --set num_betas=21
     """
-    from spinformer.experiments import run_experiment
+    from spinformer.experiments import get_experiment, run_experiment
 
-    overrides: dict = {}
+    try:
+        experiment = get_experiment(name)
+    except ValueError as err:
+        fail(f"NAME: {err}")
+    sources: dict[str, str] = {}
+    overrides: dict[str, Any] = {}
     if config is not None:
-        if not config.is_file():
-            fail(f"--config must be an existing TOML file, got {config}")
-        try:
-            preset = tomllib.loads(config.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as err:
-            fail(f"--config {config} is not valid TOML: {err}")
-            return
-        overrides.update({k: tuple(v) if isinstance(v, list) else v for k, v in preset.items()})
+        preset = _read_preset(config)
+        overrides.update(preset)
+        sources.update(dict.fromkeys(preset, f"--config {config}"))
+    for item in set_ or []:
+        sources[item.partition("=")[0].strip()] = f"--set {item}"
     overrides.update(parse_overrides(set_))
     try:
+        bound = experiment.bind(overrides)
+    except ValueError as err:
+        key = getattr(err, "key", None)
+        fallback = "--set" if set_ else "--config"
+        fail(f"{sources.get(key, fallback) if key else fallback}: {err}")
+    if out is not None:
+        try:
+            check_output_dir(out, "--out")
+        except ValueError as err:
+            fail(str(err))
+    try:
         with console.status(f"running {name}"):
-            result = run_experiment(name, **overrides)
+            result = run_experiment(name, **bound)
     except ValueError as err:
         fail(str(err))
-        return
     metrics = Table(title=f"{name}: metrics")
     metrics.add_column("metric")
     metrics.add_column("value", justify="right")
@@ -88,17 +110,39 @@ def run_command(
     for note in result.notes:
         console.print(f"[blue]{note}[/]")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        files: dict[str, bytes | str] = {}
         for fig_name, figure in result.figures.items():
-            figure.savefig(out / f"{fig_name}.png", dpi=120)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=120)
+            files[f"{fig_name}.png"] = buffer.getvalue()
         payload = {
             "name": result.name,
             "config": result.config,
             "metrics": result.metrics,
             "tables": result.tables,
         }
-        (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+        files["results.json"] = json.dumps(payload, indent=2, default=str)
+        try:
+            write_output_dir(out, files, command=f"spinformer run {name}", name="--out")
+        except (ValueError, OSError) as err:
+            fail(f"--out {out}: {err}" if isinstance(err, OSError) else str(err))
         console.print(f"wrote {out}")
+
+
+def _read_preset(config: Path) -> dict[str, Any]:
+    """The top-level table of the ``--config`` TOML file (failing with one line otherwise)."""
+    if not config.is_file():
+        fail(f"--config must be an existing TOML file, got {config}")
+    try:
+        text = config.read_bytes().decode("utf-8")
+    except OSError as err:
+        fail(f"--config {config} cannot be read: {err.strerror or err}")
+    except UnicodeDecodeError as err:
+        fail(f"--config {config} is not UTF-8 text ({err.reason} at byte {err.start})")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        fail(f"--config {config} is not valid TOML: {err}")
 
 
 @app.command("report")
@@ -110,10 +154,18 @@ def report_command(
         list[str] | None, typer.Option(help="Only these experiments or sections (repeatable).")
     ] = None,
 ) -> None:
-    """Build the self-contained HTML report from every report experiment."""
+    """Build the self-contained HTML report from every report experiment.
+
+    ``--out`` must be new, empty, or a directory spinformer wrote; files in it that spinformer did
+    not write are never touched.
+    """
     from spinformer.experiments import list_experiments
     from spinformer.report import build_report
 
+    try:
+        check_output_dir(out, "--out")
+    except ValueError as err:
+        fail(str(err))
     total = sum(1 for e in list_experiments() if e.section is not None)
     with Progress(
         SpinnerColumn(),
@@ -131,8 +183,9 @@ def report_command(
         try:
             result = build_report(out, only=only, on_progress=advance)
         except ValueError as err:
-            fail(str(err))
-            return
+            fail(str(err).replace("only must", "--only must", 1))
+        except OSError as err:
+            fail(f"--out {out}: {err}")
     for name, error in result.failures.items():
         console.print(f"[red]failed:[/] {name}: {error}")
     console.print(f"wrote {result.path} ({sum(result.seconds.values()):.0f} s)")

@@ -8,7 +8,7 @@ import torch
 import typer
 from rich.table import Table
 
-from spinformer.cli._app import app, console, fail
+from spinformer.cli._app import app, check_option, console, fail
 from spinformer.cli.mc import _experiment
 from spinformer.hopfield import ClassicalHopfield, random_patterns
 
@@ -30,6 +30,11 @@ def retrieve_command(
 
     Example: spinformer hopfield retrieve --spins 500 --patterns 25 --corruption 0.2
     """
+    check_option("--spins", spins, 1)
+    check_option("--patterns", patterns, 1)
+    check_option("--corruption", corruption, 0, 1)
+    check_option("--temperature", temperature, 0)
+    check_option("--seed", seed, 0, 2**63 - 1)
     generator = torch.Generator().manual_seed(seed)
     try:
         net = ClassicalHopfield(random_patterns(patterns, spins, generator))
@@ -37,7 +42,6 @@ def retrieve_command(
         run = net.run(starts, temperature=temperature, generator=generator)
     except ValueError as err:
         fail(str(err))
-        return
     table = Table(title=f"N = {spins}, P = {patterns} (α = {net.load:.3f}), T = {temperature:g}")
     for column in ("pattern", "start overlap", "final overlap", "sweeps", "converged"):
         table.add_column(column, justify="right")

@@ -9,7 +9,7 @@ import torch
 import typer
 from rich.table import Table
 
-from spinformer.cli._app import app, console, fail
+from spinformer.cli._app import app, check_option, console, fail
 from spinformer.cli.experiments import run_command
 from spinformer.cli.thermo import ModelName
 from spinformer.physics import (
@@ -51,6 +51,9 @@ def sample_command(
 
     Example: spinformer mc sample square-lattice --size 64 --engine multispin --chains 256
     """
+    check_option("--size", size, 1)
+    check_option("--field", field)
+    check_option("--seed", seed, 0, 2**63 - 1)
     generator = torch.Generator().manual_seed(seed)
     try:
         if model is ModelName.square_lattice:
@@ -74,7 +77,6 @@ def sample_command(
         )
     except ValueError as err:
         fail(str(err))
-        return
     n = spin_model.num_spins
     taus = result.extras["autocorrelation_time"]
     table = Table(title=f"{model.value}, N = {n}, β = {beta:g}, h = {field:g}, {algorithm}")

@@ -9,7 +9,7 @@ import torch
 import typer
 from rich.table import Table
 
-from spinformer.cli._app import app, console, fail, parse_overrides
+from spinformer.cli._app import app, check_option, console, fail, parse_overrides
 from spinformer.physics import (
     available_methods,
     chain,
@@ -52,6 +52,10 @@ def thermo(
         fail(f"--size must be a positive integer, got {size}")
     if method not in available_methods():
         fail(f"--method must be one of {available_methods()}, got {method!r}")
+    check_option("--coupling", coupling)
+    check_option("--field", field)
+    check_option("--seed", seed, 0, 2**63 - 1)
+    options = parse_overrides(option, "--option")
     try:
         if model is ModelName.square_lattice:
             spin_model = square_lattice(size, coupling, field, beta, periodic)
@@ -63,7 +67,6 @@ def thermo(
             spin_model = sherrington_kirkpatrick(
                 size, beta, torch.Generator().manual_seed(seed), field
             )
-        options = parse_overrides(option, "--option")
         enumerating = (
             method == "exact" and spin_model.lattice is None and spin_model.num_spins >= 18
         )
@@ -75,7 +78,11 @@ def thermo(
                 result = thermodynamics(spin_model, method=method, **options)
     except ValueError as err:
         fail(str(err))
-        return
+    except TypeError as err:
+        if not option:
+            raise
+        # the --option values are the only keyword arguments the user chose
+        fail(f"--option {' '.join(option)}: {err}")
     n = spin_model.num_spins
     table = Table(title=f"{model.value}, N = {n}, β = {beta:g}, h = {field:g}, method = {method}")
     table.add_column("quantity")

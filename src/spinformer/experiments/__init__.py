@@ -9,8 +9,10 @@ from spinformer.experiments import meanfield as _meanfield  # noqa: F401
 from spinformer.experiments import montecarlo as _montecarlo  # noqa: F401
 from spinformer.experiments import thermo as _thermo  # noqa: F401
 from spinformer.experiments._registry import (
+    ConfigError,
     Experiment,
     ExperimentResult,
+    Limit,
     get_experiment,
     list_experiments,
     register_experiment,
@@ -18,8 +20,10 @@ from spinformer.experiments._registry import (
 )
 
 __all__ = [
+    "ConfigError",
     "Experiment",
     "ExperimentResult",
+    "Limit",
     "get_experiment",
     "list_experiments",
     "register_experiment",

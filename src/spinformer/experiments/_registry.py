@@ -7,23 +7,157 @@ included), so that a sweep point can run in a process pool, Ray or Dask unchange
 
 Registering with ``section=`` puts the experiment in ``spinformer report`` with its
 ``report_config`` (CPU-sized, so the whole report builds in minutes).
+
+A config is checked before anything runs (:meth:`Experiment.bind`), by one generic mechanism:
+the keys must be parameters of the function; each value must match the parameter's annotation
+(``int``, ``float`` — always finite —, ``bool``, ``str``, ``tuple[X, ...]`` — non-empty, a list is
+accepted —, ``X | None``); the ranges an experiment declares with ``limits=`` (:class:`Limit`)
+hold for the value or for every entry of a tuple; and the experiment's own ``check=`` callable
+sees the whole bound config for constraints between keys. A parameter called ``seed`` is a
+non-negative integer everywhere. Every failure is a :class:`ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "NON_NEGATIVE",
+    "POSITIVE",
+    "UNIT_INTERVAL",
+    "ConfigError",
     "Experiment",
     "ExperimentResult",
+    "Limit",
     "get_experiment",
     "list_experiments",
+    "ordered",
     "register_experiment",
     "run_experiment",
 ]
+
+
+class ConfigError(ValueError):
+    """A bad experiment config value; ``key`` is the config key at fault."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Limit:
+    """An allowed range ``low <= value <= high`` (``<`` where ``*_open``) for a number or entries.
+
+    >>> Limit(0, low_open=True).describe()
+    '> 0'
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (
+            self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        )
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{self.low}, {self.high}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high}"
+        return "any value"
+
+
+POSITIVE = Limit(0, low_open=True)
+"""Strictly positive (a count >= 1 for integers, a scale > 0 for floats)."""
+
+NON_NEGATIVE = Limit(0)
+"""Zero or more."""
+
+UNIT_INTERVAL = Limit(0, 1)
+"""A fraction in [0, 1]."""
+
+
+def ordered(low: str, high: str) -> Callable[[Mapping[str, Any]], None]:
+    """A ``check`` that config ``low`` <= config ``high`` (e.g. the ends of a β range)."""
+
+    def check(config: Mapping[str, Any]) -> None:
+        if config[low] > config[high]:
+            raise ConfigError(
+                high, f"{high} must be >= {low} = {config[low]!r}, got {config[high]!r}"
+            )
+
+    return check
+
+
+_DEFAULT_LIMITS: dict[str, Limit] = {"seed": Limit(0, 2**63 - 1)}
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not args:
+            return "a non-empty tuple"
+        plural = {int: "integers", float: "finite numbers", str: "strings", bool: "booleans"}
+        return f"a non-empty tuple of {plural.get(args[0], _type_name(args[0]))}"
+    return {
+        int: "an integer",
+        float: "a finite number",
+        bool: "true or false",
+        str: "a string",
+        type(None): "None",
+    }.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+_MISMATCH = object()
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """``value`` as the annotated type (int -> float, list -> tuple), or ``_MISMATCH``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            coerced = _coerce(value, option)
+            if coerced is not _MISMATCH:
+                return coerced
+        return _MISMATCH
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (tuple, list)) or not value:
+            return _MISMATCH
+        element = args[0] if args else Any
+        items = tuple(_coerce(v, element) for v in value)
+        return _MISMATCH if any(i is _MISMATCH for i in items) else items
+    if annotation is type(None):
+        return value if value is None else _MISMATCH
+    if annotation is bool:
+        return value if isinstance(value, bool) else _MISMATCH
+    if annotation is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _MISMATCH
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return _MISMATCH
+        return float(value) if math.isfinite(value) else _MISMATCH
+    if annotation is str:
+        return value if isinstance(value, str) else _MISMATCH
+    return value  # an annotation this mechanism does not know: left to the experiment
 
 
 @dataclass(frozen=True)
@@ -55,6 +189,8 @@ class Experiment:
     section: str | None
     order: int
     report_config: Mapping[str, Any]
+    limits: Mapping[str, Limit] = field(default_factory=dict)
+    check: Callable[[Mapping[str, Any]], None] | None = None
 
     @property
     def description(self) -> str:
@@ -63,6 +199,51 @@ class Experiment:
     def defaults(self) -> dict[str, Any]:
         params = inspect.signature(self.fn).parameters
         return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+    def bind(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The full config (defaults filled in) after checking ``config``; nothing runs.
+
+        Raises:
+            ConfigError: an unknown key, a value of the wrong type or non-finite, a value outside
+                the experiment's declared limits, or a failed cross-key check.
+        """
+        params = inspect.signature(self.fn).parameters
+        unknown = sorted(set(config) - set(params))
+        if unknown:
+            raise ConfigError(
+                unknown[0],
+                f"unknown config keys {unknown} for {self.name!r}; valid: {sorted(params)}",
+            )
+        hints = typing.get_type_hints(self.fn)
+        bound: dict[str, Any] = {}
+        for key, param in params.items():
+            if key in config:
+                value = config[key]
+            elif param.default is not inspect.Parameter.empty:
+                value = param.default
+            else:
+                raise ConfigError(key, f"{key} is required by {self.name!r}")
+            annotation = hints.get(key)
+            if annotation is None and param.default not in (inspect.Parameter.empty, None):
+                annotation = type(param.default)
+            if annotation is not None:
+                coerced = _coerce(value, annotation)
+                if coerced is _MISMATCH:
+                    raise ConfigError(key, f"{key} must be {_type_name(annotation)}, got {value!r}")
+                value = coerced
+            limit = self.limits.get(key, _DEFAULT_LIMITS.get(key))
+            if limit is not None:
+                entries = value if isinstance(value, tuple) else (value,)
+                for entry in entries:
+                    if isinstance(entry, (int, float)) and not limit.contains(entry):
+                        which = "every entry of " if isinstance(value, tuple) else ""
+                        raise ConfigError(
+                            key, f"{which}{key} must be {limit.describe()}, got {value!r}"
+                        )
+            bound[key] = value
+        if self.check is not None:
+            self.check(bound)
+        return bound
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}
@@ -74,13 +255,28 @@ def register_experiment(
     section: str | None = None,
     order: int = 100,
     report_config: Mapping[str, Any] | None = None,
+    limits: Mapping[str, Limit] | None = None,
+    check: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Callable[[Callable[..., ExperimentResult]], Callable[..., ExperimentResult]]:
-    """Register ``fn`` under ``name``; ``section`` (report section title) puts it in the report."""
+    """Register ``fn`` under ``name``; ``section`` (report section title) puts it in the report.
+
+    ``limits`` maps config keys to the :class:`Limit` their values (or tuple entries) must meet;
+    ``check(config)`` raises :class:`ConfigError` for constraints between keys. The
+    ``report_config`` is checked here, at registration.
+    """
 
     def decorate(fn: Callable[..., ExperimentResult]) -> Callable[..., ExperimentResult]:
         if name in _EXPERIMENTS and _EXPERIMENTS[name].fn is not fn:
             raise ValueError(f"experiment {name!r} is already registered")
-        _EXPERIMENTS[name] = Experiment(name, fn, title, section, order, dict(report_config or {}))
+        params = inspect.signature(fn).parameters
+        stray = sorted(set(limits or {}) - set(params))
+        if stray:
+            raise ValueError(f"limits name keys {stray} that {name!r} does not take")
+        experiment = Experiment(
+            name, fn, title, section, order, dict(report_config or {}), dict(limits or {}), check
+        )
+        experiment.bind(experiment.report_config)
+        _EXPERIMENTS[name] = experiment
         return fn
 
     return decorate
@@ -98,12 +294,10 @@ def get_experiment(name: str) -> Experiment:
 
 
 def run_experiment(name: str, **config: Any) -> ExperimentResult:
-    """Run experiment ``name``; unknown config keys are an error naming the valid ones."""
+    """Run experiment ``name`` on ``config`` checked by :meth:`Experiment.bind` first.
+
+    Raises:
+        ConfigError: a bad config (before anything runs); see :meth:`Experiment.bind`.
+    """
     experiment = get_experiment(name)
-    valid = set(inspect.signature(experiment.fn).parameters)
-    unknown = set(config) - valid
-    if unknown:
-        raise ValueError(
-            f"unknown config keys {sorted(unknown)} for {name!r}; valid: {sorted(valid)}"
-        )
-    return experiment.fn(**config)
+    return experiment.fn(**experiment.bind(config))

@@ -29,7 +29,12 @@ from spinformer.attention import (
     self_consistent,
 )
 from spinformer.experiments._plot import new_figure
-from spinformer.experiments._registry import ExperimentResult, register_experiment
+from spinformer.experiments._registry import (
+    POSITIVE,
+    ExperimentResult,
+    ordered,
+    register_experiment,
+)
 from spinformer.nn import BoltzmannAttention
 
 __all__ = [
@@ -45,7 +50,11 @@ SECTION = "Attention as a spin system"
 
 
 @register_experiment(
-    "attention_seed_table", "Seed 000's transformer table, three ways", section=SECTION, order=20
+    "attention_seed_table",
+    "Seed 000's transformer table, three ways",
+    section=SECTION,
+    order=20,
+    limits={"num_tokens": POSITIVE, "dim": POSITIVE},
 )
 def attention_seed_table(num_tokens: int = 5, dim: int = 4, seed: int = 0) -> ExperimentResult:
     """The table of seed 000 (query, key, value, score, weight, output) on a small example.
@@ -149,7 +158,11 @@ def attention_seed_table(num_tokens: int = 5, dim: int = 4, seed: int = 0) -> Ex
 
 
 @register_experiment(
-    "attention_extensivity", "Extensivity: non-interacting ensembles add", section=SECTION, order=21
+    "attention_extensivity",
+    "Extensivity: non-interacting ensembles add",
+    section=SECTION,
+    order=21,
+    limits={"num_keys_a": POSITIVE, "num_keys_b": POSITIVE, "dim": POSITIVE, "betas": POSITIVE},
 )
 def attention_extensivity(
     num_keys_a: int = 6,
@@ -277,6 +290,15 @@ def text_tokens(
     section=SECTION,
     order=22,
     report_config={"num_betas": 49},
+    limits={
+        "num_tokens": POSITIVE,
+        "embed_dim": POSITIVE,
+        "num_heads": POSITIVE,
+        "num_betas": POSITIVE,
+        "beta_factor_min": POSITIVE,
+        "beta_factor_max": POSITIVE,
+    },
+    check=ordered("beta_factor_min", "beta_factor_max"),
 )
 def attention_beta_sweep(
     num_tokens: int = 48,
@@ -392,6 +414,13 @@ def pitchfork_tokens(dtype: torch.dtype = torch.float64) -> torch.Tensor:
     section=SECTION,
     order=23,
     report_config={"num_betas": 25},
+    limits={
+        "num_betas": POSITIVE,
+        "beta_max": POSITIVE,
+        "num_patterns": POSITIVE,
+        "dim": POSITIVE,
+        "num_random": POSITIVE,
+    },
 )
 def attention_bifurcation(
     num_betas: int = 41,

@@ -14,7 +14,13 @@ import numpy as np
 import torch
 
 from spinformer.experiments._plot import new_figure
-from spinformer.experiments._registry import ExperimentResult, register_experiment
+from spinformer.experiments._registry import (
+    POSITIVE,
+    UNIT_INTERVAL,
+    ExperimentResult,
+    Limit,
+    register_experiment,
+)
 from spinformer.hopfield import (
     FIXED_POINT_KINDS,
     ClassicalHopfield,
@@ -41,6 +47,12 @@ def _gen(seed: int) -> torch.Generator:
     section=SECTION,
     order=30,
     report_config={"loads": (0.05, 0.1, 0.13, 0.16, 0.2), "starts": 10},
+    limits={
+        "num_spins": POSITIVE,
+        "loads": POSITIVE,
+        "starts": POSITIVE,
+        "corruption": UNIT_INTERVAL,
+    },
 )
 def classical_capacity(
     num_spins: int = 1000,
@@ -111,6 +123,14 @@ def classical_capacity(
     section=SECTION,
     order=31,
     report_config={"counts": (2, 16, 128, 1024), "queries": 32, "dims": (4, 8, 12)},
+    limits={
+        "dim": POSITIVE,
+        "counts": POSITIVE,
+        "betas": POSITIVE,
+        "dims": POSITIVE,
+        "capacity_beta": POSITIVE,
+        "queries": POSITIVE,
+    },
 )
 def modern_capacity(
     dim: int = 8,
@@ -208,6 +228,7 @@ def modern_capacity(
     section=SECTION,
     order=32,
     report_config={"grid": 61},
+    limits={"dim": POSITIVE, "beta": POSITIVE, "grid": Limit(2), "num_spins": POSITIVE},
 )
 def hopfield_landscapes(
     dim: int = 16, beta: float = 8.0, grid: int = 101, num_spins: int = 200, seed: int = 0

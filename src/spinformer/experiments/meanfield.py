@@ -23,7 +23,13 @@ import torch
 from matplotlib.ticker import NullFormatter
 
 from spinformer.experiments._plot import new_figure
-from spinformer.experiments._registry import ExperimentResult, register_experiment
+from spinformer.experiments._registry import (
+    POSITIVE,
+    ExperimentResult,
+    Limit,
+    ordered,
+    register_experiment,
+)
 from spinformer.physics import IsingModel, sherrington_kirkpatrick, thermodynamics
 from spinformer.physics.meanfield import bessel_response, large_d_response, transformer_radius
 
@@ -46,6 +52,7 @@ def _slope(xs, ys) -> float:
     "Large-D response vs exact Bessel response",
     section=SECTION,
     order=50,
+    limits={"dims": Limit(3), "beta": POSITIVE, "num_fields": POSITIVE, "max_field": POSITIVE},
 )
 def large_d_response_error(
     dims: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024),
@@ -105,6 +112,7 @@ def large_d_response_error(
     "Naive mean field and TAP vs exact enumeration (SK, couplings × ε)",
     section=SECTION,
     order=51,
+    limits={"num_spins": POSITIVE, "epsilons": POSITIVE, "beta": POSITIVE},
 )
 def mean_field_tap_scaling(
     num_spins: int = 12,
@@ -186,6 +194,19 @@ def associative_recall_batch(
     section=SECTION,
     order=52,
     report_config={"steps": 120},
+    limits={
+        "steps": POSITIVE,
+        "batch": POSITIVE,
+        "num_pairs": POSITIVE,
+        "num_keys": POSITIVE,
+        "num_values": POSITIVE,
+        "d_model": POSITIVE,
+        "n_heads": POSITIVE,
+        "n_layers": POSITIVE,
+        "lr": POSITIVE,
+        "spin_steps": POSITIVE,
+    },
+    check=ordered("num_pairs", "num_keys"),
 )
 def spin_transformer_recall(
     blocks: tuple[str, ...] = ("spin", "transformer"),

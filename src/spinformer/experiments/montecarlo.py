@@ -26,7 +26,12 @@ import numpy as np
 import torch
 
 from spinformer.experiments._plot import new_figure
-from spinformer.experiments._registry import ExperimentResult, register_experiment
+from spinformer.experiments._registry import (
+    POSITIVE,
+    ExperimentResult,
+    Limit,
+    register_experiment,
+)
 from spinformer.experiments.thermo import curie_weiss_binomial
 from spinformer.hopfield import ClassicalHopfield, random_patterns
 from spinformer.physics import (
@@ -55,6 +60,7 @@ def _gen(seed: int) -> torch.Generator:
     section=SECTION,
     order=40,
     report_config={"sweeps": 400, "chains": 8},
+    limits={"sweeps": POSITIVE, "chains": POSITIVE},
 )
 def monte_carlo_published_values(
     sweeps: int = 1000, chains: int = 16, seed: int = 0
@@ -125,6 +131,7 @@ def monte_carlo_published_values(
     section=SECTION,
     order=41,
     report_config={"sizes": (8, 16), "sweeps": 800, "clusters": 200, "chains": 8},
+    limits={"sizes": Limit(2), "sweeps": POSITIVE, "clusters": POSITIVE, "chains": POSITIVE},
 )
 def critical_slowing_down(
     sizes: tuple[int, ...] = (8, 16, 32),
@@ -264,6 +271,16 @@ def _basin_mixture(
     section=SECTION,
     order=42,
     report_config={"size": 10, "sweeps": 1500, "chains": 8},
+    limits={
+        "size": Limit(2),
+        "beta_high": POSITIVE,
+        "beta_low": POSITIVE,
+        "sweeps": Limit(4),
+        "chains": POSITIVE,
+        "cw_size": Limit(2),
+        "cw_beta": POSITIVE,
+        "cw_sweeps": POSITIVE,
+    },
 )
 def ergodicity(
     size: int = 10,

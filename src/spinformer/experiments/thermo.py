@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from spinformer.experiments._plot import new_figure
-from spinformer.experiments._registry import ExperimentResult, register_experiment
+from spinformer.experiments._registry import (
+    POSITIVE,
+    ExperimentResult,
+    Limit,
+    ordered,
+    register_experiment,
+)
 from spinformer.physics import chain, curie_weiss, square_lattice, thermodynamics
 
 __all__ = [
@@ -137,6 +143,8 @@ def ising_exact_checks() -> ExperimentResult:
     section="Exact spin-model physics",
     order=11,
     report_config={"sizes": (4, 6, 8), "num_betas": 61},
+    limits={"sizes": Limit(2), "beta_min": POSITIVE, "beta_max": POSITIVE, "num_betas": POSITIVE},
+    check=ordered("beta_min", "beta_max"),
 )
 def ising_lattice_sweep(
     sizes: tuple[int, ...] = (4, 6, 8),

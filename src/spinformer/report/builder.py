@@ -7,15 +7,13 @@ import html
 import io
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spinformer._io import check_output_dir, write_output_dir
 from spinformer.experiments import Experiment, ExperimentResult, list_experiments
 
 __all__ = ["ReportResult", "build_report", "render_html"]
@@ -135,13 +133,19 @@ def build_report(
     """Run the report's experiments and write ``out_dir/index.html`` (+ ``metrics.json``).
 
     Args:
-        out_dir: destination directory, replaced atomically.
+        out_dir: destination directory: new, empty, or one spinformer wrote before (see
+            :func:`spinformer._io.write_output_dir`). Each file is replaced atomically; files
+            spinformer did not write are never touched.
         only: restrict to these experiment names or section titles.
         overrides: per-experiment config overrides, ``{name: {key: value}}``.
         on_progress: called with each experiment's name before it runs.
 
     Returns the path of ``index.html`` and the failures. A failing experiment is shown as an error in the page
     (and recorded in ``metrics.json``) rather than aborting the whole report.
+
+    Raises:
+        ValueError: before any experiment runs, for an unknown ``only`` entry or ``overrides``
+            name, a bad override value, or an ``out_dir`` that cannot take the report.
     """
     from spinformer import __version__
 
@@ -155,40 +159,39 @@ def build_report(
                 f"only must name report experiments or sections, unknown: {sorted(unknown)}"
             )
         experiments = [e for e in experiments if e.name in wanted or e.section in wanted]
+    overrides = dict(overrides or {})
+    stray = sorted(set(overrides) - {e.name for e in list_experiments() if e.section is not None})
+    if stray:
+        raise ValueError(f"overrides must name report experiments, unknown: {stray}")
+    configs = {}
+    for experiment in experiments:
+        try:
+            configs[experiment.name] = experiment.bind(
+                {**experiment.report_config, **overrides.get(experiment.name, {})}
+            )
+        except ValueError as err:
+            raise ValueError(f"overrides[{experiment.name!r}]: {err}") from None
+    out = check_output_dir(out_dir, "out_dir")
     blocks = []
     metrics: dict[str, Any] = {}
     for experiment in experiments:
         if on_progress is not None:
             on_progress(experiment.name)
-        config = {**experiment.report_config, **(overrides or {}).get(experiment.name, {})}
         start = time.perf_counter()
         try:
-            result, error = experiment.fn(**config), None
+            result, error = experiment.fn(**configs[experiment.name]), None
             metrics[experiment.name] = result.metrics
         except Exception as err:  # shown in the page; the report goes on
             result, error = None, f"{type(err).__name__}: {err}"
             metrics[experiment.name] = {"error": error}
         blocks.append((experiment, result, time.perf_counter() - start, error))
     page = render_html(blocks, __version__)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    staging.chmod(0o755)
-    try:
-        (staging / "index.html").write_text(page, encoding="utf-8")
-        (staging / "metrics.json").write_text(
-            json.dumps(metrics, indent=2, default=str), encoding="utf-8"
-        )
-        if out.exists():
-            old = out.with_name(f".{out.name}-old-{os.getpid()}")
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_output_dir(
+        out,
+        {"index.html": page, "metrics.json": json.dumps(metrics, indent=2, default=str)},
+        command="spinformer report",
+        name="out_dir",
+    )
     failures = {e.name: err for e, _, _, err in blocks if err is not None}
     seconds = {e.name: t for e, _, t, _ in blocks}
     return ReportResult(out / "index.html", failures, seconds)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from spinformer import __version__
 from spinformer.cli import app
+from spinformer.experiments import ExperimentResult, Limit, register_experiment
 
 runner = CliRunner()
 
@@ -121,3 +123,150 @@ def test_run_with_toml_preset(tmp_path):
         app, ["run", "ising_lattice_sweep", "--config", str(tmp_path / "none.toml")]
     )
     assert missing.exit_code == 2 and "--config must be an existing TOML file" in missing.output
+
+
+_CALLS: list[dict] = []
+
+
+@register_experiment("_test_cli_probe", "Records its calls", limits={"count": Limit(1)})
+def _probe(count: int = 3, scale: float = 1.0, seed: int = 0) -> ExperimentResult:
+    _CALLS.append({"count": count, "scale": scale, "seed": seed})
+    return ExperimentResult("_test_cli_probe", {"count": count}, metrics={"count": count})
+
+
+def _assert_one_line_error(result, option: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and option in lines[0], lines
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "latin1.toml").write_bytes("count = 2 # \xe9t\xe9\n".encode("latin-1"))
+    (tmp_path / "broken.toml").write_text("count = [\n")
+    (tmp_path / "negative.toml").write_text("count = -1\n")
+    (tmp_path / "nan.toml").write_text("scale = nan\n")
+    (tmp_path / "table.toml").write_text("[count]\nvalue = 1\n")
+    (tmp_path / "user.txt").write_text("precious")
+    (tmp_path / "userdir").mkdir()
+    (tmp_path / "userdir" / "keep.txt").write_text("precious")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--set", "count=-5"], "--set count=-5"),
+        (["--set", "count=0"], "--set count=0"),
+        (["--set", "count=2.5"], "--set count=2.5"),
+        (["--set", "count=True"], "--set count=True"),
+        (["--set", "scale=nan"], "--set scale=nan"),
+        (["--set", "scale=inf"], "--set scale=inf"),
+        (["--set", "scale=1e999"], "--set scale=1e999"),
+        (["--set", "seed=-1"], "--set seed=-1"),
+        (["--set", "colour=1"], "--set colour=1"),
+        (["--set", "count"], "--set"),
+        (["--config", "{d}/latin1.toml"], "--config"),
+        (["--config", "{d}/broken.toml"], "--config"),
+        (["--config", "{d}/negative.toml"], "--config"),
+        (["--config", "{d}/nan.toml"], "--config"),
+        (["--config", "{d}/table.toml"], "--config"),
+        (["--config", "{d}/missing.toml"], "--config"),
+        (["--config", "{d}"], "--config"),
+        (["--out", "{d}/user.txt"], "--out"),
+        (["--out", "{d}/user.txt/sub"], "--out"),
+        (["--out", "{d}/userdir"], "--out"),
+    ],
+)
+def test_run_bad_input_is_one_line_before_any_work(bad_files, args, option):
+    before = {p: p.read_bytes() for p in bad_files.rglob("*") if p.is_file()}
+    _CALLS.clear()
+    args = [a.format(d=bad_files) for a in args]
+    result = runner.invoke(app, ["run", "_test_cli_probe", *args])
+    _assert_one_line_error(result, option)
+    assert _CALLS == []  # the experiment never started
+    after = {p: p.read_bytes() for p in bad_files.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, renamed or removed
+
+
+def test_run_config_and_set_are_checked_and_converted(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text("count = 4\nscale = 2\n")
+    _CALLS.clear()
+    result = runner.invoke(
+        app, ["run", "_test_cli_probe", "--config", str(preset), "--set", "seed=7"]
+    )
+    assert result.exit_code == 0, result.output
+    assert _CALLS == [{"count": 4, "scale": 2.0, "seed": 7}]
+    assert isinstance(_CALLS[0]["scale"], float)
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["thermo", "chain", "--option", "nope=1"], "--option nope=1"),
+        (["thermo", "chain", "--option", "nope"], "--option"),
+        (["thermo", "chain", "--coupling", "inf"], "--coupling"),
+        (["thermo", "chain", "--field", "nan"], "--field"),
+        (["thermo", "sk", "--seed", "-1"], "--seed"),
+        (["mc", "sample", "chain", "--size", "0"], "--size"),
+        (["mc", "sample", "chain", "--field", "nan"], "--field"),
+        (["hopfield", "retrieve", "--spins", "0"], "--spins"),
+        (["hopfield", "retrieve", "--corruption", "nan"], "--corruption"),
+        (["hopfield", "retrieve", "--corruption", "1.5"], "--corruption"),
+        (["hopfield", "retrieve", "--temperature", "-1"], "--temperature"),
+        (["attention", "sweep", "--set", "num_betas=0"], "--set num_betas=0"),
+        (["attention", "table", "--set", "num_tokens=-1"], "--set num_tokens=-1"),
+        (["spin", "train", "--set", "lr=nan"], "--set lr=nan"),
+        (["mc", "published", "--set", "sweeps=-1"], "--set sweeps=-1"),
+        (["hopfield", "capacity", "--set", "corruption=(0.1, 2.0)"], "--set corruption="),
+        (["run", "ising_lattice_sweep", "--set", "num_betas=-5"], "--set num_betas=-5"),
+        (["run", "ising_lattice_sweep", "--set", "beta_min=nan"], "--set beta_min=nan"),
+        (["run", "ising_lattice_sweep", "--set", "sizes=5"], "--set sizes=5"),
+        (["run", "no_such_experiment"], "NAME"),
+        (["report", "--only", "nope"], "--only"),
+    ],
+)
+def test_every_command_reports_bad_input_as_one_line(tmp_path, args, option):
+    result = runner.invoke(
+        app, [*args, *(["--out", str(tmp_path / "o")] if args[0] in ("run", "report") else [])]
+    )
+    _assert_one_line_error(result, option)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_options_are_usage_errors_without_traceback():
+    for args in (["run", "ising_exact_checks", "--bogus"], ["thermo", "chain", "--nope", "1"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "No such option" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_report_out_is_checked_before_any_experiment(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(
+        "spinformer.report.builder.render_html", lambda *a, **k: ran.append(1) or ""
+    )
+    user = tmp_path / "user.txt"
+    user.write_text("precious")
+    for out in (user, tmp_path / "user.txt" / "sub", tmp_path):
+        result = runner.invoke(app, ["report", "--out", str(out), "--only", "ising_exact_checks"])
+        _assert_one_line_error(result, "--out")
+    assert ran == [] and user.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user.txt"]
+
+
+def test_run_out_replaces_its_files_and_keeps_the_users(tmp_path):
+    out = tmp_path / "o"
+    assert runner.invoke(app, ["run", "_test_cli_probe", "--out", str(out)]).exit_code == 0
+    (out / "mine.txt").write_text("kept")
+    result = runner.invoke(app, ["run", "_test_cli_probe", "--set", "count=9", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "results.json").read_text())["metrics"] == {"count": 9}
+    assert (out / "mine.txt").read_text() == "kept"
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".spinformer-manifest.json",
+        "mine.txt",
+        "results.json",
+    ]

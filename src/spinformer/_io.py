@@ -56,11 +56,17 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~_UMASK
 
 
-def _stage(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to a flushed temporary file next to ``path``; return the temporary path."""
+def _stage(path: Path, data: bytes | str, created: list[Path] | None = None) -> Path:
+    """Write ``data`` to a flushed temporary file next to ``path``; return the temporary path.
+
+    The temporary path is appended to ``created`` as soon as it exists, so that a caller
+    interrupted at any later point can remove it.
+    """
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     fd, name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
     staged = Path(name)
+    if created is not None:
+        created.append(staged)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -232,10 +238,11 @@ def write_output_dir(
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     staged: dict[str, Path] = {}
+    temporaries: list[Path] = []
     committing = False
     try:
         for file_name, data in files.items():
-            staged[file_name] = _stage(directory / file_name, data)
+            staged[file_name] = _stage(directory / file_name, data, temporaries)
         with _directory_lock(directory):
             foreign = _foreign_entries(directory)
             if foreign:  # someone else filled it since the check
@@ -250,7 +257,7 @@ def write_output_dir(
                 claim = sorted(set(previous) | set(new))  # a crash from here on stays listed
                 atomic_write(directory / MANIFEST_NAME, _manifest_bytes(claim, command))
                 for file_name in new:
-                    os.replace(staged.pop(file_name), directory / file_name)
+                    os.replace(staged[file_name], directory / file_name)
                 for stale in sorted(set(previous) - set(new)):
                     stale_path = directory / stale
                     if stale_path.is_symlink() or stale_path.is_file():
@@ -263,7 +270,7 @@ def write_output_dir(
                 finally:
                     os.close(fd)
     except BaseException:
-        for leftover in staged.values():
+        for leftover in temporaries:  # those already renamed into place are gone
             leftover.unlink(missing_ok=True)
         if created and not committing:
             with contextlib.suppress(OSError):

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+import spinformer
 from spinformer import __version__
+from spinformer._io import write_output_dir
 from spinformer.cli import app
 from spinformer.experiments import ExperimentResult, Limit, register_experiment
 
@@ -270,3 +277,50 @@ def test_run_out_replaces_its_files_and_keeps_the_users(tmp_path):
         "mine.txt",
         "results.json",
     ]
+
+
+_SLOW_SCRIPT = """
+import sys, time
+from spinformer.experiments import ExperimentResult, register_experiment
+
+@register_experiment("_test_slow", "Waits to be interrupted", section="_test slow")
+def _slow() -> ExperimentResult:
+    print("running", flush=True)
+    time.sleep(120)
+    return ExperimentResult("_test_slow", {})
+
+from spinformer.cli import main
+sys.argv = ["spinformer", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "_test_slow"],  # a fresh interpreter: ~4 s of CPU, mostly importing torch
+        pytest.param(["report", "--only", "_test_slow"], marks=pytest.mark.slow),
+    ],
+)
+def test_ctrl_c_during_a_run_leaves_the_previous_output(tmp_path, command):
+    out = tmp_path / "o"
+    write_output_dir(out, {"results.json": "previous", "index.html": "previous"}, command="test")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    env = {**os.environ, "PYTHONPATH": str(Path(spinformer.__file__).parents[1])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_SCRIPT, *command, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        for line in child.stdout:  # wait until the experiment is running, then press Ctrl-C
+            if "running" in line:
+                break
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130 and "Traceback" not in stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

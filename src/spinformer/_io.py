@@ -147,7 +147,8 @@ def check_output_dir(path: str | os.PathLike[str], name: str = "out_dir") -> Pat
             raise ValueError(
                 f"{name} {str(target)!r} is a non-empty directory that spinformer did not write "
                 f"(no {MANIFEST_NAME}; it holds {shown}); spinformer never deletes or replaces "
-                "files it did not write: choose a new or empty directory"
+                "files it did not write: choose a new or empty directory (an output of a "
+                "spinformer version without manifests must be removed by hand once)"
             )
         _probe_writable(target, name, target)
         return target

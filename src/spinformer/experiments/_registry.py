@@ -120,7 +120,7 @@ def _type_name(annotation: Any) -> str:
     return {
         int: "an integer",
         float: "a finite number",
-        bool: "true or false",
+        bool: "True or False",
         str: "a string",
         type(None): "None",
     }.get(annotation, getattr(annotation, "__name__", str(annotation)))

@@ -1,0 +1,94 @@
+"""Experiment configs are checked against the function's signature and declared limits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from spinformer.experiments import (
+    ConfigError,
+    ExperimentResult,
+    Limit,
+    get_experiment,
+    list_experiments,
+    register_experiment,
+    run_experiment,
+)
+from spinformer.experiments._registry import POSITIVE, UNIT_INTERVAL, ordered
+
+
+@register_experiment(
+    "_test_registry_probe",
+    "Typed config",
+    limits={"sizes": Limit(2), "low": POSITIVE, "fraction": UNIT_INTERVAL},
+    check=ordered("low", "high"),
+)
+def _probe(
+    sizes: tuple[int, ...] = (2, 3),
+    low: float = 0.5,
+    high: float = 1.0,
+    fraction: float = 0.0,
+    steps: int | None = None,
+    flag: bool = False,
+    seed: int = 0,
+) -> ExperimentResult:
+    return ExperimentResult("_test_registry_probe", {})
+
+
+def test_bind_fills_defaults_and_converts_lists_and_ints():
+    bound = get_experiment("_test_registry_probe").bind({"sizes": [4, 5], "high": 2, "steps": 3})
+    assert bound == {
+        "sizes": (4, 5),
+        "low": 0.5,
+        "high": 2.0,
+        "fraction": 0.0,
+        "steps": 3,
+        "flag": False,
+        "seed": 0,
+    }
+    assert isinstance(bound["high"], float) and isinstance(bound["sizes"], tuple)
+
+
+@pytest.mark.parametrize(
+    ("config", "key", "message"),
+    [
+        ({"sizes": 5}, "sizes", "sizes must be a non-empty tuple of integers, got 5"),
+        ({"sizes": ()}, "sizes", "non-empty tuple"),
+        ({"sizes": (4, 1)}, "sizes", "every entry of sizes must be >= 2, got (4, 1)"),
+        ({"sizes": (4, True)}, "sizes", "tuple of integers"),
+        ({"low": math.nan}, "low", "low must be a finite number, got nan"),
+        ({"low": -math.inf}, "low", "finite number"),
+        ({"low": "0.1"}, "low", "finite number, got '0.1'"),
+        ({"low": 0}, "low", "low must be > 0, got 0.0"),
+        ({"low": 3.0}, "high", "high must be >= low = 3.0, got 1.0"),
+        ({"fraction": 1.5}, "fraction", "fraction must be in [0, 1], got 1.5"),
+        ({"steps": 2.5}, "steps", "steps must be an integer or None, got 2.5"),
+        ({"flag": 1}, "flag", "flag must be True or False, got 1"),
+        ({"seed": -1}, "seed", "seed must be in [0, 9223372036854775807], got -1"),
+        ({"colour": 1, "zeta": 2}, "colour", "unknown config keys ['colour', 'zeta']"),
+    ],
+)
+def test_bad_values_name_the_key(config, key, message):
+    with pytest.raises(ConfigError) as info:
+        run_experiment("_test_registry_probe", **config)
+    assert info.value.key == key and message in str(info.value)
+
+
+def test_registration_checks_limits_and_report_config():
+    def fn(count: int = 1) -> ExperimentResult:
+        return ExperimentResult("x", {})
+
+    with pytest.raises(ValueError, match="limits name keys"):
+        register_experiment("_test_registry_bad", "x", limits={"cuont": POSITIVE})(fn)
+    with pytest.raises(ConfigError, match="count must be > 0"):
+        register_experiment(
+            "_test_registry_bad", "x", report_config={"count": 0}, limits={"count": POSITIVE}
+        )(fn)
+    assert "_test_registry_bad" not in {e.name for e in list_experiments()}
+
+
+def test_every_registered_default_config_is_valid():
+    for experiment in list_experiments():
+        bound = experiment.bind(experiment.report_config)
+        assert set(bound) == set(experiment.defaults()) | set(experiment.report_config)

@@ -92,3 +92,11 @@ def test_every_registered_default_config_is_valid():
     for experiment in list_experiments():
         bound = experiment.bind(experiment.report_config)
         assert set(bound) == set(experiment.defaults()) | set(experiment.report_config)
+
+
+def test_limit_contains_and_describes():
+    assert Limit(0, 1).contains(0) and Limit(0, 1).contains(1) and not Limit(0, 1).contains(1.5)
+    assert not POSITIVE.contains(0) and POSITIVE.contains(1e-300)
+    assert not Limit(0).contains(math.nan) and not Limit().contains(math.nan)
+    assert Limit(0, 1, high_open=True).describe() == "in [0, 1)"
+    assert Limit(high=3).describe() == "<= 3"

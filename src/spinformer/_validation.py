@@ -6,10 +6,14 @@ done (STYLE §7). Internals trust their inputs; only public functions call these
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 __all__ = [
+    "Limit",
     "as_tensor",
     "check_beta",
     "check_finite",
@@ -88,3 +92,40 @@ def check_positive_int(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class Limit:
+    """An allowed range ``low <= value <= high`` (``<`` where ``*_open``) for a number.
+
+    Declared once, used to check and to say what was expected (experiment configs, CLI options).
+
+    >>> Limit(0, low_open=True).describe()
+    '> 0'
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in the range (NaN never does)."""
+        if math.isnan(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (
+            self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        )
+
+    def describe(self) -> str:
+        """The range in words, for an error message: ``'>= 1'``, ``'in [0, 1]'``."""
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{self.low}, {self.high}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high}"
+        return "any value"

@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from spinformer._validation import Limit
+
 app = typer.Typer(
     name="spinformer",
     help="Transformers as spin systems: attention is a Boltzmann distribution, its output a magnetization.",
@@ -67,25 +69,16 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-def check_option(
-    option: str,
-    value: float,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> None:
-    """Fail unless the option's ``value`` is finite and in ``[low, high]`` (``(low`` if open)."""
+def check_option(option: str, value: float, limit: Limit | None = None) -> None:
+    """Fail unless the option's ``value`` is finite and within ``limit``."""
     if not math.isfinite(value):
         fail(f"{option} must be a finite number, got {value}")
-    below = low is not None and (value <= low if low_open else value < low)
-    if below or (high is not None and value > high):
-        if high is None:
-            expected = f"{'>' if low_open else '>='} {low}"
-        elif low is None:
-            expected = f"<= {high}"
-        else:
-            expected = f"in {'(' if low_open else '['}{low}, {high}]"
-        fail(f"{option} must be {expected}, got {value!r}")
+    if limit is not None and not limit.contains(value):
+        fail(f"{option} must be {limit.describe()}, got {value!r}")
+
+
+SEED_LIMIT = Limit(0, 2**63 - 1)
+"""Seeds torch.Generator.manual_seed takes (the experiments' ``seed`` has the same range)."""
 
 
 def main() -> None:

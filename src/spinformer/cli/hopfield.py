@@ -8,7 +8,8 @@ import torch
 import typer
 from rich.table import Table
 
-from spinformer.cli._app import app, check_option, console, fail
+from spinformer._validation import Limit
+from spinformer.cli._app import SEED_LIMIT, app, check_option, console, fail
 from spinformer.cli.mc import _experiment
 from spinformer.hopfield import ClassicalHopfield, random_patterns
 
@@ -30,11 +31,11 @@ def retrieve_command(
 
     Example: spinformer hopfield retrieve --spins 500 --patterns 25 --corruption 0.2
     """
-    check_option("--spins", spins, 1)
-    check_option("--patterns", patterns, 1)
-    check_option("--corruption", corruption, 0, 1)
-    check_option("--temperature", temperature, 0)
-    check_option("--seed", seed, 0, 2**63 - 1)
+    check_option("--spins", spins, Limit(1))
+    check_option("--patterns", patterns, Limit(1))
+    check_option("--corruption", corruption, Limit(0, 1))
+    check_option("--temperature", temperature, Limit(0))
+    check_option("--seed", seed, SEED_LIMIT)
     generator = torch.Generator().manual_seed(seed)
     try:
         net = ClassicalHopfield(random_patterns(patterns, spins, generator))

@@ -9,7 +9,8 @@ import torch
 import typer
 from rich.table import Table
 
-from spinformer.cli._app import app, check_option, console, fail
+from spinformer._validation import Limit
+from spinformer.cli._app import SEED_LIMIT, app, check_option, console, fail
 from spinformer.cli.experiments import run_command
 from spinformer.cli.thermo import ModelName
 from spinformer.physics import (
@@ -51,9 +52,9 @@ def sample_command(
 
     Example: spinformer mc sample square-lattice --size 64 --engine multispin --chains 256
     """
-    check_option("--size", size, 1)
+    check_option("--size", size, Limit(1))
     check_option("--field", field)
-    check_option("--seed", seed, 0, 2**63 - 1)
+    check_option("--seed", seed, SEED_LIMIT)
     generator = torch.Generator().manual_seed(seed)
     try:
         if model is ModelName.square_lattice:

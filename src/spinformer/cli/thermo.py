@@ -9,7 +9,7 @@ import torch
 import typer
 from rich.table import Table
 
-from spinformer.cli._app import app, check_option, console, fail, parse_overrides
+from spinformer.cli._app import SEED_LIMIT, app, check_option, console, fail, parse_overrides
 from spinformer.physics import (
     available_methods,
     chain,
@@ -54,7 +54,7 @@ def thermo(
         fail(f"--method must be one of {available_methods()}, got {method!r}")
     check_option("--coupling", coupling)
     check_option("--field", field)
-    check_option("--seed", seed, 0, 2**63 - 1)
+    check_option("--seed", seed, SEED_LIMIT)
     options = parse_overrides(option, "--option")
     try:
         if model is ModelName.square_lattice:

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from spinformer._validation import Limit
+
 __all__ = [
     "NON_NEGATIVE",
     "POSITIVE",
@@ -51,37 +53,6 @@ class ConfigError(ValueError):
         self.key = key
 
 
-@dataclass(frozen=True)
-class Limit:
-    """An allowed range ``low <= value <= high`` (``<`` where ``*_open``) for a number or entries.
-
-    >>> Limit(0, low_open=True).describe()
-    '> 0'
-    """
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return not (
-            self.high is not None and (value >= self.high if self.high_open else value > self.high)
-        )
-
-    def describe(self) -> str:
-        if self.low is not None and self.high is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"in {left}{self.low}, {self.high}{right}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low}"
-        if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {self.high}"
-        return "any value"
-
-
 POSITIVE = Limit(0, low_open=True)
 """Strictly positive (a count >= 1 for integers, a scale > 0 for floats)."""
 
@@ -104,7 +75,7 @@ def ordered(low: str, high: str) -> Callable[[Mapping[str, Any]], None]:
     return check
 
 
-_DEFAULT_LIMITS: dict[str, Limit] = {"seed": Limit(0, 2**63 - 1)}
+_DEFAULT_LIMITS: dict[str, Limit] = {"seed": Limit(0, 2**63 - 1)}  # torch.Generator seeds
 
 
 def _type_name(annotation: Any) -> str:

@@ -65,7 +65,9 @@ def test_removes_only_its_own_stale_files(tmp_path):
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["files"] == ["results.json"] and manifest["command"] == "second"
     # an empty directory is fine; a hand-edited manifest never makes spinformer delete elsewhere
-    (out / MANIFEST_NAME).write_text(json.dumps({"files": ["../victim", "readme.txt/.."]}))
+    (out / MANIFEST_NAME).write_text(
+        json.dumps({"files": ["../victim", "readme.txt/..", "results.json"]})
+    )
     (tmp_path / "victim").write_text("keep")
     write_output_dir(out, {"results.json": "{}"}, command="third")
     assert (tmp_path / "victim").read_text() == "keep"
@@ -73,6 +75,18 @@ def test_removes_only_its_own_stale_files(tmp_path):
     empty.mkdir()
     write_output_dir(empty, {"index.html": "x"}, command="test")
     assert _listing(empty) == [MANIFEST_NAME, "index.html"]
+
+
+def test_never_replaces_a_user_file_that_takes_an_output_name(tmp_path):
+    out = tmp_path / "out"
+    write_output_dir(out, {"results.json": "{}"}, command="run")
+    (out / "index.html").write_text("the user's page")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ValueError, match=r"holds index\.html, which spinformer did not write"):
+        check_output_dir(out, "--out", ["index.html", "metrics.json"])
+    with pytest.raises(ValueError, match=r"holds index\.html, which spinformer did not write"):
+        write_output_dir(out, {"index.html": "report", "metrics.json": "{}"}, command="report")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary files either
 
 
 def _writer(directory: str, tag: str, rounds: int) -> None:

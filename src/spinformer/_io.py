@@ -9,9 +9,10 @@ this module, which gives three guarantees:
    one, never a half-written one, and the directory itself is never moved away.
 2. **spinformer only deletes or replaces what it wrote.** An output directory carries a manifest,
    ``.spinformer-manifest.json``, listing the files spinformer wrote into it. spinformer writes into
-   a new or empty directory or into one with a manifest, and refuses any other non-empty directory
-   and anything that is not a directory. Of the previous output, it removes only the files the
-   manifest lists and the new output no longer has; files a user put there are never touched.
+   a new or empty directory or into one with a manifest, and refuses any other non-empty directory,
+   anything that is not a directory, and an output whose file name is taken by a file the manifest
+   does not list. Of the previous output, it removes only the files the manifest lists and the new
+   output no longer has; files a user put there are never touched.
 3. **Concurrent writers are safe.** A writer holds an exclusive ``flock`` on the directory while it
    puts its files in place, so two processes writing one directory both succeed and the directory
    ends up holding one complete, consistent output (the last one). The renames of one output run
@@ -28,7 +29,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,15 +125,37 @@ def _probe_writable(directory: Path, name: str, target: Path) -> None:
     Path(probe).unlink(missing_ok=True)
 
 
-def check_output_dir(path: str | os.PathLike[str], name: str = "out_dir") -> Path:
+def _unlisted_targets(
+    directory: Path, file_names: Iterable[str], listed: Iterable[str]
+) -> list[str]:
+    """Names among ``file_names`` that exist in ``directory`` but spinformer did not write."""
+    known = set(listed)
+    return sorted(f for f in file_names if f not in known and os.path.lexists(directory / f))
+
+
+def _refuse_unlisted(name: str, directory: Path, unlisted: list[str]) -> None:
+    if unlisted:
+        raise ValueError(
+            f"{name} {str(directory)!r} holds {', '.join(unlisted)}, which spinformer did not "
+            f"write ({MANIFEST_NAME} does not list it) and would have to replace; move it away "
+            "or choose another directory"
+        )
+
+
+def check_output_dir(
+    path: str | os.PathLike[str], name: str = "out_dir", file_names: Iterable[str] = ()
+) -> Path:
     """Check, before any work and without writing anything, that ``path`` can take an output.
 
     ``path`` must be a new directory under a writable one, an empty directory, or a directory
     spinformer wrote (it has a manifest). ``name`` is the argument or option named in the error.
+    ``file_names``, the files the output will have where known in advance, must not exist there
+    unless the manifest lists them.
 
     Raises:
         ValueError: ``path`` is an existing file, a non-empty directory spinformer did not write,
-            or cannot be created or written.
+            holds one of ``file_names`` that spinformer did not write, or cannot be created or
+            written.
     """
     target = Path(path)
     if target.exists():
@@ -150,6 +173,9 @@ def check_output_dir(path: str | os.PathLike[str], name: str = "out_dir") -> Pat
                 "files it did not write: choose a new or empty directory (an output of a "
                 "spinformer version without manifests must be removed by hand once)"
             )
+        _refuse_unlisted(
+            name, target, _unlisted_targets(target, file_names, _read_manifest(target))
+        )
         _probe_writable(target, name, target)
         return target
     ancestor = target.parent
@@ -253,6 +279,7 @@ def write_output_dir(
                 )
             previous = _read_manifest(directory)
             new = list(files)
+            _refuse_unlisted(name, directory, _unlisted_targets(directory, new, previous))
             with _sigint_deferred():
                 committing = True
                 claim = sorted(set(previous) | set(new))  # a crash from here on stays listed

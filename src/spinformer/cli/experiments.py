@@ -160,10 +160,10 @@ def report_command(
     not write are never touched.
     """
     from spinformer.experiments import list_experiments
-    from spinformer.report import build_report
+    from spinformer.report.builder import REPORT_FILES, build_report
 
     try:
-        check_output_dir(out, "--out")
+        check_output_dir(out, "--out", REPORT_FILES)
     except ValueError as err:
         fail(str(err))
     total = sum(1 for e in list_experiments() if e.section is not None)

@@ -16,7 +16,10 @@ from typing import Any
 from spinformer._io import check_output_dir, write_output_dir
 from spinformer.experiments import Experiment, ExperimentResult, list_experiments
 
-__all__ = ["ReportResult", "build_report", "render_html"]
+__all__ = ["REPORT_FILES", "ReportResult", "build_report", "render_html"]
+
+REPORT_FILES = ("index.html", "metrics.json")
+"""The files a report directory holds (besides spinformer's manifest)."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ def build_report(
             )
         except ValueError as err:
             raise ValueError(f"overrides[{experiment.name!r}]: {err}") from None
-    out = check_output_dir(out_dir, "out_dir")
+    out = check_output_dir(out_dir, "out_dir", REPORT_FILES)
     blocks = []
     metrics: dict[str, Any] = {}
     for experiment in experiments:
@@ -188,7 +191,7 @@ def build_report(
     page = render_html(blocks, __version__)
     write_output_dir(
         out,
-        {"index.html": page, "metrics.json": json.dumps(metrics, indent=2, default=str)},
+        dict(zip(REPORT_FILES, (page, json.dumps(metrics, indent=2, default=str)), strict=True)),
         command="spinformer report",
         name="out_dir",
     )

@@ -158,6 +158,8 @@ def bad_files(tmp_path):
     (tmp_path / "user.txt").write_text("precious")
     (tmp_path / "userdir").mkdir()
     (tmp_path / "userdir" / "keep.txt").write_text("precious")
+    write_output_dir(tmp_path / "owned", {"old.png": b"png"}, command="spinformer run")
+    (tmp_path / "owned" / "results.json").write_text("the user's, not spinformer's")
     return tmp_path
 
 
@@ -184,6 +186,7 @@ def bad_files(tmp_path):
         (["--out", "{d}/user.txt"], "--out"),
         (["--out", "{d}/user.txt/sub"], "--out"),
         (["--out", "{d}/userdir"], "--out"),
+        (["--out", "{d}/owned"], "--out"),
     ],
 )
 def test_run_bad_input_is_one_line_before_any_work(bad_files, args, option):

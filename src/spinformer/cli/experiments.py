@@ -78,7 +78,7 @@ def run_command(
         fail(f"{sources.get(key, fallback) if key else fallback}: {err}")
     if out is not None:
         try:
-            check_output_dir(out, "--out")
+            check_output_dir(out, "--out", ["results.json"])
         except ValueError as err:
             fail(str(err))
     try:

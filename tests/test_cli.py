@@ -220,6 +220,7 @@ def test_run_config_and_set_are_checked_and_converted(tmp_path):
         (["thermo", "chain", "--coupling", "inf"], "--coupling"),
         (["thermo", "chain", "--field", "nan"], "--field"),
         (["thermo", "sk", "--seed", "-1"], "--seed"),
+        (["thermo", "sk", "--seed", "1" + "0" * 400], "--seed"),
         (["mc", "sample", "chain", "--size", "0"], "--size"),
         (["mc", "sample", "chain", "--field", "nan"], "--field"),
         (["hopfield", "retrieve", "--spins", "0"], "--spins"),

@@ -60,6 +60,8 @@ def test_bind_fills_defaults_and_converts_lists_and_ints():
         ({"low": math.nan}, "low", "low must be a finite number, got nan"),
         ({"low": -math.inf}, "low", "finite number"),
         ({"low": "0.1"}, "low", "finite number, got '0.1'"),
+        ({"low": 10**400}, "low", "low must be a finite number"),
+        ({"sizes": (10**400, 1)}, "sizes", "every entry of sizes must be >= 2"),
         ({"low": 0}, "low", "low must be > 0, got 0.0"),
         ({"low": 3.0}, "high", "high must be >= low = 3.0, got 1.0"),
         ({"fraction": 1.5}, "fraction", "fraction must be in [0, 1], got 1.5"),

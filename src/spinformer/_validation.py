@@ -111,7 +111,7 @@ class Limit:
 
     def contains(self, value: float) -> bool:
         """Whether ``value`` lies in the range (NaN never does)."""
-        if math.isnan(value):
+        if isinstance(value, float) and math.isnan(value):
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False

@@ -71,7 +71,7 @@ def fail(message: str) -> NoReturn:
 
 def check_option(option: str, value: float, limit: Limit | None = None) -> None:
     """Fail unless the option's ``value`` is finite and within ``limit``."""
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         fail(f"{option} must be a finite number, got {value}")
     if limit is not None and not limit.contains(value):
         fail(f"{option} must be {limit.describe()}, got {value!r}")

@@ -45,7 +45,10 @@ def run_command(
         typer.Option("--set", "-s", help="Config override key=value (repeatable)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Directory for figures (PNG) and results.json.")
+        Path | None,
+        typer.Option(
+            help="Directory for figures (PNG) and results.json: new, empty, or one spinformer wrote."
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option(help="TOML preset (e.g. configs/NAME.toml); --set overrides it.")
@@ -147,9 +150,12 @@ def _read_preset(config: Path) -> dict[str, Any]:
 
 @app.command("report")
 def report_command(
-    out: Annotated[Path, typer.Option(help="Output directory (index.html, metrics.json).")] = Path(
-        "report"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output directory (index.html, metrics.json): new, empty, or one spinformer wrote."
+        ),
+    ] = Path("report"),
     only: Annotated[
         list[str] | None, typer.Option(help="Only these experiments or sections (repeatable).")
     ] = None,

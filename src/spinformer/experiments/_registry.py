@@ -125,7 +125,11 @@ def _coerce(value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return _MISMATCH
-        return float(value) if math.isfinite(value) else _MISMATCH
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            return _MISMATCH
+        return number if math.isfinite(number) else _MISMATCH
     if annotation is str:
         return value if isinstance(value, str) else _MISMATCH
     return value  # an annotation this mechanism does not know: left to the experiment

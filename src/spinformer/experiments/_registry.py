@@ -13,8 +13,9 @@ the keys must be parameters of the function; each value must match the parameter
 (``int``, ``float`` — always finite —, ``bool``, ``str``, ``tuple[X, ...]`` — non-empty, a list is
 accepted —, ``X | None``); the ranges an experiment declares with ``limits=`` (:class:`Limit`)
 hold for the value or for every entry of a tuple; and the experiment's own ``check=`` callable
-sees the whole bound config for constraints between keys. A parameter called ``seed`` is a
-non-negative integer everywhere. Every failure is a :class:`ConfigError` naming the key.
+sees the whole bound config for constraints between keys. Every integer fits int64, and a
+parameter called ``seed`` is a non-negative integer everywhere. Every failure is a
+:class:`ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def ordered(low: str, high: str) -> Callable[[Mapping[str, Any]], None]:
 
     return check
 
+
+_INT64 = Limit(-(2**63), 2**63 - 1)
+"""Every integer in a config fits torch's int64 (counts, sizes, seeds)."""
 
 _DEFAULT_LIMITS: dict[str, Limit] = {"seed": Limit(0, 2**63 - 1)}  # torch.Generator seeds
 
@@ -206,15 +210,18 @@ class Experiment:
                 if coerced is _MISMATCH:
                     raise ConfigError(key, f"{key} must be {_type_name(annotation)}, got {value!r}")
                 value = coerced
+            entries = value if isinstance(value, tuple) else (value,)
+            which = "every entry of " if isinstance(value, tuple) else ""
             limit = self.limits.get(key, _DEFAULT_LIMITS.get(key))
-            if limit is not None:
-                entries = value if isinstance(value, tuple) else (value,)
-                for entry in entries:
-                    if isinstance(entry, (int, float)) and not limit.contains(entry):
-                        which = "every entry of " if isinstance(value, tuple) else ""
-                        raise ConfigError(
-                            key, f"{which}{key} must be {limit.describe()}, got {value!r}"
-                        )
+            for entry in entries:
+                if isinstance(entry, bool) or not isinstance(entry, (int, float)):
+                    continue
+                if isinstance(entry, int) and not _INT64.contains(entry):
+                    raise ConfigError(key, f"{which}{key} must be a 64-bit integer, got {value!r}")
+                if limit is not None and not limit.contains(entry):
+                    raise ConfigError(
+                        key, f"{which}{key} must be {limit.describe()}, got {value!r}"
+                    )
             bound[key] = value
         if self.check is not None:
             self.check(bound)

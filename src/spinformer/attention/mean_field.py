@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from spinformer._validation import as_tensor, check_beta, check_finite
+from spinformer._validation import as_tensor, check_beta, check_finite, check_square
 from spinformer.solvers import fixed_point
 
 __all__ = [
@@ -159,8 +159,40 @@ def _jacobian(m: Tensor, x: Tensor, keys: Tensor, w_qk: Tensor, beta: Tensor) ->
 
 
 def spectral_radius(matrix: Tensor) -> Tensor:
-    """max |eigenvalue| of square matrices (…, D, D)."""
-    return torch.linalg.eigvals(matrix).abs().amax(dim=-1).to(matrix.dtype)
+    """max |eigenvalue| of square matrices (…, D, D).
+
+    The entries are checked to be finite and the matrix is divided by its largest |entry| s
+    before LAPACK sees it, ρ(A) = s·ρ(A/s): the eigenvalue routine crashes the interpreter on
+    NaN or infinite entries and overflows on entries near the top of the dtype's range. A
+    radius beyond the dtype's range is ``inf``.
+    """
+    if not isinstance(matrix, Tensor) or not (matrix.is_floating_point() or matrix.is_complex()):
+        raise ValueError(f"matrix must be a floating tensor of shape (..., D, D), got {matrix!r}")
+    check_square(matrix, "matrix")
+    check_finite(matrix, "matrix")
+    return _spectral_radius(matrix)
+
+
+def _spectral_radius(matrix: Tensor) -> Tensor:
+    """:func:`spectral_radius` of a finite square matrix (rescaled by its largest |entry|)."""
+    real = matrix.real.dtype if matrix.is_complex() else matrix.dtype
+    if matrix.shape[-1] == 0:
+        return torch.zeros(matrix.shape[:-2], dtype=real, device=matrix.device)
+    scale = matrix.detach().abs().amax(dim=(-1, -2), keepdim=True)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    radius = torch.linalg.eigvals(matrix / safe).abs().amax(dim=-1).to(real)
+    return radius * safe[..., 0, 0].to(real)
+
+
+def _jacobian_radius(jacobian: Tensor) -> Tensor:
+    """ρ of the Jacobians of a user's system; a non-finite Jacobian is an input out of range."""
+    if not bool(torch.isfinite(jacobian).all()):
+        raise ValueError(
+            f"x, w_qk and beta are outside the {jacobian.dtype} range: the Jacobian"
+            " β Cov(x) W_QK of the mean-field map is not finite (overflow); rescale x or w_qk,"
+            " or use float64"
+        )
+    return _spectral_radius(jacobian)
 
 
 def _default_tol(dtype: torch.dtype) -> float:
@@ -303,7 +335,7 @@ def self_consistent(
     rho = None
     if stability:
         with torch.no_grad():
-            rho = spectral_radius(_jacobian(m.detach(), x_b, keys, w_qk, beta_t))
+            rho = _jacobian_radius(_jacobian(m.detach(), x_b, keys, w_qk, beta_t))
     return SelfConsistentResult(m, converged, iterations, residual, rho, beta_t)
 
 
@@ -426,7 +458,7 @@ def fixed_points(
         )  # fmt: skip
     reps, _ = _distinct(candidates, scale)
     points = candidates[reps]
-    rho = spectral_radius(_jacobian(points.unsqueeze(0), x, keys, w_qk, beta_t.reshape(1))[0])
+    rho = _jacobian_radius(_jacobian(points.unsqueeze(0), x, keys, w_qk, beta_t.reshape(1))[0])
     # basins: which fixed point each query's own iteration reached
     query_m, query_ok = picard_m[:n], picard_ok[:n]
     distance = torch.cdist(query_m, points)
@@ -515,12 +547,28 @@ def critical_beta(
     w_b = w_qk.expand(*batch, *w_qk.shape[-2:])
     dtype, device = x.dtype, x.device
     tol = _default_tol(dtype) if tol is None else tol
-    radius = x_b.norm(dim=-1).amax(dim=-1).clamp_min(torch.finfo(dtype).tiny)
-    mean = x_b.mean(dim=-2)
-    centred = x_b - mean.unsqueeze(-2)
-    cov = centred.transpose(-1, -2) @ centred / x.shape[-2]
-    rho0 = spectral_radius(cov @ w_b)
-    centred_data = mean.norm(dim=-1) <= 1e3 * torch.finfo(dtype).eps * radius
+    # moments of the tokens divided by their largest |entry| s (no overflow of squares);
+    # ρ(C W_QK) = s² ρ(C_s W_QK)
+    tiny = torch.finfo(dtype).tiny
+    size = x_b.detach().abs().amax(dim=(-1, -2)).clamp_min(tiny)
+    x_s = x_b / size[..., None, None]
+    radius_s = x_s.norm(dim=-1).amax(dim=-1)
+    radius = (size * radius_s).clamp_min(tiny)
+    mean = x_s.mean(dim=-2) * size[..., None]
+    centred = x_s - x_s.mean(dim=-2).unsqueeze(-2)
+    cov_w = (centred.transpose(-1, -2) @ centred / x.shape[-2]) @ w_b
+    if not bool(torch.isfinite(cov_w).all()):
+        raise ValueError(
+            f"w_qk is outside the {dtype} range: Cov(x) W_QK overflows; rescale w_qk or use float64"
+        )
+    rho0 = _spectral_radius(cov_w) * size**2
+    if not bool(torch.isfinite(rho0).all()) or bool(((rho0 > 0) & (1.0 / rho0 < tiny)).any()):
+        largest = float((_spectral_radius(cov_w.double()) * size.double() ** 2).max())
+        raise ValueError(
+            f"x and w_qk are outside the {dtype} range: ρ(Cov(x) W_QK) = {largest:.3g}, so"
+            f" β_c ~ 1/ρ is not a normal {dtype} number; rescale x or w_qk, or use float64"
+        )
+    centred_data = x_s.mean(dim=-2).norm(dim=-1) <= 1e3 * torch.finfo(dtype).eps * radius_s
     closed = torch.where(centred_data & (rho0 > 0), 1.0 / rho0, torch.nan)
     scale = torch.where(rho0 > 0, 1.0 / rho0.clamp_min(torch.finfo(dtype).tiny), 1.0)
     lo_factor = math.log(1e-3) if beta_min is None else None
@@ -545,7 +593,7 @@ def critical_beta(
             max_iter=max_iter, damping=1.0, implicit=False, warn=False,
         )  # fmt: skip
         m = m.squeeze(-2).detach()
-        rho = spectral_radius(_jacobian(m.unsqueeze(-2), x_b, keys, w_b, beta).squeeze(-3))
+        rho = _jacobian_radius(_jacobian(m.unsqueeze(-2), x_b, keys, w_b, beta).squeeze(-3))
         return m, ok.squeeze(-1), rho
 
     branch, radii, broken = [], [], []

@@ -36,9 +36,11 @@ from spinformer.nn._spin import (
     PositiveBeta,
     allowed_keys,
     check_heads,
+    check_overflow,
     check_steps,
     check_tokens,
     feed_forward,
+    field_scale,
     merge_heads,
     relax,
     softmax_couplings,
@@ -108,7 +110,7 @@ class SpinTransformerBlock(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
         """x + W_O m, m the dynamical mean-field magnetizations after K steps or at stationarity."""
-        check_tokens(x, self.d_model, padding_mask)
+        check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
         x_norm = self.norm(x)
         field_in = self.field(x_norm)
         if self.ffn is not None:
@@ -117,6 +119,14 @@ class SpinTransformerBlock(nn.Module):
         couplings = self.couplings(x_norm, padding_mask)
         beta = self.beta()
         b = beta[:, None, None]
+        check_overflow(
+            x,
+            {
+                "LayerNorm(x)": x_norm,
+                "the fields β|h|/R": field_scale(field, beta, self.radius),
+                "the couplings softmax(q·k)": couplings,
+            },
+        )
 
         def step(m: Tensor) -> Tensor:
             return vector_step(m, couplings, field, b, self.radius, self.order)
@@ -152,15 +162,16 @@ class TransformerBlock(nn.Module):
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
-        check_tokens(x, self.d_model, padding_mask)
+        check_tokens(x, self.d_model, padding_mask, self.qkv.weight.dtype)
         allowed = allowed_keys(x.shape[1], self.causal, padding_mask, x.device)
         q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(self.norm1(x)).chunk(3, dim=-1))
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        x = x + self.proj(merge_heads(attended))
-        x = x + self.mlp(self.norm2(x))
+        out = x + self.proj(merge_heads(attended))
+        out = out + self.mlp(self.norm2(out))
+        check_overflow(x, {"the block's output": out})
         if not return_state:
-            return x
-        return x, BlockState(None, softmax_couplings(q, k, allowed))
+            return out
+        return out, BlockState(None, softmax_couplings(q, k, allowed))
 
 
 class AttentionBlock(nn.Module):

@@ -89,7 +89,10 @@ def boltzmann_rows(
     Returns the weights (same shape as ``logits``) and the thermodynamics.
     """
     full = logits if bias is None else logits + bias
-    row_max = full.amax(dim=-1, keepdim=True).detach()
+    if full.shape[-1] == 0:  # no states (only valid with no rows): amax has nothing to reduce
+        row_max = full.new_zeros(*full.shape[:-1], 1)
+    else:
+        row_max = full.amax(dim=-1, keepdim=True).detach()
     shifted = full - row_max  # ln(g e^{βω}) - max: exactly 0 at the dominant key
     log_z_shift = torch.logsumexp(shifted, dim=-1, keepdim=True)  # in [0, ln N]
     weights = torch.exp(shifted - log_z_shift)

@@ -14,7 +14,13 @@ import textwrap
 import pytest
 import torch
 
-from spinformer.attention import critical_beta, spectral_radius
+from spinformer.attention import (
+    critical_beta,
+    ensemble,
+    fixed_points,
+    self_consistent,
+    spectral_radius,
+)
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -86,3 +92,46 @@ def test_spectral_radius_of_zero_and_empty_matrices():
 def test_spectral_radius_bad_input(bad):
     with pytest.raises(ValueError, match="matrix must"):
         spectral_radius(bad)
+
+
+@pytest.mark.parametrize("solve", ["self_consistent", "fixed_points", "critical_beta"])
+def test_overflowing_scores_name_the_users_inputs(solve):
+    # finite float32 tokens of size 3e19: the radius |x| and the scores x W x overflow; the error
+    # names x and w_qk (the solver used to reject its own start point as "z0")
+    x = 3e19 * torch.tensor([[1.0, 0.5], [-1.0, 0.25], [0.5, -1.0]])
+    call = {
+        "self_consistent": lambda: self_consistent(x, torch.eye(2), 1.0),
+        "fixed_points": lambda: fixed_points(x, torch.eye(2), 1.0, num_random=2),
+        "critical_beta": lambda: critical_beta(x, torch.eye(2)),
+    }[solve]
+    with pytest.raises(ValueError, match=r"x(,| and) w_qk.* outside the torch\.float32 range"):
+        call()
+
+
+def test_large_tokens_within_range_keep_the_closed_form():
+    # 1e18-sized float32 tokens ±v: the radius (|x|^2 = 2e36) is representable only via rescaling
+    # and the self-consistent m = a v solves a = tanh(β|v|² a)
+    v = torch.tensor([1e18, 1e18])
+    x = torch.stack([v, -v])
+    beta = 1.5 / float(v.double().square().sum())
+    result = self_consistent(x, torch.eye(2), beta, method="anderson")
+    assert result.converged.all()
+    a = torch.tensor(1.0, dtype=torch.float64)
+    for _ in range(200):
+        a = torch.tanh(1.5 * a)
+    ratio = result.magnetization[0].double() / v.double()
+    torch.testing.assert_close(ratio, a.expand(2), rtol=1e-4, atol=0)
+
+
+def test_no_tokens_or_no_keys():
+    empty = torch.zeros(0, 3)
+    assert self_consistent(empty, torch.eye(3), 1.0).magnetization.shape == (0, 3)
+    with pytest.raises(ValueError, match="x must hold at least one token"):
+        self_consistent(empty, torch.eye(3), 1.0, init=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="x must hold at least one token"):
+        fixed_points(empty, torch.eye(3), 1.0)
+    with pytest.raises(ValueError, match="x must hold at least one token"):
+        critical_beta(empty, torch.eye(3))
+    with pytest.raises(ValueError, match="no key to attend to"):
+        ensemble(torch.zeros(2, 4, 3), torch.zeros(2, 0, 3), 1.0)
+    assert ensemble(torch.zeros(0, 4, 3), torch.zeros(0, 0, 3), 1.0).entropy.shape == (0, 4)

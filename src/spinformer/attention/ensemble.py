@@ -36,6 +36,7 @@ The same kernel (:func:`boltzmann_rows`) serves :class:`AttentionEnsemble` and t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from functools import cached_property
 
@@ -352,5 +353,15 @@ def ensemble(
             f"beta must broadcast to the batch shape {tuple(batch)}, got shape {tuple(beta_t.shape)}"
         )
     scores = q.to(dtype) @ k.to(dtype).transpose(-1, -2)
+    if scores.shape[-1] == 0 and math.prod(scores.shape[:-1]) > 0:
+        raise ValueError(
+            "k must hold at least one key: with no keys every query has no key to attend to"
+            " (an empty ensemble, like a fully masked row)"
+        )
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(
+            f"q and k are too large for {dtype}: the scores q·k overflow; rescale them or use"
+            " float64"
+        )
     bias = mask_bias(mask, scores.shape, dtype, scores.device, is_causal=is_causal)
     return AttentionEnsemble(scores=scores, beta=beta_b.unsqueeze(-1), bias=bias)

@@ -120,6 +120,29 @@ def _beta_tensor(beta: Tensor | float, batch: torch.Size, like: Tensor) -> Tenso
         ) from err
 
 
+def _token_radius(x: Tensor) -> Tensor:
+    """R = max_i |x_i| per system (*batch), without overflow of the squares (|x| = s|x/s|)."""
+    tiny = torch.finfo(x.dtype).tiny
+    if x.shape[-2] == 0:
+        return torch.full(x.shape[:-2], tiny, dtype=x.dtype, device=x.device)
+    size = x.detach().abs().amax(dim=(-1, -2), keepdim=True).clamp_min(tiny)
+    return ((x / size).norm(dim=-1).amax(dim=-1) * size[..., 0, 0]).clamp_min(tiny)
+
+
+def _check_scores(keys: Tensor, radius: Tensor, beta: Tensor) -> None:
+    """Raise, naming the user's inputs, unless every score β m·(x_j W_QK) with |m| <= R is finite.
+
+    Finite tokens can still overflow here; unchecked, the softmax would turn the overflow into
+    NaN and the solver would report it as a diverged sample rather than an input out of range.
+    """
+    bound = beta * radius * _token_radius(keys)
+    if not bool(torch.isfinite(bound).all()):
+        raise ValueError(
+            f"x, w_qk and beta are outside the {keys.dtype} range: the scores β x_i·W_QK x_j"
+            " overflow; rescale x or w_qk, or use float64"
+        )
+
+
 def _weights(m: Tensor, keys: Tensor, beta: Tensor) -> Tensor:
     """α (…, Q, N) for magnetizations m (…, Q, D), effective keys x W (…, N, D), β (…)."""
     scores = m @ keys.transpose(-1, -2)
@@ -317,8 +340,13 @@ def self_consistent(
                 f"init batch shape must broadcast to {tuple(batch)}, got {tuple(init.shape[:-2])}"
             )
         init = init.to(x.dtype).expand(*batch, *init.shape[-2:])
+    if x.shape[-2] == 0 and init.shape[-2] > 0:
+        raise ValueError(
+            f"x must hold at least one token (the states of every ensemble), got {tuple(x.shape)}"
+        )
     keys = x @ w_qk
-    radius = x_b.norm(dim=-1).amax(dim=-1).clamp_min(torch.finfo(x.dtype).tiny)
+    radius = _token_radius(x_b)
+    _check_scores(keys, radius, beta_t)
     m, converged, iterations, residual = _solve(
         x_b,
         keys,
@@ -424,11 +452,14 @@ def fixed_points(
     if not distinct_tol > 0:
         raise ValueError(f"distinct_tol must be positive, got {distinct_tol!r}")
     n, dim = x.shape
-    radius = x.norm(dim=-1).amax().clamp_min(torch.finfo(x.dtype).tiny)
+    if n == 0:
+        raise ValueError(f"x must hold at least one token, got shape {tuple(x.shape)}")
+    radius = _token_radius(x)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     random = torch.randn(num_random, dim, generator=generator, dtype=x.dtype).to(x.device)
     starts = torch.cat([x, x.mean(dim=0, keepdim=True), random * radius / math.sqrt(dim)])
     keys = x @ w_qk
+    _check_scores(keys, radius, beta_t)
     tol = _default_tol(x.dtype) if tol is None else tol
     solutions, converged = [], []
     for method, budget in (("picard", max_iter), ("anderson", min(max_iter, root_max_iter))):
@@ -536,6 +567,8 @@ def critical_beta(
         x: tokens (*batch, N, D); w_qk: couplings (*batch, D, D).
     """
     batch = _check_system(x, w_qk)
+    if x.shape[-2] == 0:
+        raise ValueError(f"x must hold at least one token, got shape {tuple(x.shape)}")
     if isinstance(num_betas, bool) or not isinstance(num_betas, int) or num_betas < 2:
         raise ValueError(f"num_betas must be an integer >= 2, got {num_betas!r}")
     for name, value in (("beta_min", beta_min), ("beta_max", beta_max)):
@@ -586,6 +619,7 @@ def critical_beta(
     )
     betas = torch.exp(log_lo[..., None] + (log_hi - log_lo)[..., None] * t)  # (*batch, K)
     keys = x_b @ w_b
+    _check_scores(keys, radius, betas.amax(dim=-1))
 
     def solve(beta: Tensor, init: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m, ok, _, _ = _solve(

@@ -406,7 +406,9 @@ class BoltzmannAttention(nn.Module):
         ``batch_first``), ``key`` (B, S, kdim) and ``value`` (B, S, vdim) default to the query
         (value to the key), ``key_padding_mask`` (B, S), ``attn_mask`` (L, S) or (B·H, L, S),
         boolean (``True`` = not allowed) or additive; ``is_causal`` masks keys j > i (when an
-        ``attn_mask`` is given it is taken as the hint that the mask is causal, as in torch).
+        ``attn_mask`` is given it is torch's hint that the mask is the causal mask, and a
+        ``ValueError`` if it is not). Empty batches or query sets give empty outputs, as in
+        torch; a query with no key (S = 0) is an error.
 
         Returns ``(output, weights)`` with weights (B, L, S) averaged over heads, (B, H, L, S)
         with ``average_attn_weights=False``, or ``None`` without ``need_weights``; with

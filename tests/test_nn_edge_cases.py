@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from spinformer.nn import (
+    AttentionBlock,
     FreeEnergyAttention,
     MeanFieldAttention,
     SpinTransformer,
@@ -33,6 +34,7 @@ MODULES = {
     "spin_fixed_point": lambda causal: SpinTransformerBlock(D, H, causal=causal),
     "spin_steps": lambda causal: SpinTransformerBlock(D, H, order=2, causal=causal, steps=3),
     "transformer": lambda causal: TransformerBlock(D, H, causal=causal),
+    "attention_block": lambda causal: AttentionBlock(MeanFieldAttention(D, H, causal=causal), D),
 }
 EMPTY = [(0, 5), (2, 0), (0, 0)]
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spinformer._validation import check_positive_int
 from spinformer.nn._spin import (
     BlockState,
     PositiveBeta,
@@ -179,6 +180,8 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, attention: nn.Module, d_model: int, ffn_mult: int | None = 4) -> None:
         super().__init__()
+        check_positive_int(d_model, "d_model")
+        self.d_model = d_model
         self.attention = attention
         self.norm = nn.LayerNorm(d_model)
         self.mlp = None
@@ -189,11 +192,15 @@ class AttentionBlock(nn.Module):
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
-        out, state = self.attention(self.norm(x), padding_mask, return_state=True)
-        x = x + out
+        check_tokens(x, self.d_model, padding_mask, self.norm.weight.dtype)
+        normed = self.norm(x)
+        check_overflow(x, {"LayerNorm(x)": normed})
+        out, state = self.attention(normed, padding_mask, return_state=True)
+        out = x + out
         if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
-        return (x, state) if return_state else x
+            out = out + self.mlp(self.norm2(out))
+        check_overflow(x, {"the block's output": out})
+        return (out, state) if return_state else out
 
 
 BlockKind = Literal["spin", "transformer", "mean_field", "free_energy"]

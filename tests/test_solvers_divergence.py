@@ -95,3 +95,11 @@ def test_empty_event_converges_trivially(method):
     result = fixed_point(lambda z: 2 * z + 1, torch.zeros(3, 0), method=method)
     assert result.solution.shape == (3, 0)
     assert result.converged.all()
+
+
+@pytest.mark.parametrize("method", SOLVERS)
+def test_map_of_the_wrong_shape_is_a_named_error(method):
+    with pytest.raises(
+        ValueError, match=r"f must return a tensor of z0's shape \(3, 4\), got \(3,\)"
+    ):
+        fixed_point(lambda z: z.sum(-1), torch.zeros(3, 4), method=method)

@@ -199,7 +199,14 @@ def fixed_point(
         return FixedPointResult(z0, empty.bool(), empty, empty.to(z0.dtype))
 
     def flat(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-        return lambda z: fn(z.reshape(shape)).reshape(flat_batch, event)
+        def apply(z: Tensor) -> Tensor:
+            fz = fn(z.reshape(shape))
+            if not isinstance(fz, Tensor) or fz.shape != shape:
+                got = tuple(fz.shape) if isinstance(fz, Tensor) else type(fz).__name__
+                raise ValueError(f"f must return a tensor of z0's shape {tuple(shape)}, got {got}")
+            return fz.reshape(flat_batch, event)
+
+        return apply
 
     settings = {
         "tol": tol,

@@ -135,3 +135,11 @@ def test_no_tokens_or_no_keys():
     with pytest.raises(ValueError, match="no key to attend to"):
         ensemble(torch.zeros(2, 4, 3), torch.zeros(2, 0, 3), 1.0)
     assert ensemble(torch.zeros(0, 4, 3), torch.zeros(0, 0, 3), 1.0).entropy.shape == (0, 4)
+
+
+def test_bad_tensors_are_described_not_printed():
+    tokens = torch.ones(3, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"got a torch\.int64 tensor of shape \(3, 2\)$"):
+        self_consistent(tokens, torch.eye(2), 1.0)
+    with pytest.raises(ValueError, match=r"got a torch\.float32 tensor of shape \(4,\)$"):
+        ensemble(torch.ones(4), torch.ones(2, 4), 1.0)

@@ -248,3 +248,17 @@ def test_overflowing_inputs_are_an_error_not_nan():
     _, ours = _pair()
     with pytest.raises(ValueError, match=r"too large for torch\.float32"):
         ours(1e30 * _x(2, 5, D), need_weights=False)
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [(torch.ones(2, 5, D, dtype=torch.long), "a torch.int64 tensor of shape (2, 5, 8)"),
+     (torch.ones(D), "a torch.float32 tensor of shape (8,)"), ([1.0, 2.0], "list")],
+)  # fmt: skip
+def test_query_that_is_not_a_float_tensor_is_described_not_printed(value, got):
+    _, ours = _pair()
+    with pytest.raises(
+        ValueError, match=r"query must be a floating 2-D or 3-D tensor, got "
+    ) as err:
+        ours(value)
+    assert str(err.value).endswith(got)

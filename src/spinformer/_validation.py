@@ -17,6 +17,7 @@ __all__ = [
     "check_square",
     "check_symmetric",
     "check_zero_diagonal",
+    "describe",
 ]
 
 
@@ -88,3 +89,11 @@ def check_positive_int(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def describe(value: object) -> str:
+    """A short account of a bad argument for an error message: a tensor's dtype and shape (its
+    repr would print every entry), else the type name."""
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

@@ -43,7 +43,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from spinformer._validation import as_tensor, check_beta, check_finite
+from spinformer._validation import as_tensor, check_beta, check_finite, describe
 
 __all__ = [
     "AttentionEnsemble",
@@ -328,7 +328,9 @@ def ensemble(
     """
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim < 2:
-            raise ValueError(f"{name} must be a floating tensor of shape (..., N, d), got {t!r}")
+            raise ValueError(
+                f"{name} must be a floating tensor of shape (..., N, d), got {describe(t)}"
+            )
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"q and k must have the same head dimension, got {q.shape[-1]} and {k.shape[-1]}"

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from spinformer._validation import as_tensor, check_beta, check_finite, check_square
+from spinformer._validation import as_tensor, check_beta, check_finite, check_square, describe
 from spinformer.solvers import fixed_point
 
 __all__ = [
@@ -85,9 +85,11 @@ __all__ = [
 
 def _check_system(x: Tensor, w_qk: Tensor) -> torch.Size:
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f"x must be a floating tensor of shape (..., N, D), got {x!r}")
+        raise ValueError(f"x must be a floating tensor of shape (..., N, D), got {describe(x)}")
     if not isinstance(w_qk, Tensor) or not w_qk.is_floating_point() or w_qk.ndim < 2:
-        raise ValueError(f"w_qk must be a floating tensor of shape (..., D, D), got {w_qk!r}")
+        raise ValueError(
+            f"w_qk must be a floating tensor of shape (..., D, D), got {describe(w_qk)}"
+        )
     dim = x.shape[-1]
     if w_qk.shape[-2:] != (dim, dim):
         raise ValueError(
@@ -157,7 +159,7 @@ def mean_field_map(m: Tensor, x: Tensor, w_qk: Tensor, beta: Tensor | float) -> 
     """
     batch = _check_system(x, w_qk)
     if not isinstance(m, Tensor) or m.ndim < 2 or m.shape[-1] != x.shape[-1]:
-        raise ValueError(f"m must have shape (..., Q, {x.shape[-1]}), got {m!r}")
+        raise ValueError(f"m must have shape (..., Q, {x.shape[-1]}), got {describe(m)}")
     beta_t = _beta_tensor(beta, batch, x)
     keys = x @ w_qk
     return _weights(m, keys, beta_t) @ x
@@ -190,7 +192,9 @@ def spectral_radius(matrix: Tensor) -> Tensor:
     radius beyond the dtype's range is ``inf``.
     """
     if not isinstance(matrix, Tensor) or not (matrix.is_floating_point() or matrix.is_complex()):
-        raise ValueError(f"matrix must be a floating tensor of shape (..., D, D), got {matrix!r}")
+        raise ValueError(
+            f"matrix must be a floating tensor of shape (..., D, D), got {describe(matrix)}"
+        )
     check_square(matrix, "matrix")
     check_finite(matrix, "matrix")
     return _spectral_radius(matrix)
@@ -326,7 +330,7 @@ def self_consistent(
     if init is None:
         init = x_b
     elif not isinstance(init, Tensor) or init.ndim < 2 or init.shape[-1] != x.shape[-1]:
-        raise ValueError(f"init must have shape (..., Q, {x.shape[-1]}), got {init!r}")
+        raise ValueError(f"init must have shape (..., Q, {x.shape[-1]}), got {describe(init)}")
     else:
         check_finite(init, "init")
         try:
@@ -440,7 +444,9 @@ def fixed_points(
         x: tokens (N, D) of one system; w_qk: (D, D); beta: a positive float.
     """
     if not isinstance(x, Tensor) or x.ndim != 2:
-        raise ValueError(f"x must be a single system of tokens with shape (N, D), got {x!r}")
+        raise ValueError(
+            f"x must be a single system of tokens with shape (N, D), got {describe(x)}"
+        )
     _check_system(x, w_qk)
     if w_qk.ndim != 2:
         raise ValueError(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from spinformer._validation import check_finite, check_positive_int
+from spinformer._validation import check_finite, check_positive_int, describe
 from spinformer.solvers import fixed_point
 
 __all__ = ["BlockState", "allowed_keys", "check_heads", "check_tokens", "softmax_couplings"]
@@ -105,8 +105,9 @@ def check_tokens(
     a message about its internal operands, so a mismatch is named here.
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must be a floating tensor of shape (B, N, {d_model}), got {got}")
+        raise ValueError(
+            f"x must be a floating tensor of shape (B, N, {d_model}), got {describe(x)}"
+        )
     if x.ndim != 3 or x.shape[-1] != d_model:
         raise ValueError(f"x must have shape (B, N, {d_model}), got {tuple(x.shape)}")
     if dtype is not None and x.dtype != dtype:

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spinformer._validation import as_tensor, check_beta, check_finite
+from spinformer._validation import as_tensor, check_beta, check_finite, describe
 from spinformer.attention import (
     EnsembleThermodynamics,
     blocked_boltzmann_attention,
@@ -420,7 +420,7 @@ class BoltzmannAttention(nn.Module):
             value = key
         for name, t in (("query", query), ("key", key), ("value", value)):
             if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim not in (2, 3):
-                raise ValueError(f"{name} must be a floating 2-D or 3-D tensor, got {t!r}")
+                raise ValueError(f"{name} must be a floating 2-D or 3-D tensor, got {describe(t)}")
         batched = query.ndim == 3
         if key.ndim != query.ndim or value.ndim != query.ndim:
             raise ValueError(

@@ -66,9 +66,13 @@ from spinformer.attention import (
 __all__ = ["BoltzmannAttention"]
 
 
-def _check_finite_fast(tensor: Tensor, name: str) -> None:
+def _all_finite(tensor: Tensor) -> bool:
     """One reduction (a sum propagates NaN/inf); the exact check only if the sum is not finite."""
-    if not bool(torch.isfinite(tensor.sum())):
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def _check_finite_fast(tensor: Tensor, name: str) -> None:
+    if not _all_finite(tensor):
         check_finite(tensor, name)
 
 
@@ -509,12 +513,11 @@ class BoltzmannAttention(nn.Module):
                     weights = F.dropout(weights, p=dropout_p)
                 out = weights @ v
         out = out.transpose(1, 2).reshape(batch, tgt, self.embed_dim)
-        out = F.linear(
-            out, self.out_proj.weight.to(out.dtype), _cast(self.out_proj.bias, out.dtype)
-        )
-        if not bool(torch.isfinite(out.detach().sum())) and bool(
-            (~torch.isfinite(out.detach())).any()
-        ):
+        if out.dtype == dtype:
+            out = self.out_proj(out)
+        else:  # the float32 statistics path of a half-precision module
+            out = F.linear(out, self.out_proj.weight.float(), _cast(self.out_proj.bias, out.dtype))
+        if not _all_finite(out.detach()):
             raise ValueError(
                 f"query, key and value are too large for {dtype}: the attention output overflows"
                 " (non-finite for finite inputs); rescale them or use a wider dtype"

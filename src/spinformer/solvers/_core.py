@@ -19,7 +19,10 @@ number of forward iterations. ``implicit=False`` instead differentiates through 
 (memory grows linearly), which is the reference the implicit route is tested against.
 
 Non-convergence is never silent: the flags are in the result and a :class:`SolverWarning` is
-emitted (``warn=False`` to silence it when the caller reports it otherwise).
+emitted (``warn=False`` to silence it when the caller reports it otherwise). A sample whose
+iterate or residual is NaN or infinite (divergence, overflow) is never converged, has residual
+``inf`` and is counted as diverged in the warning. An empty batch returns ``z0`` itself with
+empty diagnostics, without calling ``f``.
 """
 
 from __future__ import annotations

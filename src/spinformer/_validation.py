@@ -21,6 +21,7 @@ __all__ = [
     "check_square",
     "check_symmetric",
     "check_zero_diagonal",
+    "describe",
 ]
 
 
@@ -129,3 +130,11 @@ class Limit:
         if self.high is not None:
             return f"{'<' if self.high_open else '<='} {self.high}"
         return "any value"
+
+
+def describe(value: object) -> str:
+    """A short account of a bad argument for an error message: a tensor's dtype and shape (its
+    repr would print every entry), else the type name."""
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

@@ -119,11 +119,12 @@ class _Blocks:
         self.outer, self.inner, self.tgt, self.src = outer, inner, tgt, src
         rows = max(1, budget // max(src, 1))
         if rows >= tgt:
-            heads = rows // tgt
+            whole = max(tgt, 1)  # tgt = 0: no rows to iterate, but steps must be positive
+            heads = rows // whole
             if heads >= inner:
-                self.per = (max(1, heads // inner), inner, tgt)
+                self.per = (max(1, heads // max(inner, 1)), max(inner, 1), whole)
             else:
-                self.per = (1, heads, tgt)
+                self.per = (1, heads, whole)
         else:
             self.per = (1, 1, rows)
         self.bias: Tensor | None = None
@@ -177,11 +178,11 @@ class _BlockedAttention(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         batch = queries.shape[:-2]
         tgt, src, dim_v = queries.shape[-2], keys.shape[-2], values.shape[-1]
-        q = (queries * scale if scale != 1.0 else queries).reshape(-1, tgt, queries.shape[-1])
+        flat = batch.numel()  # explicit: reshape(-1, ...) fails on 0 elements
+        q = (queries * scale if scale != 1.0 else queries).reshape(flat, tgt, queries.shape[-1])
         q = q.contiguous()
-        k = keys.reshape(-1, src, keys.shape[-1])
-        v = values.reshape(-1, src, dim_v)
-        flat = q.shape[0]
+        k = keys.reshape(flat, src, keys.shape[-1])
+        v = values.reshape(flat, src, dim_v)
         blocks = _Blocks(batch, tgt, src, bias, budget)
         dtype, device = q.dtype, q.device
         output = torch.empty(flat, tgt, dim_v, dtype=dtype, device=device)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spinformer._validation import as_tensor, check_beta, check_finite
+from spinformer._validation import as_tensor, check_beta, check_finite, describe
 from spinformer.attention.ensemble import AttentionEnsemble, ensemble
 
 __all__ = ["Couplings", "couplings"]
@@ -251,7 +251,7 @@ def couplings(
         raise ValueError("w_k and num_heads are required when w_q is a tensor")
     for name, w in (("w_q", w_q), ("w_k", w_k)):
         if not isinstance(w, Tensor) or w.ndim != 2 or not w.is_floating_point():
-            raise ValueError(f"{name} must be a floating (H*d_head, D) matrix, got {w!r}")
+            raise ValueError(f"{name} must be a floating (H*d_head, D) matrix, got {describe(w)}")
         check_finite(w, name)
     if w_q.shape[0] != w_k.shape[0]:
         raise ValueError(

@@ -36,13 +36,14 @@ The same kernel (:func:`boltzmann_rows`) serves :class:`AttentionEnsemble` and t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from functools import cached_property
 
 import torch
 from torch import Tensor
 
-from spinformer._validation import as_tensor, check_beta, check_finite
+from spinformer._validation import as_tensor, check_beta, check_finite, describe
 
 __all__ = [
     "AttentionEnsemble",
@@ -89,7 +90,10 @@ def boltzmann_rows(
     Returns the weights (same shape as ``logits``) and the thermodynamics.
     """
     full = logits if bias is None else logits + bias
-    row_max = full.amax(dim=-1, keepdim=True).detach()
+    if full.shape[-1] == 0:  # no states (only valid with no rows): amax has nothing to reduce
+        row_max = full.new_zeros(*full.shape[:-1], 1)
+    else:
+        row_max = full.amax(dim=-1, keepdim=True).detach()
     shifted = full - row_max  # ln(g e^{βω}) - max: exactly 0 at the dominant key
     log_z_shift = torch.logsumexp(shifted, dim=-1, keepdim=True)  # in [0, ln N]
     weights = torch.exp(shifted - log_z_shift)
@@ -324,7 +328,9 @@ def ensemble(
     """
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim < 2:
-            raise ValueError(f"{name} must be a floating tensor of shape (..., N, d), got {t!r}")
+            raise ValueError(
+                f"{name} must be a floating tensor of shape (..., N, d), got {describe(t)}"
+            )
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"q and k must have the same head dimension, got {q.shape[-1]} and {k.shape[-1]}"
@@ -349,5 +355,15 @@ def ensemble(
             f"beta must broadcast to the batch shape {tuple(batch)}, got shape {tuple(beta_t.shape)}"
         )
     scores = q.to(dtype) @ k.to(dtype).transpose(-1, -2)
+    if scores.shape[-1] == 0 and math.prod(scores.shape[:-1]) > 0:
+        raise ValueError(
+            "k must hold at least one key: with no keys every query has no key to attend to"
+            " (an empty ensemble, like a fully masked row)"
+        )
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(
+            f"q and k are too large for {dtype}: the scores q·k overflow; rescale them or use"
+            " float64"
+        )
     bias = mask_bias(mask, scores.shape, dtype, scores.device, is_causal=is_causal)
     return AttentionEnsemble(scores=scores, beta=beta_b.unsqueeze(-1), bias=bias)

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from spinformer._validation import as_tensor, check_beta, check_finite
+from spinformer._validation import as_tensor, check_beta, check_finite, check_square, describe
 from spinformer.solvers import fixed_point
 
 __all__ = [
@@ -85,9 +85,11 @@ __all__ = [
 
 def _check_system(x: Tensor, w_qk: Tensor) -> torch.Size:
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f"x must be a floating tensor of shape (..., N, D), got {x!r}")
+        raise ValueError(f"x must be a floating tensor of shape (..., N, D), got {describe(x)}")
     if not isinstance(w_qk, Tensor) or not w_qk.is_floating_point() or w_qk.ndim < 2:
-        raise ValueError(f"w_qk must be a floating tensor of shape (..., D, D), got {w_qk!r}")
+        raise ValueError(
+            f"w_qk must be a floating tensor of shape (..., D, D), got {describe(w_qk)}"
+        )
     dim = x.shape[-1]
     if w_qk.shape[-2:] != (dim, dim):
         raise ValueError(
@@ -120,6 +122,29 @@ def _beta_tensor(beta: Tensor | float, batch: torch.Size, like: Tensor) -> Tenso
         ) from err
 
 
+def _token_radius(x: Tensor) -> Tensor:
+    """R = max_i |x_i| per system (*batch), without overflow of the squares (|x| = s|x/s|)."""
+    tiny = torch.finfo(x.dtype).tiny
+    if x.shape[-2] == 0:
+        return torch.full(x.shape[:-2], tiny, dtype=x.dtype, device=x.device)
+    size = x.detach().abs().amax(dim=(-1, -2), keepdim=True).clamp_min(tiny)
+    return ((x / size).norm(dim=-1).amax(dim=-1) * size[..., 0, 0]).clamp_min(tiny)
+
+
+def _check_scores(keys: Tensor, radius: Tensor, beta: Tensor) -> None:
+    """Raise, naming the user's inputs, unless every score β m·(x_j W_QK) with |m| <= R is finite.
+
+    Finite tokens can still overflow here; unchecked, the softmax would turn the overflow into
+    NaN and the solver would report it as a diverged sample rather than an input out of range.
+    """
+    bound = beta * radius * _token_radius(keys)
+    if not bool(torch.isfinite(bound).all()):
+        raise ValueError(
+            f"x, w_qk and beta are outside the {keys.dtype} range: the scores β x_i·W_QK x_j"
+            " overflow; rescale x or w_qk, or use float64"
+        )
+
+
 def _weights(m: Tensor, keys: Tensor, beta: Tensor) -> Tensor:
     """α (…, Q, N) for magnetizations m (…, Q, D), effective keys x W (…, N, D), β (…)."""
     scores = m @ keys.transpose(-1, -2)
@@ -134,7 +159,7 @@ def mean_field_map(m: Tensor, x: Tensor, w_qk: Tensor, beta: Tensor | float) -> 
     """
     batch = _check_system(x, w_qk)
     if not isinstance(m, Tensor) or m.ndim < 2 or m.shape[-1] != x.shape[-1]:
-        raise ValueError(f"m must have shape (..., Q, {x.shape[-1]}), got {m!r}")
+        raise ValueError(f"m must have shape (..., Q, {x.shape[-1]}), got {describe(m)}")
     beta_t = _beta_tensor(beta, batch, x)
     keys = x @ w_qk
     return _weights(m, keys, beta_t) @ x
@@ -159,8 +184,42 @@ def _jacobian(m: Tensor, x: Tensor, keys: Tensor, w_qk: Tensor, beta: Tensor) ->
 
 
 def spectral_radius(matrix: Tensor) -> Tensor:
-    """max |eigenvalue| of square matrices (…, D, D)."""
-    return torch.linalg.eigvals(matrix).abs().amax(dim=-1).to(matrix.dtype)
+    """max |eigenvalue| of square matrices (…, D, D).
+
+    The entries are checked to be finite and the matrix is divided by its largest |entry| s
+    before LAPACK sees it, ρ(A) = s·ρ(A/s): the eigenvalue routine crashes the interpreter on
+    NaN or infinite entries and overflows on entries near the top of the dtype's range. A
+    radius beyond the dtype's range is ``inf``.
+    """
+    if not isinstance(matrix, Tensor) or not (matrix.is_floating_point() or matrix.is_complex()):
+        raise ValueError(
+            f"matrix must be a floating tensor of shape (..., D, D), got {describe(matrix)}"
+        )
+    check_square(matrix, "matrix")
+    check_finite(matrix, "matrix")
+    return _spectral_radius(matrix)
+
+
+def _spectral_radius(matrix: Tensor) -> Tensor:
+    """:func:`spectral_radius` of a finite square matrix (rescaled by its largest |entry|)."""
+    real = matrix.real.dtype if matrix.is_complex() else matrix.dtype
+    if matrix.shape[-1] == 0:
+        return torch.zeros(matrix.shape[:-2], dtype=real, device=matrix.device)
+    scale = matrix.detach().abs().amax(dim=(-1, -2), keepdim=True)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    radius = torch.linalg.eigvals(matrix / safe).abs().amax(dim=-1).to(real)
+    return radius * safe[..., 0, 0].to(real)
+
+
+def _jacobian_radius(jacobian: Tensor) -> Tensor:
+    """ρ of the Jacobians of a user's system; a non-finite Jacobian is an input out of range."""
+    if not bool(torch.isfinite(jacobian).all()):
+        raise ValueError(
+            f"x, w_qk and beta are outside the {jacobian.dtype} range: the Jacobian"
+            " β Cov(x) W_QK of the mean-field map is not finite (overflow); rescale x or w_qk,"
+            " or use float64"
+        )
+    return _spectral_radius(jacobian)
 
 
 def _default_tol(dtype: torch.dtype) -> float:
@@ -271,7 +330,7 @@ def self_consistent(
     if init is None:
         init = x_b
     elif not isinstance(init, Tensor) or init.ndim < 2 or init.shape[-1] != x.shape[-1]:
-        raise ValueError(f"init must have shape (..., Q, {x.shape[-1]}), got {init!r}")
+        raise ValueError(f"init must have shape (..., Q, {x.shape[-1]}), got {describe(init)}")
     else:
         check_finite(init, "init")
         try:
@@ -285,8 +344,13 @@ def self_consistent(
                 f"init batch shape must broadcast to {tuple(batch)}, got {tuple(init.shape[:-2])}"
             )
         init = init.to(x.dtype).expand(*batch, *init.shape[-2:])
+    if x.shape[-2] == 0 and init.shape[-2] > 0:
+        raise ValueError(
+            f"x must hold at least one token (the states of every ensemble), got {tuple(x.shape)}"
+        )
     keys = x @ w_qk
-    radius = x_b.norm(dim=-1).amax(dim=-1).clamp_min(torch.finfo(x.dtype).tiny)
+    radius = _token_radius(x_b)
+    _check_scores(keys, radius, beta_t)
     m, converged, iterations, residual = _solve(
         x_b,
         keys,
@@ -303,7 +367,7 @@ def self_consistent(
     rho = None
     if stability:
         with torch.no_grad():
-            rho = spectral_radius(_jacobian(m.detach(), x_b, keys, w_qk, beta_t))
+            rho = _jacobian_radius(_jacobian(m.detach(), x_b, keys, w_qk, beta_t))
     return SelfConsistentResult(m, converged, iterations, residual, rho, beta_t)
 
 
@@ -380,7 +444,9 @@ def fixed_points(
         x: tokens (N, D) of one system; w_qk: (D, D); beta: a positive float.
     """
     if not isinstance(x, Tensor) or x.ndim != 2:
-        raise ValueError(f"x must be a single system of tokens with shape (N, D), got {x!r}")
+        raise ValueError(
+            f"x must be a single system of tokens with shape (N, D), got {describe(x)}"
+        )
     _check_system(x, w_qk)
     if w_qk.ndim != 2:
         raise ValueError(
@@ -392,11 +458,14 @@ def fixed_points(
     if not distinct_tol > 0:
         raise ValueError(f"distinct_tol must be positive, got {distinct_tol!r}")
     n, dim = x.shape
-    radius = x.norm(dim=-1).amax().clamp_min(torch.finfo(x.dtype).tiny)
+    if n == 0:
+        raise ValueError(f"x must hold at least one token, got shape {tuple(x.shape)}")
+    radius = _token_radius(x)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     random = torch.randn(num_random, dim, generator=generator, dtype=x.dtype).to(x.device)
     starts = torch.cat([x, x.mean(dim=0, keepdim=True), random * radius / math.sqrt(dim)])
     keys = x @ w_qk
+    _check_scores(keys, radius, beta_t)
     tol = _default_tol(x.dtype) if tol is None else tol
     solutions, converged = [], []
     for method, budget in (("picard", max_iter), ("anderson", min(max_iter, root_max_iter))):
@@ -426,7 +495,7 @@ def fixed_points(
         )  # fmt: skip
     reps, _ = _distinct(candidates, scale)
     points = candidates[reps]
-    rho = spectral_radius(_jacobian(points.unsqueeze(0), x, keys, w_qk, beta_t.reshape(1))[0])
+    rho = _jacobian_radius(_jacobian(points.unsqueeze(0), x, keys, w_qk, beta_t.reshape(1))[0])
     # basins: which fixed point each query's own iteration reached
     query_m, query_ok = picard_m[:n], picard_ok[:n]
     distance = torch.cdist(query_m, points)
@@ -504,6 +573,8 @@ def critical_beta(
         x: tokens (*batch, N, D); w_qk: couplings (*batch, D, D).
     """
     batch = _check_system(x, w_qk)
+    if x.shape[-2] == 0:
+        raise ValueError(f"x must hold at least one token, got shape {tuple(x.shape)}")
     if isinstance(num_betas, bool) or not isinstance(num_betas, int) or num_betas < 2:
         raise ValueError(f"num_betas must be an integer >= 2, got {num_betas!r}")
     for name, value in (("beta_min", beta_min), ("beta_max", beta_max)):
@@ -515,12 +586,28 @@ def critical_beta(
     w_b = w_qk.expand(*batch, *w_qk.shape[-2:])
     dtype, device = x.dtype, x.device
     tol = _default_tol(dtype) if tol is None else tol
-    radius = x_b.norm(dim=-1).amax(dim=-1).clamp_min(torch.finfo(dtype).tiny)
-    mean = x_b.mean(dim=-2)
-    centred = x_b - mean.unsqueeze(-2)
-    cov = centred.transpose(-1, -2) @ centred / x.shape[-2]
-    rho0 = spectral_radius(cov @ w_b)
-    centred_data = mean.norm(dim=-1) <= 1e3 * torch.finfo(dtype).eps * radius
+    # moments of the tokens divided by their largest |entry| s (no overflow of squares);
+    # ρ(C W_QK) = s² ρ(C_s W_QK)
+    tiny = torch.finfo(dtype).tiny
+    size = x_b.detach().abs().amax(dim=(-1, -2)).clamp_min(tiny)
+    x_s = x_b / size[..., None, None]
+    radius_s = x_s.norm(dim=-1).amax(dim=-1)
+    radius = (size * radius_s).clamp_min(tiny)
+    mean = x_s.mean(dim=-2) * size[..., None]
+    centred = x_s - x_s.mean(dim=-2).unsqueeze(-2)
+    cov_w = (centred.transpose(-1, -2) @ centred / x.shape[-2]) @ w_b
+    if not bool(torch.isfinite(cov_w).all()):
+        raise ValueError(
+            f"w_qk is outside the {dtype} range: Cov(x) W_QK overflows; rescale w_qk or use float64"
+        )
+    rho0 = _spectral_radius(cov_w) * size**2
+    if not bool(torch.isfinite(rho0).all()) or bool(((rho0 > 0) & (1.0 / rho0 < tiny)).any()):
+        largest = float((_spectral_radius(cov_w.double()) * size.double() ** 2).max())
+        raise ValueError(
+            f"x and w_qk are outside the {dtype} range: ρ(Cov(x) W_QK) = {largest:.3g}, so"
+            f" β_c ~ 1/ρ is not a normal {dtype} number; rescale x or w_qk, or use float64"
+        )
+    centred_data = x_s.mean(dim=-2).norm(dim=-1) <= 1e3 * torch.finfo(dtype).eps * radius_s
     closed = torch.where(centred_data & (rho0 > 0), 1.0 / rho0, torch.nan)
     scale = torch.where(rho0 > 0, 1.0 / rho0.clamp_min(torch.finfo(dtype).tiny), 1.0)
     lo_factor = math.log(1e-3) if beta_min is None else None
@@ -538,6 +625,7 @@ def critical_beta(
     )
     betas = torch.exp(log_lo[..., None] + (log_hi - log_lo)[..., None] * t)  # (*batch, K)
     keys = x_b @ w_b
+    _check_scores(keys, radius, betas.amax(dim=-1))
 
     def solve(beta: Tensor, init: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m, ok, _, _ = _solve(
@@ -545,7 +633,7 @@ def critical_beta(
             max_iter=max_iter, damping=1.0, implicit=False, warn=False,
         )  # fmt: skip
         m = m.squeeze(-2).detach()
-        rho = spectral_radius(_jacobian(m.unsqueeze(-2), x_b, keys, w_b, beta).squeeze(-3))
+        rho = _jacobian_radius(_jacobian(m.unsqueeze(-2), x_b, keys, w_b, beta).squeeze(-3))
         return m, ok.squeeze(-1), rho
 
     branch, radii, broken = [], [], []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from spinformer._validation import check_finite, check_positive_int
+from spinformer._validation import check_finite, check_positive_int, describe
 from spinformer.solvers import fixed_point
 
 __all__ = ["BlockState", "allowed_keys", "check_heads", "check_tokens", "softmax_couplings"]
@@ -96,10 +96,25 @@ def check_heads(d_model: int, n_heads: int, min_head_dim: int = 1) -> int:
     return head
 
 
-def check_tokens(x: Tensor, d_model: int, padding_mask: Tensor | None) -> None:
-    """Raise on wrong shapes, NaN/inf inputs or a malformed padding mask."""
+def check_tokens(
+    x: Tensor, d_model: int, padding_mask: Tensor | None, dtype: torch.dtype | None = None
+) -> None:
+    """Raise on wrong shapes, a dtype other than the module's, NaN/inf inputs or a bad mask.
+
+    ``dtype`` is the module's parameter dtype: torch would fail later in a matrix product with
+    a message about its internal operands, so a mismatch is named here.
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise ValueError(
+            f"x must be a floating tensor of shape (B, N, {d_model}), got {describe(x)}"
+        )
     if x.ndim != 3 or x.shape[-1] != d_model:
         raise ValueError(f"x must have shape (B, N, {d_model}), got {tuple(x.shape)}")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(
+            f"x must have the module's dtype {dtype}, got {x.dtype}; convert x (x.to({dtype}))"
+            f" or the module (module.to({x.dtype}))"
+        )
     check_finite(x, "x")
     if padding_mask is not None and (
         padding_mask.shape != x.shape[:2] or padding_mask.dtype != torch.bool
@@ -108,6 +123,33 @@ def check_tokens(x: Tensor, d_model: int, padding_mask: Tensor | None) -> None:
             f"padding_mask must be a bool tensor of shape {tuple(x.shape[:2])} "
             f"(True = real token), got {padding_mask.dtype} {tuple(padding_mask.shape)}"
         )
+
+
+def check_overflow(x: Tensor, quantities: dict[str, Tensor]) -> None:
+    """Raise, naming the user's ``x``, when a quantity computed from finite x is not finite.
+
+    Finite tokens can still overflow inside a module (fields |W x|², scores q·k, LayerNorm of
+    entries near the dtype's maximum). Unchecked, the output would be NaN -- or 0, where a
+    response like φ(θ) = βθ/(1 + √(1 + β²|θ|²/R²)) divides by an infinite norm -- or a solver
+    would reject its own start point under an internal name. One host sync for all quantities.
+    """
+    flags = torch.stack([torch.isfinite(t).all() for t in quantities.values()])
+    if bool(flags.all()):
+        return
+    bad = [name for name, ok in zip(quantities, flags.tolist(), strict=True) if not ok]
+    largest = float(x.detach().abs().amax()) if x.numel() else 0.0
+    verb = "overflows" if len(bad) == 1 else "overflow"
+    raise ValueError(
+        f"x is too large for {x.dtype}: {' and '.join(bad)} {verb} (max |x| = {largest:.3g});"
+        " rescale x or use float64"
+    )
+
+
+def field_scale(field: Tensor, beta: Tensor, radius: float) -> Tensor:
+    """4β²|h|²/R² per site for fields (B, H, N, d) and β (H,): bounds β²|θ|²/R² in φ while the
+    local field θ = h + Σ J m stays within 2|h| (|m| < R); finite iff φ can be evaluated."""
+    scaled = beta[:, None, None] * field / radius
+    return 4.0 * (scaled * scaled).sum(-1)
 
 
 def allowed_keys(
@@ -123,7 +165,7 @@ def allowed_keys(
     if padding_mask is not None:
         keys = padding_mask[:, None, None, :]
         allowed = keys if allowed is None else allowed & keys
-    if allowed is not None and not bool(allowed.any(-1).all()):
+    if allowed is not None and n > 0 and not bool(allowed.any(-1).all()):
         raise ValueError(
             "the masks leave some query row with no key to attend to (e.g. a padded first token "
             "under a causal mask); every row must keep at least one key"
@@ -150,8 +192,8 @@ def feed_forward(d_model: int, ffn_mult: int) -> nn.Sequential:
 
 def split_heads(x: Tensor, n_heads: int) -> Tensor:
     """(B, N, H·d) -> (B, H, N, d)."""
-    b, n, _ = x.shape
-    return x.reshape(b, n, n_heads, -1).transpose(1, 2)
+    b, n, width = x.shape
+    return x.reshape(b, n, n_heads, width // n_heads).transpose(1, 2)  # no -1: B or N may be 0
 
 
 def merge_heads(x: Tensor) -> Tensor:

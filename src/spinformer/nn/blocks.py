@@ -31,14 +31,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spinformer._validation import check_positive_int
 from spinformer.nn._spin import (
     BlockState,
     PositiveBeta,
     allowed_keys,
     check_heads,
+    check_overflow,
     check_steps,
     check_tokens,
     feed_forward,
+    field_scale,
     merge_heads,
     relax,
     softmax_couplings,
@@ -108,7 +111,7 @@ class SpinTransformerBlock(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
         """x + W_O m, m the dynamical mean-field magnetizations after K steps or at stationarity."""
-        check_tokens(x, self.d_model, padding_mask)
+        check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
         x_norm = self.norm(x)
         field_in = self.field(x_norm)
         if self.ffn is not None:
@@ -117,6 +120,14 @@ class SpinTransformerBlock(nn.Module):
         couplings = self.couplings(x_norm, padding_mask)
         beta = self.beta()
         b = beta[:, None, None]
+        check_overflow(
+            x,
+            {
+                "LayerNorm(x)": x_norm,
+                "the fields β|h|/R": field_scale(field, beta, self.radius),
+                "the couplings softmax(q·k)": couplings,
+            },
+        )
 
         def step(m: Tensor) -> Tensor:
             return vector_step(m, couplings, field, b, self.radius, self.order)
@@ -152,15 +163,16 @@ class TransformerBlock(nn.Module):
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
-        check_tokens(x, self.d_model, padding_mask)
+        check_tokens(x, self.d_model, padding_mask, self.qkv.weight.dtype)
         allowed = allowed_keys(x.shape[1], self.causal, padding_mask, x.device)
         q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(self.norm1(x)).chunk(3, dim=-1))
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        x = x + self.proj(merge_heads(attended))
-        x = x + self.mlp(self.norm2(x))
+        out = x + self.proj(merge_heads(attended))
+        out = out + self.mlp(self.norm2(out))
+        check_overflow(x, {"the block's output": out})
         if not return_state:
-            return x
-        return x, BlockState(None, softmax_couplings(q, k, allowed))
+            return out
+        return out, BlockState(None, softmax_couplings(q, k, allowed))
 
 
 class AttentionBlock(nn.Module):
@@ -168,6 +180,8 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, attention: nn.Module, d_model: int, ffn_mult: int | None = 4) -> None:
         super().__init__()
+        check_positive_int(d_model, "d_model")
+        self.d_model = d_model
         self.attention = attention
         self.norm = nn.LayerNorm(d_model)
         self.mlp = None
@@ -178,11 +192,15 @@ class AttentionBlock(nn.Module):
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
-        out, state = self.attention(self.norm(x), padding_mask, return_state=True)
-        x = x + out
+        check_tokens(x, self.d_model, padding_mask, self.norm.weight.dtype)
+        normed = self.norm(x)
+        check_overflow(x, {"LayerNorm(x)": normed})
+        out, state = self.attention(normed, padding_mask, return_state=True)
+        out = x + out
         if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
-        return (x, state) if return_state else x
+            out = out + self.mlp(self.norm2(out))
+        check_overflow(x, {"the block's output": out})
+        return (out, state) if return_state else out
 
 
 BlockKind = Literal["spin", "transformer", "mean_field", "free_energy"]

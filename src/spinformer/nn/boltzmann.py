@@ -26,21 +26,37 @@ tensor is ever stored; with ``need_weights`` the weights are formed anyway and t
 thermodynamics are computed from them (:func:`spinformer.attention.boltzmann_rows`). With
 dropout in training mode the thermodynamics describe the Boltzmann distribution before dropout.
 
-Two deliberate differences from torch: a query whose keys are all masked raises ``ValueError``
-(torch returns NaN), and so do non-finite inputs. These checks cost one reduction per distinct
-input and one over the merged mask, each with a host sync (on a GPU).
+Deliberate differences from torch, all of them errors where torch returns a number that means
+nothing: a query whose keys are all masked, or that has no key at all (S = 0; torch returns the
+output bias), raises ``ValueError`` (torch returns NaN), and so do non-finite inputs, inputs whose
+dtype is not the module's, and inputs so large that the output overflows. ``is_causal=True``
+with an ``attn_mask`` is, in torch, a hint that the mask *is* the causal mask, and torch's
+result depends on the code path when the hint is wrong (the fused path applies the causal mask,
+the weights path the given one); here the hint is checked, so every path gives torch's result or
+a ``ValueError``. ``is_causal=True`` alone applies the causal mask (torch requires the mask). These
+checks cost one reduction per distinct input, one over the output and one over the merged mask,
+each with a host sync (on a GPU).
+
+Precision. With ``need_thermo`` and half-precision inputs the scores, weights and statistics are
+accumulated in float32 and the thermodynamics are returned in float32: F = −ln Z/β at small β and
+β² Var(E) of large scores are outside float16's range (±65504).
+
+Loading. :meth:`~torch.nn.Module.load_state_dict` checks β (positive, finite) before anything is
+copied and restores the previous state if any part of the load fails, so a rejected state dict
+leaves the module as it was (including the cached β of the fused path).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spinformer._validation import as_tensor, check_beta, check_finite
+from spinformer._validation import as_tensor, check_beta, check_finite, describe
 from spinformer.attention import (
     EnsembleThermodynamics,
     blocked_boltzmann_attention,
@@ -50,9 +66,13 @@ from spinformer.attention import (
 __all__ = ["BoltzmannAttention"]
 
 
-def _check_finite_fast(tensor: Tensor, name: str) -> None:
+def _all_finite(tensor: Tensor) -> bool:
     """One reduction (a sum propagates NaN/inf); the exact check only if the sum is not finite."""
-    if not bool(torch.isfinite(tensor.sum())):
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def _check_finite_fast(tensor: Tensor, name: str) -> None:
+    if not _all_finite(tensor):
         check_finite(tensor, name)
 
 
@@ -208,6 +228,8 @@ class BoltzmannAttention(nn.Module):
             )
         if module.bias_k is not None or module.add_zero_attn:
             raise ValueError("module must not use add_bias_kv or add_zero_attn")
+        for name, parameter in module.named_parameters():
+            check_finite(parameter.detach(), f"module.{name}")
         weight = module.out_proj.weight
         new = cls(
             module.embed_dim,
@@ -231,6 +253,41 @@ class BoltzmannAttention(nn.Module):
         new.train(module.training)
         return new
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Check β in ``state_dict`` before torch copies anything into this module."""
+        for key in ("head_beta", "log_beta"):
+            value = state_dict.get(prefix + key)
+            if isinstance(value, Tensor):
+                name = f"state_dict[{prefix + key!r}]"
+                if key == "head_beta":
+                    check_beta(value.detach(), name)
+                else:
+                    check_finite(value.detach(), name)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """:meth:`torch.nn.Module.load_state_dict`, all or nothing: on any error the previous
+        parameters and buffers are restored before the error propagates."""
+        backup = {key: value.detach().clone() for key, value in self.state_dict().items()}
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except BaseException:
+            super().load_state_dict(backup, strict=True, assign=assign)
+            raise
+
     def extra_repr(self) -> str:
         beta = self._uniform_beta if self._uniform_beta is not None else "per-head"
         return (
@@ -242,11 +299,12 @@ class BoltzmannAttention(nn.Module):
     # ----------------------------------------------------------------------------- forward
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values in the inputs' dtype (the parameters cast if it differs)."""
         e = self.embed_dim
-        b = self.in_proj_bias
+        b = _cast(self.in_proj_bias, query.dtype)
         b_q, b_k, b_v = (None, None, None) if b is None else (b[:e], b[e : 2 * e], b[2 * e :])
         if self._qkv_same_embed_dim:
-            w = self.in_proj_weight
+            w = self.in_proj_weight.to(query.dtype)
             if key is query and value is query:
                 return F.linear(query, w, b).chunk(3, dim=-1)  # type: ignore[return-value]
             if key is value:
@@ -259,10 +317,36 @@ class BoltzmannAttention(nn.Module):
                 F.linear(value, w[2 * e :], b_v),
             )
         return (
-            F.linear(query, self.q_proj_weight, b_q),
-            F.linear(key, self.k_proj_weight, b_k),
-            F.linear(value, self.v_proj_weight, b_v),
+            F.linear(query, self.q_proj_weight.to(query.dtype), b_q),
+            F.linear(key, self.k_proj_weight.to(query.dtype), b_k),
+            F.linear(value, self.v_proj_weight.to(query.dtype), b_v),
         )
+
+    def _check_causal_hint(self, attn_mask: Tensor, batch: int, tgt: int, src: int) -> None:
+        """``is_causal`` with ``attn_mask``: torch's hint that the mask is the causal mask; check it.
+
+        Torch's fused path applies the causal mask and its weights path the given mask, so a
+        wrong hint would make the output depend on ``need_weights``.
+        """
+        if attn_mask.shape not in ((tgt, src), (batch * self.num_heads, tgt, src)):
+            raise ValueError(
+                f"attn_mask must have shape (target, source) = {(tgt, src)} or"
+                f" (batch*num_heads, target, source) = {(batch * self.num_heads, tgt, src)},"
+                f" got {tuple(attn_mask.shape)}"
+            )
+        excluded = ~torch.ones(tgt, src, dtype=torch.bool, device=attn_mask.device).tril()
+        if attn_mask.dtype == torch.bool:
+            expected = excluded
+        else:
+            expected = torch.zeros(tgt, src, dtype=attn_mask.dtype, device=attn_mask.device)
+            expected = expected.masked_fill(excluded, float("-inf"))
+        if not bool((attn_mask == expected).all()):
+            raise ValueError(
+                "is_causal=True says that attn_mask is the causal mask (torch's hint), but"
+                " attn_mask is not the causal mask (True, or -inf, exactly above the diagonal);"
+                " pass is_causal=False to apply attn_mask as given, or attn_mask=None with"
+                " is_causal=True for the causal mask"
+            )
 
     def _mask(
         self,
@@ -326,7 +410,9 @@ class BoltzmannAttention(nn.Module):
         ``batch_first``), ``key`` (B, S, kdim) and ``value`` (B, S, vdim) default to the query
         (value to the key), ``key_padding_mask`` (B, S), ``attn_mask`` (L, S) or (B·H, L, S),
         boolean (``True`` = not allowed) or additive; ``is_causal`` masks keys j > i (when an
-        ``attn_mask`` is given it is taken as the hint that the mask is causal, as in torch).
+        ``attn_mask`` is given it is torch's hint that the mask is the causal mask, and a
+        ``ValueError`` if it is not). Empty batches or query sets give empty outputs, as in
+        torch; a query with no key (S = 0) is an error.
 
         Returns ``(output, weights)`` with weights (B, L, S) averaged over heads, (B, H, L, S)
         with ``average_attn_weights=False``, or ``None`` without ``need_weights``; with
@@ -338,7 +424,7 @@ class BoltzmannAttention(nn.Module):
             value = key
         for name, t in (("query", query), ("key", key), ("value", value)):
             if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim not in (2, 3):
-                raise ValueError(f"{name} must be a floating 2-D or 3-D tensor, got {t!r}")
+                raise ValueError(f"{name} must be a floating 2-D or 3-D tensor, got {describe(t)}")
         batched = query.ndim == 3
         if key.ndim != query.ndim or value.ndim != query.ndim:
             raise ValueError(
@@ -351,6 +437,13 @@ class BoltzmannAttention(nn.Module):
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif not self.batch_first:
             query, key, value = _transpose_same(query, key, value)
+        dtype = self.out_proj.weight.dtype
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t.dtype != dtype:
+                raise ValueError(
+                    f"{name} must have the module's dtype {dtype}, got {t.dtype}; convert the"
+                    f" input ({name}.to({dtype})) or the module (module.to({t.dtype}))"
+                )
         batch, tgt, dim = query.shape
         src = key.shape[1]
         if dim != self.embed_dim:
@@ -365,11 +458,21 @@ class BoltzmannAttention(nn.Module):
                 f"key and value must have shape (batch={batch}, source, ·) with the same source"
                 f" length, got {tuple(key.shape)} and {tuple(value.shape)}"
             )
+        if src == 0 and batch * tgt > 0:
+            raise ValueError(
+                "key and value must hold at least one token: with S = 0 every query has no key to"
+                " attend to (a fully masked row; torch returns the output bias there)"
+            )
         _check_finite_fast(query, "query")
         if key is not query:
             _check_finite_fast(key, "key")
         if value is not key and value is not query:
             _check_finite_fast(value, "value")
+        if is_causal and attn_mask is not None:
+            self._check_causal_hint(attn_mask, batch, tgt, src)
+        # half precision: the statistics of need_thermo are accumulated in float32
+        if need_thermo and dtype in (torch.float16, torch.bfloat16):
+            query, key, value = _cast_same(query, key, value, torch.float32)
         q, k, v = self._project(query, key, value)
         heads, head_dim = self.num_heads, self.head_dim
         q = q.view(batch, tgt, heads, head_dim).transpose(1, 2)
@@ -409,10 +512,21 @@ class BoltzmannAttention(nn.Module):
                 if dropout_p > 0.0:
                     weights = F.dropout(weights, p=dropout_p)
                 out = weights @ v
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, tgt, self.embed_dim))
+        out = out.transpose(1, 2).reshape(batch, tgt, self.embed_dim)
+        if out.dtype == dtype:
+            out = self.out_proj(out)
+        else:  # the float32 statistics path of a half-precision module
+            out = F.linear(out, self.out_proj.weight.float(), _cast(self.out_proj.bias, out.dtype))
+        if not _all_finite(out.detach()):
+            raise ValueError(
+                f"query, key and value are too large for {dtype}: the attention output overflows"
+                " (non-finite for finite inputs); rescale them or use a wider dtype"
+            )
+        out = out.to(dtype)
         returned: Tensor | None = None
         if need_weights and weights is not None:
             returned = weights.mean(dim=1) if average_attn_weights else weights
+            returned = returned.to(dtype)
         if not batched:
             out = out.squeeze(0)
             returned = None if returned is None else returned.squeeze(0)
@@ -444,6 +558,20 @@ def _additive(mask: Tensor, name: str, dtype: torch.dtype, device: torch.device)
     if bool(torch.isnan(mask).any()) or bool((mask == float("inf")).any()):
         raise ValueError(f"{name} must not contain NaN or +inf entries")
     return mask.to(dtype=dtype, device=device)
+
+
+def _cast(tensor: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if tensor is None else tensor.to(dtype)
+
+
+def _cast_same(
+    query: Tensor, key: Tensor, value: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cast to ``dtype``, keeping identical inputs identical (self-attention uses one projection)."""
+    q = query.to(dtype)
+    k = q if key is query else key.to(dtype)
+    v = q if value is query else (k if value is key else value.to(dtype))
+    return q, k, v
 
 
 def _unsqueeze_same(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:

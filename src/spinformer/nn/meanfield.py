@@ -41,8 +41,10 @@ from spinformer.nn._spin import (
     PositiveBeta,
     allowed_keys,
     check_heads,
+    check_overflow,
     check_steps,
     check_tokens,
+    field_scale,
     merge_heads,
     relax,
     softmax_couplings,
@@ -158,10 +160,17 @@ class MeanFieldAttention(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
         """Magnetizations of the per-head spin systems probed by x, projected by W_O."""
-        check_tokens(x, self.d_model, padding_mask)
+        check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
         beta = self.beta()
         field = split_heads(self.field(x), self.n_heads)
         couplings = self.couplings(x, padding_mask)
+        check_overflow(
+            x,
+            {
+                "the fields β|W_F x|/R": field_scale(field, beta, self.radius),
+                "the couplings softmax(q·k)": couplings,
+            },
+        )
         update = self._update(field, couplings, beta)
         m, converged, iterations, residual = relax(
             update,
@@ -228,12 +237,19 @@ class FreeEnergyAttention(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
         """Autograd magnetizations of the per-head saddle-point free energies, projected by W_O."""
-        check_tokens(x, self.d_model, padding_mask)
+        check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
         beta = self.beta()
         field = split_heads(self.field(x), self.n_heads)
         if padding_mask is not None:
             field = field * padding_mask[:, None, :, None]
         couplings = self.couplings(x, padding_mask)
+        check_overflow(
+            x,
+            {
+                "the fields β|W_F x|/R": field_scale(field, beta, self.radius),
+                "the couplings softmax(q·k)": couplings,
+            },
+        )
         n = x.shape[1]
         if self.causal:  # one system per prefix: sites > t decouple and feel no field
             prefix = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()  # (t, site)
@@ -257,7 +273,13 @@ class FreeEnergyAttention(nn.Module):
         converged, iterations = multipliers_result.converged, multipliers_result.iterations
         residual = multipliers_result.residual
         free_energy = -log_z / beta_b
-        if self.causal:
+        if self.causal and n == 0:  # no prefixes: the empty system has ln Z = 0 and no solve
+            m = m.sum(dim=2)  # (B, H, T = 0, N = 0, d) -> (B, H, 0, d)
+            free_energy = free_energy.new_zeros(free_energy.shape[:-1])
+            converged = converged.new_ones(converged.shape[:-1])
+            iterations = iterations.new_zeros(iterations.shape[:-1])
+            residual = residual.new_zeros(residual.shape[:-1])
+        elif self.causal:
             index = torch.arange(n, device=x.device)
             m = m[:, :, index, index]  # site t of prefix system t: (B, H, N, d)
             free_energy = free_energy[..., -1]  # the full sequence's system

@@ -134,6 +134,11 @@ class SpinTransformer(nn.Module):
                 f"tokens must be an integer tensor (B, N), got {tokens.dtype} {tuple(tokens.shape)}"
             )
         n = tokens.shape[1]
+        if n == 0 and self.config.head == "classify" and tokens.shape[0] > 0:
+            raise ValueError(
+                "tokens must hold at least one position to classify (head='classify' pools over"
+                f" the sequence), got shape {tuple(tokens.shape)}"
+            )
         if n > self.config.max_len:
             raise ValueError(f"sequence length must be <= max_len={self.config.max_len}, got {n}")
         if bool(((tokens < 0) | (tokens >= self.config.vocab_size)).any()):

@@ -19,11 +19,15 @@ number of forward iterations. ``implicit=False`` instead differentiates through 
 (memory grows linearly), which is the reference the implicit route is tested against.
 
 Non-convergence is never silent: the flags are in the result and a :class:`SolverWarning` is
-emitted (``warn=False`` to silence it when the caller reports it otherwise).
+emitted (``warn=False`` to silence it when the caller reports it otherwise). A sample whose
+iterate or residual is NaN or infinite (divergence, overflow) is never converged, has residual
+``inf`` and is counted as diverged in the warning. An empty batch returns ``z0`` itself with
+empty diagnostics, without calling ``f``.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,8 +119,24 @@ def available_solvers() -> tuple[str, ...]:
 
 
 def relative_residual(z: Tensor, fz: Tensor) -> Tensor:
-    """|f(z) − z| / (|f(z)| + ε) per row of (B, n) tensors."""
-    return (fz - z).norm(dim=-1) / (fz.norm(dim=-1) + _EPS)
+    """|f(z) − z| / (|f(z)| + ε) per row of (B, n) tensors; ``inf`` for a row that is not finite.
+
+    Both vectors are divided by their largest |entry| s before the norms are taken (the ratio is
+    unchanged, with ε/s in place of ε), so the squares inside the norms cannot overflow: in
+    float32 ‖f(z)‖ of four entries of 10¹⁹⁺ is already ``inf``, which made |f(z) − z|/‖f(z)‖ = 0
+    and a diverging iteration look converged. A NaN or infinite entry gives ``inf``: such a
+    sample is never converged.
+    """
+    if z.shape[-1] == 0:
+        return z.new_zeros(z.shape[:-1])
+    scale = torch.maximum(z.detach().abs().amax(dim=-1), fz.detach().abs().amax(dim=-1))
+    finite = torch.isfinite(scale)
+    safe = torch.where(finite & (scale > 0), scale, torch.ones_like(scale))
+    fz_scaled = fz / safe[..., None]
+    residual = (fz_scaled - z / safe[..., None]).norm(dim=-1) / (
+        fz_scaled.norm(dim=-1) + _EPS / safe
+    )
+    return torch.where(finite, residual, torch.full_like(residual, math.inf))
 
 
 def _validate(
@@ -175,10 +195,21 @@ def fixed_point(
     solver = _SOLVERS[method]
     shape = z0.shape
     batch_shape = shape[:batch_dims]
-    flat_batch = int(torch.tensor(batch_shape).prod()) if batch_dims else 1
+    flat_batch = math.prod(batch_shape)
+    event = math.prod(shape[batch_dims:])  # explicit: reshape(..., -1) fails on 0 elements
+    if flat_batch == 0:  # no samples: nothing to iterate, an empty result of the right shapes
+        empty = torch.zeros(batch_shape, dtype=torch.long, device=z0.device)
+        return FixedPointResult(z0, empty.bool(), empty, empty.to(z0.dtype))
 
     def flat(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-        return lambda z: fn(z.reshape(shape)).reshape(flat_batch, -1)
+        def apply(z: Tensor) -> Tensor:
+            fz = fn(z.reshape(shape))
+            if not isinstance(fz, Tensor) or fz.shape != shape:
+                got = tuple(fz.shape) if isinstance(fz, Tensor) else type(fz).__name__
+                raise ValueError(f"f must return a tensor of z0's shape {tuple(shape)}, got {got}")
+            return fz.reshape(flat_batch, event)
+
+        return apply
 
     settings = {
         "tol": tol,
@@ -189,11 +220,11 @@ def fixed_point(
     }
     if not implicit:
         with torch.enable_grad():
-            out = solver(flat(f), z0.reshape(flat_batch, -1), **settings)
+            out = solver(flat(f), z0.reshape(flat_batch, event), **settings)
         solution = out.solution.reshape(shape)
     else:
         with torch.no_grad():
-            out = solver(flat(f), z0.detach().reshape(flat_batch, -1), **settings)
+            out = solver(flat(f), z0.detach().reshape(flat_batch, event), **settings)
         z_star = out.solution.reshape(shape).detach()
         solution = z_star
         if torch.is_grad_enabled():
@@ -204,7 +235,7 @@ def fixed_point(
                     z_star,
                     solution,
                     solver,
-                    flat_batch,
+                    (flat_batch, event),
                     {
                         **settings,
                         "tol": backward_tol if backward_tol is not None else tol,
@@ -214,18 +245,38 @@ def fixed_point(
                     },
                     warn,
                 )
-    converged = out.converged.reshape(batch_shape)
+    residual = out.residual.detach()
+    finite = torch.isfinite(residual) & torch.isfinite(out.solution.detach()).all(dim=-1)
+    residual = torch.where(finite, out.residual, torch.full_like(out.residual, math.inf))
+    converged = (out.converged & finite).reshape(batch_shape)
     if warn and not bool(converged.all()):
-        failed = int((~converged).sum())
         warnings.warn(
-            f"fixed_point({method}): {failed} of {converged.numel()} samples did not converge to tol={tol:g} "
-            f"in {max_iter} iterations (max residual {float(out.residual.detach().max()):.3g})",
+            f"fixed_point({method}): {_failures(converged, finite, residual)} (tol={tol:g},"
+            f" max_iter={max_iter})",
             SolverWarning,
             stacklevel=2,
         )
     return FixedPointResult(
-        solution, converged, out.iterations.reshape(batch_shape), out.residual.reshape(batch_shape)
+        solution, converged, out.iterations.reshape(batch_shape), residual.reshape(batch_shape)
     )
+
+
+def _failures(converged: Tensor, finite: Tensor, residual: Tensor) -> str:
+    """What went wrong, for the warning: diverged (non-finite) and unconverged sample counts."""
+    diverged = int((~finite).sum())
+    failed = int((~converged).sum()) - diverged
+    parts = []
+    if diverged:
+        parts.append(
+            f"{diverged} of {converged.numel()} samples diverged (a non-finite iterate or"
+            " residual: NaN or overflow)"
+        )
+    if failed:
+        worst = float(residual.detach().reshape(finite.shape)[finite].max())
+        parts.append(
+            f"{failed} of {converged.numel()} samples did not converge (max residual {worst:.3g})"
+        )
+    return "; ".join(parts)
 
 
 def _attach_adjoint(
@@ -233,7 +284,7 @@ def _attach_adjoint(
     z_star: Tensor,
     output: Tensor,
     solver: Solver,
-    flat_batch: int,
+    flat_shape: tuple[int, int],
     settings: dict[str, Any],
     warn: bool,
 ) -> None:
@@ -249,14 +300,16 @@ def _attach_adjoint(
 
             def adjoint(y: Tensor) -> Tensor:
                 (vjp,) = torch.autograd.grad(f_leaf, z_leaf, y.reshape(shape), retain_graph=True)
-                return (vjp + grad).reshape(flat_batch, -1)
+                return (vjp + grad).reshape(flat_shape)
 
             with torch.no_grad():
-                out = solver(adjoint, grad.reshape(flat_batch, -1), **settings)
-        if warn and not bool(out.converged.all()):
+                out = solver(adjoint, grad.reshape(flat_shape), **settings)
+        finite = torch.isfinite(out.residual) & torch.isfinite(out.solution).all(dim=-1)
+        converged = out.converged & finite
+        if warn and not bool(converged.all()):
             warnings.warn(
-                f"fixed_point backward: the adjoint solve did not converge for "
-                f"{int((~out.converged).sum())} samples (max residual {float(out.residual.detach().max()):.3g})",
+                f"fixed_point backward: the adjoint solve failed:"
+                f" {_failures(converged, finite, out.residual)}",
                 SolverWarning,
                 stacklevel=2,
             )

@@ -1,7 +1,8 @@
 r"""Picard (damped) iteration and Anderson acceleration on flattened (B, n) iterates.
 
 Both keep per-sample state: a sample whose residual is below ``tol`` keeps its solution and
-stops counting iterations while the others go on; the whole batch is checked for completion
+stops counting iterations while the others go on, and so does a sample whose f(z) is no longer
+finite (it keeps its last finite iterate and is reported as not converged); the whole batch is checked for completion
 only every ``check_every`` iterations. Both are written without in-place updates of tensors
 that autograd needs, so ``implicit=False`` can differentiate through them.
 
@@ -44,13 +45,16 @@ def picard(
     z = z0
     done = torch.zeros(z0.shape[0], dtype=torch.bool, device=z0.device)
     iterations = torch.zeros(z0.shape[0], dtype=torch.long, device=z0.device)
+    stopped = done  # converged, or diverged (f(z) not finite: z is the last finite iterate)
     for k in range(max_iter):
         fz = g(z)
-        done = done | (relative_residual(z, fz) <= tol)
-        iterations = iterations + (~done).long()
+        residual = relative_residual(z, fz)
+        done = done | (residual <= tol)
+        stopped = stopped | done | torch.isinf(residual)
+        iterations = iterations + (~stopped).long()
         step = (1.0 - damping) * z + damping * fz if damping != 1.0 else fz
-        z = torch.where(done[:, None], z, step)
-        if (k + 1) % check_every == 0 and bool(done.all()):
+        z = torch.where(stopped[:, None], z, step)
+        if (k + 1) % check_every == 0 and bool(stopped.all()):
             break
     return _finish(g, z, tol, iterations)
 
@@ -73,8 +77,9 @@ def anderson(
     residual = relative_residual(xs[0], fs[0])
     best, best_residual = xs[0], residual
     done = residual <= tol
-    iterations = (~done).long()
-    xs.append(torch.where(done[:, None], xs[0], fs[0]))
+    stopped = done | torch.isinf(residual)  # converged, or f(z) not finite
+    iterations = (~stopped).long()
+    xs.append(torch.where(stopped[:, None], xs[0], fs[0]))
     fs.append(g(xs[-1]))
     eye_cache: dict[int, Tensor] = {}
     for k in range(1, max_iter):
@@ -83,9 +88,10 @@ def anderson(
         best = torch.where((improved & ~done)[:, None], xs[-1], best)
         best_residual = torch.where(improved & ~done, residual, best_residual)
         done = done | (best_residual <= tol)
-        if (k % check_every == 0 and bool(done.all())) or k == max_iter - 1:
+        stopped = stopped | done | torch.isinf(residual)
+        if (k % check_every == 0 and bool(stopped.all())) or k == max_iter - 1:
             break
-        iterations = iterations + (~done).long()
+        iterations = iterations + (~stopped).long()
         x_hist, f_hist = torch.stack(xs, 1), torch.stack(fs, 1)  # (B, m, n)
         m = x_hist.shape[1]
         gram_g = f_hist - x_hist
@@ -112,7 +118,7 @@ def anderson(
         mixed_f = (alpha[:, :, None] * f_hist).sum(1)
         mixed_x = (alpha[:, :, None] * x_hist).sum(1)
         new_x = damping * mixed_f + (1.0 - damping) * mixed_x if damping != 1.0 else mixed_f
-        new_x = torch.where(done[:, None], best, new_x)
+        new_x = torch.where(stopped[:, None], best, new_x)
         xs.append(new_x)
         fs.append(g(new_x))
         if len(xs) > memory:

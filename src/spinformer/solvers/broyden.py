@@ -13,8 +13,8 @@ that makes H map the observed ΔG to Δz (Broyden 1965; Sherman–Morrison form)
 H is never formed: it is stored as −I + Σ_k u_k v_kᵀ with at most ``memory`` pairs per sample
 (the oldest pair is dropped when full), so one step costs O(memory · n) per sample -- the
 representation used by deep equilibrium models (Bai, Kolter & Koltun 2019). Every sample has its
-own H, residual and stopping; a converged sample keeps its iterate. The best iterate seen is
-returned. Written without in-place updates, so ``implicit=False`` can differentiate through it.
+own H, residual and stopping; a converged sample keeps its iterate, and a sample whose f(z) is no
+longer finite stops there (reported as not converged). The best iterate seen is returned. Written without in-place updates, so ``implicit=False`` can differentiate through it.
 """
 
 from __future__ import annotations
@@ -65,16 +65,17 @@ def broyden(
     residual = relative_residual(z, fz)
     best, best_residual = z, residual
     done = residual <= tol
+    stopped = done | torch.isinf(residual)  # converged, or f(z) not finite
     iterations = torch.zeros(z0.shape[0], dtype=torch.long, device=z0.device)
     us: list[Tensor] = []
     vs: list[Tensor] = []
     tiny = torch.finfo(z0.dtype).tiny
     for k in range(max_iter):
-        if k % check_every == 0 and bool(done.all()):
+        if k % check_every == 0 and bool(stopped.all()):
             break
-        iterations = iterations + (~done).long()
+        iterations = iterations + (~stopped).long()
         step = -damping * _apply(us, vs, residual_vec)
-        step = torch.where(done[:, None], torch.zeros_like(step), step)
+        step = torch.where(stopped[:, None], torch.zeros_like(step), step)
         z_new = z + step
         f_new = g(z_new)
         residual_new = f_new - z_new
@@ -96,5 +97,6 @@ def broyden(
         best = torch.where(improved[:, None], z, best)
         best_residual = torch.where(improved, residual, best_residual)
         done = done | (best_residual <= tol)
+        stopped = stopped | done | torch.isinf(residual)
     residual = relative_residual(best, g(best))
     return SolverOutput(best, residual <= tol, iterations, residual)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT_GB",
@@ -81,5 +82,8 @@ def check_work(operations: float, what: str, alternative: str) -> None:
 
 
 def show_progress(progress: bool | None, operations: float) -> bool:
-    """``progress`` if the caller chose; otherwise on when the work is long."""
-    return bool(progress) if progress is not None else operations > LONG_WORK_OPERATIONS
+    """``progress`` if the caller chose; otherwise on when the work is long and the output is
+    a terminal (a pipe or a captured stream gets no bar)."""
+    if progress is not None:
+        return bool(progress)
+    return operations > LONG_WORK_OPERATIONS and sys.stdout.isatty()

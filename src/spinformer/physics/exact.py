@@ -267,6 +267,10 @@ def _merge_chunks(
 # -- transfer matrices ------------------------------------------------------------------------
 
 
+class _TransferUnderflowError(ValueError):
+    """Frustrated periodic rows at a β where the ground cycles' weights underflow."""
+
+
 def _row_states(width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return all_states(width, dtype=dtype, device=device)
 
@@ -444,7 +448,7 @@ def _gauged_transfer(
         carry = [c.diagonal(dim1=-2, dim2=-1) for c in carry]
     partition = (carry[0] * final).sum(-1)
     if bool((partition.detach() < 1e-250).any()):
-        raise ValueError(
+        raise _TransferUnderflowError(
             "transfer matrices underflow for this frustrated periodic lattice at this beta "
             "(its ground cycles cost beta * gap > 500 over the lowest open path); use "
             "route='enumerate' (N <= 24) or a smaller beta"
@@ -630,7 +634,7 @@ def _site_moments(
         joint = (forward * b.transpose(-1, -2)).sum(-2) if periodic else forward * b
         norm = joint.sum(-1)
         if bool((norm < 1e-250).any()):
-            raise ValueError(
+            raise _TransferUnderflowError(
                 "transfer matrices underflow for this frustrated periodic lattice at this beta; "
                 "use route='enumerate' (N <= 24) or a smaller beta"
             )
@@ -689,6 +693,11 @@ def exact_ising(
             if lattice is not None and min(lattice.shape) <= MAX_TRANSFER_WIDTH
             else "enumerate"
         )
+        if route == "transfer" and model.num_spins <= MAX_ENUMERATION_SPINS:
+            try:
+                return _transfer(model, susceptibility, progress)
+            except _TransferUnderflowError:
+                route = "enumerate"  # frustrated ring at huge beta: enumeration is exact
     if route == "enumerate":
         return _enumerate(model, chunk_size, susceptibility, progress)
     return _transfer(model, susceptibility, progress)

@@ -602,8 +602,7 @@ def _site_moments(
     mean = torch.empty(
         *row_energy.shape[:-2], rows, width, dtype=row_energy.dtype, device=row_energy.device
     )
-    cov = None
-    inserted = None
+    cov = inserted = None
     if susceptibility:
         cov = torch.zeros(
             *row_energy.shape[:-2],
@@ -614,21 +613,20 @@ def _site_moments(
             dtype=row_energy.dtype,
             device=row_energy.device,
         )
+    if susceptibility:  # U_{r,w} for every row r, filled as the forward pass reaches r
+        shape = (size, size) if periodic else (size,)
+        inserted = row_energy.new_zeros(*row_energy.shape[:-2], rows, width, *shape)
+    lead = inserted.ndim - (4 if periodic else 3) if inserted is not None else 0
     for t in range(rows):
         if t > 0:
             forward = mul(forward, weights[t - 1])
             scale = scale_of(forward)
             forward = forward / scale
-            if inserted is not None:
-                inserted = (
-                    mul(inserted, weights[t - 1][..., None, None, :, :])
-                    / scale[..., None, None, :, :]
-                    if periodic
-                    else (
-                        mul(inserted, weights[t - 1][..., None, None, :, :])
-                        / scale[..., None, None, :]
-                    )
-                )
+            if inserted is not None:  # the insertions travel with the forward product
+                done = inserted.narrow(lead, 0, t)  # (..., t, W, [S,] S): one flat product
+                moved = done.reshape(*done.shape[:lead], -1, size) @ weights[t - 1]
+                norm_shape = (*scale.shape[: -2 if periodic else -1], 1)
+                done.copy_((moved / scale.reshape(norm_shape)[..., None]).reshape(done.shape))
         b = backward[t]
         # joint weight of (start, state at row t) summed over the start: the row marginal
         joint = (forward * b.transpose(-1, -2)).sum(-2) if periodic else forward * b
@@ -640,25 +638,22 @@ def _site_moments(
             )
         p = joint / norm[..., None]
         mean[..., t, :] = p @ spins
-        if cov is None:
+        if cov is None or inserted is None:
             continue
         centred = spins - mean[..., t, None, :]  # (..., S, W)
         # insertion of row t: A_t diag(σ_w − m_tw), one per site w of the row
-        new = (
-            forward[..., None, :, :] * centred.transpose(-1, -2)[..., :, None, :]
-            if periodic
-            else (forward[..., None, :] * centred.transpose(-1, -2))
-        )
-        new = new[..., None, :, :, :] if periodic else new[..., None, :, :]
-        inserted = (
-            new if inserted is None else torch.cat([inserted, new], dim=-4 if periodic else -3)
-        )
-        if periodic:  # Σ_{i,s} U(i, s) (σ_w' − m)(s) B(s, i)
-            weighted = b.transpose(-1, -2)[..., None, None, :, :] * inserted  # (..., r, W, i, s)
-            block = torch.einsum("...rwis,...sv->...rwv", weighted, centred)
+        row_t = inserted.select(lead, t)
+        if periodic:
+            row_t.copy_(forward[..., None, :, :] * centred.transpose(-1, -2)[..., :, None, :])
+            # Σ_{i,s} U(i, s) B(s, i) (σ_w' − m)(s)
+            weighted = (
+                inserted.narrow(lead, 0, t + 1) * b.transpose(-1, -2)[..., None, None, :, :]
+            ).sum(-2)
         else:
-            block = torch.einsum("...rws,...sv->...rwv", inserted * b[..., None, None, :], centred)
-        block = block / norm[..., None, None, None]
+            row_t.copy_(forward[..., None, :] * centred.transpose(-1, -2))
+            weighted = inserted.narrow(lead, 0, t + 1) * b[..., None, None, :]
+        block = weighted.reshape(*weighted.shape[:lead], -1, size) @ centred
+        block = block.reshape(*weighted.shape[:-1], width) / norm[..., None, None, None]
         cov[..., : t + 1, :, t, :] = block
         cov[..., t, :, : t + 1, :] = block.permute(*range(block.ndim - 3), -1, -3, -2)
     return mean, cov

@@ -6,13 +6,27 @@ Three independent exact routes, registered together as method ``"exact"``:
   (N ≤ 24 here). Expectation values are accumulated directly -- ⟨E⟩, Var(E), ⟨σ⟩, Cov(σ) -- with
   a numerically stable pairwise (Chan) merge of chunk moments, so heat capacity and
   susceptibility need no cancelling differences.
-* **Transfer matrix** for chains and L×W strips/tori: ln Z = ln tr Π_r D_r K (periodic) with
-  row-configuration matrices of size 2^W, products rescaled as they go so that any β is finite.
-  This route knows only ln Z; every observable comes from autodiff
-  (:func:`~spinformer.physics.thermo.thermodynamics_from_log_partition`), which makes it the
-  independent check on enumeration.
+* **Transfer matrix** for chains and L×W strips/tori: Z = tr Π_r M_r over row-configuration
+  matrices of size 2^W. U and C are carried through the products as energy moments (product
+  rule), m and χ come from forward/backward messages; nothing is differentiated, so this route
+  is the independent check on enumeration (and on the autodiff of
+  :func:`transfer_matrix_log_partition`, which stays differentiable).
 * **Free vector spins** (J = 0): each site is a von Mises–Fisher distribution on the sphere of
   radius R; ln Z, m and χ are Bessel-function closed forms (:mod:`spinformer.physics.special`).
+
+**Extreme β.** Every Ising route measures energies from a reference E_ref at (or next to) the
+ground state and never forms βE: weights are e^{−β(E − E_ref)} ≤ 1, ln Z = ln Z_ref − βE_ref,
+U = E_ref + ⟨E − E_ref⟩ and S = β⟨E − E_ref⟩ + ln Z_ref. The textbook S = βU + ln Z subtracts two
+numbers of size β|E₀| (3·10⁹ for a 4×4 torus at β = 10⁸) and returned S = 6.79 there; now S, C
+and U hold 1e-9 relative accuracy from β = 1e-6 to 1e8 and reach S → ln g₀, C → 0, U → E₀.
+Transfer matrices use the Viterbi gauge (min-plus potentials, Viterbi 1967) so that every step's
+weights are ≤ 1 with a zero-excess path to each state; frustrated periodic rows whose ground
+cycles cost more than ~500/β over the best open path are refused by name (the auto route then
+enumerates when N ≤ 24).
+
+**Sizes.** Each entry estimates its memory and work before starting
+(:mod:`spinformer.physics._limits`) and raises ``ResourceLimitError`` naming the limit and an
+alternative; long work shows a progress bar.
 
 Interacting vector models have no exact route here: the error points to the approximate methods.
 """

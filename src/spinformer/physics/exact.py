@@ -281,6 +281,9 @@ def _merge_chunks(
 # -- transfer matrices ------------------------------------------------------------------------
 
 
+_UNDERFLOW = 2.0**40  # a partition sum this close to the smallest normal number has lost digits
+
+
 class _TransferUnderflowError(ValueError):
     """Frustrated periodic rows at a β where the ground cycles' weights underflow."""
 
@@ -461,7 +464,7 @@ def _gauged_transfer(
     if periodic:
         carry = [c.diagonal(dim1=-2, dim2=-1) for c in carry]
     partition = (carry[0] * final).sum(-1)
-    if bool((partition.detach() < 1e-250).any()):
+    if bool((partition.detach() < _UNDERFLOW * torch.finfo(partition.dtype).tiny).any()):
         raise _TransferUnderflowError(
             "transfer matrices underflow for this frustrated periodic lattice at this beta "
             "(its ground cycles cost beta * gap > 500 over the lowest open path); use "
@@ -645,7 +648,7 @@ def _site_moments(
         # joint weight of (start, state at row t) summed over the start: the row marginal
         joint = (forward * b.transpose(-1, -2)).sum(-2) if periodic else forward * b
         norm = joint.sum(-1)
-        if bool((norm < 1e-250).any()):
+        if bool((norm < _UNDERFLOW * torch.finfo(norm.dtype).tiny).any()):
             raise _TransferUnderflowError(
                 "transfer matrices underflow for this frustrated periodic lattice at this beta; "
                 "use route='enumerate' (N <= 24) or a smaller beta"

@@ -111,3 +111,18 @@ def test_long_chain_susceptibility_from_transfer_matrices():
     torch.testing.assert_close(
         in_field.magnetization, torch.full((n,), m, dtype=torch.float64), rtol=1e-10, atol=0
     )
+
+
+def test_transfer_susceptibility_in_row_chunks_matches_enumeration(monkeypatch, generator):
+    """A memory limit that fits one row of chi insertions at a time gives the same chi."""
+    field = 0.3 * torch.randn(16, generator=generator, dtype=torch.float64)
+    model = square_lattice(4, coupling=0.8, field=field, beta=torch.tensor([0.3, 0.9]))
+    reference = thermodynamics(model, route="enumerate")
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "0.0003")  # ~300 kB: one of the four rows per pass
+    chunked = thermodynamics(model, route="transfer")
+    torch.testing.assert_close(
+        chunked.susceptibility, reference.susceptibility, rtol=1e-9, atol=1e-12
+    )
+    torch.testing.assert_close(
+        chunked.magnetization, reference.magnetization, rtol=1e-9, atol=1e-12
+    )

@@ -33,6 +33,7 @@ Interacting vector models have no exact route here: the error points to the appr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +43,7 @@ from torch import Tensor
 from spinformer.physics._limits import (
     check_memory,
     check_work,
+    memory_limit_bytes,
     show_progress,
 )
 from spinformer.physics.models import IsingModel, VectorSpinModel
@@ -347,8 +349,8 @@ def _transfer_cost(model: IsingModel, susceptibility: bool) -> float:
     memory = batch * (12 * states * states + 12 * per_step + (rows + 1) * per_step)
     step_ops = 2.0 * states * per_step * batch
     operations = 10 * rows * step_ops
-    if susceptibility:
-        memory += batch * (rows + 1) * width * (per_step + (rows + 1) * width)
+    if susceptibility:  # χ itself, and at least one row of insertions (chunked by the limit)
+        memory += batch * (rows * width) ** 2 + 4 * batch * width * per_step
         operations += (rows + 1) ** 2 * width * step_ops
     what = (
         f"the exact transfer route for a {model.lattice.shape[0]} x {model.lattice.shape[1]} "
@@ -611,41 +613,26 @@ def _site_moments(
             else (weights[t] @ backward[0][..., None]).squeeze(-1)
         )
         backward.insert(0, b / scale_of(b))
-    if periodic:
-        forward = torch.eye(size, dtype=row_energy.dtype, device=row_energy.device)
-        forward = forward.expand(*row_energy.shape[:-2], size, size)
-    else:
-        forward = torch.ones_like(row_energy[..., 0, :])
-    mean = torch.empty(
-        *row_energy.shape[:-2], rows, width, dtype=row_energy.dtype, device=row_energy.device
-    )
-    cov = inserted = None
-    if susceptibility:
-        cov = torch.zeros(
-            *row_energy.shape[:-2],
-            rows,
-            width,
-            rows,
-            width,
-            dtype=row_energy.dtype,
-            device=row_energy.device,
-        )
-    if susceptibility:  # U_{r,w} for every row r, filled as the forward pass reaches r
-        shape = (size, size) if periodic else (size,)
-        inserted = row_energy.new_zeros(*row_energy.shape[:-2], rows, width, *shape)
-    lead = inserted.ndim - (4 if periodic else 3) if inserted is not None else 0
-    for t in range(rows):
-        if t > 0:
+    batch = row_energy.shape[:-2]
+    lead = len(batch)
+
+    def forward_pass() -> Iterator[tuple[int, Tensor, Tensor | None]]:
+        """(t, A_t normalised, the scale divided out at this step) for every row t."""
+        if periodic:
+            forward = torch.eye(size, dtype=row_energy.dtype, device=row_energy.device)
+            forward = forward.expand(*batch, size, size)
+        else:
+            forward = torch.ones_like(row_energy[..., 0, :])
+        yield 0, forward, None
+        for t in range(1, rows):
             forward = mul(forward, weights[t - 1])
             scale = scale_of(forward)
             forward = forward / scale
-            if inserted is not None:  # the insertions travel with the forward product
-                done = inserted.narrow(lead, 0, t)  # (..., t, W, [S,] S): one flat product
-                moved = done.reshape(*done.shape[:lead], -1, size) @ weights[t - 1]
-                norm_shape = (*scale.shape[: -2 if periodic else -1], 1)
-                done.copy_((moved / scale.reshape(norm_shape)[..., None]).reshape(done.shape))
+            yield t, forward, scale
+
+    def marginal(forward: Tensor, t: int) -> tuple[Tensor, Tensor]:
+        """Row t's joint weights Σ_i A_t(i, s) B_t(s, i) and their total."""
         b = backward[t]
-        # joint weight of (start, state at row t) summed over the start: the row marginal
         joint = (forward * b.transpose(-1, -2)).sum(-2) if periodic else forward * b
         norm = joint.sum(-1)
         if bool((norm < _UNDERFLOW * torch.finfo(norm.dtype).tiny).any()):
@@ -653,26 +640,53 @@ def _site_moments(
                 "transfer matrices underflow for this frustrated periodic lattice at this beta; "
                 "use route='enumerate' (N <= 24) or a smaller beta"
             )
-        p = joint / norm[..., None]
-        mean[..., t, :] = p @ spins
-        if cov is None or inserted is None:
-            continue
-        centred = spins - mean[..., t, None, :]  # (..., S, W)
-        # insertion of row t: A_t diag(σ_w − m_tw), one per site w of the row
-        row_t = inserted.select(lead, t)
-        if periodic:
-            row_t.copy_(forward[..., None, :, :] * centred.transpose(-1, -2)[..., :, None, :])
-            # Σ_{i,s} U(i, s) B(s, i) (σ_w' − m)(s)
-            weighted = (
-                inserted.narrow(lead, 0, t + 1) * b.transpose(-1, -2)[..., None, None, :, :]
-            ).sum(-2)
-        else:
-            row_t.copy_(forward[..., None, :] * centred.transpose(-1, -2))
-            weighted = inserted.narrow(lead, 0, t + 1) * b[..., None, None, :]
-        block = weighted.reshape(*weighted.shape[:lead], -1, size) @ centred
-        block = block.reshape(*weighted.shape[:-1], width) / norm[..., None, None, None]
-        cov[..., : t + 1, :, t, :] = block
-        cov[..., t, :, : t + 1, :] = block.permute(*range(block.ndim - 3), -1, -3, -2)
+        return joint, norm
+
+    dtype, device = row_energy.dtype, row_energy.device
+    mean = torch.empty(*batch, rows, width, dtype=dtype, device=device)
+    for t, forward, _ in forward_pass():
+        joint, norm = marginal(forward, t)
+        mean[..., t, :] = (joint / norm[..., None]) @ spins
+    if not susceptibility:
+        return mean, None
+    cov = torch.zeros(*batch, rows, width, rows, width, dtype=dtype, device=device)
+    shape = (size, size) if periodic else (size,)
+    row_bytes = 4 * width * math.prod(shape) * max(1, math.prod(batch)) * spins.element_size()
+    chunk = int(max(1, min(rows, memory_limit_bytes() // 4 // row_bytes)))
+    for first in range(0, rows, chunk):  # insertions of rows [first, last) travel together
+        last = min(rows, first + chunk)
+        inserted = row_energy.new_zeros(*batch, last - first, width, *shape)
+        for t, forward, scale in forward_pass():
+            if t < first:
+                continue
+            live = min(t, last) - first  # insertions made so far in this chunk
+            if live > 0 and scale is not None:  # they travel with the forward product
+                done = inserted.narrow(lead, 0, live)  # (..., r, W, [S,] S): one flat product
+                moved = done.reshape(*batch, -1, size) @ weights[t - 1]
+                norm_shape = (*scale.shape[: -2 if periodic else -1], 1)
+                done.copy_((moved / scale.reshape(norm_shape)[..., None]).reshape(done.shape))
+            joint, norm = marginal(forward, t)
+            centred = spins - mean[..., t, None, :]  # (..., S, W)
+            if t < last:  # insertion of row t: A_t diag(σ_w − m_tw), one per site w
+                row_t = inserted.select(lead, t - first)
+                if periodic:
+                    row_t.copy_(
+                        forward[..., None, :, :] * centred.transpose(-1, -2)[..., :, None, :]
+                    )
+                else:
+                    row_t.copy_(forward[..., None, :] * centred.transpose(-1, -2))
+            count_r = min(t + 1, last) - first
+            b = backward[t]
+            if periodic:  # Σ_{i,s} U(i, s) B(s, i) (σ_w' − m)(s)
+                weighted = (
+                    inserted.narrow(lead, 0, count_r) * b.transpose(-1, -2)[..., None, None, :, :]
+                ).sum(-2)
+            else:
+                weighted = inserted.narrow(lead, 0, count_r) * b[..., None, None, :]
+            block = weighted.reshape(*batch, -1, size) @ centred
+            block = block.reshape(*weighted.shape[:-1], width) / norm[..., None, None, None]
+            cov[..., first : first + count_r, :, t, :] = block
+            cov[..., t, :, first : first + count_r, :] = block.permute(*range(lead), -1, -3, -2)
     return mean, cov
 
 

@@ -96,9 +96,10 @@ def sherrington_kirkpatrick(
 ) -> IsingModel:
     """SK spin glass: J_ij = J_ji ~ N(0, 1/n) for i < j, zero diagonal.
 
-    The couplings are a dense n × n matrix per sample; sizes whose matrices would exceed the
-    memory limit are refused before anything is drawn. ``num_samples`` draws that many disorder realisations as one batched model (batch dim
-    first); ``generator`` makes the draw reproducible.
+    ``num_samples`` draws that many disorder realisations as one batched model (batch dim
+    first); ``generator`` makes the draw reproducible. The couplings are a dense n × n matrix
+    per sample: sizes whose matrices would exceed the memory limit are refused
+    (:class:`~spinformer.physics.ResourceLimitError`) before anything is drawn.
     """
     check_positive_int(n, "n")
     batch = () if num_samples is None else (check_positive_int(num_samples, "num_samples"),)

@@ -45,8 +45,21 @@ def as_tensor(
         raise ValueError(f"{name} must be a number or an array of numbers, got {value!r}") from err
 
 
+def _distinct_entries(tensor: Tensor) -> Tensor:
+    """The entries of a broadcast view without its repeats (stride-0 dimensions cut to one)."""
+    for dim in range(tensor.ndim):
+        if tensor.stride(dim) == 0 and tensor.shape[dim] > 1:
+            tensor = tensor.narrow(dim, 0, 1)
+    return tensor
+
+
 def check_finite(tensor: Tensor, name: str) -> None:
-    """Raise if ``tensor`` holds NaN or infinite entries."""
+    """Raise if ``tensor`` holds NaN or infinite entries.
+
+    A broadcast view (a scalar field expanded over 10^8 sites) is checked on its distinct
+    entries, so the check allocates nothing proportional to the view's size.
+    """
+    tensor = _distinct_entries(tensor)
     if not bool(torch.isfinite(tensor).all()):
         bad = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
         raise ValueError(f"{name} must be finite, got {bad} entries")

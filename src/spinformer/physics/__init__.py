@@ -9,6 +9,7 @@ from spinformer.physics import exact as _exact  # noqa: F401  (registers "exact"
 from spinformer.physics import meanfield as _meanfield  # noqa: F401  (registers "mean_field", "tap")
 from spinformer.physics import montecarlo as _montecarlo  # noqa: F401  (registers "monte_carlo")
 from spinformer.physics import saddle as _saddle  # noqa: F401  (registers "saddle")
+from spinformer.physics._limits import ResourceLimitError
 from spinformer.physics.autocorrelation import (
     SeriesEstimate,
     autocorrelation_function,
@@ -74,6 +75,7 @@ __all__ = [
     "MAX_ENUMERATION_SPINS",
     "IsingModel",
     "MonteCarloSamples",
+    "ResourceLimitError",
     "SeriesEstimate",
     "SquareLattice",
     "Thermodynamics",

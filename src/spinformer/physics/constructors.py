@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from spinformer._validation import as_tensor, check_finite, check_positive_int
+from spinformer.physics._limits import check_memory
 from spinformer.physics.models import IsingModel, SquareLattice
 
 __all__ = [
@@ -96,10 +97,18 @@ def sherrington_kirkpatrick(
     """SK spin glass: J_ij = J_ji ~ N(0, 1/n) for i < j, zero diagonal.
 
     ``num_samples`` draws that many disorder realisations as one batched model (batch dim
-    first); ``generator`` makes the draw reproducible.
+    first); ``generator`` makes the draw reproducible. The couplings are a dense n × n matrix
+    per sample: sizes whose matrices would exceed the memory limit are refused
+    (:class:`~spinformer.physics.ResourceLimitError`) before anything is drawn.
     """
     check_positive_int(n, "n")
     batch = () if num_samples is None else (check_positive_int(num_samples, "num_samples"),)
+    samples = 1 if num_samples is None else num_samples
+    check_memory(  # the Gaussian draw, its upper triangle and the symmetrised couplings
+        3.0 * samples * n * n * torch.empty((), dtype=dtype).element_size(),
+        f"sherrington_kirkpatrick({n}) with {samples} disorder sample(s) (dense n x n couplings)",
+        "a smaller n or fewer num_samples per call (SK couplings are dense and full rank)",
+    )
     gaussian = torch.randn(*batch, n, n, generator=generator, dtype=dtype) / n**0.5
     upper = torch.triu(gaussian, diagonal=1)
     return IsingModel(upper + upper.transpose(-1, -2), _site_field(field, n, dtype), beta)

@@ -39,6 +39,7 @@ from spinformer._validation import (
     check_symmetric,
     check_zero_diagonal,
 )
+from spinformer.physics._limits import check_memory
 
 __all__ = ["MAX_DENSE_SPINS", "IsingModel", "SquareLattice", "VectorSpinModel"]
 
@@ -110,8 +111,17 @@ class SquareLattice:
         return total.reshape(spins.shape)
 
     def adjacency(self, dtype: torch.dtype = torch.float64, device: Any = None) -> Tensor:
-        """Dense (N, N) matrix A with A_ij = number of bonds between i and j."""
+        """Dense (N, N) matrix A with A_ij = number of bonds between i and j.
+
+        Refuses (:class:`~spinformer.physics._limits.ResourceLimitError`) before allocating an
+        N × N matrix over the memory limit.
+        """
         n = self.num_sites
+        check_memory(
+            float(n) * n * torch.empty((), dtype=dtype).element_size(),
+            f"a dense adjacency matrix of the {self.shape[0]} x {self.shape[1]} lattice",
+            "the lattice geometry (bond_sum, neighbour_sum) instead of a dense matrix",
+        )
         index = torch.arange(n, device=device).reshape(self.shape)
         adj = torch.zeros(n, n, dtype=dtype, device=device)
         for axis in self._bond_axes():

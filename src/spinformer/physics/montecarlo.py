@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 
 from spinformer._validation import check_positive_int
+from spinformer.physics._limits import check_memory, show_progress
 from spinformer.physics.autocorrelation import (
     estimate_mean,
     integrated_autocorrelation_time,
@@ -610,6 +611,49 @@ def _initial_state(
     return state
 
 
+def _sample_cost(
+    model: _SpinModel,
+    chains: int,
+    total_sweeps: int,
+    records: int,
+    method: str,
+    correlations: bool,
+    snapshot_every: int | None,
+    engine: str,
+) -> float:
+    """Check the estimated memory of a run against the limit; return its operations.
+
+    Live memory is about ten state-sized tensors (state, proposals, uniforms, local fields,
+    running sums; the multi-spin engine's per-site counters are as large), the recorded
+    series, snapshots, ⟨σσᵀ⟩ when asked, and Wolff's bond draws on dense couplings (N per site).
+    """
+    vector = isinstance(model, VectorSpinModel)
+    batch = max(1, model.batch_shape.numel())
+    site = model.num_spins * (model.dim if vector else 1)  # type: ignore[attr-defined]
+    element = torch.empty((), dtype=model.dtype).element_size()
+    state = float(chains) * batch * site * element
+    memory = (
+        10 * state + records * float(chains) * batch * (1 + (model.dim if vector else 1)) * element
+    )  # type: ignore[attr-defined]
+    if correlations:
+        memory += 3.0 * batch * site * site * element + state
+    if snapshot_every is not None:
+        memory += (records // snapshot_every) * state
+    if method == "wolff" and model.lattice is None:
+        memory += 2 * state * model.num_spins
+    elif model.lattice is None:
+        memory += 2.0 * batch * model.num_spins**2 * element
+    check_memory(
+        memory,
+        f"sample() with chains={chains} of {model.num_spins} sites (batch {batch}, "
+        f"{records} measurements{', correlations' if correlations else ''})",
+        "fewer chains per call (independent runs pool), a larger measure_every, "
+        "correlations=False or fewer snapshots",
+    )
+    per_update = (40 if vector else 12) + (model.num_spins if model.lattice is None else 0)
+    return float(chains) * batch * site * total_sweeps * per_update
+
+
 def _make_sweeper(
     model: _SpinModel, state: Tensor, method: str, generator: Any, step_size: float | None
 ) -> _Sweeper:
@@ -644,7 +688,7 @@ def sample(
     snapshot_every: int | None = None,
     correlations: bool = False,
     step_size: float | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     engine: str = "tensor",
 ) -> MonteCarloSamples:
     """Run ``chains`` independent Markov chains of ``model`` and record energy and magnetization.
@@ -662,7 +706,7 @@ def sample(
         snapshot_every: keep the state every this many measurements.
         correlations: also accumulate ⟨σ_i σ_j⟩ (dense N×N per batch entry).
         step_size: vector Metropolis: Gaussian kick size (``None``: uniform proposals).
-        progress: show a progress bar.
+        progress: show a progress bar (``None``: only when the estimated work is long).
         engine: ``"tensor"`` (every model and method) or ``"multispin"``: Metropolis for an
             Ising model on a periodic even-sided square lattice at zero field (uniform bond of
             either sign), 64 chains per int64 word (:mod:`spinformer.physics.multispin`); pick
@@ -706,6 +750,13 @@ def sample(
         if not torch.allclose(j, j.transpose(-1, -2)):
             raise ValueError("couplings must be symmetric for an equilibrium sampler")
 
+    records = sweeps // measure_every
+    if records == 0:
+        raise ValueError(f"sweeps ({sweeps}) must be at least measure_every ({measure_every})")
+    operations = _sample_cost(
+        model, chains, sweeps + burn_in, records, method, correlations, snapshot_every, engine
+    )
+    progress = show_progress(progress, operations)
     if engine == "multispin" and initial in ("random", "up"):  # drawn as packed words
         sweeper: Any = MultispinIsing(model, initial, generator, chains)  # type: ignore[arg-type]
     else:
@@ -714,9 +765,6 @@ def sample(
             sweeper = MultispinIsing(model, state, generator)  # type: ignore[arg-type]
         else:
             sweeper = _make_sweeper(model, state, method, generator, step_size)
-    records = sweeps // measure_every
-    if records == 0:
-        raise ValueError(f"sweeps ({sweeps}) must be at least measure_every ({measure_every})")
     batch = (chains, *model.batch_shape)
     dtype, device = model.dtype, model.device
     energy = torch.empty(records, *batch, dtype=dtype, device=device)
@@ -804,7 +852,7 @@ def monte_carlo_thermodynamics(
     susceptibility: bool = False,
     integration_points: int = 0,
     step_size: float | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     engine: str = "tensor",
 ) -> Thermodynamics:
     r"""Thermodynamics estimated by Monte Carlo, with standard errors and autocorrelation times.

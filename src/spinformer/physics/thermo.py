@@ -74,14 +74,20 @@ class Thermodynamics:
         susceptibility: Tensor | None,
         beta: Tensor,
         method: str,
+        entropy: Tensor | None = None,
         **extra: Any,
     ) -> Thermodynamics:
-        """Fill F = −ln Z/β and S = β U + ln Z from ln Z and U."""
+        """Fill F = −ln Z/β and S = β U + ln Z from ln Z and U.
+
+        ``entropy``, when given, is used instead of β U + ln Z: at large β both terms are
+        ~β|E₀| and cancel, so exact methods pass S = β⟨E − E_ref⟩ + ln Σ e^{−β(E − E_ref)}
+        computed from energies measured from a reference E_ref near the ground state.
+        """
         return cls(
             log_partition=log_partition,
             free_energy=-log_partition / beta,
             energy=energy,
-            entropy=beta * energy + log_partition,
+            entropy=beta * energy + log_partition if entropy is None else entropy,
             heat_capacity=heat_capacity,
             magnetization=magnetization,
             susceptibility=susceptibility,

@@ -88,3 +88,16 @@ def test_schedule_closed_form():
     assert lr_factor(110, warmup, total, floor) == pytest.approx(floor)
     assert lr_factor(500, warmup, total, floor) == pytest.approx(floor)
     assert lr_factor(0, 0, 10, 0.0) == pytest.approx(1.0)
+
+
+def test_shipped_presets_load():
+    """Every preset in configs/train validates, and the CPU presets run on the CPU."""
+    from pathlib import Path
+
+    presets = sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.toml"))
+    names = {p.stem for p in presets}
+    assert {"recall", "digits", "charlm", "recall_gpu", "digits_gpu", "charlm_gpu"} <= names
+    for preset in presets:
+        config = load_config(preset)
+        assert config.task in preset.stem
+        assert config.device == ("cuda" if preset.stem.endswith("_gpu") else "cpu")

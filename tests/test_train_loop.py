@@ -228,6 +228,7 @@ def test_boltzmann_block_is_causal():
 
 
 def test_digits_and_charlm_run(tmp_path, one_thread):
+    pytest.importorskip("sklearn")
     digits = train(
         TrainConfig(**{**TINY, "task": "digits", "max_steps": 2}), tmp_path / "d", progress=False
     )

@@ -1,6 +1,6 @@
 """``spinformer train``: train a config (preset TOML + ``--set`` overrides) into a run directory.
 
-Example: spinformer train --config configs/train/recall.toml --set model='"spin"' --out runs/r1
+Example: spinformer train --config configs/train/recall.toml --set model=spin --out runs/r1
 
 Data-parallel: torchrun --standalone --nproc_per_node=2 --no-python spinformer train ...
 """

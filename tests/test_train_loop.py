@@ -67,6 +67,8 @@ def test_resume_is_bit_exact(tmp_path, one_thread, changes):
     for key, value in end_whole.tensors.items():
         assert torch.equal(value, end_split.tensors[key]), key
     assert whole.evaluation == second.evaluation
+    # written atomically: no temporary files left behind
+    assert not [p for p in (tmp_path / "split").rglob(".*") if p.is_file()]
     # keep-last-k: two checkpoints remain, the newest at the end
     names = sorted(p.name for p in (tmp_path / "whole" / "checkpoints").glob("*.json"))
     assert names == ["step-00000006.json", "step-00000008.json"]
@@ -133,8 +135,22 @@ def test_corrupt_or_mismatched_checkpoint_fails_before_writing(tmp_path, one_thr
     with pytest.raises(CheckpointError, match=r"step-00000004\.safetensors.*corrupt"):
         train(config, out, resume=True, progress=False)
     assert _snapshot(out) == before
-    # a truncated JSON record
+    tensors.write_bytes(
+        bytes(
+            data[: len(data) // 2]
+            + bytearray([data[len(data) // 2] ^ 0xFF])
+            + data[len(data) // 2 + 1 :]
+        )
+    )  # restore the original bytes
+    # a record written by another config (the run record says otherwise)
     record = latest_checkpoint(out / "checkpoints")
+    original = record.read_text()
+    meta = json.loads(original)
+    meta["config"]["d_model"] = 32
+    record.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"written by another config: d_model: 32 -> 16"):
+        train(config, out, resume=True, progress=False)
+    # a truncated JSON record
     record.write_text(record.read_text()[:40])
     with pytest.raises(CheckpointError, match="unreadable"):
         train(config, out, resume=True, progress=False)

@@ -261,3 +261,15 @@ def test_digits_and_charlm_run(tmp_path, one_thread):
     record = json.loads((tmp_path / "c" / "run.json").read_text())
     assert record["data"]["split_sha256"] == make_task(run).split_sha256
     assert list((tmp_path / "c" / "data").glob("*.train.bin"))
+
+
+def test_sizes_a_block_rejects_are_config_errors(tmp_path):
+    from spinformer.train import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model 'spin' cannot be built.*head"):
+        train(
+            TrainConfig(**{**TINY, "model": "spin", "n_heads": 8}), tmp_path / "r", progress=False
+        )
+    with pytest.raises(ConfigError, match=r"model 'transformer' cannot be built"):
+        train(TrainConfig(**{**TINY, "d_model": 15}), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()

@@ -319,6 +319,8 @@ def _run(
                 f"--resume: the run in {str(out)!r} is at step {start}, max_steps is "
                 f"{config.max_steps}; raise max_steps (--set max_steps=...) to train further"
             )
+    if stop_at is not None and stop_at <= start:
+        raise RunDirError(f"stop_at must be after the resumed step {start}, got {stop_at}")
     end = config.max_steps if stop_at is None else min(stop_at, config.max_steps)
     metrics_path = out / METRICS_FILE
     if main:

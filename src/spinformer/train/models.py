@@ -19,7 +19,7 @@ from spinformer.nn import (
     SpinTransformer,
     SpinTransformerConfig,
 )
-from spinformer.train.config import TrainConfig
+from spinformer.train.config import ConfigError, TrainConfig
 from spinformer.train.tasks import Task
 
 __all__ = ["MODELS", "BoltzmannSelfAttention", "build_model", "parameter_count"]
@@ -54,7 +54,20 @@ class BoltzmannSelfAttention(nn.Module):
 
 
 def build_model(config: TrainConfig, task: Task) -> SpinTransformer:
-    """The stack for ``config.model`` on ``task`` (vocabulary, length and head from the task)."""
+    """The stack for ``config.model`` on ``task`` (vocabulary, length and head from the task).
+
+    A size the block rejects (e.g. ``d_model`` not a multiple of ``n_heads``) is a
+    :class:`ConfigError` naming the model.
+    """
+    try:
+        return _build(config, task)
+    except ValueError as err:
+        raise ConfigError(
+            f"model {config.model!r} cannot be built from this config: {err}"
+        ) from err
+
+
+def _build(config: TrainConfig, task: Task) -> SpinTransformer:
     model_config = SpinTransformerConfig(
         vocab_size=task.vocab_size,
         max_len=task.seq_len,

@@ -142,3 +142,17 @@ def test_charlm_bad_files(tmp_path):
     short.write_text("too short")
     with pytest.raises(ConfigError, match="fewer than seq_len"):
         make_task(TrainConfig(task="charlm", data_path=str(short)))
+
+
+def test_digits_without_scikit_learn_names_the_install(monkeypatch):
+    import sys
+
+    from spinformer.train import tasks
+
+    tasks._load_digits.cache_clear()
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails
+    try:
+        with pytest.raises(ImportError, match="pip install scikit-learn"):
+            make_task(TrainConfig(task="digits"))
+    finally:
+        tasks._load_digits.cache_clear()

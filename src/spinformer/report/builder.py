@@ -52,7 +52,7 @@ h1{font-size:1.8rem;margin-bottom:.2rem}h2{border-bottom:2px solid var(--line);p
 h3{margin-top:1.8rem}.sub{color:var(--sub)}.desc p{margin:.5rem 0}.claim{font-style:italic}
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}td,th{border:1px solid var(--line);padding:.25rem .5rem;text-align:right;overflow-wrap:normal}
-th{background:var(--panel)}td:first-child,th:first-child{text-align:left}
+th{background:var(--panel)}td:first-child,th:first-child,td.t{text-align:left}
 .metrics{display:flex;flex-wrap:wrap;gap:.5rem}.metric{background:var(--panel);border-radius:6px;padding:.3rem .7rem;font-size:.9rem}
 figure{margin:1rem 0}img{display:block;max-width:100%;height:auto;background:#fff;border:1px solid var(--line);border-radius:4px}
 .note{color:var(--link)}.err{color:var(--err)}a{color:var(--link)}
@@ -160,6 +160,11 @@ def _figure_png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _align(value: Any) -> str:
+    """Text cells align left, numbers right (the default)."""
+    return " class='t'" if isinstance(value, str) else ""
+
+
 def _table_html(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "<p class='sub'>(empty)</p>"
@@ -168,7 +173,7 @@ def _table_html(rows: Sequence[dict[str, Any]]) -> str:
     body = "".join(
         "<tr>"
         + "".join(
-            f"<td>{_format_error(row.get(c), row.get(errors[c])) if c in errors and row.get(errors[c]) is not None else _format(row.get(c))}</td>"
+            f"<td{_align(row.get(c))}>{_format_error(row.get(c), row.get(errors[c])) if c in errors and row.get(errors[c]) is not None else _format(row.get(c))}</td>"
             for c in columns
         )
         + "</tr>"

@@ -219,3 +219,26 @@ def test_scale_quick_uses_report_configs_and_full_the_defaults(tmp_path):
     with pytest.raises(ValueError, match="scale must be one of"):
         build_report(tmp_path / "x", only=["_test_scaled"], scale="huge")
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_report_options_are_checked_before_any_experiment(tmp_path):
+    from typer.testing import CliRunner
+
+    from spinformer.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "r"
+    for args, message in [
+        (["--sections", "nope"], "--sections must be one of"),
+        (["--sections", " , "], "--sections must name at least one section"),
+        (["--scale", "huge"], "--scale must be one of quick, full"),
+    ]:
+        result = runner.invoke(app, ["report", "--out", str(out), *args])
+        assert result.exit_code != 0 and message in result.output, result.output
+    assert not out.exists()
+    result = runner.invoke(
+        app, ["report", "--out", str(out), "--sections", "exact", "--only", "ising_exact_checks"]
+    )
+    assert result.exit_code == 0, result.output
+    page = (out / "index.html").read_text()
+    assert "<section id='exact'>" in page and "<section id='attention'>" not in page

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
@@ -177,8 +178,14 @@ def critical_slowing_down(
         if len(rows) > 1:
             z = float(np.polyfit(np.log(sizes_arr), np.log(taus), 1)[0])
             metrics[f"z_{label.lower()}"] = z
-    ax.set_xlabel("L")
-    ax.set_ylabel("τ_int(m²) in sweeps")
+    ax.set_xticks(sizes_arr, [str(int(size)) for size in sizes_arr])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("L (log scale)")
+    ax.set_ylabel("τ_int(m²) in sweeps (log scale)")
+    ax.set_title("critical slowing down at β_c", fontsize=10)
     ax.legend()
     return ExperimentResult(
         name="mc_critical_slowing_down",

@@ -242,3 +242,45 @@ def test_cli_report_options_are_checked_before_any_experiment(tmp_path):
     assert result.exit_code == 0, result.output
     page = (out / "index.html").read_text()
     assert "<section id='exact'>" in page and "<section id='attention'>" not in page
+
+
+# -- stamped cache of long runs --------------------------------------------------------------------
+
+_LONG_RUNS: list[int] = []
+
+
+def test_cached_sections_reuse_only_results_of_the_same_code_and_config(tmp_path, monkeypatch):
+    from spinformer.report import ReportSection, register_section
+    from spinformer.report import cache as cache_module
+
+    register_section(ReportSection("_test_long", "_test long runs", "A long run.", 96, cached=True))
+
+    @register_experiment("_test_long_run", "Long run", "_test long runs")
+    def _long(steps: int = 3) -> ExperimentResult:
+        _LONG_RUNS.append(steps)
+        return ExperimentResult("_test_long_run", {"steps": steps}, metrics={"loss": 1.0 / steps})
+
+    def build(name, **overrides):
+        return build_report(
+            tmp_path / name,
+            sections=["_test_long"],
+            overrides={"_test_long_run": overrides},
+            cache_dir=tmp_path / "cache",
+        )
+
+    first = build("a")
+    assert _LONG_RUNS == [3]
+    second = build("b")
+    assert _LONG_RUNS == [3]  # same code, same config: reused
+    assert (first.path.parent / "metrics.json").read_text() == (
+        second.path.parent / "metrics.json"
+    ).read_text()
+    assert "Long run" in second.path.read_text()
+    build("c", steps=4)
+    assert _LONG_RUNS == [3, 4]  # another config runs again
+    monkeypatch.setattr(cache_module, "code_stamp", lambda: "other code")
+    build("d", steps=4)
+    assert _LONG_RUNS == [3, 4, 4]  # other code runs again
+    (tmp_path / "cache" / "_test_long_run.json").write_text("{not json")
+    build("e", steps=4)
+    assert _LONG_RUNS == [3, 4, 4, 4]  # a damaged entry is ignored and replaced

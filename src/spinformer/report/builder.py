@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import inspect
 import io
@@ -17,6 +18,7 @@ from typing import Any
 
 from spinformer._io import check_output_dir, write_output_dir
 from spinformer.experiments import Experiment, ExperimentResult, list_experiments
+from spinformer.report.cache import CachedBlock, ResultCache, default_cache_dir
 from spinformer.report.sections import ReportSection, get_section, list_sections
 
 __all__ = [
@@ -238,11 +240,13 @@ def render_html(
     version: str,
     unavailable: Mapping[str, str] | None = None,
     machine: str | None = None,
+    cached: Mapping[str, str] | None = None,
 ) -> str:
     """The whole page for already-run experiments (``(experiment, result, seconds, error)``).
 
     ``unavailable`` maps section names that cannot be built here to the reason (shown in place
-    of their results); ``machine`` names the machine that built the page.
+    of their results); ``machine`` names the machine that built the page; ``cached`` maps
+    experiment names to blocks rendered by an earlier, identically stamped run.
     """
     grouped: dict[str, tuple[ReportSection, list[str]]] = {}
     for section in list_sections():
@@ -251,7 +255,9 @@ def render_html(
     for experiment, result, seconds, error in blocks:
         section = _section_for(experiment.section or "Other")
         grouped.setdefault(section.name, (section, []))[1].append(
-            _experiment_html(experiment, result, seconds, error)
+            cached[experiment.name]
+            if cached and experiment.name in cached
+            else _experiment_html(experiment, result, seconds, error)
         )
     ordered = sorted(grouped.values(), key=lambda item: (item[0].order, item[0].name))
     nav = "".join(f"<li><a href='#{s.name}'>{html.escape(s.title)}</a></li>" for s, _ in ordered)
@@ -329,6 +335,7 @@ def build_report(
     on_progress: Callable[[str], None] | None = None,
     sections: Sequence[str] | None = None,
     scale: str = "quick",
+    cache_dir: str | Path | None = None,
 ) -> ReportResult:
     """Run the report's experiments and write ``out_dir/index.html`` (+ ``metrics.json``).
 
@@ -342,6 +349,9 @@ def build_report(
         sections: restrict to these section names (see :func:`list_sections`).
         scale: ``"quick"`` (each experiment's report config; the default) or ``"full"`` (the
             experiment's own defaults, as ``spinformer run`` uses them).
+        cache_dir: where sections registered with ``cached=True`` keep stamped results
+            (default :func:`spinformer.report.cache.default_cache_dir`); a result is reused only
+            when it was made by the same code and config.
 
     Returns the path of ``index.html`` and the failures. A failing experiment is shown as an
     error in the page (and recorded in ``metrics.json``) rather than aborting the whole report.
@@ -373,18 +383,35 @@ def build_report(
     out = check_output_dir(out_dir, "out_dir", REPORT_FILES)
     blocks = []
     metrics: dict[str, Any] = {}
+    cache = ResultCache(default_cache_dir() if cache_dir is None else cache_dir)
+    cached_titles = {s.title for s in list_sections() if s.cached}
+    reused: dict[str, str] = {}
     for experiment in experiments:
         if on_progress is not None:
             on_progress(experiment.name)
+        config = configs[experiment.name]
+        use_cache = experiment.section in cached_titles
+        hit = cache.load(experiment.name, config) if use_cache else None
+        if hit is not None:
+            reused[experiment.name] = hit.html
+            metrics[experiment.name] = hit.metrics
+            blocks.append((experiment, None, hit.seconds, None))
+            continue
         start = time.perf_counter()
         try:
-            result, error = experiment.fn(**configs[experiment.name]), None
+            result, error = experiment.fn(**config), None
             metrics[experiment.name] = result.metrics
         except Exception as err:  # shown in the page; the report goes on
             result, error = None, f"{type(err).__name__}: {err}"
             metrics[experiment.name] = {"error": error}
-        blocks.append((experiment, result, time.perf_counter() - start, error))
-    page = render_html(blocks, __version__, unavailable, machine_description())
+        seconds = time.perf_counter() - start
+        blocks.append((experiment, result, seconds, error))
+        if use_cache and result is not None:
+            block = _experiment_html(experiment, result, seconds, None)
+            reused[experiment.name] = block  # rendered once, for the page and the cache
+            with contextlib.suppress(OSError):  # an unwritable cache only costs a rerun
+                cache.store(experiment.name, config, CachedBlock(block, result.metrics, seconds))
+    page = render_html(blocks, __version__, unavailable, machine_description(), reused)
     write_output_dir(
         out,
         dict(zip(REPORT_FILES, (page, json.dumps(metrics, indent=2, default=str)), strict=True)),

@@ -30,6 +30,8 @@ class ReportSection:
         claim: one short paragraph: which seed claim the section makes executable.
         order: position in the page (ascending).
         available: ``None`` when the section can be built here, else why not (what to install).
+        cached: long runs (training, sweeps): reuse a result stamped with the same code and
+            config (:mod:`spinformer.report.cache`) instead of running again.
     """
 
     name: str
@@ -37,6 +39,7 @@ class ReportSection:
     claim: str
     order: int
     available: Callable[[], str | None] = _always
+    cached: bool = False
 
 
 _SECTIONS: dict[str, ReportSection] = {}

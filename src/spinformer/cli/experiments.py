@@ -159,20 +159,42 @@ def report_command(
     only: Annotated[
         list[str] | None, typer.Option(help="Only these experiments or sections (repeatable).")
     ] = None,
+    sections: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated section names (default: all; see the page's contents)."),
+    ] = None,
+    scale: Annotated[
+        str,
+        typer.Option(
+            help="quick: report-sized configs (minutes); full: each experiment's own defaults."
+        ),
+    ] = "quick",
 ) -> None:
     """Build the self-contained HTML report from every report experiment.
 
     ``--out`` must be new, empty, or a directory spinformer wrote; files in it that spinformer did
     not write are never touched.
     """
-    from spinformer.experiments import list_experiments
-    from spinformer.report.builder import REPORT_FILES, build_report
+    from spinformer.report.builder import REPORT_FILES, SCALES, build_report, report_experiments
 
+    if scale not in SCALES:
+        fail(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    names = [n.strip() for n in sections.split(",") if n.strip()] if sections is not None else None
+    if names is not None and not names:
+        fail("--sections must name at least one section")
+    try:
+        experiments, _ = report_experiments(only, names)
+    except ValueError as err:
+        fail(
+            str(err)
+            .replace("only must", "--only must", 1)
+            .replace("section must", "--sections must", 1)
+        )
     try:
         check_output_dir(out, "--out", REPORT_FILES)
     except ValueError as err:
         fail(str(err))
-    total = sum(1 for e in list_experiments() if e.section is not None)
+    total = len(experiments)
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -180,14 +202,14 @@ def report_command(
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("report", total=total if not only else None)
+        task = progress.add_task("report", total=total)
 
         def advance(name: str) -> None:
             progress.update(task, description=f"running {name}")
             progress.advance(task)
 
         try:
-            result = build_report(out, only=only, on_progress=advance)
+            result = build_report(out, only=only, on_progress=advance, sections=names, scale=scale)
         except ValueError as err:
             fail(str(err).replace("only must", "--only must", 1))
         except OSError as err:

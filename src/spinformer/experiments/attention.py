@@ -377,7 +377,10 @@ def attention_beta_sweep(
         ax.axvline(base, color="grey", ls=":", lw=1)
         ax.set_xlabel("β  (dotted: the layer's 1/√d_head)")
         ax.set_ylabel(label)
-    axes[0].axhline(math.log(num_tokens), color="k", ls="--", lw=0.8)
+    axes[0].axhline(
+        math.log(num_tokens), color="k", ls="--", lw=0.8, label=f"ln N = {math.log(num_tokens):.2f}"
+    )
+    axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
     return ExperimentResult(
         name="attention_beta_sweep",
@@ -465,7 +468,7 @@ def attention_bifurcation(
             [beta] * int((~stable).sum()), proj[~stable], s=14, facecolors="none",
             edgecolors="C3", zorder=3,
         )  # fmt: skip
-    ax.axvline(float(critical.beta), color="grey", ls=":", lw=1.2)
+    ax.axvline(float(critical.beta), color="grey", ls=":", lw=1.2, label="critical β")
     ax.set_xlabel("β")
     ax.set_ylabel("s = m·v / |v|²")
     ax.set_title("pitchfork: tokens ±v, W_QK = I", fontsize=9)
@@ -485,7 +488,8 @@ def attention_bifurcation(
         counts.append(fp.num_stable)
         basins.append(fp.basin_fraction[fp.stable].sort(descending=True).values)
     axes[1].step(p_betas, counts, where="mid")
-    axes[1].axvline(float(crit_p.beta), color="grey", ls=":", lw=1.2)
+    axes[1].axvline(float(crit_p.beta), color="grey", ls=":", lw=1.2, label="critical β")
+    axes[1].legend(fontsize=7)
     axes[1].set_xlabel("β")
     axes[1].set_ylabel("stable fixed points")
     axes[1].set_title(f"{num_patterns} centred patterns, D = {dim}", fontsize=9)

@@ -285,7 +285,7 @@ def spin_transformer_recall(
         )
         curves[kind] = losses
         ax.plot(np.convolve(losses, np.ones(10) / 10, mode="valid"), label=kind)
-    ax.axhline(math.log(num_values), color="grey", ls=":", lw=1)
+    ax.axhline(math.log(num_values), color="grey", ls=":", lw=1, label="chance: ln(values)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (10-step mean)")
     ax.legend()

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
@@ -177,8 +178,14 @@ def critical_slowing_down(
         if len(rows) > 1:
             z = float(np.polyfit(np.log(sizes_arr), np.log(taus), 1)[0])
             metrics[f"z_{label.lower()}"] = z
-    ax.set_xlabel("L")
-    ax.set_ylabel("τ_int(m²) in sweeps")
+    ax.set_xticks(sizes_arr, [str(int(size)) for size in sizes_arr])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("L (log scale)")
+    ax.set_ylabel("τ_int(m²) in sweeps (log scale)")
+    ax.set_title("critical slowing down at β_c", fontsize=10)
     ax.legend()
     return ExperimentResult(
         name="mc_critical_slowing_down",
@@ -378,9 +385,30 @@ def ergodicity(
     image = axes[1].imshow(time_avg.numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
     axes[1].set_xticks(range(3), [f"m_{mu + 1}" for mu in range(3)])
     axes[1].set_yticks(range(6), [r["start"] for r in hop_rows])
-    axes[1].set_title(f"Hopfield N=100, T={temperature}: time-averaged overlaps")
+    axes[1].set_title(f"Hopfield N=100, T={temperature}:\ntime-averaged overlaps", fontsize=10)
     axes[1].grid(False)
     fig.colorbar(image, ax=axes[1])
+    # -- seed 000: one chain's running time average against the ensemble value ----------------
+    steps = torch.arange(1, long_run.energy.shape[0] + 1, dtype=torch.float64)
+    averages, axes_t = new_figure(ncols=2)
+    running_e = long_run.energy[:, 0].double().cumsum(0) / steps / n
+    axes_t[0].plot(steps.numpy(), running_e.numpy(), color="C0", label="time average, one chain")
+    axes_t[0].axhline(float(exact_hot.energy) / n, color="k", ls="--", lw=1, label="exact ensemble")
+    axes_t[0].set_xscale("log")
+    axes_t[0].set_xlabel("sweeps t")
+    axes_t[0].set_ylabel("(1/t) Σ E/N")
+    axes_t[0].set_title(f"above T_c: β={beta_high}, ergodic", fontsize=10)
+    axes_t[0].legend(fontsize=7)
+    for name, color in [("+", "C0"), ("-", "C3")]:
+        series = basin[name]["run"].magnetization[:, 0].double()
+        running = series.cumsum(0) / torch.arange(1, series.shape[0] + 1, dtype=torch.float64)
+        axes_t[1].plot(running.numpy(), color=color, label=f"time average, start {name}")
+    axes_t[1].axhline(exact_m, color="k", ls="--", lw=1, label="exact ensemble <m>")
+    axes_t[1].set_xscale("log")
+    axes_t[1].set_xlabel("sweeps t")
+    axes_t[1].set_ylabel("(1/t) Σ m")
+    axes_t[1].set_title(f"below T_c: β={beta_low}, stuck in a basin", fontsize=10)
+    axes_t[1].legend(fontsize=7)
     return ExperimentResult(
         name="ergodicity",
         config={
@@ -418,7 +446,7 @@ def ergodicity(
             "hopfield_ensemble_overlap": ensemble,
         },
         tables={"time vs ensemble averages": rows, "Hopfield basins (time averages)": hop_rows},
-        figures={"basins": fig},
+        figures={"basins": fig, "time vs ensemble averages": averages},
         notes=[
             f"Above T_c one chain's time average of E/N is within "
             f"{abs(rows[0]['E/N'] - rows[0]['exact E/N']) / e_err:.1f} standard errors of the exact value.",

@@ -183,7 +183,7 @@ def ising_lattice_sweep(
         metrics[f"beta_peak_L{size}"] = float(betas[peak])
     axes[0].plot(betas, onsager, "k--", label="Onsager (L=∞)")
     for ax, label in zip(axes, ["ln Z / N", "U / N", "C / N"], strict=True):
-        ax.axvline(BETA_CRITICAL, color="grey", ls=":", lw=1)
+        ax.axvline(BETA_CRITICAL, color="grey", ls=":", lw=1, label="β_c (Onsager)")
         ax.set_xlabel("β")
         ax.set_ylabel(label)
     axes[2].legend(fontsize=8)

@@ -1,5 +1,9 @@
 """The HTML report: every registered experiment with a ``section``, rendered self-contained.
 
+The page is organised by the section registry (:mod:`spinformer.report.sections`): each section
+has a title, a paragraph naming the seed claim it makes executable, and an availability check;
+experiments join a section through the title they register with.
+
 ``build_report`` runs each experiment with its ``report_config`` (CPU-sized defaults), renders
 its description, headline metrics, tables and figures (inline PNG), and writes
 ``<out>/index.html`` and ``<out>/metrics.json`` through :mod:`spinformer._io`: each file is staged
@@ -9,6 +13,21 @@ a manifest), and removes nothing it did not write; concurrent builds into one di
 serialised by a lock on it.
 """
 
-from spinformer.report.builder import ReportResult, build_report, render_html
+from spinformer.report.builder import SCALES, ReportResult, build_report, render_html
+from spinformer.report.sections import (
+    ReportSection,
+    get_section,
+    list_sections,
+    register_section,
+)
 
-__all__ = ["ReportResult", "build_report", "render_html"]
+__all__ = [
+    "SCALES",
+    "ReportResult",
+    "ReportSection",
+    "build_report",
+    "get_section",
+    "list_sections",
+    "register_section",
+    "render_html",
+]

@@ -58,7 +58,12 @@ from spinformer.physics.saddle import (
     saddle_thermodynamics,
     solve_saddle,
 )
-from spinformer.physics.special import bessel_ratio, log_bessel_iv, log_bessel_iv_normalized
+from spinformer.physics.special import (
+    bessel_ratio,
+    bessel_ratio_derivative,
+    log_bessel_iv,
+    log_bessel_iv_normalized,
+)
 from spinformer.physics.thermo import (
     Thermodynamics,
     ThermodynamicsMethod,
@@ -84,6 +89,7 @@ __all__ = [
     "autocorrelation_times",
     "available_methods",
     "bessel_ratio",
+    "bessel_ratio_derivative",
     "bessel_response",
     "blocking_standard_error",
     "chain",

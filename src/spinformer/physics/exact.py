@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from spinformer.physics.models import IsingModel, VectorSpinModel
-from spinformer.physics.special import bessel_ratio, log_bessel_iv_normalized
+from spinformer.physics.special import vmf_moments
 from spinformer.physics.thermo import (
     Thermodynamics,
     register_method,
@@ -316,12 +316,13 @@ def exact_vector(model: VectorSpinModel, susceptibility: bool = True) -> Thermod
     beta = model.expanded_beta()
     norm = field.norm(dim=-1)  # (..., N)
     kappa = beta[..., None] * radius * norm
-    log_z = log_bessel_iv_normalized(nu, kappa).sum(-1)
-    ratio, ratio_over_kappa = bessel_ratio(nu, kappa, return_over_x=True)
+    log_single, ratio_over_kappa, slope, _ = vmf_moments(nu, kappa * kappa)
+    log_z = log_single.sum(-1)
+    ratio = kappa * ratio_over_kappa
     direction = field / torch.where(norm > 0, norm, torch.ones_like(norm))[..., None]
     magnetization = radius * ratio[..., None] * direction
     energy = -(field * magnetization).sum((-1, -2))
-    slope = 1.0 - ratio**2 - (dim - 1) * ratio_over_kappa  # A'(κ) = Var(ĥ·σ)/R²
+    # slope = A'(κ) = Var(ĥ·σ)/R², without the cancellation of 1 − A² − (D−1)A/κ
     heat_capacity = beta**2 * (radius**2 * norm**2 * slope).sum(-1)
     chi = None
     if susceptibility:

@@ -43,7 +43,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["fixed_point_log_partition", "map_jacobian", "stationary_log_partition"]
+__all__ = [
+    "ResidualOperator",
+    "fixed_point_log_partition",
+    "map_jacobian",
+    "stationary_log_partition",
+]
 
 FixedPointMap = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -111,18 +116,164 @@ def fixed_point_log_partition(
     potential: Callable[[Tensor, Tensor, Tensor], Tensor],
     fixed_map: FixedPointMap,
     z_star: Tensor,
-    complement: Tensor,
+    complement: Tensor | ResidualOperator,
     field: Tensor,
     beta: Tensor,
 ) -> Tensor:
     """Φ(z₁(h, β); h, β) with z₁ = z* + K⁻¹(F(z*) − z*) and K = ``complement`` = 1 − ∂F/∂z.
 
     ``potential(z, field, beta)`` returns Φ with shape ``beta.shape``; ``complement`` is the
-    detached (*batch, n, n) matrix of :func:`map_jacobian` subtracted from the identity.
+    detached (*batch, n, n) matrix of :func:`map_jacobian` subtracted from the identity, or a
+    :class:`ResidualOperator` (large models: K is applied, never formed).
     """
     batch = beta.shape
     z = z_star.detach()
     with torch.enable_grad():
         residual = fixed_map(z, field, beta) - z
-        step = torch.linalg.solve(complement, residual.reshape(*batch, -1, 1))[..., 0]
+        if isinstance(complement, ResidualOperator):
+            step = complement.solve(residual)
+        else:
+            step = torch.linalg.solve(complement, residual.reshape(*batch, -1, 1))[..., 0]
         return potential(z + step.reshape(z.shape), field, beta)
+
+
+# -- matrix-free K for large models ---------------------------------------------------------------
+
+
+def _arnoldi(matvec: Callable[[Tensor], Tensor], start: Tensor, iters: int, tol: float):
+    """Arnoldi from ``start`` (*batch, n): orthonormal basis (*batch, k+1, n), Hessenberg
+    (*batch, k+1, k) and the initial norms; stops when every batch entry's GMRES residual is
+    below ``tol`` times its initial norm (checked every few steps)."""
+    norm0 = start.norm(dim=-1)
+    tiny = torch.finfo(start.dtype).tiny
+    basis = [start / norm0.clamp_min(tiny)[..., None]]
+    columns: list[Tensor] = []
+    for j in range(iters):
+        w = matvec(basis[j])
+        column = []
+        for v in basis:  # modified Gram-Schmidt, twice (the second pass restores orthogonality)
+            h = (w * v).sum(-1)
+            w = w - h[..., None] * v
+            column.append(h)
+        for i, v in enumerate(basis):
+            h = (w * v).sum(-1)
+            w = w - h[..., None] * v
+            column[i] = column[i] + h
+        size = w.norm(dim=-1)
+        column.append(size)
+        columns.append(torch.stack(column + [size.new_zeros(size.shape)] * (iters - j - 1), -1))
+        basis.append(w / size.clamp_min(tiny)[..., None])
+        if (j + 1) % 4 == 0 or j + 1 == iters:
+            hess = torch.stack(columns, -1)[..., : j + 2, :]
+            residual = _least_squares(hess, norm0)[1]
+            if bool((residual <= tol * norm0 + tiny).all()):
+                break
+    hess = torch.stack(columns, -1)
+    k = hess.shape[-1]
+    return torch.stack(basis[: k + 1], -2), hess[..., : k + 1, :], norm0
+
+
+def _least_squares(hess: Tensor, norm0: Tensor) -> tuple[Tensor, Tensor]:
+    """y minimising |‖r₀‖e₁ − H y| and that residual norm, per batch entry."""
+    rhs = torch.zeros(*hess.shape[:-1], 1, dtype=hess.dtype, device=hess.device)
+    rhs[..., 0, 0] = norm0
+    y = torch.linalg.lstsq(hess, rhs).solution
+    return y[..., 0], (hess @ y - rhs)[..., 0].norm(dim=-1)
+
+
+class ResidualOperator:
+    """K = 1 − ∂F/∂z at a detached stationary point, applied without forming it.
+
+    Products Kv and Kᵀv are one forward-mode (double-backward) or reverse-mode pass through F,
+    so memory and time stay those of F itself (O(N) for the complete graph). Linear systems are
+    solved by GMRES (Saad & Schultz, "GMRES", SIAM J. Sci. Stat. Comput. 7, 856, 1986) and the
+    smallest eigenvalue is estimated from the Ritz values of an Arnoldi run.
+    """
+
+    def __init__(
+        self,
+        fixed_map: FixedPointMap,
+        z_star: Tensor,
+        field: Tensor,
+        beta: Tensor,
+        batch_ndim: int,
+        tol: float = 1e-14,
+        max_iter: int = 60,
+    ) -> None:
+        self.shape = z_star.shape
+        self.batch = z_star.shape[:batch_ndim]
+        self.tol, self.max_iter = tol, max_iter
+        with torch.enable_grad():
+            self._z = z_star.detach().requires_grad_(True)
+            self._y = fixed_map(self._z, field.detach(), beta.detach())
+            self._u = torch.zeros_like(self._y, requires_grad=True)
+            (g,) = torch.autograd.grad(
+                self._y, self._z, self._u, create_graph=True, allow_unused=True
+            )
+        self._g = g
+
+    def _flat(self, x: Tensor) -> Tensor:
+        return x.reshape(*self.batch, -1)
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """K v for v (*batch, n)."""
+        if self._g is None or not self._g.requires_grad:
+            return v
+        with torch.enable_grad():
+            (jv,) = torch.autograd.grad(
+                self._g, self._u, v.reshape(self.shape), retain_graph=True, allow_unused=True
+            )
+        return v if jv is None else v - self._flat(jv.detach())
+
+    def rmatvec(self, v: Tensor) -> Tensor:
+        """Kᵀ v for v (*batch, n)."""
+        if not self._y.requires_grad:
+            return v
+        with torch.enable_grad():
+            (vj,) = torch.autograd.grad(
+                self._y, self._z, v.reshape(self.shape), retain_graph=True, allow_unused=True
+            )
+        return v if vj is None else v - self._flat(vj.detach())
+
+    def _gmres(self, apply: Callable[[Tensor], Tensor], rhs: Tensor) -> Tensor:
+        flat = self._flat(rhs.detach())
+        n = flat.shape[-1]
+        basis, hess, norm0 = _arnoldi(apply, flat, min(self.max_iter, n), self.tol)
+        y, _ = _least_squares(hess, norm0)
+        return (y[..., :, None] * basis[..., : y.shape[-1], :]).sum(-2).reshape(rhs.shape)
+
+    def solve(self, rhs: Tensor) -> Tensor:
+        """K⁻¹ rhs, differentiable in rhs (the adjoint is a solve with Kᵀ)."""
+        return _Solve.apply(rhs, self)
+
+    def smallest_eigenvalue(self, iters: int = 24) -> Tensor:
+        """Smallest real part among the Ritz values of K (*batch), from a fixed start vector."""
+        n = int(torch.tensor(self.shape[len(self.batch) :]).prod())
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        start = torch.rand(n, generator=generator, dtype=self._z.dtype).to(self._z.device) + 0.5
+        start = start.expand(*self.batch, n).contiguous()
+        _, hess, _ = _arnoldi(self.matvec, start, min(iters, n), 0.0)
+        k = hess.shape[-1]
+        return torch.linalg.eigvals(hess[..., :k, :k]).real.amin(-1)
+
+
+class _Solve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rhs: Tensor, op: ResidualOperator) -> Tensor:  # type: ignore[override]
+        ctx.op = op
+        return op._gmres(op.matvec, rhs)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return _SolveTransposed.apply(grad, ctx.op), None
+
+
+class _SolveTransposed(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rhs: Tensor, op: ResidualOperator) -> Tensor:  # type: ignore[override]
+        ctx.op = op
+        return op._gmres(op.rmatvec, rhs)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return _Solve.apply(grad, ctx.op), None

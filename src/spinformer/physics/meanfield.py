@@ -48,7 +48,11 @@ import torch
 from torch import Tensor
 
 from spinformer._validation import as_tensor, check_beta, check_finite, check_positive_int
-from spinformer.physics._variational import fixed_point_log_partition, map_jacobian
+from spinformer.physics._variational import (
+    ResidualOperator,
+    fixed_point_log_partition,
+    map_jacobian,
+)
 from spinformer.physics.models import CompleteGraph, IsingModel, VectorSpinModel
 from spinformer.physics.special import vmf_moments
 from spinformer.physics.thermo import (
@@ -375,6 +379,13 @@ def mean_field_thermodynamics(
     """
     name = "tap" if tap else "mean_field"
     check_positive_int(max_iter, "max_iter")
+    components = model.num_spins * (model.dim if isinstance(model, VectorSpinModel) else 1)
+    if susceptibility and components > DENSE_JACOBIAN:
+        raise ValueError(
+            f"susceptibility=True needs the dense {components}x{components} matrix chi; for a "
+            f"model this large (more than {DENSE_JACOBIAN} spin components) pass "
+            "susceptibility=False"
+        )
     couplings = _Couplings(model)
     field = model.expanded_field()
     beta = model.expanded_beta()
@@ -402,18 +413,33 @@ def mean_field_thermodynamics(
         )
         thetas = result.solution.detach()
         values = potential(thetas, field, beta)
-    jacobian = map_jacobian(fixed_map, thetas, field, beta, 1 + batch_ndim)
-    eye = torch.eye(jacobian.shape[-1], dtype=jacobian.dtype, device=jacobian.device)
-    complement = eye - jacobian
-    finite = torch.isfinite(complement).all(-1).all(-1) & torch.isfinite(values)
-    finite = finite & torch.isfinite(thetas.reshape(*thetas.shape[: 1 + batch_ndim], -1)).all(-1)
+    flat_thetas = thetas.reshape(*thetas.shape[: 1 + batch_ndim], -1)
+    finite = torch.isfinite(values) & torch.isfinite(flat_thetas).all(-1)
+    if flat_thetas.shape[-1] <= DENSE_JACOBIAN:
+        jacobian = map_jacobian(fixed_map, thetas, field, beta, 1 + batch_ndim)
+        eye = torch.eye(jacobian.shape[-1], dtype=jacobian.dtype, device=jacobian.device)
+        complement = eye - jacobian
+        finite = finite & torch.isfinite(complement).all(-1).all(-1)
+        complement = torch.where(finite[..., None, None], complement, eye)
+        smallest = torch.linalg.eigvals(complement).real.amin(-1)
+    else:  # K applied matrix-free (O(N) for the complete graph)
+        safe = torch.where(
+            finite.reshape(*finite.shape, *([1] * (thetas.ndim - finite.ndim))),
+            thetas,
+            torch.zeros_like(thetas),
+        )
+        smallest = ResidualOperator(
+            fixed_map, safe, field, beta, 1 + batch_ndim
+        ).smallest_eigenvalue()
+        complement = None
     converged = result.converged & finite
-    complement = torch.where(finite[..., None, None], complement, eye)
-    eigenvalues = torch.linalg.eigvals(complement).real
-    stable = converged & (eigenvalues.amin(-1) > -_STABILITY_SLACK)
+    stable = converged & (smallest > -_STABILITY_SLACK)
     index, chosen_converged = _select(values, converged, stable)
     theta_star = _gather(thetas, index)
-    chosen_complement = _gather(complement, index)
+    if complement is not None:
+        chosen_complement: Tensor | ResidualOperator = _gather(complement, index)
+    else:
+        chosen_complement = ResidualOperator(fixed_map, theta_star, field, beta, batch_ndim)
     if not bool(chosen_converged.all()):
         warnings.warn(
             f"{name}: no start converged to a stationary point for "
@@ -444,6 +470,10 @@ def mean_field_thermodynamics(
         },
     )
 
+
+DENSE_JACOBIAN = 1024
+"""Largest number of spin components (N, or N·D) for which 1 − ∂F/∂θ is formed densely;
+above it the matrix is applied matrix-free (:class:`~spinformer.physics._variational.ResidualOperator`)."""
 
 _STABILITY_SLACK = 1e-9
 """Eigenvalues of 1 − ∂F/∂θ above −slack count as stable (a critical point has one at 0)."""

@@ -43,7 +43,7 @@ from spinformer.physics.meanfield import (
     transformer_radius,
     vector_covariance,
 )
-from spinformer.physics.models import IsingModel, SquareLattice, VectorSpinModel
+from spinformer.physics.models import CompleteGraph, IsingModel, SquareLattice, VectorSpinModel
 from spinformer.physics.montecarlo import (
     ALGORITHMS,
     ENGINES,
@@ -77,6 +77,7 @@ __all__ = [
     "ALGORITHMS",
     "ENGINES",
     "MAX_ENUMERATION_SPINS",
+    "CompleteGraph",
     "IsingModel",
     "MonteCarloSamples",
     "SeriesEstimate",

@@ -104,12 +104,17 @@ def map_jacobian(
     batch = z_star.shape[:batch_ndim]
     with torch.enable_grad():
         z = z_star.detach().requires_grad_(True)
-        out = fixed_map(z, field.detach(), beta.detach()).reshape(*batch, -1)
-        rows = [
-            torch.autograd.grad(out[..., k].sum(), z, retain_graph=True)[0].reshape(*batch, -1)
-            for k in range(out.shape[-1])
-        ]
-    return torch.stack(rows, dim=-2)
+        out = fixed_map(z, field.detach(), beta.detach())
+        n = out[(0,) * batch_ndim].numel()
+        eye = torch.eye(n, dtype=out.dtype, device=out.device)
+        seeds = eye.reshape(n, *([1] * batch_ndim), *out.shape[batch_ndim:]).expand(n, *out.shape)
+        try:  # all rows in one vectorized reverse pass
+            (rows,) = torch.autograd.grad(out, z, seeds, retain_graph=True, is_grads_batched=True)
+        except RuntimeError:  # an op without a batching rule: one pass per row
+            rows = torch.stack(
+                [torch.autograd.grad(out, z, s, retain_graph=True)[0] for s in seeds]
+            )
+    return rows.reshape(n, *batch, n).movedim(0, -2)
 
 
 def fixed_point_log_partition(

@@ -22,6 +22,15 @@ from the downward recurrence of the ratio, written for q_k = R_k/κ to stay fini
 
 where :math:`g_\nu(\kappa) = \ln Z` above. The recurrence contracts errors (|∂R_{k-1}/∂R_k| =
 R_{k-1}² < 1), so the Debye accuracy carries down to small ν. Everything is differentiable.
+
+The radial variance A' = dA/dx = 1 − A² − (2ν+1)A/x cancels catastrophically when x ≫ ν
+(A' ≈ (2ν+1)/(2x²)); :func:`vmf_moments` carries it down the same recurrence from the Debye
+slope instead (relative accuracy ~1e-10 for x from 0 to 1e8 and beyond, checked against
+mpmath). All moments are functions of x², so derivatives through x = βR|θ| exist at θ = 0.
+
+Precision. Inputs in float16/bfloat16/float32 are evaluated in float64 and rounded once, so a
+float32 caller gets float32-rounded moments (relative ~1e-7) at any x; quantities a caller
+forms by cancellation, such as S = βU + ln Z at large β, still lose ε₃₂·β|U| absolutely.
 """
 
 from __future__ import annotations

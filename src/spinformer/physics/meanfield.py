@@ -37,6 +37,23 @@ reaction term is θ_i ← h_i + Σ_j J_ij m_j + β⁻² C_i⁻¹ ∂O/∂θ_i (O
 follows from Φ by autodiff (:mod:`spinformer.physics._variational`). Plefka's expansion makes
 naive mean field exact to first order in J and TAP to second: at couplings scaled by ε the
 magnetization errors scale as ε² and ε³.
+
+**Which stationary point.** Below the critical temperature Φ has several stationary points
+(the paramagnet becomes a saddle, ordered states appear; in a field the metastable state
+survives), and a fixed-point solver converges to whichever its start leads to. In all four
+cases ∇_θΦ = βM(F(θ) − θ) with M = ∂m/∂θ positive definite, so the stationary points are the
+fixed points of the update F, and one is a local maximum of Φ (a local minimum of the
+variational free energy −Φ/β, the physical solution) exactly when the eigenvalues of
+1 − ∂F/∂θ are all positive. The solver therefore runs from the starts in ``STARTS`` (the
+field, the two saturated states along the total field, the paramagnet) as one batch, and the
+result is the locally stable point of largest Φ; ``extras`` report how many distinct
+stationary points were found and whether the returned one is stable.
+
+**Numerics.** Every single-site quantity is a function of β²R²|θ|² (``vmf_moments``), so the
+potential is smooth at θ = 0 (zero field), and the Newton step that makes ln Z differentiable
+uses 1 − ∂F/∂θ, which tends to 1 when the spins saturate, so β up to 1e8 stays finite. Above
+``DENSE_JACOBIAN`` spin components that matrix is applied matrix-free (GMRES); with the
+complete-graph geometry of large Curie–Weiss models every step is then O(N).
 """
 
 from __future__ import annotations
@@ -184,13 +201,11 @@ class _Couplings:
             self.matrix = model.coupling_matrix
             self.squared = self.matrix**2
 
-    def _scale(self, value: Tensor, like: Tensor, vector: bool) -> Tensor:
-        return value.reshape(*value.shape, *([1] * (2 if vector else 1)))
-
     def apply(self, x: Tensor, vector: bool, squared: bool = False) -> Tensor:
         """Σ_j J_ij x_j (or Σ_j J_ij² x_j) for x (..., N) or, if ``vector``, (..., N, D)."""
         if self.complete:
-            c = self._scale(self.strength**2 if squared else self.strength, x, vector)
+            c = self.strength**2 if squared else self.strength
+            c = c.reshape(*c.shape, *([1] * (2 if vector else 1)))
             return c * (x.sum(dim=-2 if vector else -1, keepdim=True) - x)
         matrix = self.squared if squared else self.matrix
         return matrix @ x if vector else (matrix @ x[..., None])[..., 0]

@@ -297,7 +297,7 @@ class IsingModel(_SpinModel):
             strength (a scalar or batch-shaped tensor).
         field: external field h, (..., N) or a scalar; default zero.
         beta: inverse temperature, > 0, broadcastable against the batch dims.
-        lattice: optional geometry; see :class:`SquareLattice`.
+        lattice: optional geometry, :class:`SquareLattice` or :class:`CompleteGraph`.
 
     >>> m = IsingModel(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), beta=0.5)
     >>> float(m.energy(torch.tensor([1.0, 1.0])))

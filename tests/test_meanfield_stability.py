@@ -201,6 +201,8 @@ def test_complete_graph_geometry_matches_the_dense_couplings():
     spins = torch.randint(0, 2, (5, n), generator=g).to(F64) * 2 - 1
     torch.testing.assert_close(geometric.energy(spins), dense.energy(spins))
     torch.testing.assert_close(geometric.local_field(spins), dense.local_field(spins))
+    exact = thermodynamics(geometric)  # enumeration reads the dense matrix of the geometry
+    torch.testing.assert_close(exact.log_partition, thermodynamics(dense).log_partition)
     for method in ("mean_field", "tap"):
         a = thermodynamics(geometric, method)
         b = thermodynamics(dense, method)
@@ -279,6 +281,11 @@ def test_curie_weiss_of_fifty_thousand_spins_in_linear_memory():
     assert got["rss_mb"] < 1500
 
 
-def test_large_models_refuse_a_dense_susceptibility():
+def test_large_models_refuse_a_dense_susceptibility_and_unsupported_methods():
+    model = curie_weiss(5000)
     with pytest.raises(ValueError, match="susceptibility=False"):
-        thermodynamics(curie_weiss(5000), "mean_field")
+        thermodynamics(model, "mean_field")
+    with pytest.raises(ValueError, match="N <= 24"):
+        thermodynamics(model)
+    with pytest.raises(ValueError, match="complete-graph"):
+        thermodynamics(model, "monte_carlo")

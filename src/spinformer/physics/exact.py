@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from spinformer.physics.models import IsingModel, VectorSpinModel
+from spinformer.physics.models import IsingModel, SquareLattice, VectorSpinModel
 from spinformer.physics.special import vmf_moments
 from spinformer.physics.thermo import (
     Thermodynamics,
@@ -201,7 +201,7 @@ def transfer_matrix_log_partition(
     ``field`` (..., N) and ``beta`` override the model's (used by the autodiff route).
     """
     lattice = model.lattice
-    if lattice is None:
+    if not isinstance(lattice, SquareLattice):
         raise ValueError(
             "the transfer-matrix route needs a lattice model (square_lattice or chain)"
         )
@@ -277,7 +277,7 @@ def exact_ising(
         lattice = model.lattice
         route = (
             "transfer"
-            if lattice is not None and min(lattice.shape) <= MAX_TRANSFER_WIDTH
+            if isinstance(lattice, SquareLattice) and min(lattice.shape) <= MAX_TRANSFER_WIDTH
             else "enumerate"
         )
     if route == "enumerate":

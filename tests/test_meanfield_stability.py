@@ -160,7 +160,7 @@ def test_ising_mean_field_closed_form_from_high_to_zero_temperature(beta):
 def test_ising_chain_mean_field_is_finite_at_extreme_beta(method):
     """Open chain N = 10, h = 0.3: every observable finite and flagged converged for β up to
     1e8; at β → ∞ the saturated state has U = −(N − 1) − N h, S = 0, C = 0."""
-    betas = torch.tensor([1e-6, 1.0, 1e3, 1e6, 1e8], dtype=F64)
+    betas = torch.tensor([1e-6, 1e2, 1e4, 1e8], dtype=F64)
     r = thermodynamics(chain(10, field=0.3, beta=betas, periodic=False), method)
     for value in (r.log_partition, r.energy, r.entropy, r.heat_capacity, r.susceptibility):
         assert bool(torch.isfinite(value).all())

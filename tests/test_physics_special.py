@@ -9,7 +9,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spinformer.physics import bessel_ratio, log_bessel_iv, log_bessel_iv_normalized
+from spinformer.physics import (
+    bessel_ratio,
+    bessel_ratio_derivative,
+    log_bessel_iv,
+    log_bessel_iv_normalized,
+)
+from spinformer.physics.special import vmf_moments
 
 scipy_special = pytest.importorskip("scipy.special")
 
@@ -78,3 +84,80 @@ def test_ratio_obeys_amos_bounds(nu, x):
 def test_order_is_validated():
     with pytest.raises(ValueError, match=r"nu .* must be > -1"):
         bessel_ratio(-1.0, torch.tensor(1.0))
+
+
+# -- the radial variance A' and q' = dq/d(x²) without cancellation ----------------------------
+
+mpmath = pytest.importorskip("mpmath")
+
+
+def _mp_moments(nu: float, x: float) -> tuple[float, float]:
+    """A'(x) and q'(x²) = (A' − A/x)/(2x²) at 60 significant digits (mpmath)."""
+    with mpmath.workdps(60):
+        xm = mpmath.mpf(x)
+        ratio = mpmath.besseli(nu + 1, xm) / mpmath.besseli(nu, xm)
+        slope = 1 - ratio**2 - (2 * nu + 1) * ratio / xm
+        return float(slope), float((slope - ratio / xm) / (2 * xm * xm))
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 4, 9, 64, 257])
+def test_radial_variance_and_q_slope_match_mpmath_for_beta_1e_minus6_to_1e8(dim):
+    """A' and q' to 1e-9 relative for κ from 1e-6 to 1e8 (the textbook 1 − A² − (D−1)A/κ is
+    off by 6e-5 at κ = 1e5 and 5e-3 at κ = 1e6 for D = 2)."""
+    nu = dim / 2 - 1
+    kappas = [1e-6, 1e-3, 0.1, 1.0, 7.0, 50.0, 1e3, 1e5, 1e6, 1e8]
+    x = torch.tensor(kappas, dtype=torch.float64)
+    _, _, slope, q_slope = vmf_moments(nu, x * x)
+    ref = [_mp_moments(nu, k) for k in kappas]
+    torch.testing.assert_close(
+        slope, torch.tensor([r[0] for r in ref], dtype=torch.float64), rtol=1e-9, atol=0
+    )
+    torch.testing.assert_close(
+        q_slope, torch.tensor([r[1] for r in ref], dtype=torch.float64), rtol=1e-9, atol=0
+    )
+    torch.testing.assert_close(bessel_ratio_derivative(nu, x), slope)
+    # large-κ limit A' → (D − 1)/(2κ²), with a relative correction O(D/κ)
+    if dim > 1:
+        assert float(slope[-1]) * 1e16 == pytest.approx((dim - 1) / 2, rel=dim * 1e-8)
+
+
+def test_moments_are_smooth_at_zero_argument():
+    """q' at x = 0 is −1/(D²(D + 2)) and every moment has finite derivatives there."""
+    for dim in (2, 3, 8):
+        x2 = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        g, q, slope, q_slope = vmf_moments(dim / 2 - 1, x2)
+        (grad,) = torch.autograd.grad((g + q + slope + q_slope).sum(), x2, create_graph=True)
+        (second,) = torch.autograd.grad(grad.sum(), x2)
+        g, q, slope, q_slope = (t.detach() for t in (g, q, slope, q_slope))
+        assert float(g) == 0.0
+        assert float(q) == pytest.approx(1 / dim, rel=1e-12)
+        assert float(slope) == pytest.approx(1 / dim, rel=1e-12)
+        assert float(q_slope) == pytest.approx(-1 / (dim**2 * (dim + 2)), rel=1e-10)
+        assert bool(torch.isfinite(grad).all()) and bool(torch.isfinite(second).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_free_vector_spins_heat_capacity_from_high_to_zero_temperature(dtype):
+    """Free spins, C = β² Σ R²|h|² A'(βR|h|): exactly (D − 1)/2 per spin as β → ∞ (harmonic
+    transverse modes) and D-independent β²R²|h|²/D → 0 as β → 0. float32 keeps 1e-6 relative
+    at any β (the Bessel moments are evaluated in float64); the textbook float32 formula gave
+    C = −171 at β = 1e4 for N = 9, D = 2."""
+    from spinformer.physics import VectorSpinModel, thermodynamics
+
+    g = torch.Generator().manual_seed(3)
+    n, dim = 9, 2
+    field = (torch.rand(n, dim, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    betas = torch.tensor([1e-6, 1e4, 1e8], dtype=dtype)
+    r = thermodynamics(
+        VectorSpinModel(torch.zeros(n, n, dtype=dtype), field, betas), susceptibility=False
+    )
+    kappa = betas.double()[:, None] * field.double().norm(dim=-1)
+    ref = torch.tensor(
+        [[_mp_moments(dim / 2 - 1, float(k))[0] for k in row] for row in kappa],
+        dtype=torch.float64,
+    )
+    expected = (kappa**2 * ref).sum(-1)
+    rtol = 2e-6 if dtype == torch.float32 else 1e-9
+    torch.testing.assert_close(r.heat_capacity.double(), expected, rtol=rtol, atol=0)
+    assert float(r.heat_capacity[1]) == pytest.approx(n * (dim - 1) / 2, rel=1e-3)
+    assert float(r.heat_capacity[2]) == pytest.approx(n * (dim - 1) / 2, rel=10 * rtol)

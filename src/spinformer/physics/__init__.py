@@ -44,7 +44,7 @@ from spinformer.physics.meanfield import (
     transformer_radius,
     vector_covariance,
 )
-from spinformer.physics.models import IsingModel, SquareLattice, VectorSpinModel
+from spinformer.physics.models import CompleteGraph, IsingModel, SquareLattice, VectorSpinModel
 from spinformer.physics.montecarlo import (
     ALGORITHMS,
     ENGINES,
@@ -59,7 +59,12 @@ from spinformer.physics.saddle import (
     saddle_thermodynamics,
     solve_saddle,
 )
-from spinformer.physics.special import bessel_ratio, log_bessel_iv, log_bessel_iv_normalized
+from spinformer.physics.special import (
+    bessel_ratio,
+    bessel_ratio_derivative,
+    log_bessel_iv,
+    log_bessel_iv_normalized,
+)
 from spinformer.physics.thermo import (
     Thermodynamics,
     ThermodynamicsMethod,
@@ -73,6 +78,7 @@ __all__ = [
     "ALGORITHMS",
     "ENGINES",
     "MAX_ENUMERATION_SPINS",
+    "CompleteGraph",
     "IsingModel",
     "MonteCarloSamples",
     "ResourceLimitError",
@@ -86,6 +92,7 @@ __all__ = [
     "autocorrelation_times",
     "available_methods",
     "bessel_ratio",
+    "bessel_ratio_derivative",
     "bessel_response",
     "blocking_standard_error",
     "chain",

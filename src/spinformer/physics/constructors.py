@@ -12,9 +12,10 @@ from torch import Tensor
 
 from spinformer._validation import as_tensor, check_finite, check_positive_int
 from spinformer.physics._limits import check_memory
-from spinformer.physics.models import IsingModel, SquareLattice
+from spinformer.physics.models import CompleteGraph, IsingModel, SquareLattice
 
 __all__ = [
+    "DENSE_CURIE_WEISS_SPINS",
     "chain",
     "curie_weiss",
     "hopfield_couplings",
@@ -70,6 +71,10 @@ def chain(
     return square_lattice((n, 1), coupling, field, beta, periodic, dtype)
 
 
+DENSE_CURIE_WEISS_SPINS = 4096
+"""Largest Curie–Weiss model stored with a dense coupling matrix (128 MiB in float64)."""
+
+
 def curie_weiss(
     n: int,
     coupling: Scalar = 1.0,
@@ -77,10 +82,21 @@ def curie_weiss(
     beta: Scalar = 1.0,
     dtype: torch.dtype = torch.float64,
 ) -> IsingModel:
-    """Mean-field ferromagnet: J_ij = J/n for i ≠ j, so E = −(J/2n)(M² − n) − hM."""
+    """Mean-field ferromagnet: J_ij = J/n for i ≠ j, so E = −(J/2n)(M² − n) − hM.
+
+    Up to ``DENSE_CURIE_WEISS_SPINS`` sites the couplings are a dense matrix (every method
+    applies). Larger models keep the rank-one geometry instead (``lattice`` is a
+    :class:`~spinformer.physics.models.CompleteGraph`, ``couplings`` the bond strength J/n):
+    energies, local fields, mean field and TAP then cost O(N) memory and time, and no N×N
+    matrix is built (10⁵ spins would need 80 GB).
+    """
     check_positive_int(n, "n")
     strength = as_tensor(coupling, "coupling", dtype=dtype)
     check_finite(strength, "coupling")
+    if n > DENSE_CURIE_WEISS_SPINS:
+        return IsingModel(
+            strength / n, _site_field(field, n, dtype), beta, lattice=CompleteGraph(n)
+        )
     off_diagonal = 1.0 - torch.eye(n, dtype=dtype)
     couplings = strength[..., None, None] * off_diagonal / n
     return IsingModel(couplings, _site_field(field, n, dtype), beta)

@@ -46,8 +46,8 @@ from spinformer.physics._limits import (
     memory_limit_bytes,
     show_progress,
 )
-from spinformer.physics.models import IsingModel, VectorSpinModel
-from spinformer.physics.special import bessel_ratio, log_bessel_iv_normalized
+from spinformer.physics.models import IsingModel, SquareLattice, VectorSpinModel
+from spinformer.physics.special import vmf_moments
 from spinformer.physics.thermo import (
     Thermodynamics,
     register_method,
@@ -324,7 +324,7 @@ def _transfer_energies(
 
 def _check_transfer_width(model: IsingModel) -> tuple[int, int]:
     lattice = model.lattice
-    if lattice is None:
+    if not isinstance(lattice, SquareLattice):
         raise ValueError(
             "the transfer-matrix route needs a lattice model (square_lattice or chain)"
         )
@@ -716,7 +716,7 @@ def exact_ising(
         lattice = model.lattice
         route = (
             "transfer"
-            if lattice is not None and min(lattice.shape) <= MAX_TRANSFER_WIDTH
+            if isinstance(lattice, SquareLattice) and min(lattice.shape) <= MAX_TRANSFER_WIDTH
             else "enumerate"
         )
         if route == "transfer" and model.num_spins <= MAX_ENUMERATION_SPINS:
@@ -754,12 +754,13 @@ def exact_vector(model: VectorSpinModel, susceptibility: bool = True) -> Thermod
     beta = model.expanded_beta()
     norm = field.norm(dim=-1)  # (..., N)
     kappa = beta[..., None] * radius * norm
-    log_z = log_bessel_iv_normalized(nu, kappa).sum(-1)
-    ratio, ratio_over_kappa = bessel_ratio(nu, kappa, return_over_x=True)
+    log_single, ratio_over_kappa, slope, _ = vmf_moments(nu, kappa * kappa)
+    log_z = log_single.sum(-1)
+    ratio = kappa * ratio_over_kappa
     direction = field / torch.where(norm > 0, norm, torch.ones_like(norm))[..., None]
     magnetization = radius * ratio[..., None] * direction
     energy = -(field * magnetization).sum((-1, -2))
-    slope = 1.0 - ratio**2 - (dim - 1) * ratio_over_kappa  # A'(κ) = Var(ĥ·σ)/R²
+    # slope = A'(κ) = Var(ĥ·σ)/R², without the cancellation of 1 − A² − (D−1)A/κ
     heat_capacity = beta**2 * (radius**2 * norm**2 * slope).sum(-1)
     chi = None
     if susceptibility:

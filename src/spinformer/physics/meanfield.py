@@ -37,28 +37,50 @@ reaction term is θ_i ← h_i + Σ_j J_ij m_j + β⁻² C_i⁻¹ ∂O/∂θ_i (O
 follows from Φ by autodiff (:mod:`spinformer.physics._variational`). Plefka's expansion makes
 naive mean field exact to first order in J and TAP to second: at couplings scaled by ε the
 magnetization errors scale as ε² and ε³.
+
+**Which stationary point.** Below the critical temperature Φ has several stationary points
+(the paramagnet becomes a saddle, ordered states appear; in a field the metastable state
+survives), and a fixed-point solver converges to whichever its start leads to. In all four
+cases ∇_θΦ = βM(F(θ) − θ) with M = ∂m/∂θ positive definite, so the stationary points are the
+fixed points of the update F, and one is a local maximum of Φ (a local minimum of the
+variational free energy −Φ/β, the physical solution) exactly when the eigenvalues of
+1 − ∂F/∂θ are all positive. The solver therefore runs from the starts in ``STARTS`` (the
+field, the two saturated states along the total field, the paramagnet) as one batch, and the
+result is the locally stable point of largest Φ; ``extras`` report how many distinct
+stationary points were found and whether the returned one is stable.
+
+**Numerics.** Every single-site quantity is a function of β²R²|θ|² (``vmf_moments``), so the
+potential is smooth at θ = 0 (zero field), and the Newton step that makes ln Z differentiable
+uses 1 − ∂F/∂θ, which tends to 1 when the spins saturate, so β up to 1e8 stays finite. Above
+``DENSE_JACOBIAN`` spin components that matrix is applied matrix-free (GMRES); with the
+complete-graph geometry of large Curie–Weiss models every step is then O(N).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
 
 import torch
 from torch import Tensor
 
 from spinformer._validation import as_tensor, check_beta, check_finite, check_positive_int
-from spinformer.physics._variational import stationary_log_partition
-from spinformer.physics.models import IsingModel, VectorSpinModel
-from spinformer.physics.special import bessel_ratio, log_bessel_iv_normalized
+from spinformer.physics._variational import (
+    ResidualOperator,
+    fixed_point_log_partition,
+    map_jacobian,
+)
+from spinformer.physics.models import CompleteGraph, IsingModel, VectorSpinModel
+from spinformer.physics.special import vmf_moments
 from spinformer.physics.thermo import (
     Thermodynamics,
     register_method,
     thermodynamics_from_log_partition,
 )
-from spinformer.solvers import fixed_point
+from spinformer.solvers import SolverWarning, fixed_point
 
 __all__ = [
+    "STARTS",
     "bessel_response",
     "ising_response",
     "large_d_response",
@@ -123,8 +145,8 @@ def bessel_response(theta: Tensor, beta: Tensor | float, radius: float) -> Tenso
 
 def _bessel(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
     nu = theta.shape[-1] / 2.0 - 1.0
-    kappa = beta * radius * theta.norm(dim=-1, keepdim=True)
-    _, q = bessel_ratio(nu, kappa, return_over_x=True)
+    x2 = (beta * radius) ** 2 * (theta * theta).sum(-1, keepdim=True)
+    _, q, _, _ = vmf_moments(nu, x2)
     return beta * radius**2 * q * theta
 
 
@@ -140,111 +162,211 @@ def vector_covariance(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Covariance C = a θ̂θ̂ᵀ + b(1 − θ̂θ̂ᵀ) of a von Mises–Fisher spin: returns (a, b, θ̂).
 
-    a = R²A'(κ) (radial variance, A' = 1 − A² − (D−1)A/κ) and b = R²A/κ (each tangential
+    a = R²A'(κ) (radial variance, A' = 1 − A² − (D−1)A/κ, evaluated without cancellation by
+    :func:`~spinformer.physics.special.vmf_moments`) and b = R²A/κ (each tangential
     direction); a = b = R²/D at θ = 0. Shapes: a, b (...), θ̂ (..., D).
     """
     beta = as_tensor(beta, "beta", dtype=theta.dtype, device=theta.device)
-    dim = theta.shape[-1]
+    radial, tangential, _ = _covariance(theta, beta, radius)
     norm = theta.norm(dim=-1)
-    kappa = beta * radius * norm
-    ratio, over = bessel_ratio(dim / 2.0 - 1.0, kappa, return_over_x=True)
-    radial = radius**2 * (1.0 - ratio**2 - (dim - 1) * over)
-    tangential = radius**2 * over
-    direction = theta / norm.clamp_min(1e-300)[..., None]
+    direction = theta / norm.clamp_min(torch.finfo(theta.dtype).tiny)[..., None]
     return radial, tangential, direction
 
 
-# -- variational potentials Φ(θ; h, β) -------------------------------------------------------
+def _covariance(
+    theta: Tensor, beta: Tensor | float, radius: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(a, b, e) with C = b·1 + e θθᵀ: e = (a − b)/|θ|², smooth at θ = 0 (a function of |θ|²).
+
+    From a − b = R²(A' − A/κ) = 2R²κ² q'(κ²) with q' = dq/d(κ²): e = 2β²R⁴ q'.
+    """
+    nu = theta.shape[-1] / 2.0 - 1.0
+    scale = (beta * radius) ** 2
+    _, q, slope, q_slope = vmf_moments(nu, scale * (theta * theta).sum(-1))
+    r2 = radius**2
+    return r2 * slope, r2 * q, 2.0 * scale * r2 * q_slope
 
 
-def _ising_potential(tap: bool) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
-    def potential(theta: Tensor, field: Tensor, beta: Tensor, couplings: Tensor) -> Tensor:
+# -- couplings: dense matrices or the complete graph (O(N)) --------------------------------------
+
+
+class _Couplings:
+    """J applied to site vectors: a dense (..., N, N) matrix or the complete graph J_ij = c."""
+
+    def __init__(self, model: IsingModel | VectorSpinModel) -> None:
+        self.complete = isinstance(model.lattice, CompleteGraph)
+        if self.complete:
+            self.strength = model.bond
+        else:
+            self.matrix = model.coupling_matrix
+            self.squared = self.matrix**2
+
+    def apply(self, x: Tensor, vector: bool, squared: bool = False) -> Tensor:
+        """Σ_j J_ij x_j (or Σ_j J_ij² x_j) for x (..., N) or, if ``vector``, (..., N, D)."""
+        if self.complete:
+            c = self.strength**2 if squared else self.strength
+            c = c.reshape(*c.shape, *([1] * (2 if vector else 1)))
+            return c * (x.sum(dim=-2 if vector else -1, keepdim=True) - x)
+        matrix = self.squared if squared else self.matrix
+        return matrix @ x if vector else (matrix @ x[..., None])[..., 0]
+
+    def overlap_squared(self, weight: Tensor, theta: Tensor) -> Tensor:
+        """Σ_ij J_ij² w_i w_j (θ_i·θ_j)² for w (..., N), θ (..., N, D)."""
+        if self.complete:
+            weighted = weight[..., None, None] * theta[..., :, None] * theta[..., None, :]
+            total = weighted.sum(-3)
+            diagonal = (weight * (theta * theta).sum(-1)) ** 2
+            return self.strength**2 * ((total * total).sum((-1, -2)) - diagonal.sum(-1))
+        gram = (theta @ theta.transpose(-1, -2)) ** 2
+        return (self.squared * gram * weight[..., :, None] * weight[..., None, :]).sum((-1, -2))
+
+
+# -- variational potentials Φ(θ; h, β) and fixed-point maps F(θ; h, β) -----------------------------
+
+
+def _ising_potential(couplings: _Couplings, tap: bool):
+    def potential(theta: Tensor, field: Tensor, beta: Tensor) -> Tensor:
         b = beta[..., None]
         x = b * theta
         m = torch.tanh(x)
-        log_z = (torch.logaddexp(x, -x)).sum(-1)
-        phi = log_z - (x * m).sum(-1)
-        phi = phi + beta * (0.5 * torch.einsum("...i,...ij,...j->...", m, couplings, m))
-        phi = phi + beta * (field * m).sum(-1)
+        phi = (x + torch.nn.functional.softplus(-2.0 * x) - x * m).sum(-1)  # ln 2cosh x − x m
+        phi = phi + beta * (m * (0.5 * couplings.apply(m, False) + field)).sum(-1)
         if tap:
             var = 1.0 - m * m
-            squared = couplings**2
-            phi = phi + 0.25 * beta**2 * torch.einsum("...i,...ij,...j->...", var, squared, var)
+            phi = phi + 0.25 * beta**2 * (var * couplings.apply(var, False, squared=True)).sum(-1)
         return phi
 
     return potential
 
 
-def _onsager_vector(theta: Tensor, beta: Tensor, radius: float, squared: Tensor) -> Tensor:
-    """(β²/4) Σ_ij J_ij² tr(C_i C_j) with vMF covariances (J_ii = 0), shape beta.shape."""
-    dim = theta.shape[-1]
-    a, b, direction = vector_covariance(theta, beta[..., None], radius)
-    cos2 = (direction @ direction.transpose(-1, -2)) ** 2
-    d = a - b
-    trace = (
-        dim * b[..., :, None] * b[..., None, :]
-        + d[..., :, None] * b[..., None, :]
-        + b[..., :, None] * d[..., None, :]
-        + d[..., :, None] * d[..., None, :] * cos2
-    )
-    return 0.25 * beta**2 * (squared * trace).sum((-1, -2))
-
-
-def _vector_potential(
-    radius: float, tap: bool
-) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
-    def potential(theta: Tensor, field: Tensor, beta: Tensor, couplings: Tensor) -> Tensor:
-        nu = theta.shape[-1] / 2.0 - 1.0
-        b = beta[..., None, None]
-        m = _bessel(theta, b, radius)
-        kappa = beta[..., None] * radius * theta.norm(dim=-1)
-        phi = log_bessel_iv_normalized(nu, kappa).sum(-1) - beta * (theta * m).sum((-1, -2))
-        phi = phi + 0.5 * beta * torch.einsum("...id,...ij,...jd->...", m, couplings, m)
-        phi = phi + beta * (field * m).sum((-1, -2))
-        if tap:
-            phi = phi + _onsager_vector(theta, beta, radius, couplings**2)
-        return phi
-
-    return potential
-
-
-# -- fixed-point maps --------------------------------------------------------------------------
-
-
-def _ising_update(couplings: Tensor, field: Tensor, beta: Tensor, tap: bool):
-    squared = couplings**2
-    b = beta[..., None]
-
-    def update(theta: Tensor) -> Tensor:
+def _ising_map(couplings: _Couplings, tap: bool):
+    def update(theta: Tensor, field: Tensor, beta: Tensor) -> Tensor:
+        b = beta[..., None]
         m = torch.tanh(b * theta)
-        new = field + torch.einsum("...ij,...j->...i", couplings, m)
+        new = field + couplings.apply(m, False)
         if tap:
-            new = new - b * m * torch.einsum("...ij,...j->...i", squared, 1.0 - m * m)
+            new = new - b * m * couplings.apply(1.0 - m * m, False, squared=True)
         return new
 
     return update
 
 
-def _vector_update(couplings: Tensor, field: Tensor, beta: Tensor, radius: float, tap: bool):
-    squared = couplings**2
-    b = beta[..., None, None]
+def _onsager_vector(theta: Tensor, beta: Tensor, radius: float, couplings: _Couplings) -> Tensor:
+    """(β²/4) Σ_ij J_ij² tr(C_i C_j) with vMF covariances C_i = b_i 1 + e_i θ_iθ_iᵀ (J_ii = 0).
 
-    def update(theta: Tensor) -> Tensor:
-        m = _bessel(theta, b, radius)
-        new = field + torch.einsum("...ij,...jd->...id", couplings, m)
+    tr(C_iC_j) = D b_i b_j + d_i b_j + b_i d_j + e_i e_j (θ_i·θ_j)², d = e|θ|² = a − b.
+    """
+    dim = theta.shape[-1]
+    _, b, e = _covariance(theta, beta[..., None], radius)
+    d = e * (theta * theta).sum(-1)
+    spread = couplings.apply(b, False, squared=True)
+    trace = ((dim * b + 2.0 * d) * spread).sum(-1) + couplings.overlap_squared(e, theta)
+    return 0.25 * beta**2 * trace
+
+
+def _vector_potential(couplings: _Couplings, radius: float, tap: bool):
+    def potential(theta: Tensor, field: Tensor, beta: Tensor) -> Tensor:
+        nu = theta.shape[-1] / 2.0 - 1.0
+        b = beta[..., None, None]
+        x2 = (beta[..., None] * radius) ** 2 * (theta * theta).sum(-1)
+        log_z, q, _, _ = vmf_moments(nu, x2)
+        m = b * radius**2 * q[..., None] * theta
+        phi = log_z.sum(-1) - beta * (theta * m).sum((-1, -2))
+        phi = phi + beta * (m * (0.5 * couplings.apply(m, True) + field)).sum((-1, -2))
         if tap:
+            phi = phi + _onsager_vector(theta, beta, radius, couplings)
+        return phi
+
+    return potential
+
+
+def _vector_map(couplings: _Couplings, radius: float, tap: bool):
+    def update(theta: Tensor, field: Tensor, beta: Tensor) -> Tensor:
+        b = beta[..., None, None]
+        new = field + couplings.apply(_bessel(theta, b, radius), True)
+        if tap:
+            # θ ← h + Jm + β⁻² C⁻¹ ∂O/∂θ; differentiable (create_graph) whenever grad is on.
+            differentiable = torch.is_grad_enabled()
             with torch.enable_grad():
-                leaf = theta.detach().requires_grad_(True)
-                onsager = _onsager_vector(leaf, beta, radius, squared)
-                (grad,) = torch.autograd.grad(onsager.sum(), leaf)
-            a, t, direction = vector_covariance(theta, beta[..., None], radius)
-            along = (direction * grad).sum(-1, keepdim=True)
-            # C⁻¹ g = g/b + (1/a − 1/b) θ̂ (θ̂·g)
-            inverse = grad / t[..., None] + (1.0 / a - 1.0 / t)[..., None] * direction * along
+                leaf = theta if theta.requires_grad else theta.detach().requires_grad_(True)
+                onsager = _onsager_vector(leaf, beta, radius, couplings)
+                (grad,) = torch.autograd.grad(onsager.sum(), leaf, create_graph=differentiable)
+            a, t, e = _covariance(leaf if differentiable else theta, beta[..., None], radius)
+            along = (theta * grad).sum(-1, keepdim=True)
+            # C⁻¹ g = g/b − e/(ab) θ(θ·g), since 1/a − 1/b = −e|θ|²/(ab)
+            inverse = grad / t[..., None] - (e / (a * t))[..., None] * theta * along
             new = new + inverse / b**2
         return new
 
     return update
+
+
+# -- several starts, the stable stationary point of lowest free energy -----------------------
+
+
+STARTS = ("field", "ordered_up", "ordered_down", "paramagnet")
+"""Starting effective fields of the stationary-point search, in this order (see below)."""
+
+
+def _starting_fields(couplings: _Couplings, field: Tensor, vector: bool, radius: float) -> Tensor:
+    """θ₀ for each of ``STARTS``, stacked in front: (4, *batch, N[, D]).
+
+    The field start is θ = h; the ordered starts are one mean-field step from the saturated
+    states m = ±R û (û the direction of the total field, or the first axis if it vanishes;
+    û = 1 for Ising); the paramagnet start is θ = 0.
+    """
+    if vector:
+        total = field.sum(-2, keepdim=True)
+        norm = total.norm(dim=-1, keepdim=True)
+        axis = torch.zeros_like(total)
+        axis[..., 0] = 1.0
+        direction = torch.where(
+            norm > 0, total / norm.clamp_min(torch.finfo(field.dtype).tiny), axis
+        )
+        saturated = radius * direction.expand_as(field)
+    else:
+        saturated = torch.ones_like(field)
+    ordered = couplings.apply(saturated, vector)
+    return torch.stack([field, field + ordered, field - ordered, torch.zeros_like(field)])
+
+
+def _select(potential_values: Tensor, converged: Tensor, stable: Tensor) -> tuple[Tensor, Tensor]:
+    """Index (per batch entry) of the start to return, and whether it is converged.
+
+    Preference: converged and locally stable, then converged, then anything; within the best
+    tier, the largest Φ (= the lowest variational free energy −Φ/β).
+    """
+    tier = converged.long() + (converged & stable).long()
+    best = tier.amax(0, keepdim=True)
+    score = torch.where(
+        (tier == best) & torch.isfinite(potential_values),
+        potential_values,
+        torch.full_like(potential_values, -math.inf),
+    )
+    index = score.argmax(0)
+    return index, converged.gather(0, index[None])[0]
+
+
+def _distinct(theta: Tensor, converged: Tensor, batch_ndim: int) -> Tensor:
+    """Number of distinct converged stationary points among the starts, shape batch."""
+    flat = theta.reshape(*theta.shape[: 1 + batch_ndim], -1)
+    scale = 1.0 + flat.abs().amax(-1).amax(0)
+    gap = (flat[:, None] - flat[None, :]).abs().amax(-1)  # (S, S, *batch)
+    same = gap <= 1e-6 * scale
+    count = torch.zeros_like(converged[0], dtype=torch.long)
+    for s in range(flat.shape[0]):
+        seen = torch.zeros_like(converged[0])
+        for t in range(s):
+            seen = seen | (converged[t] & same[s, t])
+        count = count + (converged[s] & ~seen).long()
+    return count
+
+
+def _gather(values: Tensor, index: Tensor) -> Tensor:
+    """values (S, *batch, *rest) at start index (*batch) -> (*batch, *rest)."""
+    rest = values.ndim - 1 - index.ndim
+    idx = index.reshape(1, *index.shape, *([1] * rest)).expand(1, *values.shape[1:])
+    return values.gather(0, idx)[0]
 
 
 def mean_field_thermodynamics(
@@ -259,47 +381,117 @@ def mean_field_thermodynamics(
     """Naive mean-field (``tap=False``) or TAP thermodynamics of an equilibrium spin model.
 
     The self-consistent effective fields θ are solved by :func:`spinformer.solvers.fixed_point`
-    (starting from θ = h); ln Z is the variational Φ at the solution, and m, U, C, χ are its
-    autodiff derivatives (exact derivatives of the approximate ln Z). The result carries the
-    per-sample ``converged``/``iterations`` flags; ``extras`` holds ``residual`` and
-    ``effective_field``.
+    from each of the starts in ``STARTS`` at once (the field direction, the two ordered states,
+    the paramagnet). Of the stationary points found, the result is the locally stable one
+    (the eigenvalues of 1 − ∂F/∂θ all positive, see :mod:`spinformer.physics._variational`) of
+    largest Φ, i.e. of lowest variational free energy. ln Z is Φ at that point, and m, U, C, χ
+    are its autodiff derivatives (exact derivatives of the approximate ln Z).
+
+    The result carries the per-sample ``converged``/``iterations`` flags of the returned
+    point; ``extras`` holds ``residual``, ``effective_field``, ``stationary_points`` (number of
+    distinct converged stationary points found), ``stable`` (whether the returned one is
+    locally stable) and ``start`` (its index in ``STARTS``).
     """
     name = "tap" if tap else "mean_field"
     check_positive_int(max_iter, "max_iter")
-    couplings = model.coupling_matrix
+    components = model.num_spins * (model.dim if isinstance(model, VectorSpinModel) else 1)
+    if susceptibility and components > DENSE_JACOBIAN:
+        raise ValueError(
+            f"susceptibility=True needs the dense {components}x{components} matrix chi; for a "
+            f"model this large (more than {DENSE_JACOBIAN} spin components) pass "
+            "susceptibility=False"
+        )
+    couplings = _Couplings(model)
     field = model.expanded_field()
     beta = model.expanded_beta()
-    couplings = couplings.expand(*model.batch_shape, *couplings.shape[-2:])
-    if isinstance(model, VectorSpinModel):
-        potential = _vector_potential(model.radius, tap)
-        update = _vector_update(couplings, field, beta, model.radius, tap)
+    batch_ndim = len(model.batch_shape)
+    vector = isinstance(model, VectorSpinModel)
+    radius = model.radius if vector else 1.0
+    if vector:
+        potential = _vector_potential(couplings, radius, tap)
+        fixed_map = _vector_map(couplings, radius, tap)
     else:
-        potential = _ising_potential(tap)
-        update = _ising_update(couplings, field, beta, tap)
+        potential = _ising_potential(couplings, tap)
+        fixed_map = _ising_map(couplings, tap)
+    field, beta = field.detach(), beta.detach()
     with torch.no_grad():
+        starts = _starting_fields(couplings, field, vector, radius)
         result = fixed_point(
-            update,
-            field.detach().clone(),
+            lambda theta: fixed_map(theta, field, beta),
+            starts,
             method=solver,
             tol=tol,
             max_iter=max_iter,
             damping=damping,
-            batch_dims=len(model.batch_shape),
+            batch_dims=1 + batch_ndim,
+            warn=False,
         )
-    theta_star = result.solution.detach()
+        thetas = result.solution.detach()
+        values = potential(thetas, field, beta)
+    flat_thetas = thetas.reshape(*thetas.shape[: 1 + batch_ndim], -1)
+    finite = torch.isfinite(values) & torch.isfinite(flat_thetas).all(-1)
+    if flat_thetas.shape[-1] <= DENSE_JACOBIAN:
+        jacobian = map_jacobian(fixed_map, thetas, field, beta, 1 + batch_ndim)
+        eye = torch.eye(jacobian.shape[-1], dtype=jacobian.dtype, device=jacobian.device)
+        complement = eye - jacobian
+        finite = finite & torch.isfinite(complement).all(-1).all(-1)
+        complement = torch.where(finite[..., None, None], complement, eye)
+        smallest = torch.linalg.eigvals(complement).real.amin(-1)
+    else:  # K applied matrix-free (O(N) for the complete graph)
+        safe = torch.where(
+            finite.reshape(*finite.shape, *([1] * (thetas.ndim - finite.ndim))),
+            thetas,
+            torch.zeros_like(thetas),
+        )
+        smallest = ResidualOperator(
+            fixed_map, safe, field, beta, 1 + batch_ndim
+        ).smallest_eigenvalue()
+        complement = None
+    converged = result.converged & finite
+    stable = converged & (smallest > -_STABILITY_SLACK)
+    index, chosen_converged = _select(values, converged, stable)
+    theta_star = _gather(thetas, index)
+    if complement is not None:
+        chosen_complement: Tensor | ResidualOperator = _gather(complement, index)
+    else:
+        chosen_complement = ResidualOperator(fixed_map, theta_star, field, beta, batch_ndim)
+    if not bool(chosen_converged.all()):
+        warnings.warn(
+            f"{name}: no start converged to a stationary point for "
+            f"{int((~chosen_converged).sum())} of {chosen_converged.numel()} batch entries "
+            f"(tol={tol}, max_iter={max_iter}); their result is not a solution",
+            SolverWarning,
+            stacklevel=2,
+        )
 
     def log_partition(field_: Tensor, beta_: Tensor) -> Tensor:
-        return stationary_log_partition(potential, theta_star, field_, beta_, couplings)
+        return fixed_point_log_partition(
+            potential, fixed_map, theta_star, chosen_complement, field_, beta_
+        )
 
     return thermodynamics_from_log_partition(
         log_partition,
         model,
         name,
         susceptibility=susceptibility,
-        converged=result.converged,
-        iterations=result.iterations,
-        extras={"residual": result.residual, "effective_field": theta_star},
+        converged=chosen_converged,
+        iterations=_gather(result.iterations, index),
+        extras={
+            "residual": _gather(result.residual, index),
+            "effective_field": theta_star,
+            "stationary_points": _distinct(thetas, converged, batch_ndim),
+            "stable": _gather(stable, index),
+            "start": index,
+        },
     )
+
+
+DENSE_JACOBIAN = 1024
+"""Largest number of spin components (N, or N·D) for which 1 − ∂F/∂θ is formed densely;
+above it the matrix is applied matrix-free (:class:`~spinformer.physics._variational.ResidualOperator`)."""
+
+_STABILITY_SLACK = 1e-9
+"""Eigenvalues of 1 − ∂F/∂θ above −slack count as stable (a critical point has one at 0)."""
 
 
 @register_method("mean_field", IsingModel, VectorSpinModel)

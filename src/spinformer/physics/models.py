@@ -19,6 +19,9 @@ call.
 Lattice models keep their geometry instead of a dense matrix (a 1024x1024 lattice has 10^12
 matrix entries): ``lattice`` is a :class:`SquareLattice` and ``couplings`` is then the
 nearest-neighbour bond strength, batch-shaped. The dense matrix is built only when asked.
+A :class:`CompleteGraph` does the same for all-to-all couplings J_ij = c (i ≠ j), the
+rank-one geometry of the Curie–Weiss model: every pair is one bond of strength c, so the local
+field Σ_{j≠i} J_ij σ_j = c(Σ_j σ_j − σ_i) and the energy cost O(N) instead of O(N²).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from spinformer._validation import (
 )
 from spinformer.physics._limits import check_memory
 
-__all__ = ["MAX_DENSE_SPINS", "IsingModel", "SquareLattice", "VectorSpinModel"]
+__all__ = ["MAX_DENSE_SPINS", "CompleteGraph", "IsingModel", "SquareLattice", "VectorSpinModel"]
 
 MAX_DENSE_SPINS = 16_384
 """Largest number of sites for which a lattice's dense coupling matrix is materialized."""
@@ -143,6 +146,41 @@ class SquareLattice:
         return adj
 
 
+@dataclass(frozen=True)
+class CompleteGraph:
+    """All-to-all geometry on ``num_sites`` sites: every pair i < j is one bond.
+
+    Same interface as :class:`SquareLattice` (``bond_sum``, ``neighbour_sum``, ``adjacency``),
+    computed from the total spin in O(N): Σ_{i<j} σ_i·σ_j = ½(|Σ_i σ_i|² − Σ_i |σ_i|²).
+    """
+
+    num_sites: int
+
+    def __post_init__(self) -> None:
+        n = self.num_sites
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_sites must be a positive integer, got {n!r}")
+
+    @staticmethod
+    def _site_dims(spins: Tensor, vector: bool) -> tuple[int, ...]:
+        return (-2, -1) if vector else (-1,)
+
+    def bond_sum(self, spins: Tensor, vector: bool = False) -> Tensor:
+        """Σ_{i<j} σ_i·σ_j for spins shaped (..., N) or, if ``vector``, (..., N, D)."""
+        total = spins.sum(dim=-2 if vector else -1)
+        square = (total * total).sum(-1) if vector else total * total
+        return 0.5 * (square - (spins * spins).sum(dim=self._site_dims(spins, vector)))
+
+    def neighbour_sum(self, spins: Tensor, vector: bool = False) -> Tensor:
+        """Σ_{j≠i} σ_j for spins (..., N) or (..., N, D)."""
+        return spins.sum(dim=-2 if vector else -1, keepdim=True) - spins
+
+    def adjacency(self, dtype: torch.dtype = torch.float64, device: Any = None) -> Tensor:
+        """Dense (N, N) matrix 1 − I."""
+        n = self.num_sites
+        return 1.0 - torch.eye(n, dtype=dtype, device=device)
+
+
 def _broadcast_batch(name_shapes: dict[str, tuple[int, ...]]) -> torch.Size:
     try:
         return torch.broadcast_shapes(*name_shapes.values())
@@ -156,7 +194,7 @@ class _SpinModel:
     couplings: Tensor
     field: Tensor | None = None
     beta: Tensor | float = 1.0
-    lattice: SquareLattice | None = None
+    lattice: SquareLattice | CompleteGraph | None = None
 
     # -- construction --------------------------------------------------------------------
     def _normalize_couplings(self) -> tuple[Tensor, int]:
@@ -166,9 +204,10 @@ class _SpinModel:
             else None
         )
         if self.lattice is not None:
-            if not isinstance(self.lattice, SquareLattice):
+            if not isinstance(self.lattice, SquareLattice | CompleteGraph):
                 raise ValueError(
-                    f"lattice must be a SquareLattice, got {type(self.lattice).__name__}"
+                    "lattice must be a SquareLattice or a CompleteGraph, got "
+                    f"{type(self.lattice).__name__}"
                 )
             bond = as_tensor(self.couplings, "couplings", dtype=dtype)
             check_finite(bond, "couplings")
@@ -205,7 +244,7 @@ class _SpinModel:
 
     @property
     def bond(self) -> Tensor:
-        """Nearest-neighbour bond strength of a lattice model, shape ``batch_shape``."""
+        """Bond strength of a lattice or complete-graph model, shape ``batch_shape``."""
         if self.lattice is None:
             raise ValueError("bond is defined for lattice models only (lattice=None here)")
         return self.couplings
@@ -218,7 +257,7 @@ class _SpinModel:
         if self.num_spins > MAX_DENSE_SPINS:
             raise ValueError(
                 f"a dense coupling matrix for {self.num_spins} sites is too large "
-                f"(limit {MAX_DENSE_SPINS}); use the lattice geometry instead"
+                f"(limit {MAX_DENSE_SPINS}); use the model's geometry (model.lattice) instead"
             )
         adj = self.lattice.adjacency(self.dtype, self.device)
         return self.couplings[..., None, None] * adj
@@ -268,7 +307,7 @@ class IsingModel(_SpinModel):
             strength (a scalar or batch-shaped tensor).
         field: external field h, (..., N) or a scalar; default zero.
         beta: inverse temperature, > 0, broadcastable against the batch dims.
-        lattice: optional geometry; see :class:`SquareLattice`.
+        lattice: optional geometry, :class:`SquareLattice` or :class:`CompleteGraph`.
 
     >>> m = IsingModel(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), beta=0.5)
     >>> float(m.energy(torch.tensor([1.0, 1.0])))

@@ -65,7 +65,13 @@ from spinformer.physics.autocorrelation import (
     estimate_mean,
     integrated_autocorrelation_time,
 )
-from spinformer.physics.models import IsingModel, SquareLattice, VectorSpinModel, _SpinModel
+from spinformer.physics.models import (
+    CompleteGraph,
+    IsingModel,
+    SquareLattice,
+    VectorSpinModel,
+    _SpinModel,
+)
 from spinformer.physics.multispin import MultispinIsing, lazy_digits, multispin_supported
 from spinformer.physics.thermo import Thermodynamics, register_method
 
@@ -718,6 +724,12 @@ def sample(
     if not isinstance(model, IsingModel | VectorSpinModel):
         raise ValueError(
             f"model must be an IsingModel or VectorSpinModel, got {type(model).__name__}"
+        )
+    if isinstance(model.lattice, CompleteGraph):
+        raise ValueError(
+            f"Monte Carlo of a complete-graph model ({model.num_spins} spins kept without a dense "
+            "coupling matrix) is not available; use method='mean_field' or 'tap', or dense "
+            "couplings (model.coupling_matrix)"
         )
     if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps <= 0:
         raise ValueError(f"sweeps must be a positive integer, got {sweeps!r}")

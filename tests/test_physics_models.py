@@ -186,6 +186,9 @@ def test_constructor_bad_input():
         curie_weiss(0)
     with pytest.raises(ValueError, match="size must be a positive integer"):
         square_lattice(0)
+    for size in (2.5, True, "4", None):
+        with pytest.raises(ValueError, match="size must be an int L or a pair"):
+            square_lattice(size)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="n must be a positive integer"):
         chain(-3)
     with pytest.raises(ValueError, match=r"patterns must have shape \(\.\.\., P, N\)"):

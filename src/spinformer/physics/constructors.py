@@ -48,7 +48,12 @@ def square_lattice(
     >>> square_lattice(4, beta=0.4).num_spins
     16
     """
-    shape = (size, size) if isinstance(size, int) and not isinstance(size, bool) else tuple(size)
+    if isinstance(size, int) and not isinstance(size, bool):
+        shape: tuple = (size, size)
+    elif isinstance(size, tuple | list):
+        shape = tuple(size)
+    else:
+        shape = ()
     if len(shape) != 2:
         raise ValueError(f"size must be an int L or a pair (L, W), got {size!r}")
     for s in shape:

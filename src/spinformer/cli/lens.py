@@ -116,8 +116,12 @@ def _print_tables(result) -> None:  # type: ignore[no-untyped-def]
         f" {result.num_heads} heads) on {len(result.tokens)} tokens;"
         f" timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
     )
-    table = Table(title="per layer (means over heads)")
-    for column in ("layer", "β", "asymmetry", "S/ln N", "C", "β/β_c", "phases", "Ramsauer"):
+    table = Table(
+        title="per layer (means over heads; H/M/O: heads high-temperature/metastable/ordered;"
+        " Ramsauer classes global/subset/single)"
+    )
+    columns = ("layer", "β", "asymmetry", "S/ln N", "C", "median β/β_c", "H/M/O", "gl/sub/one")
+    for column in columns:
         table.add_column(column, justify="right")
     entropy = torch.nanmean(result.normalized_entropy, dim=-1)
     heat = result.heat_capacity.mean(dim=-1)
@@ -125,11 +129,11 @@ def _print_tables(result) -> None:  # type: ignore[no-untyped-def]
         ratio = "—"
         phases = "—"
         if result.beta_ratio is not None:
-            ratio = f"{float(torch.nan_to_num(result.beta_ratio[layer], posinf=0).mean()):.3f}"
+            ratio = f"{float(result.beta_ratio[layer].median()):.3f}"
             counts = torch.bincount(result.phase[layer], minlength=len(PHASES)).tolist()
-            phases = " ".join(f"{n}{p[0].upper()}" for n, p in zip(counts, PHASES, strict=True))
-        counts = torch.bincount(result.ramsauer[layer], minlength=3).tolist()
-        ramsauer = " ".join(f"{n}{c[:2]}" for n, c in zip(counts, RAMSAUER_CLASSES, strict=True))
+            phases = "/".join(str(n) for n in counts)
+        counts = torch.bincount(result.ramsauer[layer], minlength=len(RAMSAUER_CLASSES)).tolist()
+        ramsauer = "/".join(str(n) for n in counts)
         table.add_row(
             str(layer),
             f"{float(result.beta[layer].mean()):.4g}",

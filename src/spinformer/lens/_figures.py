@@ -74,7 +74,7 @@ def spin_system_figure(
 
     J_ij = ½β(ω_ij + ω_ji) from the recomputed scores (log-weights up to a per-row constant are
     not enough, so the scores are rebuilt from ln α + ln Z); edges of the ``num_edges`` largest
-    |J_ij| (default 2N), blue for J > 0 (aligning), red for J < 0, width ∝ |J|.
+    |J_ij − mean J| (default 2N), blue above the mean coupling, red below, width ∝ the deviation.
     """
     _single(result)
     if not (0 <= layer < result.num_layers) or not (0 <= head < result.num_heads):
@@ -93,7 +93,7 @@ def spin_system_figure(
         coupling = torch.where(~allowed & allowed.T, beta_omega.T, coupling)
     n = coupling.shape[0]
     coupling.fill_diagonal_(0.0)
-    # centre per row so that a constant offset of a row does not pass for a coupling
+    # centred on the mean over pairs: blue and red are above and below the typical coupling
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
     centred = coupling - coupling[upper].mean() if n > 1 else coupling
     edges = num_edges if num_edges is not None else 2 * n

@@ -81,6 +81,11 @@ def test_pitchfork_head_phase_on_both_sides_of_half():
     above = head_phases(v, eye, eye, 0.7, config=patient)
     assert below.labels == "high-temperature" and above.labels == "ordered"
     assert head_phases(v, eye, eye, 0.55).labels == "ordered"
+    # N = 2 < 2d = 4 runs in the span of the states, N = 4 = 2d (each token twice, the same
+    # Boltzmann weights) in the full query-key coordinates: same β_c
+    doubled = head_phases(v.repeat(2, 1), eye, eye, 0.55)
+    assert doubled.labels == "ordered"
+    assert float(doubled.critical_beta) == pytest.approx(0.5, rel=1e-2)
     assert float(below.critical_beta) == pytest.approx(0.5, rel=1e-2)
     assert int(above.num_stable) == 2 and int(below.num_states) == 1
     s = 0.9  # s = tanh(2βs) at β = 0.7 by fixed-point iteration of the scalar equation

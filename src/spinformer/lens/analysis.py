@@ -180,10 +180,19 @@ def _phases_from_states(
 ) -> HeadPhases:
     """Core: tokens x (*batch, N, D), unrotated queries/keys (*batch, N, d), β (*batch)."""
     d = q.shape[-1]
-    states = torch.cat([q, k], dim=-1)
-    coupling = states.new_zeros(2 * d, 2 * d)
-    coupling[d:, :d] = torch.eye(d, dtype=states.dtype, device=states.device)
-    num_tokens = states.shape[-2]
+    full_states = torch.cat([q, k], dim=-1)
+    full_coupling = full_states.new_zeros(2 * d, 2 * d)
+    full_coupling[d:, :d] = torch.eye(d, dtype=q.dtype, device=q.device)
+    num_tokens = full_states.shape[-2]
+    if num_tokens < 2 * d:
+        # fewer tokens than coordinates: work in an orthonormal basis Q of their span (exact:
+        # the map never leaves it, scores are yᵀ Q Qᵀ W' Q Qᵀ m, and the Jacobian keeps its
+        # non-zero spectrum), so the eigenproblems are N×N instead of 2d×2d
+        basis = torch.linalg.qr(full_states.transpose(-1, -2)).Q  # (…, 2d, N)
+        states = full_states @ basis
+        coupling = basis.transpose(-1, -2) @ full_coupling @ basis
+    else:
+        basis, states, coupling = None, full_states, full_coupling
     starts = torch.linspace(0, num_tokens - 1, min(config.max_starts, num_tokens))
     starts = starts.round().long().unique()
     solved = self_consistent(
@@ -197,7 +206,8 @@ def _phases_from_states(
         implicit=False,
         warn=False,
     )
-    fixed = solved.magnetization.detach()  # (…, N, 2d) = (q(m), k(m))
+    reduced = solved.magnetization.detach()
+    fixed = reduced if basis is None else reduced @ basis.transpose(-1, -2)  # (q(m), k(m))
     converged = solved.converged
     radius = states.norm(dim=-1).amax(dim=-1).clamp_min(torch.finfo(states.dtype).tiny)
     scale = config.distinct_tol * radius
@@ -211,7 +221,7 @@ def _phases_from_states(
     basin = torch.where(is_rep, basin, 0)
     top = min(config.max_states, n)
     sizes, reps = basin.topk(top, dim=-1)
-    rep_states = fixed.gather(-2, reps.unsqueeze(-1).expand(*reps.shape, 2 * d))
+    rep_states = reduced.gather(-2, reps.unsqueeze(-1).expand(*reps.shape, reduced.shape[-1]))
     with torch.no_grad():
         rho = spectral_radius(mean_field_jacobian(rep_states, states, coupling, beta))
     num_stable = ((rho < 1) & (sizes > 0)).sum(dim=-1)

@@ -212,6 +212,7 @@ def test_rope_relative_coupling_reproduces_rotated_scores(tiny_dirs):
         assert float(x64[j] @ coupling @ x64[i]) == pytest.approx(float(scores[i, j]), abs=1e-4)
     norms = torch.stack([relative_coupling(lens, layer, head, dd).norm() for dd in range(9)])
     torch.set_grad_enabled(True)
+    assert result.rope_coupling_norm.shape == (2, 4, 9)
     assert torch.allclose(result.rope_coupling_norm[layer, head], norms, rtol=1e-6)
 
 

@@ -570,7 +570,7 @@ def _rope_coupling_norm(lens: LensModel, w_q: Tensor, w_k: Tensor, num: int) -> 
     gram_k = w_k @ w_k.transpose(-1, -2)
 
     def term(matrix: Tensor, left: Tensor, right: Tensor) -> Tensor:
-        return ((left @ (gram_k * matrix).unsqueeze(-3)) * right).sum(dim=-1)
+        return ((left @ (gram_k * matrix)) * right).sum(dim=-1)
 
     square = (
         term(gram_q, c, c)

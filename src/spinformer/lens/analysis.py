@@ -17,7 +17,8 @@ over (layer, head), with the functions of :mod:`spinformer.attention`:
 * **self-consistency** (seed 000, "How Boltzmann factors appear"; Ramsauer et al., "Hopfield
   Networks is All You Need", 2020): the head's mean-field map
   :math:`m \mapsto \sum_j x_j\,\mathrm{softmax}_j(\beta\,k_j\cdot q(m))` on the layer's tokens,
-  iterated from every token, and its critical :math:`\beta_c`.
+  iterated from the tokens (up to ``max_starts`` of them, evenly spaced), and its critical
+  :math:`\beta_c`.
 
 The mean-field map in query–key coordinates. The map sees :math:`m` only through the query
 :math:`q(m) = W_Q m + b_Q`, and the biases of the keys only shift a row. With the head's states
@@ -37,7 +38,7 @@ modulation, reported separately. For a causal model the system holds all the tok
 
 Phase of a head (criterion). With :math:`\beta` the head's own inverse temperature, :math:`\beta_c`
 where the high-temperature branch (continued from the token mean at small β) loses stability, and
-the distinct stable attractors reached by iterating the map from every token:
+the distinct stable attractors reached by iterating the map from the start tokens:
 
 * ``ordered`` (retrieval): :math:`\beta \ge \beta_c` — the high-temperature solution is unstable
   at the head's temperature; the iteration falls into condensed states;
@@ -96,7 +97,7 @@ class LensConfig:
         mean_field: compute self-consistent states, β_c and phases (the costly part).
         max_starts: the map is iterated from at most this many tokens, evenly spaced along the
             text (all of them when the text is shorter).
-        max_iter: Picard iterations of the mean-field map from every token.
+        max_iter: Picard iterations of the mean-field map from each start token.
         tol: residual tolerance of the fixed points, relative to the token radius.
         num_betas, bisection_steps: :func:`spinformer.attention.critical_beta`'s continuation
             grid and bisection refinements.

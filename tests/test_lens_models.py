@@ -156,7 +156,11 @@ def test_smollm2_perplexity_on_prose_is_far_below_the_vocabulary(smollm2):
 @needs_smollm2
 def test_cli_lens_smollm2(tmp_path):
     out = tmp_path / "lens"
-    result = CliRunner().invoke(app, ["lens", "smollm2", "--text", SENTENCES[1], "--out", str(out)])
+    # on this text LAPACK's eigensolver fails on one reduced 27×27 Jacobian (layer 29, head 7):
+    # the analysis must fall back to the full query-key coordinates, not crash
+    text = "Attention is the Boltzmann distribution of a spin system, and its output is a"
+    text += " magnetization. The cat sat on the mat."
+    result = CliRunner().invoke(app, ["lens", "smollm2", "--text", text, "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
     assert data["family"] == "llama" and len(data["phase_labels"]) == 30

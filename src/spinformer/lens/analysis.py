@@ -180,12 +180,25 @@ def _phases_from_states(
     x: Tensor, q: Tensor, k: Tensor, beta: Tensor, config: LensConfig
 ) -> HeadPhases:
     """Core: tokens x (*batch, N, D), unrotated queries/keys (*batch, N, d), β (*batch)."""
+    if q.shape[-2] < 2 * q.shape[-1]:
+        try:
+            return _phases(x, q, k, beta, config, reduce=True)
+        except torch.linalg.LinAlgError:
+            # LAPACK's eigensolver occasionally fails to converge on the small reduced
+            # Jacobians of real heads; the full 2d×2d problem has the same spectrum
+            pass
+    return _phases(x, q, k, beta, config, reduce=False)
+
+
+def _phases(
+    x: Tensor, q: Tensor, k: Tensor, beta: Tensor, config: LensConfig, reduce: bool
+) -> HeadPhases:
     d = q.shape[-1]
     full_states = torch.cat([q, k], dim=-1)
     full_coupling = full_states.new_zeros(2 * d, 2 * d)
     full_coupling[d:, :d] = torch.eye(d, dtype=q.dtype, device=q.device)
     num_tokens = full_states.shape[-2]
-    if num_tokens < 2 * d:
+    if reduce:
         # fewer tokens than coordinates: work in an orthonormal basis Q of their span (exact:
         # the map never leaves it, scores are yᵀ Q Qᵀ W' Q Qᵀ m, and the Jacobian keeps its
         # non-zero spectrum), so the eigenproblems are N×N instead of 2d×2d

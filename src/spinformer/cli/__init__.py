@@ -8,6 +8,7 @@ from __future__ import annotations
 from spinformer.cli import attention as _attention  # noqa: F401
 from spinformer.cli import experiments as _experiments  # noqa: F401
 from spinformer.cli import hopfield as _hopfield  # noqa: F401
+from spinformer.cli import lens as _lens  # noqa: F401
 from spinformer.cli import mc as _mc  # noqa: F401
 from spinformer.cli import spin as _spin  # noqa: F401
 from spinformer.cli import thermo as _thermo  # noqa: F401  (registers commands)

@@ -323,7 +323,7 @@ def test_ctrl_c_during_a_run_leaves_the_previous_output(tmp_path, command):
             if "running" in line:
                 break
         child.send_signal(signal.SIGINT)
-        _, stderr = child.communicate(timeout=60)
+        _, stderr = child.communicate(timeout=180)
     finally:
         child.kill()
     assert child.returncode == 130 and "Traceback" not in stderr

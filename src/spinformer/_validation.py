@@ -82,8 +82,9 @@ def check_square(matrix: Tensor, name: str) -> int:
 
 def check_symmetric(matrix: Tensor, name: str, rtol: float = 1e-6, atol: float = 1e-10) -> None:
     """Raise unless ``matrix`` equals its transpose in the last two dimensions."""
-    diff = (matrix - matrix.transpose(-1, -2)).abs().amax() if matrix.numel() else 0.0
-    scale = matrix.abs().amax() if matrix.numel() else 0.0
+    detached = matrix.detach()
+    diff = (detached - detached.transpose(-1, -2)).abs().amax() if matrix.numel() else 0.0
+    scale = detached.abs().amax() if matrix.numel() else 0.0
     if float(diff) > atol + rtol * float(scale):
         raise ValueError(
             f"{name} must be symmetric for an equilibrium model (max |J - J^T| = {float(diff):.3g});"

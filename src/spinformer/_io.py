@@ -23,6 +23,7 @@ this module, which gives three guarantees:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -38,7 +39,7 @@ try:  # POSIX; elsewhere writers are not serialised (each file is still replaced
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["MANIFEST_NAME", "atomic_write", "check_output_dir", "write_output_dir"]
+__all__ = ["MANIFEST_NAME", "atomic_write", "check_output_dir", "file_sha256", "write_output_dir"]
 
 MANIFEST_NAME = ".spinformer-manifest.json"
 """The file that marks a directory as spinformer output and lists the files spinformer wrote."""
@@ -85,9 +86,10 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
 
     The bytes are written to a temporary file in ``path``'s directory, flushed, and renamed over
     ``path`` with ``os.replace``; on any error or interrupt the temporary file is removed and
-    ``path`` is left as it was.
+    ``path`` is left as it was. Missing parent directories are created.
     """
     target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     staged = _stage(target, data)
     try:
         os.replace(staged, target)
@@ -95,6 +97,15 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
         staged.unlink(missing_ok=True)
         raise
     return target
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes as hex, read in 4 MiB blocks (model weights are large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _is_plain_name(name: str) -> bool:

@@ -12,7 +12,6 @@ different run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -27,6 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from spinformer._io import atomic_write, file_sha256
 
 __all__ = [
     "Checkpoint",
@@ -54,29 +55,6 @@ class Checkpoint:
     step: int
     tensors: dict[str, Tensor]
     meta: dict[str, Any]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _rng_tensors() -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -144,14 +122,14 @@ def save_checkpoint(
         "format": FORMAT,
         "step": step,
         "config": config,
-        "tensors_sha256": _sha256(tensor_path),
+        "tensors_sha256": file_sha256(tensor_path),
         "optimizer": {"param_groups": optim["param_groups"], "scalars": scalars},
         "scheduler": scheduler.state_dict(),
         "rng": rng_meta,
         **(extra or {}),
     }
     json_path = directory / f"{stem}.json"
-    write_atomic(json_path, json.dumps(record, indent=1).encode())
+    atomic_write(json_path, json.dumps(record, indent=1).encode())
     return json_path
 
 
@@ -189,7 +167,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     tensor_path = path.with_suffix(".safetensors")
     if not tensor_path.is_file():
         raise CheckpointError(f"checkpoint tensors {str(tensor_path)!r} are missing")
-    if _sha256(tensor_path) != meta.get("tensors_sha256"):
+    if file_sha256(tensor_path) != meta.get("tensors_sha256"):
         raise CheckpointError(
             f"checkpoint tensors {str(tensor_path)!r} are corrupt (SHA-256 differs from the one "
             f"recorded in {path.name})"

@@ -53,6 +53,7 @@ from rich.progress import (
 )
 from torch import Tensor, nn
 
+from spinformer._io import atomic_write
 from spinformer.train import models
 from spinformer.train.checkpoint import (
     CheckpointError,
@@ -61,7 +62,6 @@ from spinformer.train.checkpoint import (
     prune_checkpoints,
     restore,
     save_checkpoint,
-    write_atomic,
 )
 from spinformer.train.config import RESUMABLE_KEYS, ConfigError, TrainConfig
 from spinformer.train.tasks import IGNORE, Batch, Task, make_task
@@ -213,7 +213,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     kept = [
         line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
     ]
-    write_atomic(path, "".join(line + "\n" for line in kept).encode())
+    atomic_write(path, "".join(line + "\n" for line in kept).encode())
 
 
 def train(
@@ -324,7 +324,7 @@ def _run(
     end = config.max_steps if stop_at is None else min(stop_at, config.max_steps)
     metrics_path = out / METRICS_FILE
     if main:
-        write_atomic(
+        atomic_write(
             out / RUN_FILE,
             json.dumps(
                 {"config": config.to_dict(), "data": fingerprint, "parameters": parameters},

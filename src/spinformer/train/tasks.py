@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from spinformer.train.checkpoint import write_atomic
+from spinformer._io import atomic_write
 from spinformer.train.config import ConfigError, TrainConfig
 
 __all__ = ["IGNORE", "TASKS", "Batch", "Task", "make_task", "register_task"]
@@ -308,9 +308,9 @@ class CharLM(Task):
         meta = cache_dir / f"{stem}.json"
         if not meta.is_file():
             for split, piece in pieces.items():
-                write_atomic(cache_dir / f"{stem}.{split}.bin", piece.tobytes())
+                atomic_write(cache_dir / f"{stem}.{split}.bin", piece.tobytes())
             info = {"source": self.source, "vocab": self.vocab, "dtype": np.dtype(dtype).name}
-            write_atomic(meta, json.dumps({**info, "split_sha256": self.split_sha256}).encode())
+            atomic_write(meta, json.dumps({**info, "split_sha256": self.split_sha256}).encode())
         return {
             split: np.memmap(cache_dir / f"{stem}.{split}.bin", dtype=dtype, mode="r")
             for split in pieces

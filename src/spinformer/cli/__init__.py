@@ -10,6 +10,7 @@ from spinformer.cli import experiments as _experiments  # noqa: F401
 from spinformer.cli import hopfield as _hopfield  # noqa: F401
 from spinformer.cli import mc as _mc  # noqa: F401
 from spinformer.cli import spin as _spin  # noqa: F401
+from spinformer.cli import sweep as _sweep  # noqa: F401
 from spinformer.cli import thermo as _thermo  # noqa: F401  (registers commands)
 from spinformer.cli._app import app, main
 

@@ -228,6 +228,8 @@ def test_cli_bad_input_fails_before_any_point(tmp_path: Path) -> None:
         (["sweep", "sweep_probe", "--grid", "x=1", "--set", "sleep=-", "--out", str(out)], "--set sleep"),
         (["sweep", "sweep_probe", "--grid", "x=1", "--executor", "dask", "--address",
           "tcp://127.0.0.1:9", "--out", str(out)], "--address"),
+        (["sweep", "sweep_probe", "--grid", "x=1", "--executor", "ray", "--address",
+          "127.0.0.1:9", "--out", str(out)], "cannot reach the Ray cluster"),
     ]  # fmt: skip
     for args, expected in cases:
         result = runner.invoke(app, args)

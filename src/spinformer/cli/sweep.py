@@ -137,6 +137,7 @@ def sweep_command(
         finally:
             probe.close()
     console.print(f"sweep {name}: {len(points)} points on {executor}")
+
     try:
         result = sweep(
             name, parsed, seeds=seeds, fixed=fixed, executor=executor, workers=workers,
@@ -144,6 +145,9 @@ def sweep_command(
         )  # fmt: skip
     except ValueError as err:
         fail(str(err).replace("out ", "--out ", 1).replace("resume", "--resume", 1))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted:[/] finished rows are in {out}; --resume continues")
+        raise typer.Exit(code=130) from None
     failed = result.failures
     console.print(
         f"wrote {out}: {len(result.rows)} rows ({result.skipped} resumed, {len(failed)} failed)"

@@ -24,6 +24,7 @@ import importlib.util
 import math
 import multiprocessing
 import os
+import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -86,6 +87,24 @@ class Executor(Protocol):
     def run(self, tasks: Sequence[Task]) -> Iterator[tuple[int, dict[str, Any]]]: ...
 
     def close(self) -> None: ...
+
+
+def _check_reachable(address: str, what: str, timeout: float = 5.0) -> None:
+    """Fail fast (ValueError) unless ``address``'s host:port accepts a TCP connection.
+
+    Ray retries an unreachable GCS for minutes; a plain connect answers in at most ``timeout``.
+    An address without an explicit port (``auto``, ``local``) is left to the engine.
+    """
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ValueError(
+            f"address: cannot reach the {what} at {address!r}: {err.strerror or err}"
+        ) from None
 
 
 def _require(module: str, executor: str, install: str) -> Any:
@@ -154,6 +173,9 @@ class RayExecutor:
         if ray.is_initialized():
             return
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            _check_reachable(address, "Ray cluster")
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if self.address is None and not os.environ.get("RAY_ADDRESS"):
             kwargs["num_cpus"] = self.workers or len(os.sched_getaffinity(0))
@@ -203,6 +225,7 @@ class DaskExecutor:
         distributed = self.distributed
         try:
             if self.address is not None:
+                _check_reachable(self.address, "Dask scheduler")
                 self._client = distributed.Client(self.address, timeout="5s")
             else:
                 self._cluster = distributed.LocalCluster(

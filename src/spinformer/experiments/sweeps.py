@@ -14,10 +14,10 @@ Each experiment here is *one point* of a map, a pure function of its config, mea
   tokens m = 0 is a solution with Jacobian β C W_QK, C = N⁻¹ Σ_j x_j x_jᵀ, so it is stable
   exactly below the critical line β_c = 1/ρ(C W_QK) (recorded as ``beta_c``; it scales as 1/g).
 * ``vector_mean_field_error`` -- naive mean field and TAP against Monte Carlo (with its standard
-  error) for an SK model of N vector spins in D dimensions on the sphere of radius
-  R² = D/2 − 1... here R = 1: the mean-field error shrinks as D grows (large-N/large-D remark of
-  seed 000; each spin's field is averaged over more components). The slope in D is a fit over
-  the sweep's rows (:func:`log_log_slope`).
+  error) for an SK model of N unit vector spins in D dimensions (field of variance 1/D per
+  component): seed 000's large-N remark is that mean field becomes exact as the number of
+  components grows. The slope in D is a log-log fit over the sweep's rows
+  (:func:`log_log_slope`); the error is only resolved where it exceeds the Monte Carlo error.
 * ``hopfield_retrieval_point`` -- the final overlap of T = 0 asynchronous dynamics started at a
   stored pattern of a classical Hopfield network with P = αN random patterns (Amit, Gutfreund
   and Sompolinsky, "Storing infinite numbers of patterns in a spin-glass model of neural
@@ -41,6 +41,7 @@ from spinformer.experiments._registry import (
     Limit,
     register_experiment,
 )
+from spinformer.experiments.meanfield import _slope
 from spinformer.hopfield.capacity import classical_retrieval
 from spinformer.physics import VectorSpinModel, sherrington_kirkpatrick, thermodynamics
 
@@ -174,12 +175,7 @@ def vector_mean_field_error(
 
 def log_log_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Least-squares slope of log y against log x (the exponent of a power law y ∝ x^slope)."""
-    lx = [math.log(x) for x in xs]
-    ly = [math.log(y) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum(
-        (a - mx) ** 2 for a in lx
-    )
+    return _slope(xs, ys)
 
 
 @register_experiment(

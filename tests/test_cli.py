@@ -290,7 +290,8 @@ from spinformer.experiments import ExperimentResult, register_experiment
 @register_experiment("_test_slow", "Waits to be interrupted", section="_test slow")
 def _slow() -> ExperimentResult:
     print("running", flush=True)
-    time.sleep(120)
+    for _ in range(1200):  # short sleeps: Python checks for a pending SIGINT between them, which
+        time.sleep(0.1)  # one long sleep misses when the kernel hands the signal to another thread
     return ExperimentResult("_test_slow", {})
 
 from spinformer.cli import main

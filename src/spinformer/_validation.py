@@ -94,7 +94,7 @@ def check_symmetric(matrix: Tensor, name: str, rtol: float = 1e-6, atol: float =
 
 def check_zero_diagonal(matrix: Tensor, name: str) -> None:
     """Raise unless the diagonal of ``matrix`` vanishes (no self-coupling)."""
-    diag = matrix.diagonal(dim1=-2, dim2=-1)
+    diag = matrix.detach().diagonal(dim1=-2, dim2=-1)
     if diag.numel() and float(diag.abs().amax()) != 0.0:
         raise ValueError(
             f"{name} must have a zero diagonal (no self-coupling), got max |J_ii| = "

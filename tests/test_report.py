@@ -284,3 +284,33 @@ def test_cached_sections_reuse_only_results_of_the_same_code_and_config(tmp_path
     (tmp_path / "cache" / "_test_long_run.json").write_text("{not json")
     build("e", steps=4)
     assert _LONG_RUNS == [3, 4, 4, 4]  # a damaged entry is ignored and replaced
+
+
+# -- the sweeps section --------------------------------------------------------------------------
+
+
+def test_sweeps_section_experiments_run_at_a_tiny_size_with_figures_and_tables():
+    from spinformer.experiments import get_experiment, run_experiment
+    from spinformer.report import get_section
+
+    section = get_section("sweeps")
+    assert section.cached and section.claim
+    tiny = {
+        "sweep_phase_diagram": {"betas": (0.1, 1.0), "coupling_scales": (1.0, 2.0), "seeds": 1},
+        "sweep_mean_field_dimension": {
+            "dims": (2, 4, 8),
+            "seeds": 2,
+            "num_spins": 4,
+            "sweeps": 50,
+            "chains": 16,
+        },
+        "sweep_hopfield_scaling": {"sizes": (50, 100), "loads": (0.05, 0.3), "seeds": 2},
+    }
+    for name, config in tiny.items():
+        assert get_experiment(name).section == section.title
+        result = run_experiment(name, **config)
+        assert result.figures and result.tables and result.notes, name
+        assert all(rows for rows in result.tables.values()), name
+    phase = run_experiment("sweep_phase_diagram", **tiny["sweep_phase_diagram"]).metrics
+    # beta_c = 1/rho(C g W) scales exactly as 1/g (tied weights): beta_c * g is one number.
+    assert phase["beta_c_times_g_min"] == pytest.approx(phase["beta_c_times_g_max"], rel=1e-12)

@@ -258,7 +258,7 @@ def sweep_mean_field_dimension(
         "sizes": (200, 400, 800),
         "loads": (0.1, 0.12, 0.14, 0.16, 0.18),
         "seeds": 5,
-        "starts": 20,
+        "starts": 10,
     },
     limits={"sizes": POSITIVE, "loads": POSITIVE, "seeds": POSITIVE, "starts": POSITIVE},
 )

@@ -284,3 +284,38 @@ def test_cached_sections_reuse_only_results_of_the_same_code_and_config(tmp_path
     (tmp_path / "cache" / "_test_long_run.json").write_text("{not json")
     build("e", steps=4)
     assert _LONG_RUNS == [3, 4, 4, 4]  # a damaged entry is ignored and replaced
+
+
+# -- the sweeps section --------------------------------------------------------------------------
+
+
+_TINY_SWEEPS = {
+    "sweep_phase_diagram": {"betas": (0.1, 1.0), "coupling_scales": (1.0, 2.0), "seeds": 1},
+    "sweep_mean_field_dimension": {
+        "dims": (2, 4),
+        "seeds": 2,
+        "num_spins": 3,
+        "sweeps": 20,
+        "chains": 8,
+    },
+    "sweep_hopfield_scaling": {"sizes": (30, 60), "loads": (0.05, 0.3), "seeds": 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TINY_SWEEPS))
+def test_sweeps_section_experiments_run_at_a_tiny_size_with_figures_and_tables(name):
+    from spinformer.experiments import get_experiment, run_experiment
+    from spinformer.report import get_section
+
+    section = get_section("sweeps")
+    assert section.cached and section.claim
+    assert get_experiment(name).section == section.title
+    result = run_experiment(name, **_TINY_SWEEPS[name])
+    assert result.figures and result.tables and result.notes
+    assert all(rows for rows in result.tables.values())
+    if name == "sweep_phase_diagram":
+        # beta_c = 1/rho(C g W) scales exactly as 1/g (tied weights): beta_c * g is one number.
+        metrics = result.metrics
+        assert metrics["beta_c_times_g_min"] == pytest.approx(
+            metrics["beta_c_times_g_max"], rel=1e-12
+        )

@@ -36,6 +36,7 @@ FAST = {
     "input_dependent_magnetization": {"num_spins": 5},
     "module_anatomy": {"num_tokens": 8, "dim": 8},
     "benchmark_ratios": {"batch": 1, "seq": 8, "dim": 16, "heads": 2, "repeats": 1},
+    "sweep_hopfield_scaling": {"sizes": (30, 60), "loads": (0.05, 0.3), "seeds": 2},
 }
 
 pytestmark = pytest.mark.skipif(
@@ -46,7 +47,9 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    result = build_report(out, only=list(FAST), overrides=FAST)
+    result = build_report(
+        out, only=list(FAST), overrides=FAST, cache_dir=tmp_path_factory.mktemp("cache")
+    )
     assert result.failures == {}
     return result.path
 

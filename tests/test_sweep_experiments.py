@@ -64,3 +64,44 @@ def test_phase_figure_draws_the_grid_and_the_critical_line() -> None:
     line = ax.lines[0]
     assert list(line.get_ydata()) == [2.0, 1.0, 0.5]
     assert math.isclose(ax.get_ylim()[0], 0.125)
+
+
+@pytest.mark.slow
+def test_vector_mean_field_energy_error_is_resolved_and_falls_as_one_over_dimension() -> None:
+    # The Onsager reaction energy naive mean field omits is O(1/D) at fixed beta (Thouless,
+    # Anderson and Palmer 1977): from D = 2 to D = 8 the error must shrink about fourfold,
+    # stand far above the Monte Carlo error, and TAP (which keeps the term) must do better.
+    settings = {"num_spins": 8, "beta": 0.8, "sweeps": 30, "chains": 512, "seed": 0}
+    low = run_experiment("vector_mean_field_error", spin_dim=2, **settings).metrics
+    high = run_experiment("vector_mean_field_error", spin_dim=8, **settings).metrics
+    for point in (low, high):
+        assert point["mean_field_energy_error"] > 20 * point["mc_energy_stderr"]
+        assert point["tap_energy_error"] < 0.25 * point["mean_field_energy_error"]
+    ratio = low["mean_field_energy_error"] / high["mean_field_energy_error"]
+    assert 2.0 < ratio < 6.0  # 1/D predicts 4; no D-dependence 1, 1/D² 16
+
+
+def test_log_log_fit_recovers_a_power_law_and_its_weighted_error() -> None:
+    from spinformer.experiments.sweep_report import log_log_fit
+
+    xs = [2.0, 4.0, 8.0, 16.0]
+    slope, error = log_log_fit(xs, [3.0 * x**-1.5 for x in xs])
+    assert slope == pytest.approx(-1.5, abs=1e-12) and error == pytest.approx(0.0, abs=1e-12)
+    # Weighted: sigma_log = 0.1 everywhere gives the textbook 0.1/sqrt(sum (ln x - mean)^2).
+    ys = [x**-1.0 for x in xs]
+    slope, error = log_log_fit(xs, ys, [0.1 * y for y in ys])
+    logs = np.log(xs)
+    assert slope == pytest.approx(-1.0, abs=1e-12)
+    assert error == pytest.approx(0.1 / math.sqrt(((logs - logs.mean()) ** 2).sum()), rel=1e-12)
+    with pytest.raises(ValueError, match="xs"):
+        log_log_fit([2.0], [1.0])
+
+
+def test_crossing_load_interpolates_where_the_large_network_falls_below() -> None:
+    from spinformer.experiments.sweep_report import crossing_load
+
+    loads = [0.10, 0.12, 0.14, 0.16]
+    small = [1.4 - 5.0 * a for a in loads]  # the lines 1.4 - 5a and 1.725 - 7.5a
+    large = [1.725 - 7.5 * a for a in loads]  # meet at a = 0.325 / 2.5 = 0.13
+    assert crossing_load(loads, small, large) == pytest.approx(0.13, abs=1e-12)
+    assert crossing_load(loads, small, [s + 0.1 for s in small]) is None

@@ -131,3 +131,18 @@ for _section in (
     ),
 ):
     register_section(_section)
+
+register_section(
+    ReportSection(
+        "sweeps",
+        "Sweeps and phase diagrams",
+        "The seeds' questions are maps, not points: how many stable states attention's "
+        "self-consistency equation has across temperature and coupling (seed 000), how fast mean "
+        "field becomes exact as the spin dimension grows (seed 000's large-N remark), and where "
+        "Hopfield retrieval collapses as the network grows (seeds 000–002). Each map is a sweep "
+        "of one experiment over a grid and seeds, run by the same engine that runs them on Ray "
+        "or Dask.",
+        75,
+        cached=True,
+    )
+)

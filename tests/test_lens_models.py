@@ -164,3 +164,30 @@ def test_cli_lens_smollm2(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
     assert data["family"] == "llama" and len(data["phase_labels"]) == 30
+
+
+@needs_minilm
+def test_minilm_critical_beta_in_query_coordinates_equals_the_full_route(minilm, monkeypatch):
+    # the lens's β_c (d×d Jacobians in query coordinates) against the full computation on the
+    # stacked states (q_j, k_j) with the coupling [[0, 0], [I, 0]] (2d×2d Jacobians), every head
+    import spinformer.lens.analysis as lens_analysis
+    from spinformer.attention import critical_beta
+
+    seen = []
+    reduced_route = lens_analysis.critical_beta_qk
+
+    def both(q, k, **options):
+        reduced = reduced_route(q, k, **options)
+        d = q.shape[-1]
+        states = torch.cat([q, k], dim=-1)
+        coupling = states.new_zeros(2 * d, 2 * d)
+        coupling[d:, :d] = torch.eye(d, dtype=q.dtype)
+        seen.append((reduced.beta, critical_beta(states, coupling, **options).beta))
+        return reduced
+
+    monkeypatch.setattr(lens_analysis, "critical_beta_qk", both)
+    result = analyze(minilm, SENTENCES[0], config=LensConfig(max_starts=4))
+    (reduced, full) = seen[0]
+    assert bool(torch.isfinite(full).any())
+    torch.testing.assert_close(reduced, full, rtol=1e-9, atol=0)
+    torch.testing.assert_close(result.critical_beta, full)

@@ -65,7 +65,7 @@ from torch import Tensor
 
 from spinformer.attention import (
     couplings,
-    critical_beta,
+    critical_beta_qk,
     ensemble,
     mean_field_jacobian,
     padding_mask,
@@ -239,9 +239,10 @@ def _phases(
     with torch.no_grad():
         rho = spectral_radius(mean_field_jacobian(rep_states, states, coupling, beta))
     num_stable = ((rho < 1) & (sizes > 0)).sum(dim=-1)
-    crit = critical_beta(
-        states,
-        coupling,
+    # β_c in query coordinates: d×d Jacobians β Cov_α(q, k), d-dimensional solves
+    crit = critical_beta_qk(
+        full_states[..., :d],
+        full_states[..., d:],
         num_betas=config.num_betas,
         bisection_steps=config.bisection_steps,
         tol=config.tol,

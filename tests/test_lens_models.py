@@ -191,3 +191,29 @@ def test_minilm_critical_beta_in_query_coordinates_equals_the_full_route(minilm,
     assert bool(torch.isfinite(full).any())
     torch.testing.assert_close(reduced, full, rtol=1e-9, atol=0)
     torch.testing.assert_close(result.critical_beta, full)
+
+
+@needs_minilm
+def test_report_lens_experiment_runs_on_minilm():
+    from spinformer.experiments import get_experiment, run_experiment
+    from spinformer.lens import PHASES, RAMSAUER_CLASSES
+
+    assert get_experiment("lens_pretrained").report_config["models"] == ("minilm",)
+    result = run_experiment("lens_pretrained", models=("minilm",), num_tokens=20)
+    assert set(result.figures) == {"minilm_heatmaps", "minilm_entropy", "minilm_spin_system"}
+    rows = result.tables["phase counts and Ramsauer classes per layer"]
+    assert [row["layer"] for row in rows] == list(range(6))
+    # every head has exactly one phase and one Ramsauer class: 12 per layer
+    for row in rows:
+        assert sum(row[p] for p in PHASES) == 12
+        assert sum(row[f"Ramsauer {c}"] for c in RAMSAUER_CLASSES) == 12
+    assert sum(result.metrics[f"minilm_{p}_heads"] for p in PHASES) == 72
+    assert result.metrics["minilm_tokens"] == 20
+
+
+def test_report_lens_experiment_bad_models_name_the_key():
+    from spinformer.experiments import ConfigError, get_experiment
+
+    with pytest.raises(ConfigError, match="models must be among") as err:
+        get_experiment("lens_pretrained").bind({"models": ("bert-large",)})
+    assert err.value.key == "models"

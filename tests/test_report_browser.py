@@ -36,6 +36,7 @@ FAST = {
     "input_dependent_magnetization": {"num_spins": 5},
     "module_anatomy": {"num_tokens": 8, "dim": 8},
     "benchmark_ratios": {"batch": 1, "seq": 8, "dim": 16, "heads": 2, "repeats": 1},
+    "lens_pretrained": {"num_tokens": 24},
 }
 
 pytestmark = pytest.mark.skipif(

@@ -41,7 +41,10 @@ Phases. At small β the weights are nearly uniform and :math:`f(m) \approx \bar 
 :math:`\beta_c = 1/\rho(CW)`. In general :func:`critical_beta` finds the point by continuation:
 it follows the high-temperature branch in β (each solve warm-started from the previous one) until
 :math:`\rho` reaches 1 or the branch ends (a fold, where :math:`\rho \to 1` and the solution jumps),
-then bisects. For tokens :math:`\{+v, -v\}` with :math:`|v|^2 = 2` and :math:`W = I` this is a
+then bisects. For a head given by its factors, :func:`critical_beta_qk` does the same in query
+coordinates, where the Jacobian is the d×d matrix :math:`\beta\,\mathrm{Cov}_\alpha(q, k) =
+\beta W_Q \mathrm{Cov}_\alpha(x) W_K^\top` with the non-zero spectrum of :math:`\mathcal{J}`.
+For tokens :math:`\{+v, -v\}` with :math:`|v|^2 = 2` and :math:`W = I` this is a
 pitchfork at :math:`\beta_c = 1/2`, with :math:`m = \pm s v`, :math:`s = \tanh(2\beta s)` above it;
 in :math:`D = 1` with patterns :math:`\pm 1` the equation is Curie–Weiss, :math:`m = \tanh(\beta m)`.
 
@@ -628,9 +631,15 @@ def critical_beta_qk(
     :math:`g` is :math:`\beta\,\mathrm{Cov}_\alpha(q, k) = \beta\,W_Q \mathrm{Cov}_\alpha(x)
     W_K^\top`, whose eigenvalues are the non-zero ones of :math:`\beta\,\mathrm{Cov}_\alpha(x)
     W_K^\top W_Q` (eig(AB) = eig(BA) with A = W_Q, B = Cov W_Kᵀ): the same ρ, from a d×d
-    eigenproblem instead of a D×D one, and d-dimensional solves. Without biases the result
-    equals ``critical_beta(x, W_K.T @ W_Q)``; ``magnetization`` and ``branch`` are then the
-    query :math:`q(m)` of the high-temperature solution, not m.
+    eigenproblem instead of a D×D one, and d-dimensional solves. The token radius, the solver's
+    tolerance and the jump test (the fold detector) use the stacked coordinates
+    :math:`(q, \langle k\rangle_\alpha)`, so the result is, to rounding, that of
+    :func:`critical_beta` on the stacked states :math:`(q_j, k_j)` with the coupling
+    :math:`\begin{pmatrix}0 & 0\\ I & 0\end{pmatrix}`; against
+    ``critical_beta(x, W_K.T @ W_Q)`` (no biases) the spectral radii are the same, and β_c too
+    unless the jump test, measured in other coordinates, brackets a different grid step.
+    ``magnetization`` and ``branch`` are the query :math:`q(m)` of the high-temperature
+    solution, not m.
 
     Args:
         q: the tokens' queries (*batch, N, d); k: their keys (*batch, N, d).

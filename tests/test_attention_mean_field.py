@@ -10,6 +10,7 @@ from scipy.optimize import brentq
 
 from spinformer.attention import (
     critical_beta,
+    critical_beta_qk,
     fixed_points,
     mean_field_jacobian,
     mean_field_map,
@@ -202,3 +203,33 @@ def test_bad_input_is_rejected():
         phase_diagram(x, w, [1.0, -1.0])
     with pytest.raises(ValueError, match="method must be one of"):
         self_consistent(x, w, 1.0, method="newton")
+
+
+def test_critical_beta_qk_equals_the_full_coupling_route_and_the_pitchfork():
+    # query-key coordinates (d×d Jacobians β Cov_α(q, k)) against the D×D route
+    # β Cov_α(x) W_Kᵀ W_Q on the same heads, without biases
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 12, 6, generator=gen, dtype=torch.float64)
+    w_q = torch.randn(4, 2, 6, generator=gen, dtype=torch.float64)
+    w_k = torch.randn(4, 2, 6, generator=gen, dtype=torch.float64)
+    q, k = x @ w_q.transpose(-1, -2), x @ w_k.transpose(-1, -2)
+    full = critical_beta(x, w_k.transpose(-1, -2) @ w_q, num_betas=16, bisection_steps=30)
+    reduced = critical_beta_qk(q, k, num_betas=16, bisection_steps=30)
+    assert int(full.found.sum()) >= 3
+    torch.testing.assert_close(reduced.beta, full.beta, rtol=1e-9, atol=0)
+    # the query of the high-temperature state is W_Q m
+    torch.testing.assert_close(
+        reduced.magnetization, (full.magnetization.unsqueeze(-2) @ w_q.transpose(-1, -2))[..., 0, :]
+    )
+    # tokens ±v, |v|² = 2, W_Q = W_K = I: pitchfork at β_c = 1/2 (closed form)
+    v = torch.tensor([[1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    pitchfork = critical_beta_qk(v, v)
+    assert abs(float(pitchfork.beta) - 0.5) < 1e-6
+    assert abs(float(pitchfork.closed_form) - 0.5) < 1e-12
+
+
+def test_critical_beta_qk_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match="k must be a floating tensor"):
+        critical_beta_qk(torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="same"):
+        critical_beta_qk(torch.zeros(3, 2), torch.zeros(3, 4))

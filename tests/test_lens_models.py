@@ -164,3 +164,56 @@ def test_cli_lens_smollm2(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
     assert data["family"] == "llama" and len(data["phase_labels"]) == 30
+
+
+@needs_minilm
+def test_minilm_critical_beta_in_query_coordinates_equals_the_full_route(minilm, monkeypatch):
+    # the lens's β_c (d×d Jacobians in query coordinates) against the full computation on the
+    # stacked states (q_j, k_j) with the coupling [[0, 0], [I, 0]] (2d×2d Jacobians), every head
+    import spinformer.lens.analysis as lens_analysis
+    from spinformer.attention import critical_beta
+
+    seen = []
+    reduced_route = lens_analysis.critical_beta_qk
+
+    def both(q, k, **options):
+        reduced = reduced_route(q, k, **options)
+        d = q.shape[-1]
+        states = torch.cat([q, k], dim=-1)
+        coupling = states.new_zeros(2 * d, 2 * d)
+        coupling[d:, :d] = torch.eye(d, dtype=q.dtype)
+        seen.append((reduced.beta, critical_beta(states, coupling, **options).beta))
+        return reduced
+
+    monkeypatch.setattr(lens_analysis, "critical_beta_qk", both)
+    result = analyze(minilm, SENTENCES[0], config=LensConfig(max_starts=4))
+    (reduced, full) = seen[0]
+    assert bool(torch.isfinite(full).any())
+    torch.testing.assert_close(reduced, full, rtol=1e-9, atol=0)
+    torch.testing.assert_close(result.critical_beta, full)
+
+
+@needs_minilm
+def test_report_lens_experiment_runs_on_minilm():
+    from spinformer.experiments import get_experiment, run_experiment
+    from spinformer.lens import PHASES, RAMSAUER_CLASSES
+
+    assert get_experiment("lens_pretrained").report_config["models"] == ("minilm",)
+    result = run_experiment("lens_pretrained", models=("minilm",), num_tokens=20)
+    assert set(result.figures) == {"minilm_heatmaps", "minilm_entropy", "minilm_spin_system"}
+    rows = result.tables["phase counts and Ramsauer classes per layer"]
+    assert [row["layer"] for row in rows] == list(range(6))
+    # every head has exactly one phase and one Ramsauer class: 12 per layer
+    for row in rows:
+        assert sum(row[p] for p in PHASES) == 12
+        assert sum(row[f"Ramsauer {c}"] for c in RAMSAUER_CLASSES) == 12
+    assert sum(result.metrics[f"minilm_{p}_heads"] for p in PHASES) == 72
+    assert result.metrics["minilm_tokens"] == 20
+
+
+def test_report_lens_experiment_bad_models_name_the_key():
+    from spinformer.experiments import ConfigError, get_experiment
+
+    with pytest.raises(ConfigError, match="models must be among") as err:
+        get_experiment("lens_pretrained").bind({"models": ("bert-large",)})
+    assert err.value.key == "models"

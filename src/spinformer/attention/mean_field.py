@@ -41,7 +41,10 @@ Phases. At small β the weights are nearly uniform and :math:`f(m) \approx \bar 
 :math:`\beta_c = 1/\rho(CW)`. In general :func:`critical_beta` finds the point by continuation:
 it follows the high-temperature branch in β (each solve warm-started from the previous one) until
 :math:`\rho` reaches 1 or the branch ends (a fold, where :math:`\rho \to 1` and the solution jumps),
-then bisects. For tokens :math:`\{+v, -v\}` with :math:`|v|^2 = 2` and :math:`W = I` this is a
+then bisects. For a head given by its factors, :func:`critical_beta_qk` does the same in query
+coordinates, where the Jacobian is the d×d matrix :math:`\beta\,\mathrm{Cov}_\alpha(q, k) =
+\beta W_Q \mathrm{Cov}_\alpha(x) W_K^\top` with the non-zero spectrum of :math:`\mathcal{J}`.
+For tokens :math:`\{+v, -v\}` with :math:`|v|^2 = 2` and :math:`W = I` this is a
 pitchfork at :math:`\beta_c = 1/2`, with :math:`m = \pm s v`, :math:`s = \tanh(2\beta s)` above it;
 in :math:`D = 1` with patterns :math:`\pm 1` the equation is Curie–Weiss, :math:`m = \tanh(\beta m)`.
 
@@ -70,6 +73,7 @@ __all__ = [
     "PhaseDiagram",
     "SelfConsistentResult",
     "critical_beta",
+    "critical_beta_qk",
     "fixed_points",
     "mean_field_jacobian",
     "mean_field_map",
@@ -584,30 +588,161 @@ def critical_beta(
         raise ValueError(f"beta_min must be < beta_max, got {beta_min} and {beta_max}")
     x_b = x.expand(*batch, *x.shape[-2:])
     w_b = w_qk.expand(*batch, *w_qk.shape[-2:])
-    dtype, device = x.dtype, x.device
-    tol = _default_tol(dtype) if tol is None else tol
+    dtype = x.dtype
     # moments of the tokens divided by their largest |entry| s (no overflow of squares);
     # ρ(C W_QK) = s² ρ(C_s W_QK)
     tiny = torch.finfo(dtype).tiny
     size = x_b.detach().abs().amax(dim=(-1, -2)).clamp_min(tiny)
     x_s = x_b / size[..., None, None]
-    radius_s = x_s.norm(dim=-1).amax(dim=-1)
-    radius = (size * radius_s).clamp_min(tiny)
-    mean = x_s.mean(dim=-2) * size[..., None]
     centred = x_s - x_s.mean(dim=-2).unsqueeze(-2)
     cov_w = (centred.transpose(-1, -2) @ centred / x.shape[-2]) @ w_b
     if not bool(torch.isfinite(cov_w).all()):
         raise ValueError(
             f"w_qk is outside the {dtype} range: Cov(x) W_QK overflows; rescale w_qk or use float64"
         )
-    rho0 = _spectral_radius(cov_w) * size**2
+    return _follow_branch(
+        x_b, x_b @ w_b, cov_w, size**2, beta_min=beta_min, beta_max=beta_max,
+        num_betas=num_betas, bisection_steps=bisection_steps, tol=tol, max_iter=max_iter,
+        jump_tol=jump_tol,
+    )  # fmt: skip
+
+
+def critical_beta_qk(
+    q: Tensor,
+    k: Tensor,
+    *,
+    beta_min: float | None = None,
+    beta_max: float | None = None,
+    num_betas: int = 64,
+    bisection_steps: int = 40,
+    tol: float | None = None,
+    max_iter: int = 2000,
+    jump_tol: float = 0.25,
+) -> CriticalBeta:
+    r""":func:`critical_beta` of heads given by their tokens' queries and keys (d-dimensional).
+
+    The map sees m only through the query :math:`q(m) = W_Q m + b_Q`, and
+    :math:`q(\sum_j \alpha_j x_j) = \sum_j \alpha_j q_j` (the weights sum to one), so the
+    self-consistency equation in query coordinates reads
+    :math:`q = g(q) = \sum_j q_j\,\mathrm{softmax}_j(\beta\,k_j\cdot q)` with
+    :math:`q_j = W_Q x_j + b_Q`, :math:`k_j = W_K x_j + b_K` (a key bias shifts every score of a
+    row by the same amount and cancels). Fixed points correspond one to one
+    (:math:`q^* = q(m^*)`, :math:`m^* = \sum_j \alpha_j(q^*) x_j`), and the Jacobian of
+    :math:`g` is :math:`\beta\,\mathrm{Cov}_\alpha(q, k) = \beta\,W_Q \mathrm{Cov}_\alpha(x)
+    W_K^\top`, whose eigenvalues are the non-zero ones of :math:`\beta\,\mathrm{Cov}_\alpha(x)
+    W_K^\top W_Q` (eig(AB) = eig(BA) with A = W_Q, B = Cov W_Kᵀ): the same ρ, from a d×d
+    eigenproblem instead of a D×D one, and d-dimensional solves. The token radius, the solver's
+    tolerance and the jump test (the fold detector) use the stacked coordinates
+    :math:`(q, \langle k\rangle_\alpha)`, so the result is, to rounding, that of
+    :func:`critical_beta` on the stacked states :math:`(q_j, k_j)` with the coupling
+    :math:`\begin{pmatrix}0 & 0\\ I & 0\end{pmatrix}`; against
+    ``critical_beta(x, W_K.T @ W_Q)`` (no biases) the spectral radii are the same, and β_c too
+    unless the jump test, measured in other coordinates, brackets a different grid step.
+    ``magnetization`` and ``branch`` are the query :math:`q(m)` of the high-temperature
+    solution, not m.
+
+    Args:
+        q: the tokens' queries (*batch, N, d); k: their keys (*batch, N, d).
+        The other arguments are :func:`critical_beta`'s.
+    """
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim < 2:
+            raise ValueError(
+                f"{name} must be a floating tensor of shape (..., N, d), got {describe(t)}"
+            )
+        check_finite(t, name)
+    if q.shape[-2:] != k.shape[-2:]:
+        raise ValueError(
+            f"q and k must have the same (N, d) trailing shape, got {tuple(q.shape)} and"
+            f" {tuple(k.shape)}"
+        )
+    try:
+        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    except RuntimeError as err:
+        raise ValueError(
+            f"q and k batch shapes must broadcast, got {tuple(q.shape[:-2])} and"
+            f" {tuple(k.shape[:-2])}"
+        ) from err
+    if q.shape[-2] == 0:
+        raise ValueError(f"q must hold at least one token, got shape {tuple(q.shape)}")
+    q_b = q.expand(*batch, *q.shape[-2:])
+    k_b = k.expand(*batch, *k.shape[-2:])
+    tiny = torch.finfo(q.dtype).tiny
+    size_q = q_b.detach().abs().amax(dim=(-1, -2)).clamp_min(tiny)
+    size_k = k_b.detach().abs().amax(dim=(-1, -2)).clamp_min(tiny)
+    q_c = q_b / size_q[..., None, None]
+    k_c = k_b / size_k[..., None, None]
+    q_c = q_c - q_c.mean(dim=-2, keepdim=True)
+    k_c = k_c - k_c.mean(dim=-2, keepdim=True)
+    cov_qk = q_c.transpose(-1, -2) @ k_c / q.shape[-2]
+    return _follow_branch(
+        q_b, k_b, cov_qk, size_q * size_k, track=k_b, beta_min=beta_min, beta_max=beta_max,
+        num_betas=num_betas, bisection_steps=bisection_steps, tol=tol, max_iter=max_iter,
+        jump_tol=jump_tol,
+    )  # fmt: skip
+
+
+def _cross_jacobian(m: Tensor, values: Tensor, keys: Tensor, beta: Tensor) -> Tensor:
+    """β Cov_α(values, keys) (…, Q, D, D): the Jacobian of m ↦ Σ_j values_j softmax_j(β keys_j·m).
+
+    With values = x and keys = x W_QK this is :func:`mean_field_jacobian`'s β Cov_α(x) W_QK.
+    """
+    alpha = _weights(m, keys, beta)  # (…, Q, N)
+    mean_v = alpha @ values
+    mean_k = alpha @ keys
+    second = torch.einsum("...qn,...na,...nb->...qab", alpha, values, keys)
+    cov = second - mean_v.unsqueeze(-1) * mean_k.unsqueeze(-2)
+    return beta[..., None, None, None] * cov
+
+
+def _follow_branch(
+    values: Tensor,
+    keys: Tensor,
+    cov_scaled: Tensor,
+    cov_scale: Tensor,
+    *,
+    track: Tensor | None = None,
+    beta_min: float | None,
+    beta_max: float | None,
+    num_betas: int,
+    bisection_steps: int,
+    tol: float | None,
+    max_iter: int,
+    jump_tol: float,
+) -> CriticalBeta:
+    """Continuation and bisection of :func:`critical_beta` for the map m ↦ Σ_j v_j α_j(β k_j·m).
+
+    ``values`` and ``keys`` (*batch, N, D) are broadcast; the uniform-weight covariance
+    Cov(values, keys) is ``cov_scale · cov_scaled`` (kept factored against overflow). With
+    ``track`` (*batch, N, E), the token radius, the solver's tolerance and the jump test use the
+    stacked coordinates (m, Σ_j α_j track_j), as if the states were (values_j, track_j).
+    """
+    if isinstance(num_betas, bool) or not isinstance(num_betas, int) or num_betas < 2:
+        raise ValueError(f"num_betas must be an integer >= 2, got {num_betas!r}")
+    for name, value in (("beta_min", beta_min), ("beta_max", beta_max)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite float, got {value!r}")
+    if beta_min is not None and beta_max is not None and beta_min >= beta_max:
+        raise ValueError(f"beta_min must be < beta_max, got {beta_min} and {beta_max}")
+    batch = values.shape[:-2]
+    dtype, device = values.dtype, values.device
+    tol = _default_tol(dtype) if tol is None else tol
+    tiny = torch.finfo(dtype).tiny
+    size = values.detach().abs().amax(dim=(-1, -2)).clamp_min(tiny)
+    v_s = values / size[..., None, None]
+    radius_s = v_s.norm(dim=-1).amax(dim=-1)
+    radius = (size * radius_s).clamp_min(tiny)
+    mean = v_s.mean(dim=-2) * size[..., None]
+    if track is not None:
+        radius = _token_radius(torch.cat([values, track], dim=-1))
+    rho0 = _spectral_radius(cov_scaled) * cov_scale
     if not bool(torch.isfinite(rho0).all()) or bool(((rho0 > 0) & (1.0 / rho0 < tiny)).any()):
-        largest = float((_spectral_radius(cov_w.double()) * size.double() ** 2).max())
+        largest = float((_spectral_radius(cov_scaled.double()) * cov_scale.double()).max())
         raise ValueError(
             f"x and w_qk are outside the {dtype} range: ρ(Cov(x) W_QK) = {largest:.3g}, so"
             f" β_c ~ 1/ρ is not a normal {dtype} number; rescale x or w_qk, or use float64"
         )
-    centred_data = x_s.mean(dim=-2).norm(dim=-1) <= 1e3 * torch.finfo(dtype).eps * radius_s
+    centred_data = v_s.mean(dim=-2).norm(dim=-1) <= 1e3 * torch.finfo(dtype).eps * radius_s
     closed = torch.where(centred_data & (rho0 > 0), 1.0 / rho0, torch.nan)
     scale = torch.where(rho0 > 0, 1.0 / rho0.clamp_min(torch.finfo(dtype).tiny), 1.0)
     lo_factor = math.log(1e-3) if beta_min is None else None
@@ -624,23 +759,35 @@ def critical_beta(
         else torch.full_like(scale, math.log(beta_max))
     )
     betas = torch.exp(log_lo[..., None] + (log_hi - log_lo)[..., None] * t)  # (*batch, K)
-    keys = x_b @ w_b
     _check_scores(keys, radius, betas.amax(dim=-1))
 
     def solve(beta: Tensor, init: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m, ok, _, _ = _solve(
-            x_b, keys, beta, init.unsqueeze(-2), radius, method="anderson", tol=tol,
+            values, keys, beta, init.unsqueeze(-2), radius, method="anderson", tol=tol,
             max_iter=max_iter, damping=1.0, implicit=False, warn=False,
         )  # fmt: skip
         m = m.squeeze(-2).detach()
-        rho = _jacobian_radius(_jacobian(m.unsqueeze(-2), x_b, keys, w_b, beta).squeeze(-3))
+        rho = _jacobian_radius(_cross_jacobian(m.unsqueeze(-2), values, keys, beta).squeeze(-3))
         return m, ok.squeeze(-1), rho
 
     branch, radii, broken = [], [], []
     m_prev = mean
+
+    def displacement(m: Tensor, m_ref: Tensor, beta: Tensor, beta_ref: Tensor) -> Tensor:
+        step = (m - m_ref).norm(dim=-1)
+        if track is None:
+            return step
+        tracked = _weights(m.unsqueeze(-2), keys, beta) @ track
+        tracked_ref = _weights(m_ref.unsqueeze(-2), keys, beta_ref) @ track
+        return torch.sqrt(step**2 + (tracked - tracked_ref).squeeze(-2).norm(dim=-1) ** 2)
+
     for step in range(num_betas):
         m, ok, rho = solve(betas[..., step], m_prev)
-        jump = (m - m_prev).norm(dim=-1) > jump_tol * radius if step else torch.zeros_like(ok)
+        jump = (
+            displacement(m, m_prev, betas[..., step], betas[..., step - 1]) > jump_tol * radius
+            if step
+            else torch.zeros_like(ok)
+        )
         branch.append(m)
         radii.append(rho)
         broken.append(~ok | (rho >= 1) | jump)
@@ -655,12 +802,14 @@ def critical_beta(
     lower = (first - 1).clamp_min(0)
     lo = betas.gather(-1, lower[..., None]).squeeze(-1)
     hi = betas.gather(-1, first[..., None]).squeeze(-1)
-    m_lo = branch_t.gather(-2, lower[..., None, None].expand(*batch, 1, x.shape[-1])).squeeze(-2)
+    m_lo = branch_t.gather(-2, lower[..., None, None].expand(*batch, 1, values.shape[-1])).squeeze(
+        -2
+    )
     rho_lo = radii_t.gather(-1, lower[..., None]).squeeze(-1)
     for _ in range(bisection_steps):
         mid = 0.5 * (lo + hi)
         m, ok, rho = solve(mid, m_lo)
-        good = ok & (rho < 1) & ((m - m_lo).norm(dim=-1) <= jump_tol * radius)
+        good = ok & (rho < 1) & (displacement(m, m_lo, mid, lo) <= jump_tol * radius)
         lo = torch.where(good, mid, lo)
         hi = torch.where(good, hi, mid)
         m_lo = torch.where(good[..., None], m, m_lo)

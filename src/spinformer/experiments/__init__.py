@@ -6,6 +6,7 @@ Importing this package registers every experiment module listed below.
 from spinformer.experiments import attention as _attention  # noqa: F401
 from spinformer.experiments import benchmarks as _benchmarks  # noqa: F401
 from spinformer.experiments import hopfield as _hopfield  # noqa: F401
+from spinformer.experiments import lens as _lens  # noqa: F401
 from spinformer.experiments import meanfield as _meanfield  # noqa: F401
 from spinformer.experiments import montecarlo as _montecarlo  # noqa: F401
 from spinformer.experiments import seedclaims as _seedclaims  # noqa: F401

@@ -29,9 +29,12 @@ coupling :math:`W' = \begin{pmatrix}0 & 0\\ I & 0\end{pmatrix}`, one has
 states, :math:`L f(m) = f'(L m)`; fixed points correspond one to one (:math:`m = \sum_j \alpha_j
 x_j`), and the Jacobians :math:`\beta\,\mathrm{Cov}(x) W_K^\top W_Q` and
 :math:`\beta L\,\mathrm{Cov}(x) L^\top W'` have the same non-zero eigenvalues (eig(AB) = eig(BA)).
-So :func:`spinformer.attention.self_consistent` and :func:`spinformer.attention.critical_beta` run
-unchanged on 2d-dimensional states instead of D-dimensional ones (d = head size), biases
-included. For rotary models this is the coupling at :math:`\Delta = 0` (R(0) = I): the lens
+So :func:`spinformer.attention.self_consistent` runs unchanged on 2d-dimensional states instead
+of D-dimensional ones (d = head size), biases included. β_c goes one step further, to the query
+alone (:func:`spinformer.attention.critical_beta_qk`): the map
+:math:`q \mapsto \sum_j q_j\,\mathrm{softmax}_j(\beta k_j\cdot q)` has the Jacobian
+:math:`\beta\,\mathrm{Cov}_\alpha(q, k)`, a d×d matrix with the same non-zero spectrum, so
+each continuation step is a d-dimensional solve and a d×d eigenproblem for all heads at once. For rotary models this is the coupling at :math:`\Delta = 0` (R(0) = I): the lens
 treats the content couplings as the spin system and the rotation as a position-dependent
 modulation, reported separately. For a causal model the system holds all the tokens of the text
 (the ensemble of the last position).
@@ -65,7 +68,7 @@ from torch import Tensor
 
 from spinformer.attention import (
     couplings,
-    critical_beta,
+    critical_beta_qk,
     ensemble,
     mean_field_jacobian,
     padding_mask,
@@ -239,9 +242,10 @@ def _phases(
     with torch.no_grad():
         rho = spectral_radius(mean_field_jacobian(rep_states, states, coupling, beta))
     num_stable = ((rho < 1) & (sizes > 0)).sum(dim=-1)
-    crit = critical_beta(
-        states,
-        coupling,
+    # β_c in query coordinates: d×d Jacobians β Cov_α(q, k), d-dimensional solves
+    crit = critical_beta_qk(
+        full_states[..., :d],
+        full_states[..., d:],
         num_betas=config.num_betas,
         bisection_steps=config.bisection_steps,
         tol=config.tol,

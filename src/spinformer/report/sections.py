@@ -45,6 +45,14 @@ class ReportSection:
 _SECTIONS: dict[str, ReportSection] = {}
 
 
+def _lens_available() -> str | None:
+    """``None`` when MiniLM and the lens extra are installed, else what to install."""
+    from spinformer.experiments.lens import LENS_INSTALL, missing_lens_packages
+
+    missing = missing_lens_packages("minilm")
+    return f"needs {', '.join(missing)}: {LENS_INSTALL['minilm']}" if missing else None
+
+
 def register_section(section: ReportSection) -> ReportSection:
     """Add ``section`` to the report (its name and title must be new)."""
     for other in _SECTIONS.values():
@@ -120,6 +128,16 @@ for _section in (
         "of a free-energy block splits into residual, token-mixing, normalisation and "
         "channel-mixing parts — the transformer module, recognised in a spin system.",
         60,
+    ),
+    ReportSection(
+        "lens",
+        "The lens on real transformers",
+        "Seed 000's dictionary applied to pretrained models: every head of a real transformer "
+        "read as couplings W_Kᵀ W_Q at its own β on real English text, with the Boltzmann "
+        "ensemble of every token, the self-consistent states of its mean-field map, its β_c and "
+        "a phase, and Ramsauer et al.'s (2020) classes of heads by how many tokens they average.",
+        70,
+        available=_lens_available,
     ),
     ReportSection(
         "benchmarks",

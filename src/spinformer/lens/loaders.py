@@ -29,7 +29,6 @@ offline switches and passes ``local_files_only=True``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -41,6 +40,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from spinformer._io import file_sha256
 
 __all__ = [
     "FAMILIES",
@@ -86,14 +87,6 @@ def cache_dir() -> Path:
     """Where converted models are cached: ``$SPINFORMER_CACHE`` or ``~/.cache/spinformer``."""
     root = os.environ.get("SPINFORMER_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "spinformer"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +346,7 @@ def _check_sha256(path: Path, expected: str, what: str) -> None:
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key in _VERIFIED:
         return
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise ValueError(
             f"checksum mismatch for {what} {str(path)!r}: sha256 {actual}, expected {expected}"

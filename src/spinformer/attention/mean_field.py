@@ -579,13 +579,6 @@ def critical_beta(
     batch = _check_system(x, w_qk)
     if x.shape[-2] == 0:
         raise ValueError(f"x must hold at least one token, got shape {tuple(x.shape)}")
-    if isinstance(num_betas, bool) or not isinstance(num_betas, int) or num_betas < 2:
-        raise ValueError(f"num_betas must be an integer >= 2, got {num_betas!r}")
-    for name, value in (("beta_min", beta_min), ("beta_max", beta_max)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive finite float, got {value!r}")
-    if beta_min is not None and beta_max is not None and beta_min >= beta_max:
-        raise ValueError(f"beta_min must be < beta_max, got {beta_min} and {beta_max}")
     x_b = x.expand(*batch, *x.shape[-2:])
     w_b = w_qk.expand(*batch, *w_qk.shape[-2:])
     dtype = x.dtype

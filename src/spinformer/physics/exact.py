@@ -240,16 +240,39 @@ def _enumerate(
         state = chunk if state is None else _merge_chunks(state, chunk, beta, susceptibility)
     assert state is not None
     reference, log_z_ref, mean_excess, var_e, mean_s, cov_s = state
+    chi = beta[..., None, None] * cov_s if susceptibility else None
+    return _from_reference(reference, log_z_ref, mean_excess, var_e, beta, mean_s, chi, "enumerate")
+
+
+def _from_reference(
+    reference: Tensor,
+    log_z_ref: Tensor,
+    mean_excess: Tensor,
+    var_e: Tensor,
+    beta: Tensor,
+    magnetization: Tensor,
+    susceptibility: Tensor | None,
+    route: str,
+) -> Thermodynamics:
+    r"""Exact thermodynamics from energies measured from a reference E_ref near the ground state.
+
+    With :math:`\ln Z_\text{ref} = \ln \sum e^{-\beta(E - E_\text{ref})}` and the excess
+    :math:`\langle \Delta E\rangle`: :math:`\ln Z = \ln Z_\text{ref} - \beta E_\text{ref}`,
+    :math:`U = E_\text{ref} + \langle\Delta E\rangle`,
+    :math:`S = \beta\langle\Delta E\rangle + \ln Z_\text{ref}` (no two terms of size
+    :math:`\beta|E_0|` cancel, so S keeps its digits at any β) and
+    :math:`C = \beta^2 \mathrm{Var}(E)`.
+    """
     return Thermodynamics.from_log_partition(
         log_partition=log_z_ref - beta * reference,
         energy=reference + mean_excess,
         entropy=beta * mean_excess + log_z_ref,
         heat_capacity=beta**2 * var_e,
-        magnetization=mean_s,
-        susceptibility=beta[..., None, None] * cov_s if susceptibility else None,
+        magnetization=magnetization,
+        susceptibility=susceptibility,
         beta=beta,
         method="exact",
-        extras={"route": "enumerate"},
+        extras={"route": route},
     )
 
 
@@ -556,16 +579,8 @@ def _transfer(model: IsingModel, susceptibility: bool, progress: bool | None) ->
             covariance = covariance.permute(*range(covariance.ndim - 4), -3, -4, -1, -2)
         n = model.num_spins
         chi = beta[..., None, None] * covariance.reshape(*model.batch_shape, n, n)
-    return Thermodynamics.from_log_partition(
-        log_partition=log_z_ref - beta * reference,
-        energy=reference + mean_excess,
-        entropy=beta * mean_excess + log_z_ref,
-        heat_capacity=beta**2 * var_e,
-        magnetization=magnetization,
-        susceptibility=chi,
-        beta=beta,
-        method="exact",
-        extras={"route": "transfer"},
+    return _from_reference(
+        reference, log_z_ref, mean_excess, var_e, beta, magnetization, chi, "transfer"
     )
 
 

@@ -33,7 +33,6 @@ from spinformer.experiments._registry import (
     Limit,
     register_experiment,
 )
-from spinformer.experiments.thermo import curie_weiss_binomial
 from spinformer.hopfield import ClassicalHopfield, random_patterns
 from spinformer.physics import (
     IsingModel,
@@ -44,10 +43,10 @@ from spinformer.physics import (
     square_lattice,
     thermodynamics,
 )
+from spinformer.physics.reference import ONSAGER_BETA_C, curie_weiss_binomial
 
 __all__ = ["critical_slowing_down", "ergodicity", "monte_carlo_published_values"]
 
-BETA_C = 0.5 * math.log(1.0 + math.sqrt(2.0))
 SECTION = "Monte Carlo and ergodicity"
 
 
@@ -93,7 +92,7 @@ def monte_carlo_published_values(
         }
     )
     small = thermodynamics(
-        square_lattice(8, beta=BETA_C),
+        square_lattice(8, beta=ONSAGER_BETA_C),
         "monte_carlo",
         algorithm="wolff",
         sweeps=sweeps,
@@ -149,7 +148,7 @@ def critical_slowing_down(
     """
     rows = []
     for size in sizes:
-        model = square_lattice(size, beta=BETA_C, dtype=torch.float32)
+        model = square_lattice(size, beta=ONSAGER_BETA_C, dtype=torch.float32)
         metro = sample(model, sweeps, burn_in=sweeps // 5, chains=chains, generator=_gen(seed))
         wolff = sample(
             model, clusters, burn_in=clusters // 5, chains=chains, method="wolff",

@@ -15,8 +15,6 @@ r"""Attention as a spin system: the seed demonstrations as experiments (seeds 00
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
 
 import numpy as np
 import torch
@@ -28,6 +26,7 @@ from spinformer.attention import (
     fixed_points,
     self_consistent,
 )
+from spinformer.data import text_tokens
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
@@ -231,57 +230,6 @@ def attention_extensivity(
             f" shared (intensive). Largest deviation: {worst:.1e}."
         ],
     )
-
-
-def _prose() -> str:
-    """English prose shipped with CPython (the pydoc topics), joined in a fixed order."""
-    from pydoc_data.topics import topics
-
-    return "\n".join(topics[key] for key in sorted(topics))
-
-
-def text_tokens(
-    num_tokens: int, dim: int, vocabulary: int = 1000, window: int = 2, topic: str = "if"
-) -> tuple[torch.Tensor, list[str]]:
-    """Token vectors for ``num_tokens`` consecutive words of real text (float64, (N, dim)).
-
-    Word vectors are the top singular vectors of the positive pointwise mutual information of
-    word co-occurrences (±``window`` words) over CPython's ``pydoc_data.topics`` prose, plus
-    sinusoidal positions, each token standardized (zero mean, unit variance) as a transformer's
-    layer norm would. The sentence is the start of the ``topic`` entry, restricted to the
-    vocabulary. Deterministic; no download.
-    """
-    from pydoc_data.topics import topics
-
-    words = re.findall(r"[a-z]+", _prose().lower())
-    counts = Counter(words)
-    vocab = [w for w, _ in counts.most_common(vocabulary)]
-    index = {w: i for i, w in enumerate(vocab)}
-    ids = np.array([index.get(w, -1) for w in words])
-    cooc = np.zeros((len(vocab), len(vocab)))
-    for shift in range(1, window + 1):
-        a, b = ids[:-shift], ids[shift:]
-        keep = (a >= 0) & (b >= 0)
-        np.add.at(cooc, (a[keep], b[keep]), 1.0)
-    cooc = cooc + cooc.T
-    total = cooc.sum()
-    row = cooc.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pmi = np.log(cooc * total / (row * row.T))
-    ppmi = np.where(np.isfinite(pmi) & (pmi > 0), pmi, 0.0)
-    u, s, _ = np.linalg.svd(ppmi, hermitian=True)
-    vectors = torch.from_numpy(u[:, :dim] * np.sqrt(s[:dim]))
-    sentence = [w for w in re.findall(r"[a-z]+", topics[topic].lower()) if w in index]
-    sentence = (sentence * (num_tokens // max(len(sentence), 1) + 1))[:num_tokens]
-    x = vectors[[index[w] for w in sentence]]
-    position = torch.arange(num_tokens, dtype=torch.float64)[:, None]
-    frequency = torch.exp(-math.log(1e4) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    encoding = torch.zeros(num_tokens, dim, dtype=torch.float64)
-    encoding[:, 0::2] = torch.sin(position * frequency)
-    encoding[:, 1::2] = torch.cos(position * frequency)[:, : dim // 2]
-    x = x / x.std(dim=-1, keepdim=True).clamp_min(1e-12) + 0.5 * encoding
-    x = (x - x.mean(dim=-1, keepdim=True)) / x.std(dim=-1, keepdim=True)
-    return x, sentence
 
 
 @register_experiment(

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from spinformer.data import topic_text
 from spinformer.experiments._registry import (
     POSITIVE,
     ConfigError,
@@ -56,9 +57,7 @@ def missing_lens_packages(model: str) -> list[str]:
 
 def lens_text() -> str:
     """The fixed English text: CPython's reference entries for ``if``, ``while`` and ``for``."""
-    from pydoc_data.topics import topics
-
-    return "".join(topics[name] for name in _TOPICS)
+    return topic_text(_TOPICS)
 
 
 def _check_models(config: Mapping[str, Any]) -> None:

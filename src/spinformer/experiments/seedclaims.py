@@ -22,6 +22,7 @@ import math
 import torch
 from torch import Tensor
 
+from spinformer.data import sentence_words, sinusoidal_positions
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import POSITIVE, ExperimentResult, Limit, register_experiment
 from spinformer.nn import FreeEnergyAttention
@@ -141,26 +142,14 @@ def input_dependent_magnetization(
 _SENTENCE_TOPIC = "assignment"
 
 
-def _sentence_tokens(max_tokens: int) -> list[str]:
-    """Words of the first sentence of an entry in CPython's bundled docs (real English prose)."""
-    from pydoc_data.topics import topics
-
-    words = topics[_SENTENCE_TOPIC].replace("\n", " ").split()
-    words = [w.strip(".,:;()*`\"'") for w in words]
-    return [w for w in words if w.isalpha()][:max_tokens]
-
-
 def _embed(tokens: list[str], dim: int, seed: int) -> Tensor:
     """Layer-normalised embeddings: a seeded random vector per word plus sinusoidal positions."""
     vocabulary = {w: i for i, w in enumerate(dict.fromkeys(tokens))}
     generator = torch.Generator().manual_seed(seed)
     table = torch.randn(len(vocabulary), dim, generator=generator, dtype=torch.float64)
-    position = torch.arange(len(tokens), dtype=torch.float64)[:, None]
-    frequency = torch.exp(-math.log(1e4) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    sinusoid = torch.zeros(len(tokens), dim, dtype=torch.float64)
-    sinusoid[:, 0::2] = torch.sin(position * frequency)
-    sinusoid[:, 1::2] = torch.cos(position * frequency)
-    x = table[torch.tensor([vocabulary[w] for w in tokens])] + sinusoid
+    x = table[torch.tensor([vocabulary[w] for w in tokens])] + sinusoidal_positions(
+        len(tokens), dim
+    )
     return torch.nn.functional.layer_norm(x, (dim,))
 
 
@@ -187,7 +176,7 @@ def module_anatomy(
     (seed 003's correlation term). The four parts add up to the full −∂F/∂h; the table lists
     their sizes per token.
     """
-    tokens = _sentence_tokens(num_tokens)
+    tokens = sentence_words(_SENTENCE_TOPIC, num_tokens)
     if len(tokens) < num_tokens:
         raise ValueError(f"num_tokens must be at most {len(tokens)} (words in the sentence)")
     torch.manual_seed(seed)

@@ -30,6 +30,7 @@ from spinformer.data import text_tokens
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
+    CliCommand,
     ExperimentResult,
     ordered,
     register_experiment,
@@ -49,8 +50,12 @@ SECTION = "Attention as a spin system"
 
 
 @register_experiment(
-    "attention_seed_table",
-    "Seed 000's transformer table, three ways",
+    title="The transformer's equations, three ways",
+    cli=CliCommand(
+        "attention",
+        "table",
+        "The transformer's equations in index notation, compact notation and our module.",
+    ),
     section=SECTION,
     order=20,
     limits={"num_tokens": POSITIVE, "dim": POSITIVE},
@@ -145,8 +150,6 @@ def attention_seed_table(num_tokens: int = 5, dim: int = 4, seed: int = 0) -> Ex
     )
     worst = max(worst, susceptibility)
     return ExperimentResult(
-        name="attention_seed_table",
-        config={"num_tokens": num_tokens, "dim": dim, "seed": seed},
         metrics={"max_abs_difference": worst},
         tables={"seed 000 table": rows},
         notes=[
@@ -157,8 +160,12 @@ def attention_seed_table(num_tokens: int = 5, dim: int = 4, seed: int = 0) -> Ex
 
 
 @register_experiment(
-    "attention_extensivity",
-    "Extensivity: non-interacting ensembles add",
+    title="Extensivity: non-interacting ensembles add",
+    cli=CliCommand(
+        "attention",
+        "extensivity",
+        "ln Z, F, U, S, C of two non-interacting attention ensembles add.",
+    ),
     section=SECTION,
     order=21,
     limits={"num_keys_a": POSITIVE, "num_keys_b": POSITIVE, "dim": POSITIVE, "betas": POSITIVE},
@@ -215,14 +222,6 @@ def attention_extensivity(
                 }
             )
     return ExperimentResult(
-        name="attention_extensivity",
-        config={
-            "num_keys_a": num_keys_a,
-            "num_keys_b": num_keys_b,
-            "dim": dim,
-            "betas": tuple(betas),
-            "seed": seed,
-        },
         metrics={"max_abs_difference": worst, "num_states": num_keys_a * num_keys_b},
         tables={"extensive quantities": rows},
         notes=[
@@ -233,8 +232,12 @@ def attention_extensivity(
 
 
 @register_experiment(
-    "attention_beta_sweep",
-    "Entropy and heat capacity of an attention layer against β",
+    title="Entropy and heat capacity of an attention layer against β",
+    cli=CliCommand(
+        "attention",
+        "sweep",
+        "Entropy and heat capacity of each head of an attention layer against β (real text).",
+    ),
     section=SECTION,
     order=22,
     report_config={"num_betas": 49},
@@ -331,17 +334,6 @@ def attention_beta_sweep(
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
     return ExperimentResult(
-        name="attention_beta_sweep",
-        config={
-            "num_tokens": num_tokens,
-            "embed_dim": embed_dim,
-            "num_heads": num_heads,
-            "num_betas": num_betas,
-            "beta_factor_min": beta_factor_min,
-            "beta_factor_max": beta_factor_max,
-            "causal": causal,
-            "seed": seed,
-        },
         metrics=metrics,
         tables={"per head": rows},
         figures={"entropy_heat_capacity_vs_beta": fig},
@@ -360,8 +352,12 @@ def pitchfork_tokens(dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 
 @register_experiment(
-    "attention_bifurcation",
-    "Bifurcation diagram of the self-consistency equation",
+    title="Bifurcation diagram of the self-consistency equation",
+    cli=CliCommand(
+        "attention",
+        "bifurcation",
+        "Fixed points of the mean-field self-consistency equation against β, with β_c.",
+    ),
     section=SECTION,
     order=23,
     report_config={"num_betas": 25},
@@ -450,15 +446,6 @@ def attention_bifurcation(
     axes[2].set_xlabel("β")
     axes[2].set_ylabel("basin fractions (queries)")
     return ExperimentResult(
-        name="attention_bifurcation",
-        config={
-            "num_betas": num_betas,
-            "beta_max": beta_max,
-            "num_patterns": num_patterns,
-            "dim": dim,
-            "num_random": num_random,
-            "seed": seed,
-        },
         metrics={
             "pitchfork_beta_c_continuation": float(critical.beta),
             "pitchfork_beta_c_closed_form": float(critical.closed_form),
@@ -482,8 +469,12 @@ def attention_bifurcation(
 
 
 @register_experiment(
-    "attention_mean_field_bridges",
-    "Pitchfork and Curie–Weiss numbers",
+    title="Pitchfork and Curie–Weiss numbers",
+    cli=CliCommand(
+        "attention",
+        "bridges",
+        "Pitchfork (β_c = 1/2, s = tanh(2βs)) and Curie–Weiss (m = tanh(βm)) numbers.",
+    ),
     section=SECTION,
     order=24,
 )
@@ -521,8 +512,6 @@ def attention_mean_field_bridges() -> ExperimentResult:
     ]
     worst = max(r["|error|"] for r in table)
     return ExperimentResult(
-        name="attention_mean_field_bridges",
-        config={},
         metrics={"max_abs_error": worst, "pitchfork_s": abs(s), "curie_weiss_m": abs(cw)},
         tables={"closed forms": table},
         notes=[

@@ -69,8 +69,7 @@ def _training_step(module: nn.Module, call: Callable[[], object]) -> Callable[[]
 
 
 @register_experiment(
-    "benchmark_ratios",
-    "Benchmark ratios on this machine",
+    title="Benchmark ratios on this machine",
     section="Benchmarks",
     order=90,
     report_config={"seq": 64, "dim": 64, "repeats": 5},
@@ -179,15 +178,6 @@ def benchmark_ratios(
     ax.legend(fontsize=7)
     ratio = {f"{r['benchmark']} {r['mode']}: {r['case']}": r["ratio"] for r in rows}
     return ExperimentResult(
-        name="benchmark_ratios",
-        config={
-            "batch": batch,
-            "seq": seq,
-            "dim": dim,
-            "heads": heads,
-            "repeats": repeats,
-            "seed": seed,
-        },
         metrics={
             "machine": machine,
             "attention inference ratio": ratio["attention inference: BoltzmannAttention"],

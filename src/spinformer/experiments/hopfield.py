@@ -31,7 +31,13 @@ from spinformer.hopfield import (
     random_sphere_patterns,
 )
 
-__all__ = ["classical_capacity", "hopfield_landscapes", "modern_capacity"]
+__all__ = [
+    "classical_capacity",
+    "hopfield_capacity",
+    "hopfield_landscapes",
+    "modern_capacity",
+    "modern_hopfield_capacity",
+]
 
 SECTION = "Hopfield memories"
 AGS_CRITICAL_LOAD = 0.138
@@ -42,8 +48,8 @@ def _gen(seed: int) -> torch.Generator:
 
 
 @register_experiment(
-    "hopfield_capacity",
-    "Classical Hopfield capacity: the retrieval cliff near alpha_c = 0.138",
+    title="Classical Hopfield capacity: the retrieval cliff near alpha_c = 0.138",
+    cli="hopfield capacity",
     section=SECTION,
     order=30,
     report_config={"loads": (0.05, 0.1, 0.13, 0.16, 0.2), "starts": 10},
@@ -54,7 +60,7 @@ def _gen(seed: int) -> torch.Generator:
         "corruption": UNIT_INTERVAL,
     },
 )
-def classical_capacity(
+def hopfield_capacity(
     num_spins: int = 1000,
     loads: tuple[float, ...] = (0.04, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.25),
     starts: int = 20,
@@ -105,8 +111,6 @@ def classical_capacity(
         f"overlap_alpha_{a:g}": float(m) for a, m in zip(loads, curve.mean_overlap, strict=True)
     }
     return ExperimentResult(
-        name="hopfield_capacity",
-        config={"num_spins": num_spins, "loads": tuple(loads), "starts": starts, "seed": seed},
         metrics=metrics,
         tables={"retrieval vs load": rows, "basins of attraction": basin_rows},
         figures={"capacity": fig},
@@ -118,8 +122,8 @@ def classical_capacity(
 
 
 @register_experiment(
-    "modern_hopfield_capacity",
-    "Modern Hopfield capacity and its three regimes",
+    title="Modern Hopfield capacity and its three regimes",
+    cli="hopfield modern-capacity",
     section=SECTION,
     order=31,
     report_config={"counts": (2, 16, 128, 1024), "queries": 32, "dims": (4, 8, 12)},
@@ -132,7 +136,7 @@ def classical_capacity(
         "queries": POSITIVE,
     },
 )
-def modern_capacity(
+def modern_hopfield_capacity(
     dim: int = 8,
     counts: tuple[int, ...] = (2, 8, 32, 128, 512, 2048),
     betas: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0),
@@ -197,16 +201,6 @@ def modern_capacity(
         for b, beta in enumerate(regime_betas)
     ]
     return ExperimentResult(
-        name="modern_hopfield_capacity",
-        config={
-            "dim": dim,
-            "counts": tuple(counts),
-            "betas": tuple(betas),
-            "dims": tuple(dims),
-            "capacity_beta": capacity_beta,
-            "queries": queries,
-            "seed": seed,
-        },
         metrics={f"capacity_D{r['D']}": r["largest P with error <= 5%"] for r in capacity_rows},
         tables={
             "retrieval error": rows,
@@ -223,8 +217,8 @@ def modern_capacity(
 
 
 @register_experiment(
-    "hopfield_landscapes",
-    "Energy landscapes: modern plane through patterns, classical paths between attractors",
+    title="Energy landscapes: modern plane through patterns, classical paths between attractors",
+    cli="hopfield landscapes",
     section=SECTION,
     order=32,
     report_config={"grid": 61},
@@ -296,8 +290,6 @@ def hopfield_landscapes(
     axes[1].legend(fontsize=7)
     retrieved = net.retrieve(starts).state
     return ExperimentResult(
-        name="hopfield_landscapes",
-        config={"dim": dim, "beta": beta, "grid": grid, "num_spins": num_spins, "seed": seed},
         metrics={
             "energy_min_on_plane": float(energy.min()),
             "retrieved_kinds": ",".join(net.classify(retrieved)),
@@ -310,3 +302,10 @@ def hopfield_landscapes(
             "attractors climb a barrier of order N.",
         ],
     )
+
+
+classical_capacity = hopfield_capacity
+"""Deprecated alias of :func:`hopfield_capacity` (the registered name)."""
+
+modern_capacity = modern_hopfield_capacity
+"""Deprecated alias of :func:`modern_hopfield_capacity` (the registered name)."""

@@ -71,8 +71,7 @@ def _check_models(config: Mapping[str, Any]) -> None:
 
 
 @register_experiment(
-    "lens_pretrained",
-    "Real transformers read as spin systems: phases, entropies and couplings of every head",
+    title="Real transformers read as spin systems: phases, entropies and couplings of every head",
     section=SECTION,
     order=10,
     report_config={"models": ("minilm",)},
@@ -87,8 +86,7 @@ def lens_pretrained(
     from spinformer.lens import PHASES, RAMSAUER_CLASSES, analyze, load
     from spinformer.lens._figures import lens_figures
 
-    config = {"models": tuple(models), "num_tokens": num_tokens}
-    result = ExperimentResult("lens_pretrained", config)
+    result = ExperimentResult()
     text = lens_text()
     rows: list[dict[str, Any]] = []
     for name in models:

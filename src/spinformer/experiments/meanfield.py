@@ -22,19 +22,21 @@ import numpy as np
 import torch
 from matplotlib.ticker import NullFormatter
 
+from spinformer import physics
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
+    CliCommand,
     ExperimentResult,
     Limit,
     ordered,
     register_experiment,
 )
 from spinformer.physics import IsingModel, sherrington_kirkpatrick, thermodynamics
-from spinformer.physics.meanfield import bessel_response, large_d_response, transformer_radius
 
 __all__ = [
     "associative_recall_batch",
+    "large_d_response",
     "large_d_response_error",
     "mean_field_tap_scaling",
     "spin_transformer_recall",
@@ -48,13 +50,17 @@ def _slope(xs, ys) -> float:
 
 
 @register_experiment(
-    "large_d_response",
-    "Large-D response vs exact Bessel response",
+    title="Large-D response vs exact Bessel response",
+    cli=CliCommand(
+        "spin",
+        "response",
+        "Large-D response φ vs the exact Bessel response: error and its 1/D slope.",
+    ),
     section=SECTION,
     order=50,
     limits={"dims": Limit(3), "beta": POSITIVE, "num_fields": POSITIVE, "max_field": POSITIVE},
 )
-def large_d_response_error(
+def large_d_response(
     dims: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024),
     beta: float = 1.0,
     num_fields: int = 80,
@@ -66,13 +72,13 @@ def large_d_response_error(
     rows, errors = [], []
     fig, ax = new_figure()
     for dim in dims:
-        radius = transformer_radius(dim)
+        radius = physics.transformer_radius(dim)
         direction = torch.randn(dim, generator=g, dtype=torch.float64)
         direction = direction / direction.norm()
         scale = torch.logspace(-2, math.log10(max_field), num_fields, dtype=torch.float64) / beta
         theta = scale[:, None] * radius * direction
-        exact = bessel_response(theta, beta, radius)
-        approx = large_d_response(theta, beta, radius)
+        exact = physics.bessel_response(theta, beta, radius)
+        approx = physics.large_d_response(theta, beta, radius)
         rel = ((approx - exact).norm(dim=-1) / exact.norm(dim=-1)).numpy()
         errors.append(float(rel.max()))
         rows.append(
@@ -89,14 +95,6 @@ def large_d_response_error(
     ax.set_ylabel("|φ − m_Bessel| / |m_Bessel|")
     ax.legend(fontsize=7)
     return ExperimentResult(
-        name="large_d_response",
-        config={
-            "dims": tuple(dims),
-            "beta": beta,
-            "num_fields": num_fields,
-            "max_field": max_field,
-            "seed": seed,
-        },
         metrics={"loglog_slope": slope, "max_error_largest_D": errors[-1]},
         tables={"error vs D": rows},
         figures={"relative_error": fig},
@@ -108,8 +106,12 @@ def large_d_response_error(
 
 
 @register_experiment(
-    "mean_field_tap_scaling",
-    "Naive mean field and TAP vs exact enumeration (SK, couplings × ε)",
+    title="Naive mean field and TAP vs exact enumeration (SK, couplings × ε)",
+    cli=CliCommand(
+        "spin",
+        "tap",
+        "Naive mean field and TAP vs exact enumeration as the couplings shrink (ε², ε³).",
+    ),
     section=SECTION,
     order=51,
     limits={"num_spins": POSITIVE, "epsilons": POSITIVE, "beta": POSITIVE},
@@ -148,14 +150,6 @@ def mean_field_tap_scaling(
     ax.set_ylabel("max |m − m_exact|")
     ax.legend()
     return ExperimentResult(
-        name="mean_field_tap_scaling",
-        config={
-            "num_spins": num_spins,
-            "epsilons": tuple(epsilons),
-            "beta": beta,
-            "field_scale": field_scale,
-            "seed": seed,
-        },
         metrics={
             "naive_slope": slopes["mean_field"],
             "tap_slope": slopes["tap"],
@@ -189,8 +183,13 @@ def associative_recall_batch(
 
 
 @register_experiment(
-    "spin_transformer_recall",
-    "Training a SpinTransformer vs a Transformer on associative recall",
+    title="Training a SpinTransformer vs a Transformer on associative recall",
+    cli=CliCommand(
+        "spin",
+        "train",
+        "Train SpinTransformer and the Transformer reference on associative recall.\n\n"
+        "Example: spinformer spin train --set steps=100 --set \"blocks=('spin','mean_field')\"",
+    ),
     section=SECTION,
     order=52,
     report_config={"steps": 120},
@@ -295,21 +294,6 @@ def spin_transformer_recall(
     if len(rows) > 1:
         metrics["time_ratio_vs_first"] = rows[-1]["seconds"] / rows[0]["seconds"]
     return ExperimentResult(
-        name="spin_transformer_recall",
-        config={
-            "blocks": tuple(blocks),
-            "steps": steps,
-            "batch": batch,
-            "num_pairs": num_pairs,
-            "num_keys": num_keys,
-            "num_values": num_values,
-            "d_model": d_model,
-            "n_heads": n_heads,
-            "n_layers": n_layers,
-            "lr": lr,
-            "spin_steps": spin_steps,
-            "seed": seed,
-        },
         metrics=metrics,
         tables={"training": rows},
         figures={"loss": fig},
@@ -318,3 +302,7 @@ def spin_transformer_recall(
             "Accuracy on 1024 fresh sequences."
         ],
     )
+
+
+large_d_response_error = large_d_response
+"""Deprecated alias of :func:`large_d_response` (the registered name)."""

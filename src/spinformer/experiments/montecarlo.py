@@ -45,7 +45,13 @@ from spinformer.physics import (
 )
 from spinformer.physics.reference import ONSAGER_BETA_C, curie_weiss_binomial
 
-__all__ = ["critical_slowing_down", "ergodicity", "monte_carlo_published_values"]
+__all__ = [
+    "critical_slowing_down",
+    "ergodicity",
+    "mc_critical_slowing_down",
+    "mc_published_values",
+    "monte_carlo_published_values",
+]
 
 SECTION = "Monte Carlo and ergodicity"
 
@@ -55,16 +61,14 @@ def _gen(seed: int) -> torch.Generator:
 
 
 @register_experiment(
-    "mc_published_values",
-    "Monte Carlo against published finite-lattice values",
+    title="Monte Carlo against published finite-lattice values",
+    cli="mc published",
     section=SECTION,
     order=40,
     report_config={"sweeps": 400, "chains": 8},
     limits={"sweeps": POSITIVE, "chains": POSITIVE},
 )
-def monte_carlo_published_values(
-    sweeps: int = 1000, chains: int = 16, seed: int = 0
-) -> ExperimentResult:
+def mc_published_values(sweeps: int = 1000, chains: int = 16, seed: int = 0) -> ExperimentResult:
     """32×32 torus at β = 0.5 (E/N = −1.74556446) and 8×8 at β_c (⟨m²⟩ = 0.6469115750).
 
     Metropolis (checkerboard) for the first, Wolff for the second; each estimate is compared
@@ -117,8 +121,6 @@ def monte_carlo_published_values(
     )
     worst = max(abs(r["z"]) for r in rows)
     return ExperimentResult(
-        name="mc_published_values",
-        config={"sweeps": sweeps, "chains": chains, "seed": seed},
         metrics={"max_abs_z": worst, "energy_per_spin_32": e, "m2_8": m2},
         tables={"published values": rows},
         notes=[f"Largest deviation: {worst:.2f} standard errors (acceptance: < 3)."],
@@ -126,14 +128,14 @@ def monte_carlo_published_values(
 
 
 @register_experiment(
-    "mc_critical_slowing_down",
-    "Critical slowing down: Wolff vs Metropolis at beta_c",
+    title="Critical slowing down: Wolff vs Metropolis at beta_c",
+    cli="mc slowing-down",
     section=SECTION,
     order=41,
     report_config={"sizes": (8, 16), "sweeps": 800, "clusters": 200, "chains": 8},
     limits={"sizes": Limit(2), "sweeps": POSITIVE, "clusters": POSITIVE, "chains": POSITIVE},
 )
-def critical_slowing_down(
+def mc_critical_slowing_down(
     sizes: tuple[int, ...] = (8, 16, 32),
     sweeps: int = 3000,
     clusters: int = 600,
@@ -187,8 +189,6 @@ def critical_slowing_down(
     ax.set_title("critical slowing down at β_c", fontsize=10)
     ax.legend()
     return ExperimentResult(
-        name="mc_critical_slowing_down",
-        config={"sizes": tuple(sizes), "sweeps": sweeps, "clusters": clusters, "chains": chains},
         metrics=metrics,
         tables={"autocorrelation times": rows},
         figures={"tau_vs_L": fig},
@@ -272,8 +272,8 @@ def _basin_mixture(
 
 
 @register_experiment(
-    "ergodicity",
-    "Ergodicity and its breaking: time vs ensemble averages, the mixture of basins",
+    title="Ergodicity and its breaking: time vs ensemble averages, the mixture of basins",
+    cli="mc ergodicity",
     section=SECTION,
     order=42,
     report_config={"size": 10, "sweeps": 1500, "chains": 8},
@@ -409,20 +409,6 @@ def ergodicity(
     axes_t[1].set_title(f"below T_c: β={beta_low}, stuck in a basin", fontsize=10)
     axes_t[1].legend(fontsize=7)
     return ExperimentResult(
-        name="ergodicity",
-        config={
-            "size": size,
-            "beta_high": beta_high,
-            "beta_low": beta_low,
-            "field": field,
-            "sweeps": sweeps,
-            "chains": chains,
-            "cw_size": cw_size,
-            "cw_beta": cw_beta,
-            "cw_field": cw_field,
-            "cw_sweeps": cw_sweeps,
-            "seed": seed,
-        },
         metrics={
             "above_tc_energy_z": (e_time - float(exact_hot.energy) / n) / e_err,
             "basin_plus_m": mp,
@@ -460,3 +446,10 @@ def ergodicity(
             f"basins (equal weights by symmetry) the overlaps vanish (max |mean| = {ensemble:.3f}).",
         ],
     )
+
+
+monte_carlo_published_values = mc_published_values
+"""Deprecated alias of :func:`mc_published_values` (the registered name)."""
+
+critical_slowing_down = mc_critical_slowing_down
+"""Deprecated alias of :func:`mc_critical_slowing_down` (the registered name)."""

@@ -65,8 +65,7 @@ def _correlation_route(field: Tensor, scores: Tensor, gain: float, beta: float) 
 
 
 @register_experiment(
-    "input_dependent_magnetization",
-    "Magnetization with field-dependent couplings: autodiff of ln Z against correlations",
+    title="Magnetization with field-dependent couplings: autodiff of ln Z against correlations",
     section=SECTION,
     order=60,
     limits={"num_spins": Limit(2, 16), "beta": POSITIVE, "gain": Limit(0)},
@@ -123,8 +122,6 @@ def input_dependent_magnetization(
     ax.set_title(f"N={num_spins} Ising, softmax couplings J(h), β={beta}")
     ax.legend(fontsize=7)
     return ExperimentResult(
-        name="input_dependent_magnetization",
-        config={"num_spins": num_spins, "beta": beta, "gain": gain, "seed": seed},
         metrics={
             "max_abs_difference": difference,
             "coupling_term_share": float(coupling_term.norm() / formula.norm()),
@@ -154,8 +151,7 @@ def _embed(tokens: list[str], dim: int, seed: int) -> Tensor:
 
 
 @register_experiment(
-    "module_anatomy",
-    "Recognising the transformer module in a free-energy block",
+    title="Recognising the transformer module in a free-energy block",
     section=SECTION,
     order=61,
     limits={"num_tokens": Limit(2, 64), "dim": Limit(3, 256), "beta": POSITIVE},
@@ -231,8 +227,6 @@ def module_anatomy(
     ax.set_title(f"FreeEnergyAttention, one head, d={dim}, β={beta}")
     ax.legend(fontsize=7)
     return ExperimentResult(
-        name="module_anatomy",
-        config={"num_tokens": num_tokens, "dim": dim, "beta": beta, "seed": seed},
         metrics={
             "parts_sum_error": closure,
             "saddle_converged": bool(solved.converged.all()),

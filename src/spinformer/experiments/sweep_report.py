@@ -100,8 +100,7 @@ def crossing_load(
 
 
 @register_experiment(
-    "sweep_phase_diagram",
-    "Phase diagram of attention's mean-field equation over β × coupling scale",
+    title="Phase diagram of attention's mean-field equation over β × coupling scale",
     section=SECTION,
     order=10,
     report_config={
@@ -139,8 +138,6 @@ def sweep_phase_diagram(
     above = [r for r in rows if r["beta_over_beta_c"] > 1.0]
     products = [c["beta_c_times_g"] for c in critical]
     return ExperimentResult(
-        "sweep_phase_diagram",
-        {"betas": betas, "coupling_scales": coupling_scales, "seeds": seeds},
         metrics={
             "points": len(rows),
             "beta_c_times_g_min": min(products),
@@ -165,8 +162,7 @@ def sweep_phase_diagram(
 
 
 @register_experiment(
-    "sweep_mean_field_dimension",
-    "Mean field becomes exact as the spin dimension D grows",
+    title="Mean field becomes exact as the spin dimension D grows",
     section=SECTION,
     order=11,
     report_config={
@@ -235,8 +231,6 @@ def sweep_mean_field_dimension(
     metrics["mean_field_error_largest_D"] = table[-1]["mean_field |ΔU|/N"]
     metrics["largest_mc_stderr"] = max(e["MC s.e."] for e in table)
     return ExperimentResult(
-        "sweep_mean_field_dimension",
-        {"dims": dims, "seeds": seeds, "num_spins": num_spins, "beta": beta},
         metrics=metrics,
         tables={"energy error per spin": table},
         figures={"error vs D": fig},
@@ -250,8 +244,7 @@ def sweep_mean_field_dimension(
 
 
 @register_experiment(
-    "sweep_hopfield_scaling",
-    "Hopfield retrieval overlap against load for growing N, crossing near α_c",
+    title="Hopfield retrieval overlap against load for growing N, crossing near α_c",
     section=SECTION,
     order=12,
     report_config={
@@ -323,8 +316,6 @@ def sweep_hopfield_scaling(
         "seeds_without_crossing": len(per_seed) - len(found),
     }
     return ExperimentResult(
-        "sweep_hopfield_scaling",
-        {"sizes": sizes, "loads": loads, "seeds": seeds, "starts": starts},
         metrics=metrics,
         tables={"overlap": table},
         figures={"overlap vs load": fig},

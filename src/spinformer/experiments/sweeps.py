@@ -73,8 +73,7 @@ def centred_tokens_and_coupling(
 
 
 @register_experiment(
-    "attention_phase_point",
-    "One point of the phase diagram of attention's mean-field equation",
+    title="One point of the phase diagram of attention's mean-field equation",
     limits={"beta": POSITIVE, "coupling_scale": POSITIVE, "num_tokens": Limit(2), "dim": POSITIVE},
 )
 def attention_phase_point(
@@ -93,8 +92,6 @@ def attention_phase_point(
     stable = found.stable
     basins = found.basin_fraction[stable]
     return ExperimentResult(
-        name="attention_phase_point",
-        config={"beta": beta, "coupling_scale": coupling_scale, "seed": seed},
         metrics={
             "num_stable": int(stable.sum()),
             "num_fixed_points": found.num_fixed_points,
@@ -144,8 +141,7 @@ def _edges(centres: Sequence[float]) -> list[float]:
 
 
 @register_experiment(
-    "vector_mean_field_error",
-    "Naive mean field and TAP against Monte Carlo for vector spins of dimension D",
+    title="Naive mean field and TAP against Monte Carlo for vector spins of dimension D",
     limits={"spin_dim": Limit(2), "num_spins": Limit(2), "beta": POSITIVE, "sweeps": POSITIVE},
 )
 def vector_mean_field_error(
@@ -190,8 +186,6 @@ def vector_mean_field_error(
             (approx.energy - reference.energy).abs() / num_spins
         )
     return ExperimentResult(
-        "vector_mean_field_error",
-        {"spin_dim": spin_dim, "beta": beta, "seed": seed},
         metrics=metrics,
     )
 
@@ -202,8 +196,7 @@ def log_log_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 
 @register_experiment(
-    "hopfield_retrieval_point",
-    "Classical Hopfield retrieval overlap at one load α and size N",
+    title="Classical Hopfield retrieval overlap at one load α and size N",
     limits={"num_spins": Limit(2), "load": POSITIVE, "starts": POSITIVE},
 )
 def hopfield_retrieval_point(
@@ -214,8 +207,6 @@ def hopfield_retrieval_point(
         num_spins, (load,), starts, generator=torch.Generator().manual_seed(seed)
     )
     return ExperimentResult(
-        "hopfield_retrieval_point",
-        {"num_spins": num_spins, "load": load, "seed": seed},
         metrics={
             "overlap": float(curve.mean_overlap[0]),
             "fraction_retrieved": float(curve.fraction_retrieved[0]),

@@ -41,8 +41,7 @@ BETA_CRITICAL = ONSAGER_BETA_C
 
 
 @register_experiment(
-    "ising_exact_checks",
-    "Exact Ising values by independent routes",
+    title="Exact Ising values by independent routes",
     section="Exact spin-model physics",
     order=10,
 )
@@ -94,8 +93,6 @@ def ising_exact_checks() -> ExperimentResult:
         for r in rows
     )
     return ExperimentResult(
-        name="ising_exact_checks",
-        config={},
         metrics={"max_abs_error": worst},
         tables={"published values": rows},
         notes=[
@@ -105,8 +102,7 @@ def ising_exact_checks() -> ExperimentResult:
 
 
 @register_experiment(
-    "ising_lattice_sweep",
-    "Square-lattice Ising tori against Onsager",
+    title="Square-lattice Ising tori against Onsager",
     section="Exact spin-model physics",
     order=11,
     report_config={"sizes": (4, 6, 8), "num_betas": 61},
@@ -156,13 +152,6 @@ def ising_lattice_sweep(
     axes[2].legend(fontsize=8)
     metrics["beta_critical"] = ONSAGER_BETA_C
     return ExperimentResult(
-        name="ising_lattice_sweep",
-        config={
-            "sizes": tuple(sizes),
-            "beta_min": beta_min,
-            "beta_max": beta_max,
-            "num_betas": num_betas,
-        },
         metrics=metrics,
         tables={"finite-size summary": rows},
         figures={"thermodynamics_vs_beta": fig},

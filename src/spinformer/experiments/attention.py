@@ -1,7 +1,7 @@
-r"""Attention as a spin system: the seed demonstrations as experiments (seeds 000–002).
+r"""Attention as a spin system (Bal, "Transformers are secretly collectives of spin systems", 2021).
 
-* ``attention_seed_table``: the transformer equations of seed 000 evaluated three ways -- in index
-  notation (explicit index contractions), in compact matrix notation, and by our module (and
+* ``attention_seed_table``: the transformer equations (Vaswani et al., "Attention is all you
+  need", 2017) evaluated three ways -- in index notation (explicit index contractions), in compact matrix notation, and by our module (and
   torch's) -- on one small example; all agree to rounding.
 * ``attention_extensivity``: two non-interacting ensembles are one attention row over the product
   keys (concatenated queries and keys, ω = ω₁ + ω₂), and ln Z, F, U, S, C add.
@@ -61,9 +61,9 @@ SECTION = "Attention as a spin system"
     limits={"num_tokens": POSITIVE, "dim": POSITIVE},
 )
 def attention_seed_table(num_tokens: int = 5, dim: int = 4, seed: int = 0) -> ExperimentResult:
-    """The table of seed 000 (query, key, value, score, weight, output) on a small example.
+    """The transformer's equations (query, key, value, score, weight, output) on a small example.
 
-    One head with D×D matrices W_Q, W_K, W_V and the seed's scale 1/√d_model. Each row is computed
+    One head with D×D matrices W_Q, W_K, W_V and the scale 1/√d_model of Vaswani et al. (2017). Each row is computed
     in index notation (Q_iᵃ = Σ_b W_Qᵃᵇ x_iᵇ, ω_ij = Σ_ab x_jᵃ [W_Kᵀ W_Q]ᵃᵇ x_iᵇ, …, written as
     explicit index contractions), in compact notation (Q = x W_Qᵀ, ω = Q Kᵀ, α = softmax(ω/√D),
     z = α V), and by BoltzmannAttention and torch's MultiheadAttention with the same weights. The
@@ -151,7 +151,7 @@ def attention_seed_table(num_tokens: int = 5, dim: int = 4, seed: int = 0) -> Ex
     worst = max(worst, susceptibility)
     return ExperimentResult(
         metrics={"max_abs_difference": worst},
-        tables={"seed 000 table": rows},
+        tables={"transformer table": rows},
         notes=[
             f"All routes agree to {worst:.1e} (float64 rounding): the score is the coupling"
             " x_jᵀ W_QK x_i and the output is W_V times a magnetization."
@@ -177,7 +177,11 @@ def attention_extensivity(
     betas: tuple[float, ...] = (0.1, 1.0, 10.0),
     seed: int = 0,
 ) -> ExperimentResult:
-    """ln Z of two non-interacting ensembles adds (seed 000, "why the exponential form").
+    """ln Z of two non-interacting ensembles adds: E = E_A + E_B, so Z = Z_A Z_B.
+
+    This is why the weights are exponential: independent systems must have multiplying
+    probabilities and adding energies (Gibbs, "Elementary principles in statistical mechanics",
+    1902).
 
     Ensemble A is one query attending to ``num_keys_a`` keys, B one query attending to
     ``num_keys_b`` keys. The combined system is a single attention row over all pairs (j, k) of

@@ -1,6 +1,6 @@
 r"""Monte Carlo experiments: published values, critical slowing down, ergodicity and its breaking.
 
-Seed 000: if a system is ergodic, a time average along one trajectory equals the ensemble
+If a system is ergodic, a time average along one trajectory equals the ensemble
 average; below a transition it is not, and the Gibbs measure splits into a mixture over basins
 
 .. math::
@@ -13,8 +13,9 @@ field h the two basins (M > 0, M < 0) have different weights; chains started in 
 there, and the weights are *measured* from the chains inside one basin by the spin-flip
 identity (flipping every spin maps basin − onto basin + and h onto −h):
 :math:`P_-/P_+ = Z_-/Z_+ = \langle e^{-2\beta h M}\rangle_+`. The mixture Σ P_i ⟨m⟩_i then
-reproduces the exact ensemble magnetization, which neither basin's time average does. A
-Hopfield network at low temperature shows the same with 2P basins.
+reproduces the exact ensemble magnetization, which neither basin's time average does (Palmer,
+"Broken ergodicity", 1982). A Hopfield network at low temperature shows the same with 2P basins
+(Amit, Gutfreund and Sompolinsky 1985).
 """
 
 from __future__ import annotations
@@ -387,7 +388,7 @@ def ergodicity(
     axes[1].set_title(f"Hopfield N=100, T={temperature}:\ntime-averaged overlaps", fontsize=10)
     axes[1].grid(False)
     fig.colorbar(image, ax=axes[1])
-    # -- seed 000: one chain's running time average against the ensemble value ----------------
+    # -- one chain's running time average against the ensemble value --------------------------
     steps = torch.arange(1, long_run.energy.shape[0] + 1, dtype=torch.float64)
     averages, axes_t = new_figure(ncols=2)
     running_e = long_run.energy[:, 0].double().cumsum(0) / steps / n

@@ -1,17 +1,19 @@
-r"""Seed 003's magnetization with input-dependent couplings, and its transformer-module anatomy.
+r"""Magnetizations with input-dependent couplings, and the transformer module inside them.
 
-Bal, "Transformers are secretly collectives of spin systems" (2021, seed 003), eq. (sigmaweird):
+Bal, "Transformers are secretly collectives of spin systems" (2021), section 6 ("A slice of
+statistical mechanics: magnetizations and free energies"):
 when the couplings depend on the external field, J = J(h) (attention's softmax couplings do), the
 magnetization m_i = −∂F/∂h_i picks up a correlation term,
 
 .. math:: m_i = \langle\sigma_i\rangle + \tfrac12\sum_{mn}\langle\sigma_m\sigma_n\rangle
           \,\partial J_{mn}/\partial h_i ,
 
-(the ½ because our energy is E = −½ σᵀJσ − h·σ; the seed writes it without the ½).
+(the ½ because our energy is E = −½ σᵀJσ − h·σ; the paper writes it without the ½).
 :func:`input_dependent_magnetization` checks it on an Ising system small enough to enumerate:
 autodiff of the exact ln Z against the correlation formula. :func:`module_anatomy` takes the
 steepest-descent free energy of :class:`spinformer.nn.FreeEnergyAttention` on the words of a real
-English sentence and splits its magnetization into the four parts seed 003 §8 names: residual
+English sentence and splits its magnetization into the four parts Bal (2021, section 8, "An
+exercise in squinting: recognizing the transformer module") names: residual
 (field), token mixing (couplings), normalisation and channel mixing (input-dependent couplings).
 """
 
@@ -32,13 +34,13 @@ from spinformer.physics.saddle import saddle_log_partition, saddle_magnetization
 
 __all__ = ["input_dependent_magnetization", "module_anatomy", "softmax_field_couplings"]
 
-SECTION = "Seed claims: magnetizations and the transformer module"
+SECTION = "Magnetizations with input-dependent couplings and the transformer module"
 
 
 def softmax_field_couplings(field: Tensor, scores: Tensor, gain: float) -> Tensor:
     """Symmetric, zero-diagonal couplings J(h) = ½(A + Aᵀ) with A = softmax_n(g h_m h_n + c_mn).
 
-    The field-dependent attention couplings of seed 003, eq. (softmaxcouplings), for scalar
+    The field-dependent attention couplings of Bal (2021), J = softmax(H W_Q W_Kᵀ Hᵀ/√d), for scalar
     (Ising) fields: ``scores`` is a fixed (N, N) offset c (a positional part), ``gain`` g couples
     the fields into the scores. The diagonal is masked before the softmax.
     """
@@ -73,12 +75,12 @@ def _correlation_route(field: Tensor, scores: Tensor, gain: float, beta: float) 
 def input_dependent_magnetization(
     num_spins: int = 8, beta: float = 1.5, gain: float = 1.0, seed: int = 0
 ) -> ExperimentResult:
-    """Seed 003's magnetization m = −∂F/∂h when the couplings depend on the field, two ways.
+    """The magnetization m = −∂F/∂h when the couplings depend on the field (Bal 2021), two ways.
 
     An Ising system of num_spins spins with softmax couplings J(h) built from the fields (the
-    attention matrix of seed 003, symmetrised, zero diagonal) is solved exactly by enumerating all
+    attention matrix of Bal (2021), symmetrised, zero diagonal) is solved exactly by enumerating all
     2^N states in float64. Route 1 differentiates the exact ln Z (through J(h)) by autodiff:
-    m = β⁻¹ ∂ln Z/∂h. Route 2 evaluates seed 003's formula, ⟨σ_i⟩ plus the two-point
+    m = β⁻¹ ∂ln Z/∂h. Route 2 evaluates Bal's (2021) formula, ⟨σ_i⟩ plus the two-point
     correlations weighting ∂J/∂h. They agree to rounding; the table shows how much of m the
     coupling term carries, which a model with fixed couplings would miss.
     """
@@ -159,7 +161,7 @@ def _embed(tokens: list[str], dim: int, seed: int) -> Tensor:
 def module_anatomy(
     num_tokens: int = 12, dim: int = 16, beta: float = 1.0, seed: int = 0
 ) -> ExperimentResult:
-    """Seed 003 §8: a free-energy block's magnetization as residual, token mixing, normalisation
+    """Bal (2021), section 8: a free-energy block's magnetization as residual, token mixing, normalisation
     and channel mixing.
 
     The words of a sentence from Python's bundled documentation (real prose; embeddings are a
@@ -169,7 +171,7 @@ def module_anatomy(
     Σ_j J_ij m_j) exactly. With c = β/(2 t̄) (t̄ the mean multiplier) it splits into the residual
     c·h_i, the token mixing c·Σ_j J_ij m_j, the normalisation (β/2t_i − c)(h_i + Σ_j J_ij m_j) that
     keeps each spin on its sphere, and, because J depends on h, the channel-mixing term −∂F/∂h − m
-    (seed 003's correlation term). The four parts add up to the full −∂F/∂h; the table lists
+    (Bal's correlation term). The four parts add up to the full −∂F/∂h; the table lists
     their sizes per token.
     """
     tokens = sentence_words(_SENTENCE_TOPIC, num_tokens)

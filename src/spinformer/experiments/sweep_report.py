@@ -2,7 +2,7 @@ r"""The report's sweeps: the three maps of :mod:`spinformer.experiments.sweeps`,
 sweep (:func:`spinformer.sweep.sweep`, local process pool) and drawn.
 
 * ``sweep_phase_diagram`` -- stable fixed points and the largest basin of attention's mean-field
-  equation over β × g with the critical line β_c = 1/ρ(C W_QK) over it (seed 000).
+  equation over β × g with the critical line β_c = 1/ρ(C W_QK) over it (Ramsauer et al. 2020).
 * ``sweep_mean_field_dimension`` -- naive mean field and TAP energy errors against Monte Carlo as
   the spin dimension D grows, seed mean ± standard error over disorder samples, with the log-log
   slope and its uncertainty (mean field becomes exact as D → ∞; the Onsager term is O(1/D)).

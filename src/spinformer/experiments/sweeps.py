@@ -1,11 +1,12 @@
-r"""Sweep points: one grid point of each of the three maps the seeds ask for.
+r"""Sweep points: one grid point of each of three maps (phases, mean field in D, Hopfield capacity).
 
 Each experiment here is *one point* of a map, a pure function of its config, meant to be run by
 :func:`spinformer.sweep.sweep` over a grid (and seeds); the figure helpers turn the sweep's table
 (its rows: config keys + metrics) into the map.
 
 * ``attention_phase_point`` -- the mean-field equation of attention
-  m = Σ_j x_j softmax_j(β x_jᵀ W_QK m) (seed 000) for N centred Gaussian tokens in D dimensions
+  m = Σ_j x_j softmax_j(β x_jᵀ W_QK m) (modern Hopfield retrieval, Ramsauer et al., "Hopfield
+  networks is all you need", 2020) for N centred Gaussian tokens in D dimensions
   and tied query/key weights, W_QK = g·W_Qᵀ W_Q (Gaussian W_Q of variance 1/D; symmetric and
   positive semi-definite, so C W_QK has real non-negative eigenvalues and m = 0 loses stability
   in a pitchfork rather than a Hopf bifurcation, where an untied head's iteration starts to
@@ -15,8 +16,8 @@ Each experiment here is *one point* of a map, a pure function of its config, mea
   exactly below the critical line β_c = 1/ρ(C W_QK) (recorded as ``beta_c``; it scales as 1/g).
 * ``vector_mean_field_error`` -- naive mean field and TAP against Monte Carlo (with its standard
   error) for an SK model of N unit vector spins in D dimensions (field of variance 1/D per
-  component): seed 000's large-N remark is that mean field becomes exact as the number of
-  components grows. At fixed β a spin's fluctuation per component is (1 − |m|²)/D, so the
+  component): mean field becomes exact as the number of spin components grows (Stanley,
+  "Spherical model as the limit of infinite spin dimensionality", 1968). At fixed β a spin's fluctuation per component is (1 − |m|²)/D, so the
   Onsager reaction energy naive mean field omits, −(β/2) Σ_ij J_ij² (1 − |m_i|²)(1 − |m_j|²)/D
   to leading order (Thouless, Anderson and Palmer, "Solution of 'Solvable model of a spin
   glass'", 1977), shrinks as 1/D, and TAP, which keeps it, errs at the next order. The headline

@@ -9,9 +9,10 @@ The registry owns what is *about* an experiment, so the function holds only its 
 
 - the **name** is the function's name (``@register_experiment(title=..., ...)``);
 - the **config** is derived, not restated: every call is bound to the function's signature with
-  the defaults applied (:meth:`Experiment.bind`), and :meth:`Experiment.run` records that bound
-  config in the result, so ``results.json`` always reproduces the run; the function returns only
-  metrics, tables, figures and notes;
+  the defaults applied (:meth:`Experiment.bind`) and checked against the limits the signature
+  declares (``num_tokens: Annotated[int, POSITIVE] = 48``); :meth:`Experiment.run` records that
+  bound config in the result, so ``results.json`` always reproduces the run; the function
+  returns only metrics, tables, figures and notes;
 - the **command line**: ``cli="GROUP COMMAND"`` generates ``spinformer GROUP COMMAND`` (with
   ``--set key=value`` and ``--out DIR``), the same command ``spinformer run NAME`` is;
 - the **report**: ``section=`` puts the experiment in ``spinformer report`` with its
@@ -20,8 +21,8 @@ The registry owns what is *about* an experiment, so the function holds only its 
 A config is checked before anything runs (:meth:`Experiment.bind`), by one generic mechanism:
 the keys must be parameters of the function; each value must match the parameter's annotation
 (``int``, ``float`` — always finite —, ``bool``, ``str``, ``tuple[X, ...]`` — non-empty, a list is
-accepted —, ``X | None``); the ranges an experiment declares with ``limits=`` (:class:`Limit`)
-hold for the value or for every entry of a tuple; and the experiment's own ``check=`` callable
+accepted —, ``X | None``); the ranges an experiment declares (:class:`Limit`, in the annotation or with
+``limits=``) hold for the value or for every entry of a tuple; and the experiment's own ``check=`` callable
 sees the whole bound config for constraints between keys. Every integer fits int64, and a
 parameter called ``seed`` is a non-negative integer everywhere. Every failure is a
 :class:`ConfigError` naming the key.
@@ -285,6 +286,18 @@ class Experiment:
 _EXPERIMENTS: dict[str, Experiment] = {}
 
 
+def _annotated_limits(fn: Callable[..., Any]) -> dict[str, Limit]:
+    """The limits declared in ``fn``'s signature: ``count: Annotated[int, POSITIVE] = 3``."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    return {
+        key: meta
+        for key, hint in hints.items()
+        if typing.get_origin(hint) is typing.Annotated
+        for meta in hint.__metadata__
+        if isinstance(meta, Limit)
+    }
+
+
 def register_experiment(
     name: str | Callable[..., ExperimentResult] | None = None,
     title: str | None = None,
@@ -300,8 +313,10 @@ def register_experiment(
     ``@register_experiment(title="...", section="...")`` registers ``fn`` as ``fn.__name__``
     (``@register_experiment`` alone works too; an explicit ``name`` is still accepted). ``title``
     defaults to the docstring's first line; ``section`` (a report section title) puts the
-    experiment in ``spinformer report`` with its ``report_config``. ``limits`` maps config keys
-    to the :class:`Limit` their values (or tuple entries) must meet; ``check(config)`` raises
+    experiment in ``spinformer report`` with its ``report_config``. A parameter annotated
+    ``Annotated[int, POSITIVE]`` (any :class:`Limit`) must meet that limit (every entry of a
+    tuple does); ``limits`` maps config keys to limits the same way, for a signature that does
+    not carry them; ``check(config)`` raises
     :class:`ConfigError` for constraints between keys. ``cli="GROUP COMMAND"`` (or a
     :class:`CliCommand`) generates the command ``spinformer GROUP COMMAND`` that runs it. The
     ``report_config`` is checked here, at registration.
@@ -318,6 +333,7 @@ def register_experiment(
         stray = sorted(set(limits or {}) - set(params))
         if stray:
             raise ValueError(f"limits name keys {stray} that {key!r} does not take")
+        declared = {**_annotated_limits(fn), **(limits or {})}
         heading = title or (inspect.cleandoc(fn.__doc__ or "").split("\n", 1)[0] or key)
         experiment = Experiment(
             key,
@@ -326,7 +342,7 @@ def register_experiment(
             section,
             order,
             dict(report_config or {}),
-            dict(limits or {}),
+            declared,
             check,
             command,
         )

@@ -1,8 +1,10 @@
-r"""Attention as a spin system (Bal, "Transformers are secretly collectives of spin systems", 2021).
+r"""Attention as a spin system (Bal, "Transformers are secretly collectives of spin systems",
+2021): an attention row is a Boltzmann distribution, its output a magnetization.
 
 * ``attention_seed_table``: the transformer equations (Vaswani et al., "Attention is all you
-  need", 2017) evaluated three ways -- in index notation (explicit index contractions), in compact matrix notation, and by our module (and
-  torch's) -- on one small example; all agree to rounding.
+  need", 2017) evaluated three ways -- in index notation (explicit index contractions), in
+  compact matrix notation, and by our module (and torch's) -- on one small example; all agree to
+  rounding.
 * ``attention_extensivity``: two non-interacting ensembles are one attention row over the product
   keys (concatenated queries and keys, ω = ω₁ + ω₂), and ln Z, F, U, S, C add.
 * ``attention_beta_sweep``: entropy and heat capacity of every head of an attention layer as β
@@ -15,6 +17,7 @@ r"""Attention as a spin system (Bal, "Transformers are secretly collectives of s
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -58,14 +61,16 @@ SECTION = "Attention as a spin system"
     ),
     section=SECTION,
     order=20,
-    limits={"num_tokens": POSITIVE, "dim": POSITIVE},
 )
-def attention_seed_table(num_tokens: int = 5, dim: int = 4, seed: int = 0) -> ExperimentResult:
+def attention_seed_table(
+    num_tokens: Annotated[int, POSITIVE] = 5, dim: Annotated[int, POSITIVE] = 4, seed: int = 0
+) -> ExperimentResult:
     """The transformer's equations (query, key, value, score, weight, output) on a small example.
 
-    One head with D×D matrices W_Q, W_K, W_V and the scale 1/√d_model of Vaswani et al. (2017). Each row is computed
-    in index notation (Q_iᵃ = Σ_b W_Qᵃᵇ x_iᵇ, ω_ij = Σ_ab x_jᵃ [W_Kᵀ W_Q]ᵃᵇ x_iᵇ, …, written as
-    explicit index contractions), in compact notation (Q = x W_Qᵀ, ω = Q Kᵀ, α = softmax(ω/√D),
+    One head with D×D matrices W_Q, W_K, W_V and the scale 1/√d_model of Vaswani et al. (2017).
+    Each row is computed in index notation (Q_iᵃ = Σ_b W_Qᵃᵇ x_iᵇ,
+    ω_ij = Σ_ab x_jᵃ [W_Kᵀ W_Q]ᵃᵇ x_iᵇ, …, written as explicit index contractions), in compact
+    notation (Q = x W_Qᵀ, ω = Q Kᵀ, α = softmax(ω/√D),
     z = α V), and by BoltzmannAttention and torch's MultiheadAttention with the same weights. The
     score row uses the fused coupling W_QK = W_Kᵀ W_Q of "Transformers transformed"; the output
     row checks z_i = W_V ⟨x⟩_i (W_V as a susceptibility).
@@ -168,13 +173,12 @@ def attention_seed_table(num_tokens: int = 5, dim: int = 4, seed: int = 0) -> Ex
     ),
     section=SECTION,
     order=21,
-    limits={"num_keys_a": POSITIVE, "num_keys_b": POSITIVE, "dim": POSITIVE, "betas": POSITIVE},
 )
 def attention_extensivity(
-    num_keys_a: int = 6,
-    num_keys_b: int = 9,
-    dim: int = 4,
-    betas: tuple[float, ...] = (0.1, 1.0, 10.0),
+    num_keys_a: Annotated[int, POSITIVE] = 6,
+    num_keys_b: Annotated[int, POSITIVE] = 9,
+    dim: Annotated[int, POSITIVE] = 4,
+    betas: Annotated[tuple[float, ...], POSITIVE] = (0.1, 1.0, 10.0),
     seed: int = 0,
 ) -> ExperimentResult:
     """ln Z of two non-interacting ensembles adds: E = E_A + E_B, so Z = Z_A Z_B.
@@ -245,23 +249,15 @@ def attention_extensivity(
     section=SECTION,
     order=22,
     report_config={"num_betas": 49},
-    limits={
-        "num_tokens": POSITIVE,
-        "embed_dim": POSITIVE,
-        "num_heads": POSITIVE,
-        "num_betas": POSITIVE,
-        "beta_factor_min": POSITIVE,
-        "beta_factor_max": POSITIVE,
-    },
     check=ordered("beta_factor_min", "beta_factor_max"),
 )
 def attention_beta_sweep(
-    num_tokens: int = 48,
-    embed_dim: int = 64,
-    num_heads: int = 4,
-    num_betas: int = 81,
-    beta_factor_min: float = 1e-2,
-    beta_factor_max: float = 1e2,
+    num_tokens: Annotated[int, POSITIVE] = 48,
+    embed_dim: Annotated[int, POSITIVE] = 64,
+    num_heads: Annotated[int, POSITIVE] = 4,
+    num_betas: Annotated[int, POSITIVE] = 81,
+    beta_factor_min: Annotated[float, POSITIVE] = 1e-2,
+    beta_factor_max: Annotated[float, POSITIVE] = 1e2,
     causal: bool = False,
     seed: int = 0,
 ) -> ExperimentResult:
@@ -365,20 +361,13 @@ def pitchfork_tokens(dtype: torch.dtype = torch.float64) -> torch.Tensor:
     section=SECTION,
     order=23,
     report_config={"num_betas": 25},
-    limits={
-        "num_betas": POSITIVE,
-        "beta_max": POSITIVE,
-        "num_patterns": POSITIVE,
-        "dim": POSITIVE,
-        "num_random": POSITIVE,
-    },
 )
 def attention_bifurcation(
-    num_betas: int = 41,
-    beta_max: float = 2.0,
-    num_patterns: int = 6,
-    dim: int = 3,
-    num_random: int = 16,
+    num_betas: Annotated[int, POSITIVE] = 41,
+    beta_max: Annotated[float, POSITIVE] = 2.0,
+    num_patterns: Annotated[int, POSITIVE] = 6,
+    dim: Annotated[int, POSITIVE] = 3,
+    num_random: Annotated[int, POSITIVE] = 16,
     seed: int = 0,
 ) -> ExperimentResult:
     """Fixed points of m = Σ_j x_j softmax_j(β x_jᵀ W_QK m) against β, critical β marked.

@@ -10,6 +10,8 @@ energy along paths between attractors (the barriers that make them memories).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
 
@@ -53,18 +55,22 @@ def _gen(seed: int) -> torch.Generator:
     section=SECTION,
     order=30,
     report_config={"loads": (0.05, 0.1, 0.13, 0.16, 0.2), "starts": 10},
-    limits={
-        "num_spins": POSITIVE,
-        "loads": POSITIVE,
-        "starts": POSITIVE,
-        "corruption": UNIT_INTERVAL,
-    },
 )
 def hopfield_capacity(
-    num_spins: int = 1000,
-    loads: tuple[float, ...] = (0.04, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.25),
-    starts: int = 20,
-    corruption: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4),
+    num_spins: Annotated[int, POSITIVE] = 1000,
+    loads: Annotated[tuple[float, ...], POSITIVE] = (
+        0.04,
+        0.08,
+        0.1,
+        0.12,
+        0.14,
+        0.16,
+        0.18,
+        0.2,
+        0.25,
+    ),
+    starts: Annotated[int, POSITIVE] = 20,
+    corruption: Annotated[tuple[float, ...], UNIT_INTERVAL] = (0.0, 0.1, 0.2, 0.3, 0.4),
     seed: int = 0,
 ) -> ExperimentResult:
     """Final overlap of T = 0 asynchronous dynamics started at stored patterns, against α = P/N;
@@ -127,22 +133,14 @@ def hopfield_capacity(
     section=SECTION,
     order=31,
     report_config={"counts": (2, 16, 128, 1024), "queries": 32, "dims": (4, 8, 12)},
-    limits={
-        "dim": POSITIVE,
-        "counts": POSITIVE,
-        "betas": POSITIVE,
-        "dims": POSITIVE,
-        "capacity_beta": POSITIVE,
-        "queries": POSITIVE,
-    },
 )
 def modern_hopfield_capacity(
-    dim: int = 8,
-    counts: tuple[int, ...] = (2, 8, 32, 128, 512, 2048),
-    betas: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0),
-    dims: tuple[int, ...] = (4, 6, 8, 10, 12),
-    capacity_beta: float = 64.0,
-    queries: int = 64,
+    dim: Annotated[int, POSITIVE] = 8,
+    counts: Annotated[tuple[int, ...], POSITIVE] = (2, 8, 32, 128, 512, 2048),
+    betas: Annotated[tuple[float, ...], POSITIVE] = (1.0, 4.0, 16.0, 64.0),
+    dims: Annotated[tuple[int, ...], POSITIVE] = (4, 6, 8, 10, 12),
+    capacity_beta: Annotated[float, POSITIVE] = 64.0,
+    queries: Annotated[int, POSITIVE] = 64,
     seed: int = 0,
 ) -> ExperimentResult:
     """Retrieval error vs number of patterns at several β (unit patterns in D dims, queries
@@ -222,10 +220,13 @@ def modern_hopfield_capacity(
     section=SECTION,
     order=32,
     report_config={"grid": 61},
-    limits={"dim": POSITIVE, "beta": POSITIVE, "grid": Limit(2), "num_spins": POSITIVE},
 )
 def hopfield_landscapes(
-    dim: int = 16, beta: float = 8.0, grid: int = 101, num_spins: int = 200, seed: int = 0
+    dim: Annotated[int, POSITIVE] = 16,
+    beta: Annotated[float, POSITIVE] = 8.0,
+    grid: Annotated[int, Limit(2)] = 101,
+    num_spins: Annotated[int, POSITIVE] = 200,
+    seed: int = 0,
 ) -> ExperimentResult:
     """Modern energy on the plane through three stored patterns (with retrieval trajectories,
     projected), and classical energy per spin along random single-flip paths between attractors."""

@@ -4,8 +4,8 @@ Each model of ``models`` (all-MiniLM-L6-v2, a BERT encoder; SmolLM2-135M-Instruc
 causal model) is loaded offline from its package and read by :func:`spinformer.lens.analyze` on
 the first ``num_tokens`` tokens of CPython's ``pydoc_data.topics`` prose (the language reference
 entries for ``if``, ``while`` and ``for``): every head as couplings :math:`W_{QK} = W_K^\top W_Q`
-at its own β (Bal, "Transformers are secretly collectives of spin systems", 2021), the Boltzmann ensemble of every token, the self-consistent states of the
-head's mean-field map, its β_c and a phase label, and Ramsauer et al.'s classes ("Hopfield
+at its own β (Bal, "Transformers are secretly collectives of spin systems", 2021), the
+Boltzmann ensemble of every token, the self-consistent states of the head's mean-field map, its β_c and a phase label, and Ramsauer et al.'s classes ("Hopfield
 Networks is All You Need", 2020). The figures are the lens's own (:mod:`spinformer.lens`): layer
 × head maps of the asymmetry, S/ln N and β/β_c; the per-token entropy on the text; and Bal's (2021)
 picture of one head as a spin system (the head with the largest β/β_c).
@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
@@ -75,12 +75,11 @@ def _check_models(config: Mapping[str, Any]) -> None:
     section=SECTION,
     order=10,
     report_config={"models": ("minilm",)},
-    limits={"num_tokens": POSITIVE},
     check=_check_models,
 )
 def lens_pretrained(
     models: tuple[str, ...] = ("minilm", "smollm2"),
-    num_tokens: int = 128,
+    num_tokens: Annotated[int, POSITIVE] = 128,
 ) -> ExperimentResult:
     """The lens on each model of ``models`` on the first ``num_tokens`` tokens of the fixed text."""
     from spinformer.lens import PHASES, RAMSAUER_CLASSES, analyze, load

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -58,13 +59,12 @@ def _slope(xs, ys) -> float:
     ),
     section=SECTION,
     order=50,
-    limits={"dims": Limit(3), "beta": POSITIVE, "num_fields": POSITIVE, "max_field": POSITIVE},
 )
 def large_d_response(
-    dims: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024),
-    beta: float = 1.0,
-    num_fields: int = 80,
-    max_field: float = 20.0,
+    dims: Annotated[tuple[int, ...], Limit(3)] = (8, 16, 32, 64, 128, 256, 512, 1024),
+    beta: Annotated[float, POSITIVE] = 1.0,
+    num_fields: Annotated[int, POSITIVE] = 80,
+    max_field: Annotated[float, POSITIVE] = 20.0,
     seed: int = 0,
 ) -> ExperimentResult:
     """Worst relative error of φ against R A_D(βR|θ|) θ̂ over β|θ|/R ∈ [0.01, max_field], per D."""
@@ -114,12 +114,11 @@ def large_d_response(
     ),
     section=SECTION,
     order=51,
-    limits={"num_spins": POSITIVE, "epsilons": POSITIVE, "beta": POSITIVE},
 )
 def mean_field_tap_scaling(
-    num_spins: int = 12,
-    epsilons: tuple[float, ...] = (0.4, 0.2, 0.1, 0.05, 0.025),
-    beta: float = 1.0,
+    num_spins: Annotated[int, POSITIVE] = 12,
+    epsilons: Annotated[tuple[float, ...], POSITIVE] = (0.4, 0.2, 0.1, 0.05, 0.025),
+    beta: Annotated[float, POSITIVE] = 1.0,
     field_scale: float = 0.5,
     seed: int = 0,
 ) -> ExperimentResult:
@@ -193,32 +192,20 @@ def associative_recall_batch(
     section=SECTION,
     order=52,
     report_config={"steps": 120},
-    limits={
-        "steps": POSITIVE,
-        "batch": POSITIVE,
-        "num_pairs": POSITIVE,
-        "num_keys": POSITIVE,
-        "num_values": POSITIVE,
-        "d_model": POSITIVE,
-        "n_heads": POSITIVE,
-        "n_layers": POSITIVE,
-        "lr": POSITIVE,
-        "spin_steps": POSITIVE,
-    },
     check=ordered("num_pairs", "num_keys"),
 )
 def spin_transformer_recall(
     blocks: tuple[str, ...] = ("spin", "transformer"),
-    steps: int = 200,
-    batch: int = 32,
-    num_pairs: int = 4,
-    num_keys: int = 8,
-    num_values: int = 8,
-    d_model: int = 32,
-    n_heads: int = 2,
-    n_layers: int = 2,
-    lr: float = 3e-3,
-    spin_steps: int | None = 3,
+    steps: Annotated[int, POSITIVE] = 200,
+    batch: Annotated[int, POSITIVE] = 32,
+    num_pairs: Annotated[int, POSITIVE] = 4,
+    num_keys: Annotated[int, POSITIVE] = 8,
+    num_values: Annotated[int, POSITIVE] = 8,
+    d_model: Annotated[int, POSITIVE] = 32,
+    n_heads: Annotated[int, POSITIVE] = 2,
+    n_layers: Annotated[int, POSITIVE] = 2,
+    lr: Annotated[float, POSITIVE] = 3e-3,
+    spin_steps: Annotated[int | None, POSITIVE] = 3,
     seed: int = 0,
 ) -> ExperimentResult:
     """Same data, seed and optimizer for each block kind; accuracy on fresh held-out batches.

@@ -21,7 +21,7 @@ reproduces the exact ensemble magnetization, which neither basin's time average 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -67,9 +67,10 @@ def _gen(seed: int) -> torch.Generator:
     section=SECTION,
     order=40,
     report_config={"sweeps": 400, "chains": 8},
-    limits={"sweeps": POSITIVE, "chains": POSITIVE},
 )
-def mc_published_values(sweeps: int = 1000, chains: int = 16, seed: int = 0) -> ExperimentResult:
+def mc_published_values(
+    sweeps: Annotated[int, POSITIVE] = 1000, chains: Annotated[int, POSITIVE] = 16, seed: int = 0
+) -> ExperimentResult:
     """32×32 torus at β = 0.5 (E/N = −1.74556446) and 8×8 at β_c (⟨m²⟩ = 0.6469115750).
 
     Metropolis (checkerboard) for the first, Wolff for the second; each estimate is compared
@@ -134,13 +135,12 @@ def mc_published_values(sweeps: int = 1000, chains: int = 16, seed: int = 0) -> 
     section=SECTION,
     order=41,
     report_config={"sizes": (8, 16), "sweeps": 800, "clusters": 200, "chains": 8},
-    limits={"sizes": Limit(2), "sweeps": POSITIVE, "clusters": POSITIVE, "chains": POSITIVE},
 )
 def mc_critical_slowing_down(
-    sizes: tuple[int, ...] = (8, 16, 32),
-    sweeps: int = 3000,
-    clusters: int = 600,
-    chains: int = 16,
+    sizes: Annotated[tuple[int, ...], Limit(2)] = (8, 16, 32),
+    sweeps: Annotated[int, POSITIVE] = 3000,
+    clusters: Annotated[int, POSITIVE] = 600,
+    chains: Annotated[int, POSITIVE] = 16,
     seed: int = 0,
 ) -> ExperimentResult:
     """τ_int of m² at β_c against L for Metropolis (sweeps) and Wolff (sweep equivalents).
@@ -278,28 +278,18 @@ def _basin_mixture(
     section=SECTION,
     order=42,
     report_config={"size": 10, "sweeps": 1500, "chains": 8},
-    limits={
-        "size": Limit(2),
-        "beta_high": POSITIVE,
-        "beta_low": POSITIVE,
-        "sweeps": Limit(4),
-        "chains": POSITIVE,
-        "cw_size": Limit(2),
-        "cw_beta": POSITIVE,
-        "cw_sweeps": POSITIVE,
-    },
 )
 def ergodicity(
-    size: int = 10,
-    beta_high: float = 0.3,
-    beta_low: float = 0.6,
+    size: Annotated[int, Limit(2)] = 10,
+    beta_high: Annotated[float, POSITIVE] = 0.3,
+    beta_low: Annotated[float, POSITIVE] = 0.6,
     field: float = 0.01,
-    sweeps: int = 4000,
-    chains: int = 16,
-    cw_size: int = 32,
-    cw_beta: float = 2.5,
+    sweeps: Annotated[int, Limit(4)] = 4000,
+    chains: Annotated[int, POSITIVE] = 16,
+    cw_size: Annotated[int, Limit(2)] = 32,
+    cw_beta: Annotated[float, POSITIVE] = 2.5,
     cw_field: float = 0.003,
-    cw_sweeps: int = 600,
+    cw_sweeps: Annotated[int, POSITIVE] = 600,
     seed: int = 0,
 ) -> ExperimentResult:
     """Time averages against exact ensemble averages above and below T_c (2-D Ising, L×L).

@@ -20,6 +20,7 @@ exercise in squinting: recognizing the transformer module") names: residual
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import Tensor
@@ -40,8 +41,8 @@ SECTION = "Magnetizations with input-dependent couplings and the transformer mod
 def softmax_field_couplings(field: Tensor, scores: Tensor, gain: float) -> Tensor:
     """Symmetric, zero-diagonal couplings J(h) = ½(A + Aᵀ) with A = softmax_n(g h_m h_n + c_mn).
 
-    The field-dependent attention couplings of Bal (2021), J = softmax(H W_Q W_Kᵀ Hᵀ/√d), for scalar
-    (Ising) fields: ``scores`` is a fixed (N, N) offset c (a positional part), ``gain`` g couples
+    The field-dependent attention couplings of Bal (2021), J = softmax(H W_Q W_Kᵀ Hᵀ/√d), for
+    scalar (Ising) fields: ``scores`` is a fixed (N, N) offset c (a positional part), ``gain`` g couples
     the fields into the scores. The diagonal is masked before the softmax.
     """
     n = field.shape[-1]
@@ -70,10 +71,12 @@ def _correlation_route(field: Tensor, scores: Tensor, gain: float, beta: float) 
     title="Magnetization with field-dependent couplings: autodiff of ln Z against correlations",
     section=SECTION,
     order=60,
-    limits={"num_spins": Limit(2, 16), "beta": POSITIVE, "gain": Limit(0)},
 )
 def input_dependent_magnetization(
-    num_spins: int = 8, beta: float = 1.5, gain: float = 1.0, seed: int = 0
+    num_spins: Annotated[int, Limit(2, 16)] = 8,
+    beta: Annotated[float, POSITIVE] = 1.5,
+    gain: Annotated[float, Limit(0)] = 1.0,
+    seed: int = 0,
 ) -> ExperimentResult:
     """The magnetization m = −∂F/∂h when the couplings depend on the field (Bal 2021), two ways.
 
@@ -156,10 +159,12 @@ def _embed(tokens: list[str], dim: int, seed: int) -> Tensor:
     title="Recognising the transformer module in a free-energy block",
     section=SECTION,
     order=61,
-    limits={"num_tokens": Limit(2, 64), "dim": Limit(3, 256), "beta": POSITIVE},
 )
 def module_anatomy(
-    num_tokens: int = 12, dim: int = 16, beta: float = 1.0, seed: int = 0
+    num_tokens: Annotated[int, Limit(2, 64)] = 12,
+    dim: Annotated[int, Limit(3, 256)] = 16,
+    beta: Annotated[float, POSITIVE] = 1.0,
+    seed: int = 0,
 ) -> ExperimentResult:
     """Bal (2021), section 8: a free-energy block's magnetization as residual, token mixing, normalisation
     and channel mixing.

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -108,12 +108,11 @@ def crossing_load(
         "coupling_scales": (0.5, 1.0, 2.0),
         "seeds": 2,
     },
-    limits={"betas": POSITIVE, "coupling_scales": POSITIVE, "seeds": POSITIVE},
 )
 def sweep_phase_diagram(
-    betas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
-    coupling_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
-    seeds: int = 3,
+    betas: Annotated[tuple[float, ...], POSITIVE] = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
+    coupling_scales: Annotated[tuple[float, ...], POSITIVE] = (0.25, 0.5, 1.0, 2.0, 4.0),
+    seeds: Annotated[int, POSITIVE] = 3,
     num_tokens: int = 16,
     dim: int = 4,
 ) -> ExperimentResult:
@@ -172,14 +171,13 @@ def sweep_phase_diagram(
         "sweeps": 200,
         "chains": 128,
     },
-    limits={"dims": POSITIVE, "seeds": POSITIVE, "beta": POSITIVE, "sweeps": POSITIVE},
 )
 def sweep_mean_field_dimension(
-    dims: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16, 24),
-    seeds: int = 5,
+    dims: Annotated[tuple[int, ...], POSITIVE] = (2, 3, 4, 6, 8, 12, 16, 24),
+    seeds: Annotated[int, POSITIVE] = 5,
     num_spins: int = 16,
-    beta: float = 0.8,
-    sweeps: int = 300,
+    beta: Annotated[float, POSITIVE] = 0.8,
+    sweeps: Annotated[int, POSITIVE] = 300,
     chains: int = 256,
 ) -> ExperimentResult:
     """Energy-per-spin error of mean field and TAP vs D (seed mean ± s.e.) and its slope in D."""
@@ -253,13 +251,12 @@ def sweep_mean_field_dimension(
         "seeds": 5,
         "starts": 10,
     },
-    limits={"sizes": POSITIVE, "loads": POSITIVE, "seeds": POSITIVE, "starts": POSITIVE},
 )
 def sweep_hopfield_scaling(
-    sizes: tuple[int, ...] = (250, 500, 1000, 2000, 4000),
-    loads: tuple[float, ...] = (0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.18),
-    seeds: int = 5,
-    starts: int = 20,
+    sizes: Annotated[tuple[int, ...], POSITIVE] = (250, 500, 1000, 2000, 4000),
+    loads: Annotated[tuple[float, ...], POSITIVE] = (0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.18),
+    seeds: Annotated[int, POSITIVE] = 5,
+    starts: Annotated[int, POSITIVE] = 20,
 ) -> ExperimentResult:
     """Mean overlap vs α per N (seed mean ± s.e.) and the small/large-N crossing per seed."""
     if len(sizes) < 2:

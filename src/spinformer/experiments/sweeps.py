@@ -17,8 +17,8 @@ Each experiment here is *one point* of a map, a pure function of its config, mea
 * ``vector_mean_field_error`` -- naive mean field and TAP against Monte Carlo (with its standard
   error) for an SK model of N unit vector spins in D dimensions (field of variance 1/D per
   component): mean field becomes exact as the number of spin components grows (Stanley,
-  "Spherical model as the limit of infinite spin dimensionality", 1968). At fixed β a spin's fluctuation per component is (1 − |m|²)/D, so the
-  Onsager reaction energy naive mean field omits, −(β/2) Σ_ij J_ij² (1 − |m_i|²)(1 − |m_j|²)/D
+  "Spherical model as the limit of infinite spin dimensionality", 1968). At fixed β a spin's
+  fluctuation per component is (1 − |m|²)/D, so the Onsager reaction energy naive mean field omits, −(β/2) Σ_ij J_ij² (1 − |m_i|²)(1 − |m_j|²)/D
   to leading order (Thouless, Anderson and Palmer, "Solution of 'Solvable model of a spin
   glass'", 1977), shrinks as 1/D, and TAP, which keeps it, errs at the next order. The headline
   quantity is therefore the energy per spin, whose mean-field error is two orders of magnitude
@@ -37,7 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
@@ -75,13 +75,12 @@ def centred_tokens_and_coupling(
 
 @register_experiment(
     title="One point of the phase diagram of attention's mean-field equation",
-    limits={"beta": POSITIVE, "coupling_scale": POSITIVE, "num_tokens": Limit(2), "dim": POSITIVE},
 )
 def attention_phase_point(
-    beta: float = 1.0,
-    coupling_scale: float = 1.0,
-    num_tokens: int = 16,
-    dim: int = 4,
+    beta: Annotated[float, POSITIVE] = 1.0,
+    coupling_scale: Annotated[float, POSITIVE] = 1.0,
+    num_tokens: Annotated[int, Limit(2)] = 16,
+    dim: Annotated[int, POSITIVE] = 4,
     num_random: int = 16,
     seed: int = 0,
 ) -> ExperimentResult:
@@ -143,14 +142,13 @@ def _edges(centres: Sequence[float]) -> list[float]:
 
 @register_experiment(
     title="Naive mean field and TAP against Monte Carlo for vector spins of dimension D",
-    limits={"spin_dim": Limit(2), "num_spins": Limit(2), "beta": POSITIVE, "sweeps": POSITIVE},
 )
 def vector_mean_field_error(
-    spin_dim: int = 3,
-    num_spins: int = 16,
-    beta: float = 0.8,
+    spin_dim: Annotated[int, Limit(2)] = 3,
+    num_spins: Annotated[int, Limit(2)] = 16,
+    beta: Annotated[float, POSITIVE] = 0.8,
     field_scale: float = 0.5,
-    sweeps: int = 300,
+    sweeps: Annotated[int, POSITIVE] = 300,
     chains: int = 256,
     seed: int = 0,
 ) -> ExperimentResult:
@@ -198,10 +196,12 @@ def log_log_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 @register_experiment(
     title="Classical Hopfield retrieval overlap at one load α and size N",
-    limits={"num_spins": Limit(2), "load": POSITIVE, "starts": POSITIVE},
 )
 def hopfield_retrieval_point(
-    num_spins: int = 500, load: float = 0.138, starts: int = 10, seed: int = 0
+    num_spins: Annotated[int, Limit(2)] = 500,
+    load: Annotated[float, POSITIVE] = 0.138,
+    starts: Annotated[int, POSITIVE] = 10,
+    seed: int = 0,
 ) -> ExperimentResult:
     """Mean final overlap (and the fraction ≥ 0.9) of T = 0 dynamics started at stored patterns."""
     curve = classical_retrieval(

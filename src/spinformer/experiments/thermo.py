@@ -9,6 +9,7 @@ both defined in :mod:`spinformer.physics.reference` (re-exported here under thei
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -106,14 +107,13 @@ def ising_exact_checks() -> ExperimentResult:
     section="Exact spin-model physics",
     order=11,
     report_config={"sizes": (4, 6, 8), "num_betas": 61},
-    limits={"sizes": Limit(2), "beta_min": POSITIVE, "beta_max": POSITIVE, "num_betas": POSITIVE},
     check=ordered("beta_min", "beta_max"),
 )
 def ising_lattice_sweep(
-    sizes: tuple[int, ...] = (4, 6, 8),
-    beta_min: float = 0.05,
-    beta_max: float = 1.0,
-    num_betas: int = 96,
+    sizes: Annotated[tuple[int, ...], Limit(2)] = (4, 6, 8),
+    beta_min: Annotated[float, POSITIVE] = 0.05,
+    beta_max: Annotated[float, POSITIVE] = 1.0,
+    num_betas: Annotated[int, POSITIVE] = 96,
 ) -> ExperimentResult:
     """Free energy, energy and heat capacity per spin of L×L tori, exact, against Onsager.
 

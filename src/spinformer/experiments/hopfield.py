@@ -15,6 +15,7 @@ from typing import Annotated
 import numpy as np
 import torch
 
+from spinformer.experiments._common import seeded
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
@@ -45,10 +46,6 @@ SECTION = "Hopfield memories"
 AGS_CRITICAL_LOAD = 0.138
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 @register_experiment(
     title="Classical Hopfield capacity: the retrieval cliff near alpha_c = 0.138",
     cli="hopfield capacity",
@@ -75,7 +72,7 @@ def hopfield_capacity(
 ) -> ExperimentResult:
     """Final overlap of T = 0 asynchronous dynamics started at stored patterns, against α = P/N;
     and basin sizes (fraction of corrupted starts that return) at α = 0.05 and 0.1."""
-    curve = classical_retrieval(num_spins, tuple(loads), starts, generator=_gen(seed))
+    curve = classical_retrieval(num_spins, tuple(loads), starts, generator=seeded(seed))
     rows = [
         {
             "alpha": float(a),
@@ -98,9 +95,9 @@ def hopfield_capacity(
     basin_rows = []
     for k, alpha in enumerate((0.05, 0.1)):
         count = round(alpha * 400)
-        net = ClassicalHopfield(random_patterns(count, 400, _gen(seed + 1 + k)))
+        net = ClassicalHopfield(random_patterns(count, 400, seeded(seed + 1 + k)))
         basins = net.basin_sizes(
-            list(corruption), trials=max(1, 40 // count), generator=_gen(seed + 3 + k)
+            list(corruption), trials=max(1, 40 // count), generator=seeded(seed + 3 + k)
         )
         axes[1].errorbar(
             basins.corruption, basins.fraction_returned, yerr=basins.stderr, fmt="o-",
@@ -150,7 +147,9 @@ def modern_hopfield_capacity(
     without noise, are fixed points within 0.1 of themselves in ≥ 95 % of cases at
     β = ``capacity_beta``; its growth with D is the exponential capacity.
     """
-    grid = modern_retrieval(dim, tuple(counts), tuple(betas), queries=queries, generator=_gen(seed))
+    grid = modern_retrieval(
+        dim, tuple(counts), tuple(betas), queries=queries, generator=seeded(seed)
+    )
     fig, axes = new_figure(ncols=3)
     for b, beta in enumerate(betas):
         axes[0].semilogx(counts, grid.error[b].numpy(), "o-", label=f"β = {beta:g}")
@@ -159,7 +158,9 @@ def modern_hopfield_capacity(
     axes[0].set_title(f"D = {dim}")
     axes[0].legend(fontsize=8)
     regime_betas = tuple(float(b) for b in np.geomspace(0.25, 256.0, 11))
-    regimes = modern_retrieval(dim, (32,), regime_betas, queries=queries, generator=_gen(seed + 1))
+    regimes = modern_retrieval(
+        dim, (32,), regime_betas, queries=queries, generator=seeded(seed + 1)
+    )
     for i, kind in enumerate(FIXED_POINT_KINDS):
         axes[1].semilogx(regime_betas, regimes.kind_fraction[:, 0, i].numpy(), "o-", label=kind)
     axes[1].set_xlabel("β")
@@ -171,7 +172,7 @@ def modern_hopfield_capacity(
     for d in dims:
         result = modern_retrieval(
             d, capacity_counts, (capacity_beta,), noise=0.0, queries=queries,
-            generator=_gen(seed + 2 + d),
+            generator=seeded(seed + 2 + d),
         )  # fmt: skip
         ok = [
             c for c, e in zip(capacity_counts, result.error[0].tolist(), strict=True) if e <= 0.05
@@ -230,7 +231,7 @@ def hopfield_landscapes(
 ) -> ExperimentResult:
     """Modern energy on the plane through three stored patterns (with retrieval trajectories,
     projected), and classical energy per spin along random single-flip paths between attractors."""
-    patterns = random_sphere_patterns(6, dim, _gen(seed))
+    patterns = random_sphere_patterns(6, dim, seeded(seed))
     net = ModernHopfield(patterns, beta)
     origin = patterns[0]
     u = patterns[1] - origin
@@ -266,7 +267,7 @@ def hopfield_landscapes(
         axes[0].plot(coords[0], coords[1], "r*", ms=10)
         axes[0].annotate(label, coords.tolist(), color="r")
     axes[0].set_title(f"modern energy, D={dim}, β={beta:g}")
-    classical = ClassicalHopfield(random_patterns(5, num_spins, _gen(seed + 1)))
+    classical = ClassicalHopfield(random_patterns(5, num_spins, seeded(seed + 1)))
     mixture = classical.mixture_state([0, 1, 2])
     paths = {
         "pattern 1 -> pattern 2": (classical.patterns[0], classical.patterns[1]),
@@ -275,7 +276,7 @@ def hopfield_landscapes(
     }
     rows = []
     for name, (start, end) in paths.items():
-        energies = classical.path_energies(start, end, _gen(seed + 2)) / num_spins
+        energies = classical.path_energies(start, end, seeded(seed + 2)) / num_spins
         axes[1].plot(np.linspace(0, 1, energies.numel()), energies.numpy(), label=name)
         rows.append(
             {

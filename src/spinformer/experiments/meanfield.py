@@ -24,6 +24,7 @@ import torch
 from matplotlib.ticker import NullFormatter
 
 from spinformer import physics
+from spinformer.experiments._common import log_log_slope
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
@@ -44,10 +45,6 @@ __all__ = [
 ]
 
 SECTION = "Spin-model transformer modules"
-
-
-def _slope(xs, ys) -> float:
-    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
 
 
 @register_experiment(
@@ -90,7 +87,7 @@ def large_d_response(
             }
         )
         ax.loglog(beta * scale.numpy(), rel, label=f"D={dim}")
-    slope = _slope(dims, errors)
+    slope = log_log_slope(dims, errors)
     ax.set_xlabel("β|θ|/R")
     ax.set_ylabel("|φ − m_Bessel| / |m_Bessel|")
     ax.legend(fontsize=7)
@@ -139,7 +136,7 @@ def mean_field_tap_scaling(
             row[f"{method} |dm|"] = err
             row[f"{method} |dlnZ|"] = float((r.log_partition - exact.log_partition).abs())
         rows.append(row)
-    slopes = {m: _slope(epsilons, e) for m, e in errors.items()}
+    slopes = {m: log_log_slope(epsilons, e) for m, e in errors.items()}
     halving = errors["tap"][-2] / errors["tap"][-1]
     fig, ax = new_figure()
     ax.loglog(epsilons, errors["mean_field"], "o-", label="naive mean field")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
+from spinformer.experiments._common import seeded
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
@@ -57,10 +58,6 @@ __all__ = [
 SECTION = "Monte Carlo and ergodicity"
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 @register_experiment(
     title="Monte Carlo against published finite-lattice values",
     cli="mc published",
@@ -83,7 +80,7 @@ def mc_published_values(
         sweeps=sweeps,
         chains=chains,
         initial="up",
-        generator=_gen(seed),
+        generator=seeded(seed),
     )
     e, e_err = float(big.energy) / 1024, float(big.stderr["energy"]) / 1024
     rows.append(
@@ -103,7 +100,7 @@ def mc_published_values(
         algorithm="wolff",
         sweeps=sweeps,
         chains=chains,
-        generator=_gen(seed + 1),
+        generator=seeded(seed + 1),
     )
     m2, m2_err = (
         float(small.extras["magnetization_squared"]),
@@ -152,10 +149,10 @@ def mc_critical_slowing_down(
     rows = []
     for size in sizes:
         model = square_lattice(size, beta=ONSAGER_BETA_C, dtype=torch.float32)
-        metro = sample(model, sweeps, burn_in=sweeps // 5, chains=chains, generator=_gen(seed))
+        metro = sample(model, sweeps, burn_in=sweeps // 5, chains=chains, generator=seeded(seed))
         wolff = sample(
             model, clusters, burn_in=clusters // 5, chains=chains, method="wolff",
-            generator=_gen(seed + 1),
+            generator=seeded(seed + 1),
         )  # fmt: skip
         flipped = float(wolff.acceptance.mean())
         rows.append(
@@ -222,7 +219,7 @@ def _basin_mixture(
     basin: dict[str, dict[str, Any]] = {}
     rows = []
     for k, (name, start) in enumerate([("+", "up"), ("-", -torch.ones(n, dtype=model.dtype))]):
-        run = sample(model, sweeps, chains=chains, initial=start, generator=_gen(seed + 1 + k))
+        run = sample(model, sweeps, chains=chains, initial=start, generator=seeded(seed + 1 + k))
         m = run.magnetization
         sign = 1.0 if name == "+" else -1.0
         basin[name] = {
@@ -307,7 +304,7 @@ def ergodicity(
     # -- above T_c: one long chain vs the exact ensemble -------------------------------------
     hot = square_lattice(size, beta=beta_high)
     exact_hot = thermodynamics(hot, susceptibility=False)
-    long_run = sample(hot, sweeps * chains // 4, chains=1, generator=_gen(seed))
+    long_run = sample(hot, sweeps * chains // 4, chains=1, generator=seeded(seed))
     e_time, e_err = _mean_and_err(long_run.energy / n)
     m_time, m_err = _mean_and_err(long_run.magnetization)
     rows.append(
@@ -343,14 +340,14 @@ def ergodicity(
     )  # fmt: skip
     rows += cw["rows"]
     # -- Hopfield network: one basin per stored pattern -----------------------------------------
-    net = ClassicalHopfield(random_patterns(3, 100, _gen(seed + 5)))
+    net = ClassicalHopfield(random_patterns(3, 100, seeded(seed + 5)))
     starts = torch.cat([net.patterns, -net.patterns]).repeat(4, 1)
     temperature = 0.4
     overlaps = []
     state = starts
     for step in range(20):
         state = net.run(
-            state, max_sweeps=5, temperature=temperature, generator=_gen(seed + 10 + step)
+            state, max_sweeps=5, temperature=temperature, generator=seeded(seed + 10 + step)
         ).state
         overlaps.append(net.overlaps(state))
     time_avg = torch.stack(overlaps[4:]).mean(0).reshape(4, 6, 3).mean(0)  # (start, pattern)

@@ -42,6 +42,7 @@ from typing import Annotated, Any
 import torch
 
 from spinformer.attention.mean_field import fixed_points, spectral_radius
+from spinformer.experiments._common import log_log_slope
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
@@ -49,7 +50,6 @@ from spinformer.experiments._registry import (
     Limit,
     register_experiment,
 )
-from spinformer.experiments.meanfield import _slope
 from spinformer.hopfield.capacity import classical_retrieval
 from spinformer.physics import VectorSpinModel, sherrington_kirkpatrick, thermodynamics
 
@@ -187,11 +187,6 @@ def vector_mean_field_error(
     return ExperimentResult(
         metrics=metrics,
     )
-
-
-def log_log_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Least-squares slope of log y against log x (the exponent of a power law y ∝ x^slope)."""
-    return _slope(xs, ys)
 
 
 @register_experiment(

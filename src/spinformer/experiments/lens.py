@@ -5,10 +5,11 @@ causal model) is loaded offline from its package and read by :func:`spinformer.l
 the first ``num_tokens`` tokens of CPython's ``pydoc_data.topics`` prose (the language reference
 entries for ``if``, ``while`` and ``for``): every head as couplings :math:`W_{QK} = W_K^\top W_Q`
 at its own β (Bal, "Transformers are secretly collectives of spin systems", 2021), the
-Boltzmann ensemble of every token, the self-consistent states of the head's mean-field map, its β_c and a phase label, and Ramsauer et al.'s classes ("Hopfield
-Networks is All You Need", 2020). The figures are the lens's own (:mod:`spinformer.lens`): layer
-× head maps of the asymmetry, S/ln N and β/β_c; the per-token entropy on the text; and Bal's (2021)
-picture of one head as a spin system (the head with the largest β/β_c).
+Boltzmann ensemble of every token, the self-consistent states of the head's mean-field map, its
+β_c and a phase label, and Ramsauer et al.'s classes ("Hopfield Networks is All You Need",
+2020). The figures are the lens's own (:mod:`spinformer.lens`): layer × head maps of the
+asymmetry, S/ln N and β/β_c; the per-token entropy on the text; and Bal's (2021) picture of one
+head as a spin system (the head with the largest β/β_c).
 
 The report's quick scale runs MiniLM only; ``--scale full`` adds SmolLM2 (30 layers × 9 heads,
 longer to load and analyse). A model whose package is not installed is skipped with a note

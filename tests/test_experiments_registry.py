@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import pytest
 
@@ -103,3 +104,49 @@ def test_limit_contains_and_describes():
     assert not Limit(0).contains(math.nan) and not Limit().contains(math.nan)
     assert Limit(0, 1, high_open=True).describe() == "in [0, 1)"
     assert Limit(high=3).describe() == "<= 3"
+
+
+@register_experiment
+def _test_registry_annotated(
+    count: Annotated[int, POSITIVE] = 2,
+    fractions: Annotated[tuple[float, ...], UNIT_INTERVAL] = (0.5,),
+    seed: int = 0,
+) -> ExperimentResult:
+    """Limits declared in the signature."""
+    return ExperimentResult(metrics={"count": count})
+
+
+def test_name_title_limits_and_config_come_from_the_function():
+    experiment = get_experiment("_test_registry_annotated")
+    assert experiment.title == "Limits declared in the signature."
+    assert {k: v.describe() for k, v in experiment.limits.items()} == {
+        "count": "> 0",
+        "fractions": "in [0, 1]",
+    }
+    result = run_experiment("_test_registry_annotated", count=3)
+    assert result.name == "_test_registry_annotated"
+    assert result.config == {"count": 3, "fractions": (0.5,), "seed": 0}  # defaults recorded
+    with pytest.raises(ConfigError, match="every entry of fractions must be in"):
+        run_experiment("_test_registry_annotated", fractions=(0.5, 2.0))
+    with pytest.raises(ConfigError, match="count must be > 0"):
+        run_experiment("_test_registry_annotated", count=0)
+
+
+def test_every_cli_alias_is_a_command_that_runs_its_experiment():
+    from typer.testing import CliRunner
+
+    from spinformer.cli import app
+
+    aliased = [e for e in list_experiments() if e.cli is not None]
+    assert {(e.cli.group, e.cli.command) for e in aliased} >= {
+        ("attention", "table"),
+        ("spin", "train"),
+        ("hopfield", "capacity"),
+        ("mc", "published"),
+    }
+    for experiment in aliased:
+        result = CliRunner().invoke(app, [experiment.cli.group, experiment.cli.command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "--set" in result.output and "--out" in result.output
+    with pytest.raises(ValueError, match="cli must be 'GROUP COMMAND'"):
+        register_experiment("_test_registry_badcli", "x", cli="attention")

@@ -7,8 +7,7 @@ from typer.testing import CliRunner
 
 from spinformer.cli import app
 from spinformer.experiments import get_experiment, run_experiment
-from spinformer.experiments.thermo import curie_weiss_binomial
-from spinformer.physics import curie_weiss, thermodynamics
+from spinformer.physics import curie_weiss, curie_weiss_binomial, thermodynamics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

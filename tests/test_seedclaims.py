@@ -1,4 +1,4 @@
-"""Seed 003's magnetization with input-dependent couplings, the module anatomy, seed 000's figure."""
+"""Magnetizations with input-dependent couplings (Bal 2021), the module anatomy, the ergodicity figure."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Boundary checks shared by every public entry point.
 
 Each check raises ``ValueError`` naming the argument and what was expected, before any work is
-done (STYLE §7). Internals trust their inputs; only public functions call these.
+done. Internals trust their inputs; only public functions call these.
 """
 
 from __future__ import annotations

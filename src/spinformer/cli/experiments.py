@@ -51,12 +51,18 @@ def run_command(
         ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="TOML preset (e.g. configs/NAME.toml); --set overrides it.")
+        Path | None,
+        typer.Option(
+            help="TOML preset (e.g. configs/NAME.toml), or the results.json of an earlier run"
+            " (its recorded config); --set overrides it."
+        ),
     ] = None,
 ) -> None:
     """Run one experiment and print its metrics and tables.
 
     Example: spinformer run ising_lattice_sweep --config configs/ising_lattice_sweep_cpu.toml --set num_betas=21
+
+    Example: spinformer run hopfield_capacity --config runs/cap/results.json (the same run again)
     """
     from spinformer.experiments import get_experiment, run_experiment
 
@@ -67,7 +73,7 @@ def run_command(
     sources: dict[str, str] = {}
     overrides: dict[str, Any] = {}
     if config is not None:
-        preset = _read_preset(config)
+        preset = _read_preset(config, name)
         overrides.update(preset)
         sources.update(dict.fromkeys(preset, f"--config {config}"))
     for item in set_ or []:
@@ -132,16 +138,33 @@ def run_command(
         console.print(f"wrote {out}")
 
 
-def _read_preset(config: Path) -> dict[str, Any]:
-    """The top-level table of the ``--config`` TOML file (failing with one line otherwise)."""
+def _read_preset(config: Path, name: str) -> dict[str, Any]:
+    """The config in the ``--config`` file (failing with one line otherwise).
+
+    A ``.json`` file is either the ``results.json`` of a run of experiment ``name`` (its
+    recorded ``config``, complete by construction, so the run is reproduced) or a JSON object of
+    config values; any other file is TOML, whose top-level table is the config.
+    """
     if not config.is_file():
-        fail(f"--config must be an existing TOML file, got {config}")
+        fail(f"--config must be an existing TOML file or a results.json, got {config}")
     try:
         text = config.read_bytes().decode("utf-8")
     except OSError as err:
         fail(f"--config {config} cannot be read: {err.strerror or err}")
     except UnicodeDecodeError as err:
         fail(f"--config {config} is not UTF-8 text ({err.reason} at byte {err.start})")
+    if config.suffix.lower() == ".json":
+        try:
+            preset = json.loads(text)
+        except ValueError as err:
+            fail(f"--config {config} is not valid JSON: {err}")
+        if not isinstance(preset, dict):
+            fail(f"--config {config} must hold a JSON object, got {type(preset).__name__}")
+        if isinstance(preset.get("config"), dict) and "name" in preset:  # a results.json
+            if preset["name"] != name:
+                fail(f"--config {config} records a run of {preset['name']!r}, not of {name!r}")
+            return preset["config"]
+        return preset
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -1,4 +1,5 @@
-"""``spinformer hopfield``: retrieval demos and the Hopfield capacity / landscape experiments."""
+"""``spinformer hopfield``: retrieval demos; the capacity / landscape experiment commands are
+generated from their registrations (:mod:`spinformer.cli._aliases`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from rich.table import Table
 
 from spinformer._validation import Limit
 from spinformer.cli._app import SEED_LIMIT, app, check_option, console, fail
-from spinformer.cli.mc import _experiment
 from spinformer.hopfield import ClassicalHopfield, random_patterns
 
 hopfield_app = typer.Typer(help="Classical and modern Hopfield networks.", no_args_is_help=True)
@@ -57,8 +57,3 @@ def retrieve_command(
         )
     console.print(table)
     console.print(f"mean final overlap {float(run.overlaps.diagonal().mean()):.4f}")
-
-
-hopfield_app.command("capacity")(_experiment("hopfield_capacity"))
-hopfield_app.command("modern-capacity")(_experiment("modern_hopfield_capacity"))
-hopfield_app.command("landscapes")(_experiment("hopfield_landscapes"))

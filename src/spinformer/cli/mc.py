@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -11,7 +10,6 @@ from rich.table import Table
 
 from spinformer._validation import Limit
 from spinformer.cli._app import SEED_LIMIT, app, check_option, console, fail
-from spinformer.cli.experiments import run_command
 from spinformer.cli.thermo import ModelName
 from spinformer.physics import (
     ALGORITHMS,
@@ -111,24 +109,3 @@ def sample_command(
         f"[dim]acceptance {float(result.extras['acceptance'].mean()):.3f}; "
         f"run length >= 50 tau: {bool(result.converged)}[/]"
     )
-
-
-def _experiment(name: str):
-    def command(
-        set_: Annotated[
-            list[str] | None,
-            typer.Option("--set", "-s", help="Config override key=value (repeatable)."),
-        ] = None,
-        out: Annotated[
-            Path | None, typer.Option(help="Directory for figures and results.json.")
-        ] = None,
-    ) -> None:
-        run_command(name, set_, out)
-
-    command.__doc__ = f"Run the {name!r} experiment (see `spinformer run {name}`)."
-    return command
-
-
-mc_app.command("published")(_experiment("mc_published_values"))
-mc_app.command("slowing-down")(_experiment("mc_critical_slowing_down"))
-mc_app.command("ergodicity")(_experiment("ergodicity"))

@@ -14,6 +14,7 @@ from spinformer.experiments import sweep_report as _sweep_report  # noqa: F401
 from spinformer.experiments import sweeps as _sweeps  # noqa: F401
 from spinformer.experiments import thermo as _thermo  # noqa: F401
 from spinformer.experiments._registry import (
+    CliCommand,
     ConfigError,
     Experiment,
     ExperimentResult,
@@ -25,6 +26,7 @@ from spinformer.experiments._registry import (
 )
 
 __all__ = [
+    "CliCommand",
     "ConfigError",
     "Experiment",
     "ExperimentResult",

@@ -1,18 +1,28 @@
 """Named, seeded, pure experiments: a frozen config in, numbers and figures out.
 
 Every number and figure the CLI, the report and the docs show comes from an experiment
-registered here (DESIGN.md, "experiments are the single source"). An experiment is a plain
-function ``fn(**config) -> ExperimentResult``; it must be a pure function of its config (seeds
-included), so that a sweep point can run in a process pool, Ray or Dask unchanged.
+registered here: the single source of each. An experiment is a plain function
+``fn(**config) -> ExperimentResult``; it must be a pure function of its config (seeds included),
+so that a sweep point can run in a process pool, Ray or Dask unchanged.
 
-Registering with ``section=`` puts the experiment in ``spinformer report`` with its
-``report_config`` (CPU-sized, so the whole report builds in minutes).
+The registry owns what is *about* an experiment, so the function holds only its science:
+
+- the **name** is the function's name (``@register_experiment(title=..., ...)``);
+- the **config** is derived, not restated: every call is bound to the function's signature with
+  the defaults applied (:meth:`Experiment.bind`) and checked against the limits the signature
+  declares (``num_tokens: Annotated[int, POSITIVE] = 48``); :meth:`Experiment.run` records that
+  bound config in the result, so ``results.json`` always reproduces the run; the function
+  returns only metrics, tables, figures and notes;
+- the **command line**: ``cli="GROUP COMMAND"`` generates ``spinformer GROUP COMMAND`` (with
+  ``--set key=value`` and ``--out DIR``), the same command ``spinformer run NAME`` is;
+- the **report**: ``section=`` puts the experiment in ``spinformer report`` with its
+  ``report_config`` (CPU-sized, so the whole report builds in minutes).
 
 A config is checked before anything runs (:meth:`Experiment.bind`), by one generic mechanism:
 the keys must be parameters of the function; each value must match the parameter's annotation
 (``int``, ``float`` — always finite —, ``bool``, ``str``, ``tuple[X, ...]`` — non-empty, a list is
-accepted —, ``X | None``); the ranges an experiment declares with ``limits=`` (:class:`Limit`)
-hold for the value or for every entry of a tuple; and the experiment's own ``check=`` callable
+accepted —, ``X | None``); the ranges an experiment declares (:class:`Limit`, in the annotation or with
+``limits=``) hold for the value or for every entry of a tuple; and the experiment's own ``check=`` callable
 sees the whole bound config for constraints between keys. Every integer fits int64, and a
 parameter called ``seed`` is a non-negative integer everywhere. Every failure is a
 :class:`ConfigError` naming the key.
@@ -20,6 +30,7 @@ parameter called ``seed`` is a non-negative integer everywhere. Every failure is
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import types
@@ -34,6 +45,7 @@ __all__ = [
     "NON_NEGATIVE",
     "POSITIVE",
     "UNIT_INTERVAL",
+    "CliCommand",
     "ConfigError",
     "Experiment",
     "ExperimentResult",
@@ -141,19 +153,23 @@ def _coerce(value: Any, annotation: Any) -> Any:
 
 @dataclass(frozen=True)
 class ExperimentResult:
-    """What an experiment returns.
+    """What an experiment returns: its numbers, tables, figures and notes.
+
+    An experiment fills only ``metrics``, ``tables``, ``figures`` and ``notes``; the registry
+    fills ``name`` and ``config`` when it runs it (:meth:`Experiment.run`), with the config bound
+    to the function's signature, so the recorded config is the complete one that ran.
 
     Attributes:
         name: the experiment's registered name.
-        config: the full config it ran with (defaults filled in).
+        config: the full config it ran with (every parameter, defaults filled in).
         metrics: named scalars (JSON-serialisable), the headline numbers.
         tables: named tables, each a list of rows (dicts of column -> value).
         figures: named matplotlib figures.
         notes: short sentences interpreting the numbers (shown in the report).
     """
 
-    name: str
-    config: dict[str, Any]
+    name: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float | int | str | bool] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
@@ -161,7 +177,35 @@ class ExperimentResult:
 
 
 @dataclass(frozen=True)
+class CliCommand:
+    """The ``spinformer GROUP COMMAND`` alias of an experiment (``--set`` and ``--out`` options).
+
+    ``help`` is the command's help text (default: a pointer to ``spinformer run NAME``). The
+    string ``"GROUP COMMAND"`` is accepted wherever a :class:`CliCommand` is.
+    """
+
+    group: str
+    command: str
+    help: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str | CliCommand) -> CliCommand:
+        if isinstance(spec, CliCommand):
+            return spec
+        words = spec.split() if isinstance(spec, str) else []
+        if len(words) != 2:
+            raise ValueError(f"cli must be 'GROUP COMMAND' or a CliCommand, got {spec!r}")
+        return cls(*words)
+
+
+@dataclass(frozen=True)
 class Experiment:
+    """A registered experiment: its function and what the registry knows about it.
+
+    ``name`` is the function's name; ``report_config`` the report's (CPU-sized) config; ``cli``
+    the generated ``spinformer GROUP COMMAND`` alias, if any.
+    """
+
     name: str
     fn: Callable[..., ExperimentResult]
     title: str
@@ -170,6 +214,7 @@ class Experiment:
     report_config: Mapping[str, Any]
     limits: Mapping[str, Limit] = field(default_factory=dict)
     check: Callable[[Mapping[str, Any]], None] | None = None
+    cli: CliCommand | None = None
 
     @property
     def description(self) -> str:
@@ -227,38 +272,82 @@ class Experiment:
             self.check(bound)
         return bound
 
+    def run(self, config: Mapping[str, Any] | None = None) -> ExperimentResult:
+        """Bind ``config`` (:meth:`bind`), call the function, and record the name and config.
+
+        The result's ``config`` is the bound config itself — every parameter of the function,
+        defaults filled in — so running it again reproduces the result.
+        """
+        bound = self.bind(config or {})
+        result = self.fn(**bound)
+        return dataclasses.replace(result, name=self.name, config=dict(bound))
+
 
 _EXPERIMENTS: dict[str, Experiment] = {}
 
 
+def _annotated_limits(fn: Callable[..., Any]) -> dict[str, Limit]:
+    """The limits declared in ``fn``'s signature: ``count: Annotated[int, POSITIVE] = 3``."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    return {
+        key: meta
+        for key, hint in hints.items()
+        if typing.get_origin(hint) is typing.Annotated
+        for meta in hint.__metadata__
+        if isinstance(meta, Limit)
+    }
+
+
 def register_experiment(
-    name: str,
-    title: str,
+    name: str | Callable[..., ExperimentResult] | None = None,
+    title: str | None = None,
     section: str | None = None,
     order: int = 100,
     report_config: Mapping[str, Any] | None = None,
     limits: Mapping[str, Limit] | None = None,
     check: Callable[[Mapping[str, Any]], None] | None = None,
-) -> Callable[[Callable[..., ExperimentResult]], Callable[..., ExperimentResult]]:
-    """Register ``fn`` under ``name``; ``section`` (report section title) puts it in the report.
+    cli: str | CliCommand | None = None,
+) -> Any:
+    """Register an experiment function; its name is the function's name.
 
-    ``limits`` maps config keys to the :class:`Limit` their values (or tuple entries) must meet;
-    ``check(config)`` raises :class:`ConfigError` for constraints between keys. The
+    ``@register_experiment(title="...", section="...")`` registers ``fn`` as ``fn.__name__``
+    (``@register_experiment`` alone works too; an explicit ``name`` is still accepted). ``title``
+    defaults to the docstring's first line; ``section`` (a report section title) puts the
+    experiment in ``spinformer report`` with its ``report_config``. A parameter annotated
+    ``Annotated[int, POSITIVE]`` (any :class:`Limit`) must meet that limit (every entry of a
+    tuple does); ``limits`` maps config keys to limits the same way, for a signature that does
+    not carry them; ``check(config)`` raises
+    :class:`ConfigError` for constraints between keys. ``cli="GROUP COMMAND"`` (or a
+    :class:`CliCommand`) generates the command ``spinformer GROUP COMMAND`` that runs it. The
     ``report_config`` is checked here, at registration.
     """
+    if callable(name):  # used bare: @register_experiment
+        return register_experiment()(name)
+    command = CliCommand.parse(cli) if cli is not None else None
 
     def decorate(fn: Callable[..., ExperimentResult]) -> Callable[..., ExperimentResult]:
-        if name in _EXPERIMENTS and _EXPERIMENTS[name].fn is not fn:
-            raise ValueError(f"experiment {name!r} is already registered")
+        key = name or fn.__name__
+        if key in _EXPERIMENTS and _EXPERIMENTS[key].fn is not fn:
+            raise ValueError(f"experiment {key!r} is already registered")
         params = inspect.signature(fn).parameters
         stray = sorted(set(limits or {}) - set(params))
         if stray:
-            raise ValueError(f"limits name keys {stray} that {name!r} does not take")
+            raise ValueError(f"limits name keys {stray} that {key!r} does not take")
+        declared = {**_annotated_limits(fn), **(limits or {})}
+        heading = title or (inspect.cleandoc(fn.__doc__ or "").split("\n", 1)[0] or key)
         experiment = Experiment(
-            name, fn, title, section, order, dict(report_config or {}), dict(limits or {}), check
+            key,
+            fn,
+            heading,
+            section,
+            order,
+            dict(report_config or {}),
+            declared,
+            check,
+            command,
         )
         experiment.bind(experiment.report_config)
-        _EXPERIMENTS[name] = experiment
+        _EXPERIMENTS[key] = experiment
         return fn
 
     return decorate
@@ -278,8 +367,9 @@ def get_experiment(name: str) -> Experiment:
 def run_experiment(name: str, **config: Any) -> ExperimentResult:
     """Run experiment ``name`` on ``config`` checked by :meth:`Experiment.bind` first.
 
+    The result records the name and the full bound config (:meth:`Experiment.run`).
+
     Raises:
         ConfigError: a bad config (before anything runs); see :meth:`Experiment.bind`.
     """
-    experiment = get_experiment(name)
-    return experiment.fn(**experiment.bind(config))
+    return get_experiment(name).run(config)

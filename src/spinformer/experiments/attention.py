@@ -1,8 +1,10 @@
-r"""Attention as a spin system: the seed demonstrations as experiments (seeds 000–002).
+r"""Attention as a spin system (Bal, "Transformers are secretly collectives of spin systems",
+2021): an attention row is a Boltzmann distribution, its output a magnetization.
 
-* ``attention_seed_table``: the transformer equations of seed 000 evaluated three ways -- in index
-  notation (explicit index contractions), in compact matrix notation, and by our module (and
-  torch's) -- on one small example; all agree to rounding.
+* ``attention_seed_table``: the transformer equations (Vaswani et al., "Attention is all you
+  need", 2017) evaluated three ways -- in index notation (explicit index contractions), in
+  compact matrix notation, and by our module (and torch's) -- on one small example; all agree to
+  rounding.
 * ``attention_extensivity``: two non-interacting ensembles are one attention row over the product
   keys (concatenated queries and keys, ω = ω₁ + ω₂), and ln Z, F, U, S, C add.
 * ``attention_beta_sweep``: entropy and heat capacity of every head of an attention layer as β
@@ -15,8 +17,7 @@ r"""Attention as a spin system: the seed demonstrations as experiments (seeds 00
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -28,9 +29,11 @@ from spinformer.attention import (
     fixed_points,
     self_consistent,
 )
+from spinformer.data import text_tokens
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
+    CliCommand,
     ExperimentResult,
     ordered,
     register_experiment,
@@ -50,18 +53,24 @@ SECTION = "Attention as a spin system"
 
 
 @register_experiment(
-    "attention_seed_table",
-    "Seed 000's transformer table, three ways",
+    title="The transformer's equations, three ways",
+    cli=CliCommand(
+        "attention",
+        "table",
+        "The transformer's equations in index notation, compact notation and our module.",
+    ),
     section=SECTION,
     order=20,
-    limits={"num_tokens": POSITIVE, "dim": POSITIVE},
 )
-def attention_seed_table(num_tokens: int = 5, dim: int = 4, seed: int = 0) -> ExperimentResult:
-    """The table of seed 000 (query, key, value, score, weight, output) on a small example.
+def attention_seed_table(
+    num_tokens: Annotated[int, POSITIVE] = 5, dim: Annotated[int, POSITIVE] = 4, seed: int = 0
+) -> ExperimentResult:
+    """The transformer's equations (query, key, value, score, weight, output) on a small example.
 
-    One head with D×D matrices W_Q, W_K, W_V and the seed's scale 1/√d_model. Each row is computed
-    in index notation (Q_iᵃ = Σ_b W_Qᵃᵇ x_iᵇ, ω_ij = Σ_ab x_jᵃ [W_Kᵀ W_Q]ᵃᵇ x_iᵇ, …, written as
-    explicit index contractions), in compact notation (Q = x W_Qᵀ, ω = Q Kᵀ, α = softmax(ω/√D),
+    One head with D×D matrices W_Q, W_K, W_V and the scale 1/√d_model of Vaswani et al. (2017).
+    Each row is computed in index notation (Q_iᵃ = Σ_b W_Qᵃᵇ x_iᵇ,
+    ω_ij = Σ_ab x_jᵃ [W_Kᵀ W_Q]ᵃᵇ x_iᵇ, …, written as explicit index contractions), in compact
+    notation (Q = x W_Qᵀ, ω = Q Kᵀ, α = softmax(ω/√D),
     z = α V), and by BoltzmannAttention and torch's MultiheadAttention with the same weights. The
     score row uses the fused coupling W_QK = W_Kᵀ W_Q of "Transformers transformed"; the output
     row checks z_i = W_V ⟨x⟩_i (W_V as a susceptibility).
@@ -146,10 +155,8 @@ def attention_seed_table(num_tokens: int = 5, dim: int = 4, seed: int = 0) -> Ex
     )
     worst = max(worst, susceptibility)
     return ExperimentResult(
-        name="attention_seed_table",
-        config={"num_tokens": num_tokens, "dim": dim, "seed": seed},
         metrics={"max_abs_difference": worst},
-        tables={"seed 000 table": rows},
+        tables={"transformer table": rows},
         notes=[
             f"All routes agree to {worst:.1e} (float64 rounding): the score is the coupling"
             " x_jᵀ W_QK x_i and the output is W_V times a magnetization."
@@ -158,20 +165,27 @@ def attention_seed_table(num_tokens: int = 5, dim: int = 4, seed: int = 0) -> Ex
 
 
 @register_experiment(
-    "attention_extensivity",
-    "Extensivity: non-interacting ensembles add",
+    title="Extensivity: non-interacting ensembles add",
+    cli=CliCommand(
+        "attention",
+        "extensivity",
+        "ln Z, F, U, S, C of two non-interacting attention ensembles add.",
+    ),
     section=SECTION,
     order=21,
-    limits={"num_keys_a": POSITIVE, "num_keys_b": POSITIVE, "dim": POSITIVE, "betas": POSITIVE},
 )
 def attention_extensivity(
-    num_keys_a: int = 6,
-    num_keys_b: int = 9,
-    dim: int = 4,
-    betas: tuple[float, ...] = (0.1, 1.0, 10.0),
+    num_keys_a: Annotated[int, POSITIVE] = 6,
+    num_keys_b: Annotated[int, POSITIVE] = 9,
+    dim: Annotated[int, POSITIVE] = 4,
+    betas: Annotated[tuple[float, ...], POSITIVE] = (0.1, 1.0, 10.0),
     seed: int = 0,
 ) -> ExperimentResult:
-    """ln Z of two non-interacting ensembles adds (seed 000, "why the exponential form").
+    """ln Z of two non-interacting ensembles adds: E = E_A + E_B, so Z = Z_A Z_B.
+
+    This is why the weights are exponential: independent systems must have multiplying
+    probabilities and adding energies (Gibbs, "Elementary principles in statistical mechanics",
+    1902).
 
     Ensemble A is one query attending to ``num_keys_a`` keys, B one query attending to
     ``num_keys_b`` keys. The combined system is a single attention row over all pairs (j, k) of
@@ -216,14 +230,6 @@ def attention_extensivity(
                 }
             )
     return ExperimentResult(
-        name="attention_extensivity",
-        config={
-            "num_keys_a": num_keys_a,
-            "num_keys_b": num_keys_b,
-            "dim": dim,
-            "betas": tuple(betas),
-            "seed": seed,
-        },
         metrics={"max_abs_difference": worst, "num_states": num_keys_a * num_keys_b},
         tables={"extensive quantities": rows},
         notes=[
@@ -233,80 +239,25 @@ def attention_extensivity(
     )
 
 
-def _prose() -> str:
-    """English prose shipped with CPython (the pydoc topics), joined in a fixed order."""
-    from pydoc_data.topics import topics
-
-    return "\n".join(topics[key] for key in sorted(topics))
-
-
-def text_tokens(
-    num_tokens: int, dim: int, vocabulary: int = 1000, window: int = 2, topic: str = "if"
-) -> tuple[torch.Tensor, list[str]]:
-    """Token vectors for ``num_tokens`` consecutive words of real text (float64, (N, dim)).
-
-    Word vectors are the top singular vectors of the positive pointwise mutual information of
-    word co-occurrences (±``window`` words) over CPython's ``pydoc_data.topics`` prose, plus
-    sinusoidal positions, each token standardized (zero mean, unit variance) as a transformer's
-    layer norm would. The sentence is the start of the ``topic`` entry, restricted to the
-    vocabulary. Deterministic; no download.
-    """
-    from pydoc_data.topics import topics
-
-    words = re.findall(r"[a-z]+", _prose().lower())
-    counts = Counter(words)
-    vocab = [w for w, _ in counts.most_common(vocabulary)]
-    index = {w: i for i, w in enumerate(vocab)}
-    ids = np.array([index.get(w, -1) for w in words])
-    cooc = np.zeros((len(vocab), len(vocab)))
-    for shift in range(1, window + 1):
-        a, b = ids[:-shift], ids[shift:]
-        keep = (a >= 0) & (b >= 0)
-        np.add.at(cooc, (a[keep], b[keep]), 1.0)
-    cooc = cooc + cooc.T
-    total = cooc.sum()
-    row = cooc.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pmi = np.log(cooc * total / (row * row.T))
-    ppmi = np.where(np.isfinite(pmi) & (pmi > 0), pmi, 0.0)
-    u, s, _ = np.linalg.svd(ppmi, hermitian=True)
-    vectors = torch.from_numpy(u[:, :dim] * np.sqrt(s[:dim]))
-    sentence = [w for w in re.findall(r"[a-z]+", topics[topic].lower()) if w in index]
-    sentence = (sentence * (num_tokens // max(len(sentence), 1) + 1))[:num_tokens]
-    x = vectors[[index[w] for w in sentence]]
-    position = torch.arange(num_tokens, dtype=torch.float64)[:, None]
-    frequency = torch.exp(-math.log(1e4) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    encoding = torch.zeros(num_tokens, dim, dtype=torch.float64)
-    encoding[:, 0::2] = torch.sin(position * frequency)
-    encoding[:, 1::2] = torch.cos(position * frequency)[:, : dim // 2]
-    x = x / x.std(dim=-1, keepdim=True).clamp_min(1e-12) + 0.5 * encoding
-    x = (x - x.mean(dim=-1, keepdim=True)) / x.std(dim=-1, keepdim=True)
-    return x, sentence
-
-
 @register_experiment(
-    "attention_beta_sweep",
-    "Entropy and heat capacity of an attention layer against β",
+    title="Entropy and heat capacity of an attention layer against β",
+    cli=CliCommand(
+        "attention",
+        "sweep",
+        "Entropy and heat capacity of each head of an attention layer against β (real text).",
+    ),
     section=SECTION,
     order=22,
     report_config={"num_betas": 49},
-    limits={
-        "num_tokens": POSITIVE,
-        "embed_dim": POSITIVE,
-        "num_heads": POSITIVE,
-        "num_betas": POSITIVE,
-        "beta_factor_min": POSITIVE,
-        "beta_factor_max": POSITIVE,
-    },
     check=ordered("beta_factor_min", "beta_factor_max"),
 )
 def attention_beta_sweep(
-    num_tokens: int = 48,
-    embed_dim: int = 64,
-    num_heads: int = 4,
-    num_betas: int = 81,
-    beta_factor_min: float = 1e-2,
-    beta_factor_max: float = 1e2,
+    num_tokens: Annotated[int, POSITIVE] = 48,
+    embed_dim: Annotated[int, POSITIVE] = 64,
+    num_heads: Annotated[int, POSITIVE] = 4,
+    num_betas: Annotated[int, POSITIVE] = 81,
+    beta_factor_min: Annotated[float, POSITIVE] = 1e-2,
+    beta_factor_max: Annotated[float, POSITIVE] = 1e2,
     causal: bool = False,
     seed: int = 0,
 ) -> ExperimentResult:
@@ -383,17 +334,6 @@ def attention_beta_sweep(
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
     return ExperimentResult(
-        name="attention_beta_sweep",
-        config={
-            "num_tokens": num_tokens,
-            "embed_dim": embed_dim,
-            "num_heads": num_heads,
-            "num_betas": num_betas,
-            "beta_factor_min": beta_factor_min,
-            "beta_factor_max": beta_factor_max,
-            "causal": causal,
-            "seed": seed,
-        },
         metrics=metrics,
         tables={"per head": rows},
         figures={"entropy_heat_capacity_vs_beta": fig},
@@ -412,25 +352,22 @@ def pitchfork_tokens(dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 
 @register_experiment(
-    "attention_bifurcation",
-    "Bifurcation diagram of the self-consistency equation",
+    title="Bifurcation diagram of the self-consistency equation",
+    cli=CliCommand(
+        "attention",
+        "bifurcation",
+        "Fixed points of the mean-field self-consistency equation against β, with β_c.",
+    ),
     section=SECTION,
     order=23,
     report_config={"num_betas": 25},
-    limits={
-        "num_betas": POSITIVE,
-        "beta_max": POSITIVE,
-        "num_patterns": POSITIVE,
-        "dim": POSITIVE,
-        "num_random": POSITIVE,
-    },
 )
 def attention_bifurcation(
-    num_betas: int = 41,
-    beta_max: float = 2.0,
-    num_patterns: int = 6,
-    dim: int = 3,
-    num_random: int = 16,
+    num_betas: Annotated[int, POSITIVE] = 41,
+    beta_max: Annotated[float, POSITIVE] = 2.0,
+    num_patterns: Annotated[int, POSITIVE] = 6,
+    dim: Annotated[int, POSITIVE] = 3,
+    num_random: Annotated[int, POSITIVE] = 16,
     seed: int = 0,
 ) -> ExperimentResult:
     """Fixed points of m = Σ_j x_j softmax_j(β x_jᵀ W_QK m) against β, critical β marked.
@@ -502,15 +439,6 @@ def attention_bifurcation(
     axes[2].set_xlabel("β")
     axes[2].set_ylabel("basin fractions (queries)")
     return ExperimentResult(
-        name="attention_bifurcation",
-        config={
-            "num_betas": num_betas,
-            "beta_max": beta_max,
-            "num_patterns": num_patterns,
-            "dim": dim,
-            "num_random": num_random,
-            "seed": seed,
-        },
         metrics={
             "pitchfork_beta_c_continuation": float(critical.beta),
             "pitchfork_beta_c_closed_form": float(critical.closed_form),
@@ -534,8 +462,12 @@ def attention_bifurcation(
 
 
 @register_experiment(
-    "attention_mean_field_bridges",
-    "Pitchfork and Curie–Weiss numbers",
+    title="Pitchfork and Curie–Weiss numbers",
+    cli=CliCommand(
+        "attention",
+        "bridges",
+        "Pitchfork (β_c = 1/2, s = tanh(2βs)) and Curie–Weiss (m = tanh(βm)) numbers.",
+    ),
     section=SECTION,
     order=24,
 )
@@ -573,8 +505,6 @@ def attention_mean_field_bridges() -> ExperimentResult:
     ]
     worst = max(r["|error|"] for r in table)
     return ExperimentResult(
-        name="attention_mean_field_bridges",
-        config={},
         metrics={"max_abs_error": worst, "pitchfork_s": abs(s), "curie_weiss_m": abs(cw)},
         tables={"closed forms": table},
         notes=[

@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 from torch import nn
@@ -69,21 +70,18 @@ def _training_step(module: nn.Module, call: Callable[[], object]) -> Callable[[]
 
 
 @register_experiment(
-    "benchmark_ratios",
-    "Benchmark ratios on this machine",
+    title="Benchmark ratios on this machine",
     section="Benchmarks",
     order=90,
     report_config={"seq": 64, "dim": 64, "repeats": 5},
-    limits={
-        "batch": POSITIVE,
-        "seq": POSITIVE,
-        "dim": POSITIVE,
-        "heads": POSITIVE,
-        "repeats": POSITIVE,
-    },
 )
 def benchmark_ratios(
-    batch: int = 8, seq: int = 256, dim: int = 256, heads: int = 4, repeats: int = 5, seed: int = 0
+    batch: Annotated[int, POSITIVE] = 8,
+    seq: Annotated[int, POSITIVE] = 256,
+    dim: Annotated[int, POSITIVE] = 256,
+    heads: Annotated[int, POSITIVE] = 4,
+    repeats: Annotated[int, POSITIVE] = 5,
+    seed: int = 0,
 ) -> ExperimentResult:
     """Time ratios of spinformer's modules against torch's, measured in the same run.
 
@@ -179,15 +177,6 @@ def benchmark_ratios(
     ax.legend(fontsize=7)
     ratio = {f"{r['benchmark']} {r['mode']}: {r['case']}": r["ratio"] for r in rows}
     return ExperimentResult(
-        name="benchmark_ratios",
-        config={
-            "batch": batch,
-            "seq": seq,
-            "dim": dim,
-            "heads": heads,
-            "repeats": repeats,
-            "seed": seed,
-        },
         metrics={
             "machine": machine,
             "attention inference ratio": ratio["attention inference: BoltzmannAttention"],

@@ -10,9 +10,12 @@ energy along paths between attractors (the barriers that make them memories).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
 
+from spinformer.experiments._common import seeded
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
@@ -31,39 +34,45 @@ from spinformer.hopfield import (
     random_sphere_patterns,
 )
 
-__all__ = ["classical_capacity", "hopfield_landscapes", "modern_capacity"]
+__all__ = [
+    "classical_capacity",
+    "hopfield_capacity",
+    "hopfield_landscapes",
+    "modern_capacity",
+    "modern_hopfield_capacity",
+]
 
 SECTION = "Hopfield memories"
 AGS_CRITICAL_LOAD = 0.138
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 @register_experiment(
-    "hopfield_capacity",
-    "Classical Hopfield capacity: the retrieval cliff near alpha_c = 0.138",
+    title="Classical Hopfield capacity: the retrieval cliff near alpha_c = 0.138",
+    cli="hopfield capacity",
     section=SECTION,
     order=30,
     report_config={"loads": (0.05, 0.1, 0.13, 0.16, 0.2), "starts": 10},
-    limits={
-        "num_spins": POSITIVE,
-        "loads": POSITIVE,
-        "starts": POSITIVE,
-        "corruption": UNIT_INTERVAL,
-    },
 )
-def classical_capacity(
-    num_spins: int = 1000,
-    loads: tuple[float, ...] = (0.04, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.25),
-    starts: int = 20,
-    corruption: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4),
+def hopfield_capacity(
+    num_spins: Annotated[int, POSITIVE] = 1000,
+    loads: Annotated[tuple[float, ...], POSITIVE] = (
+        0.04,
+        0.08,
+        0.1,
+        0.12,
+        0.14,
+        0.16,
+        0.18,
+        0.2,
+        0.25,
+    ),
+    starts: Annotated[int, POSITIVE] = 20,
+    corruption: Annotated[tuple[float, ...], UNIT_INTERVAL] = (0.0, 0.1, 0.2, 0.3, 0.4),
     seed: int = 0,
 ) -> ExperimentResult:
     """Final overlap of T = 0 asynchronous dynamics started at stored patterns, against α = P/N;
     and basin sizes (fraction of corrupted starts that return) at α = 0.05 and 0.1."""
-    curve = classical_retrieval(num_spins, tuple(loads), starts, generator=_gen(seed))
+    curve = classical_retrieval(num_spins, tuple(loads), starts, generator=seeded(seed))
     rows = [
         {
             "alpha": float(a),
@@ -86,9 +95,9 @@ def classical_capacity(
     basin_rows = []
     for k, alpha in enumerate((0.05, 0.1)):
         count = round(alpha * 400)
-        net = ClassicalHopfield(random_patterns(count, 400, _gen(seed + 1 + k)))
+        net = ClassicalHopfield(random_patterns(count, 400, seeded(seed + 1 + k)))
         basins = net.basin_sizes(
-            list(corruption), trials=max(1, 40 // count), generator=_gen(seed + 3 + k)
+            list(corruption), trials=max(1, 40 // count), generator=seeded(seed + 3 + k)
         )
         axes[1].errorbar(
             basins.corruption, basins.fraction_returned, yerr=basins.stderr, fmt="o-",
@@ -105,8 +114,6 @@ def classical_capacity(
         f"overlap_alpha_{a:g}": float(m) for a, m in zip(loads, curve.mean_overlap, strict=True)
     }
     return ExperimentResult(
-        name="hopfield_capacity",
-        config={"num_spins": num_spins, "loads": tuple(loads), "starts": starts, "seed": seed},
         metrics=metrics,
         tables={"retrieval vs load": rows, "basins of attraction": basin_rows},
         figures={"capacity": fig},
@@ -118,27 +125,19 @@ def classical_capacity(
 
 
 @register_experiment(
-    "modern_hopfield_capacity",
-    "Modern Hopfield capacity and its three regimes",
+    title="Modern Hopfield capacity and its three regimes",
+    cli="hopfield modern-capacity",
     section=SECTION,
     order=31,
     report_config={"counts": (2, 16, 128, 1024), "queries": 32, "dims": (4, 8, 12)},
-    limits={
-        "dim": POSITIVE,
-        "counts": POSITIVE,
-        "betas": POSITIVE,
-        "dims": POSITIVE,
-        "capacity_beta": POSITIVE,
-        "queries": POSITIVE,
-    },
 )
-def modern_capacity(
-    dim: int = 8,
-    counts: tuple[int, ...] = (2, 8, 32, 128, 512, 2048),
-    betas: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0),
-    dims: tuple[int, ...] = (4, 6, 8, 10, 12),
-    capacity_beta: float = 64.0,
-    queries: int = 64,
+def modern_hopfield_capacity(
+    dim: Annotated[int, POSITIVE] = 8,
+    counts: Annotated[tuple[int, ...], POSITIVE] = (2, 8, 32, 128, 512, 2048),
+    betas: Annotated[tuple[float, ...], POSITIVE] = (1.0, 4.0, 16.0, 64.0),
+    dims: Annotated[tuple[int, ...], POSITIVE] = (4, 6, 8, 10, 12),
+    capacity_beta: Annotated[float, POSITIVE] = 64.0,
+    queries: Annotated[int, POSITIVE] = 64,
     seed: int = 0,
 ) -> ExperimentResult:
     """Retrieval error vs number of patterns at several β (unit patterns in D dims, queries
@@ -148,7 +147,9 @@ def modern_capacity(
     without noise, are fixed points within 0.1 of themselves in ≥ 95 % of cases at
     β = ``capacity_beta``; its growth with D is the exponential capacity.
     """
-    grid = modern_retrieval(dim, tuple(counts), tuple(betas), queries=queries, generator=_gen(seed))
+    grid = modern_retrieval(
+        dim, tuple(counts), tuple(betas), queries=queries, generator=seeded(seed)
+    )
     fig, axes = new_figure(ncols=3)
     for b, beta in enumerate(betas):
         axes[0].semilogx(counts, grid.error[b].numpy(), "o-", label=f"β = {beta:g}")
@@ -157,7 +158,9 @@ def modern_capacity(
     axes[0].set_title(f"D = {dim}")
     axes[0].legend(fontsize=8)
     regime_betas = tuple(float(b) for b in np.geomspace(0.25, 256.0, 11))
-    regimes = modern_retrieval(dim, (32,), regime_betas, queries=queries, generator=_gen(seed + 1))
+    regimes = modern_retrieval(
+        dim, (32,), regime_betas, queries=queries, generator=seeded(seed + 1)
+    )
     for i, kind in enumerate(FIXED_POINT_KINDS):
         axes[1].semilogx(regime_betas, regimes.kind_fraction[:, 0, i].numpy(), "o-", label=kind)
     axes[1].set_xlabel("β")
@@ -169,7 +172,7 @@ def modern_capacity(
     for d in dims:
         result = modern_retrieval(
             d, capacity_counts, (capacity_beta,), noise=0.0, queries=queries,
-            generator=_gen(seed + 2 + d),
+            generator=seeded(seed + 2 + d),
         )  # fmt: skip
         ok = [
             c for c, e in zip(capacity_counts, result.error[0].tolist(), strict=True) if e <= 0.05
@@ -197,16 +200,6 @@ def modern_capacity(
         for b, beta in enumerate(regime_betas)
     ]
     return ExperimentResult(
-        name="modern_hopfield_capacity",
-        config={
-            "dim": dim,
-            "counts": tuple(counts),
-            "betas": tuple(betas),
-            "dims": tuple(dims),
-            "capacity_beta": capacity_beta,
-            "queries": queries,
-            "seed": seed,
-        },
         metrics={f"capacity_D{r['D']}": r["largest P with error <= 5%"] for r in capacity_rows},
         tables={
             "retrieval error": rows,
@@ -223,19 +216,22 @@ def modern_capacity(
 
 
 @register_experiment(
-    "hopfield_landscapes",
-    "Energy landscapes: modern plane through patterns, classical paths between attractors",
+    title="Energy landscapes: modern plane through patterns, classical paths between attractors",
+    cli="hopfield landscapes",
     section=SECTION,
     order=32,
     report_config={"grid": 61},
-    limits={"dim": POSITIVE, "beta": POSITIVE, "grid": Limit(2), "num_spins": POSITIVE},
 )
 def hopfield_landscapes(
-    dim: int = 16, beta: float = 8.0, grid: int = 101, num_spins: int = 200, seed: int = 0
+    dim: Annotated[int, POSITIVE] = 16,
+    beta: Annotated[float, POSITIVE] = 8.0,
+    grid: Annotated[int, Limit(2)] = 101,
+    num_spins: Annotated[int, POSITIVE] = 200,
+    seed: int = 0,
 ) -> ExperimentResult:
     """Modern energy on the plane through three stored patterns (with retrieval trajectories,
     projected), and classical energy per spin along random single-flip paths between attractors."""
-    patterns = random_sphere_patterns(6, dim, _gen(seed))
+    patterns = random_sphere_patterns(6, dim, seeded(seed))
     net = ModernHopfield(patterns, beta)
     origin = patterns[0]
     u = patterns[1] - origin
@@ -271,7 +267,7 @@ def hopfield_landscapes(
         axes[0].plot(coords[0], coords[1], "r*", ms=10)
         axes[0].annotate(label, coords.tolist(), color="r")
     axes[0].set_title(f"modern energy, D={dim}, β={beta:g}")
-    classical = ClassicalHopfield(random_patterns(5, num_spins, _gen(seed + 1)))
+    classical = ClassicalHopfield(random_patterns(5, num_spins, seeded(seed + 1)))
     mixture = classical.mixture_state([0, 1, 2])
     paths = {
         "pattern 1 -> pattern 2": (classical.patterns[0], classical.patterns[1]),
@@ -280,7 +276,7 @@ def hopfield_landscapes(
     }
     rows = []
     for name, (start, end) in paths.items():
-        energies = classical.path_energies(start, end, _gen(seed + 2)) / num_spins
+        energies = classical.path_energies(start, end, seeded(seed + 2)) / num_spins
         axes[1].plot(np.linspace(0, 1, energies.numel()), energies.numpy(), label=name)
         rows.append(
             {
@@ -296,8 +292,6 @@ def hopfield_landscapes(
     axes[1].legend(fontsize=7)
     retrieved = net.retrieve(starts).state
     return ExperimentResult(
-        name="hopfield_landscapes",
-        config={"dim": dim, "beta": beta, "grid": grid, "num_spins": num_spins, "seed": seed},
         metrics={
             "energy_min_on_plane": float(energy.min()),
             "retrieved_kinds": ",".join(net.classify(retrieved)),
@@ -310,3 +304,10 @@ def hopfield_landscapes(
             "attractors climb a barrier of order N.",
         ],
     )
+
+
+classical_capacity = hopfield_capacity
+"""Deprecated alias of :func:`hopfield_capacity` (the registered name)."""
+
+modern_capacity = modern_hopfield_capacity
+"""Deprecated alias of :func:`modern_hopfield_capacity` (the registered name)."""

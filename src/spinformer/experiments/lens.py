@@ -4,11 +4,12 @@ Each model of ``models`` (all-MiniLM-L6-v2, a BERT encoder; SmolLM2-135M-Instruc
 causal model) is loaded offline from its package and read by :func:`spinformer.lens.analyze` on
 the first ``num_tokens`` tokens of CPython's ``pydoc_data.topics`` prose (the language reference
 entries for ``if``, ``while`` and ``for``): every head as couplings :math:`W_{QK} = W_K^\top W_Q`
-at its own β (seed 000), the Boltzmann ensemble of every token, the self-consistent states of the
-head's mean-field map, its β_c and a phase label, and Ramsauer et al.'s classes ("Hopfield
-Networks is All You Need", 2020). The figures are the lens's own (:mod:`spinformer.lens`): layer
-× head maps of the asymmetry, S/ln N and β/β_c; the per-token entropy on the text; and seed 003's
-picture of one head as a spin system (the head with the largest β/β_c).
+at its own β (Bal, "Transformers are secretly collectives of spin systems", 2021), the
+Boltzmann ensemble of every token, the self-consistent states of the head's mean-field map, its
+β_c and a phase label, and Ramsauer et al.'s classes ("Hopfield Networks is All You Need",
+2020). The figures are the lens's own (:mod:`spinformer.lens`): layer × head maps of the
+asymmetry, S/ln N and β/β_c; the per-token entropy on the text; and Bal's (2021) picture of one
+head as a spin system (the head with the largest β/β_c).
 
 The report's quick scale runs MiniLM only; ``--scale full`` adds SmolLM2 (30 layers × 9 heads,
 longer to load and analyse). A model whose package is not installed is skipped with a note
@@ -20,10 +21,11 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
+from spinformer.data import topic_text
 from spinformer.experiments._registry import (
     POSITIVE,
     ConfigError,
@@ -56,9 +58,7 @@ def missing_lens_packages(model: str) -> list[str]:
 
 def lens_text() -> str:
     """The fixed English text: CPython's reference entries for ``if``, ``while`` and ``for``."""
-    from pydoc_data.topics import topics
-
-    return "".join(topics[name] for name in _TOPICS)
+    return topic_text(_TOPICS)
 
 
 def _check_models(config: Mapping[str, Any]) -> None:
@@ -72,24 +72,21 @@ def _check_models(config: Mapping[str, Any]) -> None:
 
 
 @register_experiment(
-    "lens_pretrained",
-    "Real transformers read as spin systems: phases, entropies and couplings of every head",
+    title="Real transformers read as spin systems: phases, entropies and couplings of every head",
     section=SECTION,
     order=10,
     report_config={"models": ("minilm",)},
-    limits={"num_tokens": POSITIVE},
     check=_check_models,
 )
 def lens_pretrained(
     models: tuple[str, ...] = ("minilm", "smollm2"),
-    num_tokens: int = 128,
+    num_tokens: Annotated[int, POSITIVE] = 128,
 ) -> ExperimentResult:
     """The lens on each model of ``models`` on the first ``num_tokens`` tokens of the fixed text."""
     from spinformer.lens import PHASES, RAMSAUER_CLASSES, analyze, load
     from spinformer.lens._figures import lens_figures
 
-    config = {"models": tuple(models), "num_tokens": num_tokens}
-    result = ExperimentResult("lens_pretrained", config)
+    result = ExperimentResult()
     text = lens_text()
     rows: list[dict[str, Any]] = []
     for name in models:

@@ -17,24 +17,28 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Annotated
 
 import numpy as np
 import torch
 from matplotlib.ticker import NullFormatter
 
+from spinformer import physics
+from spinformer.experiments._common import log_log_slope
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
+    CliCommand,
     ExperimentResult,
     Limit,
     ordered,
     register_experiment,
 )
 from spinformer.physics import IsingModel, sherrington_kirkpatrick, thermodynamics
-from spinformer.physics.meanfield import bessel_response, large_d_response, transformer_radius
 
 __all__ = [
     "associative_recall_batch",
+    "large_d_response",
     "large_d_response_error",
     "mean_field_tap_scaling",
     "spin_transformer_recall",
@@ -43,22 +47,21 @@ __all__ = [
 SECTION = "Spin-model transformer modules"
 
 
-def _slope(xs, ys) -> float:
-    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
-
-
 @register_experiment(
-    "large_d_response",
-    "Large-D response vs exact Bessel response",
+    title="Large-D response vs exact Bessel response",
+    cli=CliCommand(
+        "spin",
+        "response",
+        "Large-D response φ vs the exact Bessel response: error and its 1/D slope.",
+    ),
     section=SECTION,
     order=50,
-    limits={"dims": Limit(3), "beta": POSITIVE, "num_fields": POSITIVE, "max_field": POSITIVE},
 )
-def large_d_response_error(
-    dims: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024),
-    beta: float = 1.0,
-    num_fields: int = 80,
-    max_field: float = 20.0,
+def large_d_response(
+    dims: Annotated[tuple[int, ...], Limit(3)] = (8, 16, 32, 64, 128, 256, 512, 1024),
+    beta: Annotated[float, POSITIVE] = 1.0,
+    num_fields: Annotated[int, POSITIVE] = 80,
+    max_field: Annotated[float, POSITIVE] = 20.0,
     seed: int = 0,
 ) -> ExperimentResult:
     """Worst relative error of φ against R A_D(βR|θ|) θ̂ over β|θ|/R ∈ [0.01, max_field], per D."""
@@ -66,13 +69,13 @@ def large_d_response_error(
     rows, errors = [], []
     fig, ax = new_figure()
     for dim in dims:
-        radius = transformer_radius(dim)
+        radius = physics.transformer_radius(dim)
         direction = torch.randn(dim, generator=g, dtype=torch.float64)
         direction = direction / direction.norm()
         scale = torch.logspace(-2, math.log10(max_field), num_fields, dtype=torch.float64) / beta
         theta = scale[:, None] * radius * direction
-        exact = bessel_response(theta, beta, radius)
-        approx = large_d_response(theta, beta, radius)
+        exact = physics.bessel_response(theta, beta, radius)
+        approx = physics.large_d_response(theta, beta, radius)
         rel = ((approx - exact).norm(dim=-1) / exact.norm(dim=-1)).numpy()
         errors.append(float(rel.max()))
         rows.append(
@@ -84,19 +87,11 @@ def large_d_response_error(
             }
         )
         ax.loglog(beta * scale.numpy(), rel, label=f"D={dim}")
-    slope = _slope(dims, errors)
+    slope = log_log_slope(dims, errors)
     ax.set_xlabel("β|θ|/R")
     ax.set_ylabel("|φ − m_Bessel| / |m_Bessel|")
     ax.legend(fontsize=7)
     return ExperimentResult(
-        name="large_d_response",
-        config={
-            "dims": tuple(dims),
-            "beta": beta,
-            "num_fields": num_fields,
-            "max_field": max_field,
-            "seed": seed,
-        },
         metrics={"loglog_slope": slope, "max_error_largest_D": errors[-1]},
         tables={"error vs D": rows},
         figures={"relative_error": fig},
@@ -108,16 +103,19 @@ def large_d_response_error(
 
 
 @register_experiment(
-    "mean_field_tap_scaling",
-    "Naive mean field and TAP vs exact enumeration (SK, couplings × ε)",
+    title="Naive mean field and TAP vs exact enumeration (SK, couplings × ε)",
+    cli=CliCommand(
+        "spin",
+        "tap",
+        "Naive mean field and TAP vs exact enumeration as the couplings shrink (ε², ε³).",
+    ),
     section=SECTION,
     order=51,
-    limits={"num_spins": POSITIVE, "epsilons": POSITIVE, "beta": POSITIVE},
 )
 def mean_field_tap_scaling(
-    num_spins: int = 12,
-    epsilons: tuple[float, ...] = (0.4, 0.2, 0.1, 0.05, 0.025),
-    beta: float = 1.0,
+    num_spins: Annotated[int, POSITIVE] = 12,
+    epsilons: Annotated[tuple[float, ...], POSITIVE] = (0.4, 0.2, 0.1, 0.05, 0.025),
+    beta: Annotated[float, POSITIVE] = 1.0,
     field_scale: float = 0.5,
     seed: int = 0,
 ) -> ExperimentResult:
@@ -138,7 +136,7 @@ def mean_field_tap_scaling(
             row[f"{method} |dm|"] = err
             row[f"{method} |dlnZ|"] = float((r.log_partition - exact.log_partition).abs())
         rows.append(row)
-    slopes = {m: _slope(epsilons, e) for m, e in errors.items()}
+    slopes = {m: log_log_slope(epsilons, e) for m, e in errors.items()}
     halving = errors["tap"][-2] / errors["tap"][-1]
     fig, ax = new_figure()
     ax.loglog(epsilons, errors["mean_field"], "o-", label="naive mean field")
@@ -148,14 +146,6 @@ def mean_field_tap_scaling(
     ax.set_ylabel("max |m − m_exact|")
     ax.legend()
     return ExperimentResult(
-        name="mean_field_tap_scaling",
-        config={
-            "num_spins": num_spins,
-            "epsilons": tuple(epsilons),
-            "beta": beta,
-            "field_scale": field_scale,
-            "seed": seed,
-        },
         metrics={
             "naive_slope": slopes["mean_field"],
             "tap_slope": slopes["tap"],
@@ -189,37 +179,30 @@ def associative_recall_batch(
 
 
 @register_experiment(
-    "spin_transformer_recall",
-    "Training a SpinTransformer vs a Transformer on associative recall",
+    title="Training a SpinTransformer vs a Transformer on associative recall",
+    cli=CliCommand(
+        "spin",
+        "train",
+        "Train SpinTransformer and the Transformer reference on associative recall.\n\n"
+        "Example: spinformer spin train --set steps=100 --set \"blocks=('spin','mean_field')\"",
+    ),
     section=SECTION,
     order=52,
     report_config={"steps": 120},
-    limits={
-        "steps": POSITIVE,
-        "batch": POSITIVE,
-        "num_pairs": POSITIVE,
-        "num_keys": POSITIVE,
-        "num_values": POSITIVE,
-        "d_model": POSITIVE,
-        "n_heads": POSITIVE,
-        "n_layers": POSITIVE,
-        "lr": POSITIVE,
-        "spin_steps": POSITIVE,
-    },
     check=ordered("num_pairs", "num_keys"),
 )
 def spin_transformer_recall(
     blocks: tuple[str, ...] = ("spin", "transformer"),
-    steps: int = 200,
-    batch: int = 32,
-    num_pairs: int = 4,
-    num_keys: int = 8,
-    num_values: int = 8,
-    d_model: int = 32,
-    n_heads: int = 2,
-    n_layers: int = 2,
-    lr: float = 3e-3,
-    spin_steps: int | None = 3,
+    steps: Annotated[int, POSITIVE] = 200,
+    batch: Annotated[int, POSITIVE] = 32,
+    num_pairs: Annotated[int, POSITIVE] = 4,
+    num_keys: Annotated[int, POSITIVE] = 8,
+    num_values: Annotated[int, POSITIVE] = 8,
+    d_model: Annotated[int, POSITIVE] = 32,
+    n_heads: Annotated[int, POSITIVE] = 2,
+    n_layers: Annotated[int, POSITIVE] = 2,
+    lr: Annotated[float, POSITIVE] = 3e-3,
+    spin_steps: Annotated[int | None, POSITIVE] = 3,
     seed: int = 0,
 ) -> ExperimentResult:
     """Same data, seed and optimizer for each block kind; accuracy on fresh held-out batches.
@@ -295,21 +278,6 @@ def spin_transformer_recall(
     if len(rows) > 1:
         metrics["time_ratio_vs_first"] = rows[-1]["seconds"] / rows[0]["seconds"]
     return ExperimentResult(
-        name="spin_transformer_recall",
-        config={
-            "blocks": tuple(blocks),
-            "steps": steps,
-            "batch": batch,
-            "num_pairs": num_pairs,
-            "num_keys": num_keys,
-            "num_values": num_values,
-            "d_model": d_model,
-            "n_heads": n_heads,
-            "n_layers": n_layers,
-            "lr": lr,
-            "spin_steps": spin_steps,
-            "seed": seed,
-        },
         metrics=metrics,
         tables={"training": rows},
         figures={"loss": fig},
@@ -318,3 +286,7 @@ def spin_transformer_recall(
             "Accuracy on 1024 fresh sequences."
         ],
     )
+
+
+large_d_response_error = large_d_response
+"""Deprecated alias of :func:`large_d_response` (the registered name)."""

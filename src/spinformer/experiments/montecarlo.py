@@ -1,6 +1,6 @@
 r"""Monte Carlo experiments: published values, critical slowing down, ergodicity and its breaking.
 
-Seed 000: if a system is ergodic, a time average along one trajectory equals the ensemble
+If a system is ergodic, a time average along one trajectory equals the ensemble
 average; below a transition it is not, and the Gibbs measure splits into a mixture over basins
 
 .. math::
@@ -13,19 +13,21 @@ field h the two basins (M > 0, M < 0) have different weights; chains started in 
 there, and the weights are *measured* from the chains inside one basin by the spin-flip
 identity (flipping every spin maps basin − onto basin + and h onto −h):
 :math:`P_-/P_+ = Z_-/Z_+ = \langle e^{-2\beta h M}\rangle_+`. The mixture Σ P_i ⟨m⟩_i then
-reproduces the exact ensemble magnetization, which neither basin's time average does. A
-Hopfield network at low temperature shows the same with 2P basins.
+reproduces the exact ensemble magnetization, which neither basin's time average does (Palmer,
+"Broken ergodicity", 1982). A Hopfield network at low temperature shows the same with 2P basins
+(Amit, Gutfreund and Sompolinsky 1985).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
+from spinformer.experiments._common import seeded
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
@@ -33,7 +35,6 @@ from spinformer.experiments._registry import (
     Limit,
     register_experiment,
 )
-from spinformer.experiments.thermo import curie_weiss_binomial
 from spinformer.hopfield import ClassicalHopfield, random_patterns
 from spinformer.physics import (
     IsingModel,
@@ -44,27 +45,28 @@ from spinformer.physics import (
     square_lattice,
     thermodynamics,
 )
+from spinformer.physics.reference import ONSAGER_BETA_C, curie_weiss_binomial
 
-__all__ = ["critical_slowing_down", "ergodicity", "monte_carlo_published_values"]
+__all__ = [
+    "critical_slowing_down",
+    "ergodicity",
+    "mc_critical_slowing_down",
+    "mc_published_values",
+    "monte_carlo_published_values",
+]
 
-BETA_C = 0.5 * math.log(1.0 + math.sqrt(2.0))
 SECTION = "Monte Carlo and ergodicity"
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 @register_experiment(
-    "mc_published_values",
-    "Monte Carlo against published finite-lattice values",
+    title="Monte Carlo against published finite-lattice values",
+    cli="mc published",
     section=SECTION,
     order=40,
     report_config={"sweeps": 400, "chains": 8},
-    limits={"sweeps": POSITIVE, "chains": POSITIVE},
 )
-def monte_carlo_published_values(
-    sweeps: int = 1000, chains: int = 16, seed: int = 0
+def mc_published_values(
+    sweeps: Annotated[int, POSITIVE] = 1000, chains: Annotated[int, POSITIVE] = 16, seed: int = 0
 ) -> ExperimentResult:
     """32×32 torus at β = 0.5 (E/N = −1.74556446) and 8×8 at β_c (⟨m²⟩ = 0.6469115750).
 
@@ -78,7 +80,7 @@ def monte_carlo_published_values(
         sweeps=sweeps,
         chains=chains,
         initial="up",
-        generator=_gen(seed),
+        generator=seeded(seed),
     )
     e, e_err = float(big.energy) / 1024, float(big.stderr["energy"]) / 1024
     rows.append(
@@ -93,12 +95,12 @@ def monte_carlo_published_values(
         }
     )
     small = thermodynamics(
-        square_lattice(8, beta=BETA_C),
+        square_lattice(8, beta=ONSAGER_BETA_C),
         "monte_carlo",
         algorithm="wolff",
         sweeps=sweeps,
         chains=chains,
-        generator=_gen(seed + 1),
+        generator=seeded(seed + 1),
     )
     m2, m2_err = (
         float(small.extras["magnetization_squared"]),
@@ -118,8 +120,6 @@ def monte_carlo_published_values(
     )
     worst = max(abs(r["z"]) for r in rows)
     return ExperimentResult(
-        name="mc_published_values",
-        config={"sweeps": sweeps, "chains": chains, "seed": seed},
         metrics={"max_abs_z": worst, "energy_per_spin_32": e, "m2_8": m2},
         tables={"published values": rows},
         notes=[f"Largest deviation: {worst:.2f} standard errors (acceptance: < 3)."],
@@ -127,18 +127,17 @@ def monte_carlo_published_values(
 
 
 @register_experiment(
-    "mc_critical_slowing_down",
-    "Critical slowing down: Wolff vs Metropolis at beta_c",
+    title="Critical slowing down: Wolff vs Metropolis at beta_c",
+    cli="mc slowing-down",
     section=SECTION,
     order=41,
     report_config={"sizes": (8, 16), "sweeps": 800, "clusters": 200, "chains": 8},
-    limits={"sizes": Limit(2), "sweeps": POSITIVE, "clusters": POSITIVE, "chains": POSITIVE},
 )
-def critical_slowing_down(
-    sizes: tuple[int, ...] = (8, 16, 32),
-    sweeps: int = 3000,
-    clusters: int = 600,
-    chains: int = 16,
+def mc_critical_slowing_down(
+    sizes: Annotated[tuple[int, ...], Limit(2)] = (8, 16, 32),
+    sweeps: Annotated[int, POSITIVE] = 3000,
+    clusters: Annotated[int, POSITIVE] = 600,
+    chains: Annotated[int, POSITIVE] = 16,
     seed: int = 0,
 ) -> ExperimentResult:
     """τ_int of m² at β_c against L for Metropolis (sweeps) and Wolff (sweep equivalents).
@@ -149,11 +148,11 @@ def critical_slowing_down(
     """
     rows = []
     for size in sizes:
-        model = square_lattice(size, beta=BETA_C, dtype=torch.float32)
-        metro = sample(model, sweeps, burn_in=sweeps // 5, chains=chains, generator=_gen(seed))
+        model = square_lattice(size, beta=ONSAGER_BETA_C, dtype=torch.float32)
+        metro = sample(model, sweeps, burn_in=sweeps // 5, chains=chains, generator=seeded(seed))
         wolff = sample(
             model, clusters, burn_in=clusters // 5, chains=chains, method="wolff",
-            generator=_gen(seed + 1),
+            generator=seeded(seed + 1),
         )  # fmt: skip
         flipped = float(wolff.acceptance.mean())
         rows.append(
@@ -188,8 +187,6 @@ def critical_slowing_down(
     ax.set_title("critical slowing down at β_c", fontsize=10)
     ax.legend()
     return ExperimentResult(
-        name="mc_critical_slowing_down",
-        config={"sizes": tuple(sizes), "sweeps": sweeps, "clusters": clusters, "chains": chains},
         metrics=metrics,
         tables={"autocorrelation times": rows},
         figures={"tau_vs_L": fig},
@@ -222,7 +219,7 @@ def _basin_mixture(
     basin: dict[str, dict[str, Any]] = {}
     rows = []
     for k, (name, start) in enumerate([("+", "up"), ("-", -torch.ones(n, dtype=model.dtype))]):
-        run = sample(model, sweeps, chains=chains, initial=start, generator=_gen(seed + 1 + k))
+        run = sample(model, sweeps, chains=chains, initial=start, generator=seeded(seed + 1 + k))
         m = run.magnetization
         sign = 1.0 if name == "+" else -1.0
         basin[name] = {
@@ -273,33 +270,23 @@ def _basin_mixture(
 
 
 @register_experiment(
-    "ergodicity",
-    "Ergodicity and its breaking: time vs ensemble averages, the mixture of basins",
+    title="Ergodicity and its breaking: time vs ensemble averages, the mixture of basins",
+    cli="mc ergodicity",
     section=SECTION,
     order=42,
     report_config={"size": 10, "sweeps": 1500, "chains": 8},
-    limits={
-        "size": Limit(2),
-        "beta_high": POSITIVE,
-        "beta_low": POSITIVE,
-        "sweeps": Limit(4),
-        "chains": POSITIVE,
-        "cw_size": Limit(2),
-        "cw_beta": POSITIVE,
-        "cw_sweeps": POSITIVE,
-    },
 )
 def ergodicity(
-    size: int = 10,
-    beta_high: float = 0.3,
-    beta_low: float = 0.6,
+    size: Annotated[int, Limit(2)] = 10,
+    beta_high: Annotated[float, POSITIVE] = 0.3,
+    beta_low: Annotated[float, POSITIVE] = 0.6,
     field: float = 0.01,
-    sweeps: int = 4000,
-    chains: int = 16,
-    cw_size: int = 32,
-    cw_beta: float = 2.5,
+    sweeps: Annotated[int, Limit(4)] = 4000,
+    chains: Annotated[int, POSITIVE] = 16,
+    cw_size: Annotated[int, Limit(2)] = 32,
+    cw_beta: Annotated[float, POSITIVE] = 2.5,
     cw_field: float = 0.003,
-    cw_sweeps: int = 600,
+    cw_sweeps: Annotated[int, POSITIVE] = 600,
     seed: int = 0,
 ) -> ExperimentResult:
     """Time averages against exact ensemble averages above and below T_c (2-D Ising, L×L).
@@ -317,7 +304,7 @@ def ergodicity(
     # -- above T_c: one long chain vs the exact ensemble -------------------------------------
     hot = square_lattice(size, beta=beta_high)
     exact_hot = thermodynamics(hot, susceptibility=False)
-    long_run = sample(hot, sweeps * chains // 4, chains=1, generator=_gen(seed))
+    long_run = sample(hot, sweeps * chains // 4, chains=1, generator=seeded(seed))
     e_time, e_err = _mean_and_err(long_run.energy / n)
     m_time, m_err = _mean_and_err(long_run.magnetization)
     rows.append(
@@ -353,14 +340,14 @@ def ergodicity(
     )  # fmt: skip
     rows += cw["rows"]
     # -- Hopfield network: one basin per stored pattern -----------------------------------------
-    net = ClassicalHopfield(random_patterns(3, 100, _gen(seed + 5)))
+    net = ClassicalHopfield(random_patterns(3, 100, seeded(seed + 5)))
     starts = torch.cat([net.patterns, -net.patterns]).repeat(4, 1)
     temperature = 0.4
     overlaps = []
     state = starts
     for step in range(20):
         state = net.run(
-            state, max_sweeps=5, temperature=temperature, generator=_gen(seed + 10 + step)
+            state, max_sweeps=5, temperature=temperature, generator=seeded(seed + 10 + step)
         ).state
         overlaps.append(net.overlaps(state))
     time_avg = torch.stack(overlaps[4:]).mean(0).reshape(4, 6, 3).mean(0)  # (start, pattern)
@@ -388,7 +375,7 @@ def ergodicity(
     axes[1].set_title(f"Hopfield N=100, T={temperature}:\ntime-averaged overlaps", fontsize=10)
     axes[1].grid(False)
     fig.colorbar(image, ax=axes[1])
-    # -- seed 000: one chain's running time average against the ensemble value ----------------
+    # -- one chain's running time average against the ensemble value --------------------------
     steps = torch.arange(1, long_run.energy.shape[0] + 1, dtype=torch.float64)
     averages, axes_t = new_figure(ncols=2)
     running_e = long_run.energy[:, 0].double().cumsum(0) / steps / n
@@ -410,20 +397,6 @@ def ergodicity(
     axes_t[1].set_title(f"below T_c: β={beta_low}, stuck in a basin", fontsize=10)
     axes_t[1].legend(fontsize=7)
     return ExperimentResult(
-        name="ergodicity",
-        config={
-            "size": size,
-            "beta_high": beta_high,
-            "beta_low": beta_low,
-            "field": field,
-            "sweeps": sweeps,
-            "chains": chains,
-            "cw_size": cw_size,
-            "cw_beta": cw_beta,
-            "cw_field": cw_field,
-            "cw_sweeps": cw_sweeps,
-            "seed": seed,
-        },
         metrics={
             "above_tc_energy_z": (e_time - float(exact_hot.energy) / n) / e_err,
             "basin_plus_m": mp,
@@ -461,3 +434,10 @@ def ergodicity(
             f"basins (equal weights by symmetry) the overlaps vanish (max |mean| = {ensemble:.3f}).",
         ],
     )
+
+
+monte_carlo_published_values = mc_published_values
+"""Deprecated alias of :func:`mc_published_values` (the registered name)."""
+
+critical_slowing_down = mc_critical_slowing_down
+"""Deprecated alias of :func:`mc_critical_slowing_down` (the registered name)."""

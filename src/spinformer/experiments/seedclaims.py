@@ -1,27 +1,31 @@
-r"""Seed 003's magnetization with input-dependent couplings, and its transformer-module anatomy.
+r"""Magnetizations with input-dependent couplings, and the transformer module inside them.
 
-Bal, "Transformers are secretly collectives of spin systems" (2021, seed 003), eq. (sigmaweird):
+Bal, "Transformers are secretly collectives of spin systems" (2021), section 6 ("A slice of
+statistical mechanics: magnetizations and free energies"):
 when the couplings depend on the external field, J = J(h) (attention's softmax couplings do), the
 magnetization m_i = −∂F/∂h_i picks up a correlation term,
 
 .. math:: m_i = \langle\sigma_i\rangle + \tfrac12\sum_{mn}\langle\sigma_m\sigma_n\rangle
           \,\partial J_{mn}/\partial h_i ,
 
-(the ½ because our energy is E = −½ σᵀJσ − h·σ; the seed writes it without the ½).
+(the ½ because our energy is E = −½ σᵀJσ − h·σ; the paper writes it without the ½).
 :func:`input_dependent_magnetization` checks it on an Ising system small enough to enumerate:
 autodiff of the exact ln Z against the correlation formula. :func:`module_anatomy` takes the
 steepest-descent free energy of :class:`spinformer.nn.FreeEnergyAttention` on the words of a real
-English sentence and splits its magnetization into the four parts seed 003 §8 names: residual
+English sentence and splits its magnetization into the four parts Bal (2021, section 8, "An
+exercise in squinting: recognizing the transformer module") names: residual
 (field), token mixing (couplings), normalisation and channel mixing (input-dependent couplings).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
+from spinformer.data import sentence_words, sinusoidal_positions
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import POSITIVE, ExperimentResult, Limit, register_experiment
 from spinformer.nn import FreeEnergyAttention
@@ -31,14 +35,14 @@ from spinformer.physics.saddle import saddle_log_partition, saddle_magnetization
 
 __all__ = ["input_dependent_magnetization", "module_anatomy", "softmax_field_couplings"]
 
-SECTION = "Seed claims: magnetizations and the transformer module"
+SECTION = "Magnetizations with input-dependent couplings and the transformer module"
 
 
 def softmax_field_couplings(field: Tensor, scores: Tensor, gain: float) -> Tensor:
     """Symmetric, zero-diagonal couplings J(h) = ½(A + Aᵀ) with A = softmax_n(g h_m h_n + c_mn).
 
-    The field-dependent attention couplings of seed 003, eq. (softmaxcouplings), for scalar
-    (Ising) fields: ``scores`` is a fixed (N, N) offset c (a positional part), ``gain`` g couples
+    The field-dependent attention couplings of Bal (2021), J = softmax(H W_Q W_Kᵀ Hᵀ/√d), for
+    scalar (Ising) fields: ``scores`` is a fixed (N, N) offset c (a positional part), ``gain`` g couples
     the fields into the scores. The diagonal is masked before the softmax.
     """
     n = field.shape[-1]
@@ -64,21 +68,22 @@ def _correlation_route(field: Tensor, scores: Tensor, gain: float, beta: float) 
 
 
 @register_experiment(
-    "input_dependent_magnetization",
-    "Magnetization with field-dependent couplings: autodiff of ln Z against correlations",
+    title="Magnetization with field-dependent couplings: autodiff of ln Z against correlations",
     section=SECTION,
     order=60,
-    limits={"num_spins": Limit(2, 16), "beta": POSITIVE, "gain": Limit(0)},
 )
 def input_dependent_magnetization(
-    num_spins: int = 8, beta: float = 1.5, gain: float = 1.0, seed: int = 0
+    num_spins: Annotated[int, Limit(2, 16)] = 8,
+    beta: Annotated[float, POSITIVE] = 1.5,
+    gain: Annotated[float, Limit(0)] = 1.0,
+    seed: int = 0,
 ) -> ExperimentResult:
-    """Seed 003's magnetization m = −∂F/∂h when the couplings depend on the field, two ways.
+    """The magnetization m = −∂F/∂h when the couplings depend on the field (Bal 2021), two ways.
 
     An Ising system of num_spins spins with softmax couplings J(h) built from the fields (the
-    attention matrix of seed 003, symmetrised, zero diagonal) is solved exactly by enumerating all
+    attention matrix of Bal (2021), symmetrised, zero diagonal) is solved exactly by enumerating all
     2^N states in float64. Route 1 differentiates the exact ln Z (through J(h)) by autodiff:
-    m = β⁻¹ ∂ln Z/∂h. Route 2 evaluates seed 003's formula, ⟨σ_i⟩ plus the two-point
+    m = β⁻¹ ∂ln Z/∂h. Route 2 evaluates Bal's (2021) formula, ⟨σ_i⟩ plus the two-point
     correlations weighting ∂J/∂h. They agree to rounding; the table shows how much of m the
     coupling term carries, which a model with fixed couplings would miss.
     """
@@ -122,8 +127,6 @@ def input_dependent_magnetization(
     ax.set_title(f"N={num_spins} Ising, softmax couplings J(h), β={beta}")
     ax.legend(fontsize=7)
     return ExperimentResult(
-        name="input_dependent_magnetization",
-        config={"num_spins": num_spins, "beta": beta, "gain": gain, "seed": seed},
         metrics={
             "max_abs_difference": difference,
             "coupling_term_share": float(coupling_term.norm() / formula.norm()),
@@ -141,40 +144,29 @@ def input_dependent_magnetization(
 _SENTENCE_TOPIC = "assignment"
 
 
-def _sentence_tokens(max_tokens: int) -> list[str]:
-    """Words of the first sentence of an entry in CPython's bundled docs (real English prose)."""
-    from pydoc_data.topics import topics
-
-    words = topics[_SENTENCE_TOPIC].replace("\n", " ").split()
-    words = [w.strip(".,:;()*`\"'") for w in words]
-    return [w for w in words if w.isalpha()][:max_tokens]
-
-
 def _embed(tokens: list[str], dim: int, seed: int) -> Tensor:
     """Layer-normalised embeddings: a seeded random vector per word plus sinusoidal positions."""
     vocabulary = {w: i for i, w in enumerate(dict.fromkeys(tokens))}
     generator = torch.Generator().manual_seed(seed)
     table = torch.randn(len(vocabulary), dim, generator=generator, dtype=torch.float64)
-    position = torch.arange(len(tokens), dtype=torch.float64)[:, None]
-    frequency = torch.exp(-math.log(1e4) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    sinusoid = torch.zeros(len(tokens), dim, dtype=torch.float64)
-    sinusoid[:, 0::2] = torch.sin(position * frequency)
-    sinusoid[:, 1::2] = torch.cos(position * frequency)
-    x = table[torch.tensor([vocabulary[w] for w in tokens])] + sinusoid
+    x = table[torch.tensor([vocabulary[w] for w in tokens])] + sinusoidal_positions(
+        len(tokens), dim
+    )
     return torch.nn.functional.layer_norm(x, (dim,))
 
 
 @register_experiment(
-    "module_anatomy",
-    "Recognising the transformer module in a free-energy block",
+    title="Recognising the transformer module in a free-energy block",
     section=SECTION,
     order=61,
-    limits={"num_tokens": Limit(2, 64), "dim": Limit(3, 256), "beta": POSITIVE},
 )
 def module_anatomy(
-    num_tokens: int = 12, dim: int = 16, beta: float = 1.0, seed: int = 0
+    num_tokens: Annotated[int, Limit(2, 64)] = 12,
+    dim: Annotated[int, Limit(3, 256)] = 16,
+    beta: Annotated[float, POSITIVE] = 1.0,
+    seed: int = 0,
 ) -> ExperimentResult:
-    """Seed 003 §8: a free-energy block's magnetization as residual, token mixing, normalisation
+    """Bal (2021), section 8: a free-energy block's magnetization as residual, token mixing, normalisation
     and channel mixing.
 
     The words of a sentence from Python's bundled documentation (real prose; embeddings are a
@@ -184,10 +176,10 @@ def module_anatomy(
     Σ_j J_ij m_j) exactly. With c = β/(2 t̄) (t̄ the mean multiplier) it splits into the residual
     c·h_i, the token mixing c·Σ_j J_ij m_j, the normalisation (β/2t_i − c)(h_i + Σ_j J_ij m_j) that
     keeps each spin on its sphere, and, because J depends on h, the channel-mixing term −∂F/∂h − m
-    (seed 003's correlation term). The four parts add up to the full −∂F/∂h; the table lists
+    (Bal's correlation term). The four parts add up to the full −∂F/∂h; the table lists
     their sizes per token.
     """
-    tokens = _sentence_tokens(num_tokens)
+    tokens = sentence_words(_SENTENCE_TOPIC, num_tokens)
     if len(tokens) < num_tokens:
         raise ValueError(f"num_tokens must be at most {len(tokens)} (words in the sentence)")
     torch.manual_seed(seed)
@@ -242,8 +234,6 @@ def module_anatomy(
     ax.set_title(f"FreeEnergyAttention, one head, d={dim}, β={beta}")
     ax.legend(fontsize=7)
     return ExperimentResult(
-        name="module_anatomy",
-        config={"num_tokens": num_tokens, "dim": dim, "beta": beta, "seed": seed},
         metrics={
             "parts_sum_error": closure,
             "saddle_converged": bool(solved.converged.all()),

@@ -2,7 +2,7 @@ r"""The report's sweeps: the three maps of :mod:`spinformer.experiments.sweeps`,
 sweep (:func:`spinformer.sweep.sweep`, local process pool) and drawn.
 
 * ``sweep_phase_diagram`` -- stable fixed points and the largest basin of attention's mean-field
-  equation over β × g with the critical line β_c = 1/ρ(C W_QK) over it (seed 000).
+  equation over β × g with the critical line β_c = 1/ρ(C W_QK) over it (Ramsauer et al. 2020).
 * ``sweep_mean_field_dimension`` -- naive mean field and TAP energy errors against Monte Carlo as
   the spin dimension D grows, seed mean ± standard error over disorder samples, with the log-log
   slope and its uncertainty (mean field becomes exact as D → ∞; the Onsager term is O(1/D)).
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -100,8 +100,7 @@ def crossing_load(
 
 
 @register_experiment(
-    "sweep_phase_diagram",
-    "Phase diagram of attention's mean-field equation over β × coupling scale",
+    title="Phase diagram of attention's mean-field equation over β × coupling scale",
     section=SECTION,
     order=10,
     report_config={
@@ -109,12 +108,11 @@ def crossing_load(
         "coupling_scales": (0.5, 1.0, 2.0),
         "seeds": 2,
     },
-    limits={"betas": POSITIVE, "coupling_scales": POSITIVE, "seeds": POSITIVE},
 )
 def sweep_phase_diagram(
-    betas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
-    coupling_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
-    seeds: int = 3,
+    betas: Annotated[tuple[float, ...], POSITIVE] = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
+    coupling_scales: Annotated[tuple[float, ...], POSITIVE] = (0.25, 0.5, 1.0, 2.0, 4.0),
+    seeds: Annotated[int, POSITIVE] = 3,
     num_tokens: int = 16,
     dim: int = 4,
 ) -> ExperimentResult:
@@ -139,8 +137,6 @@ def sweep_phase_diagram(
     above = [r for r in rows if r["beta_over_beta_c"] > 1.0]
     products = [c["beta_c_times_g"] for c in critical]
     return ExperimentResult(
-        "sweep_phase_diagram",
-        {"betas": betas, "coupling_scales": coupling_scales, "seeds": seeds},
         metrics={
             "points": len(rows),
             "beta_c_times_g_min": min(products),
@@ -165,8 +161,7 @@ def sweep_phase_diagram(
 
 
 @register_experiment(
-    "sweep_mean_field_dimension",
-    "Mean field becomes exact as the spin dimension D grows",
+    title="Mean field becomes exact as the spin dimension D grows",
     section=SECTION,
     order=11,
     report_config={
@@ -176,14 +171,13 @@ def sweep_phase_diagram(
         "sweeps": 200,
         "chains": 128,
     },
-    limits={"dims": POSITIVE, "seeds": POSITIVE, "beta": POSITIVE, "sweeps": POSITIVE},
 )
 def sweep_mean_field_dimension(
-    dims: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16, 24),
-    seeds: int = 5,
+    dims: Annotated[tuple[int, ...], POSITIVE] = (2, 3, 4, 6, 8, 12, 16, 24),
+    seeds: Annotated[int, POSITIVE] = 5,
     num_spins: int = 16,
-    beta: float = 0.8,
-    sweeps: int = 300,
+    beta: Annotated[float, POSITIVE] = 0.8,
+    sweeps: Annotated[int, POSITIVE] = 300,
     chains: int = 256,
 ) -> ExperimentResult:
     """Energy-per-spin error of mean field and TAP vs D (seed mean ± s.e.) and its slope in D."""
@@ -235,8 +229,6 @@ def sweep_mean_field_dimension(
     metrics["mean_field_error_largest_D"] = table[-1]["mean_field |ΔU|/N"]
     metrics["largest_mc_stderr"] = max(e["MC s.e."] for e in table)
     return ExperimentResult(
-        "sweep_mean_field_dimension",
-        {"dims": dims, "seeds": seeds, "num_spins": num_spins, "beta": beta},
         metrics=metrics,
         tables={"energy error per spin": table},
         figures={"error vs D": fig},
@@ -250,8 +242,7 @@ def sweep_mean_field_dimension(
 
 
 @register_experiment(
-    "sweep_hopfield_scaling",
-    "Hopfield retrieval overlap against load for growing N, crossing near α_c",
+    title="Hopfield retrieval overlap against load for growing N, crossing near α_c",
     section=SECTION,
     order=12,
     report_config={
@@ -260,13 +251,12 @@ def sweep_mean_field_dimension(
         "seeds": 5,
         "starts": 10,
     },
-    limits={"sizes": POSITIVE, "loads": POSITIVE, "seeds": POSITIVE, "starts": POSITIVE},
 )
 def sweep_hopfield_scaling(
-    sizes: tuple[int, ...] = (250, 500, 1000, 2000, 4000),
-    loads: tuple[float, ...] = (0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.18),
-    seeds: int = 5,
-    starts: int = 20,
+    sizes: Annotated[tuple[int, ...], POSITIVE] = (250, 500, 1000, 2000, 4000),
+    loads: Annotated[tuple[float, ...], POSITIVE] = (0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.18),
+    seeds: Annotated[int, POSITIVE] = 5,
+    starts: Annotated[int, POSITIVE] = 20,
 ) -> ExperimentResult:
     """Mean overlap vs α per N (seed mean ± s.e.) and the small/large-N crossing per seed."""
     if len(sizes) < 2:
@@ -323,8 +313,6 @@ def sweep_hopfield_scaling(
         "seeds_without_crossing": len(per_seed) - len(found),
     }
     return ExperimentResult(
-        "sweep_hopfield_scaling",
-        {"sizes": sizes, "loads": loads, "seeds": seeds, "starts": starts},
         metrics=metrics,
         tables={"overlap": table},
         figures={"overlap vs load": fig},

@@ -1,11 +1,12 @@
-r"""Sweep points: one grid point of each of the three maps the seeds ask for.
+r"""Sweep points: one grid point of each of three maps (phases, mean field in D, Hopfield capacity).
 
 Each experiment here is *one point* of a map, a pure function of its config, meant to be run by
 :func:`spinformer.sweep.sweep` over a grid (and seeds); the figure helpers turn the sweep's table
 (its rows: config keys + metrics) into the map.
 
 * ``attention_phase_point`` -- the mean-field equation of attention
-  m = Σ_j x_j softmax_j(β x_jᵀ W_QK m) (seed 000) for N centred Gaussian tokens in D dimensions
+  m = Σ_j x_j softmax_j(β x_jᵀ W_QK m) (modern Hopfield retrieval, Ramsauer et al., "Hopfield
+  networks is all you need", 2020) for N centred Gaussian tokens in D dimensions
   and tied query/key weights, W_QK = g·W_Qᵀ W_Q (Gaussian W_Q of variance 1/D; symmetric and
   positive semi-definite, so C W_QK has real non-negative eigenvalues and m = 0 loses stability
   in a pitchfork rather than a Hopf bifurcation, where an untied head's iteration starts to
@@ -15,9 +16,9 @@ Each experiment here is *one point* of a map, a pure function of its config, mea
   exactly below the critical line β_c = 1/ρ(C W_QK) (recorded as ``beta_c``; it scales as 1/g).
 * ``vector_mean_field_error`` -- naive mean field and TAP against Monte Carlo (with its standard
   error) for an SK model of N unit vector spins in D dimensions (field of variance 1/D per
-  component): seed 000's large-N remark is that mean field becomes exact as the number of
-  components grows. At fixed β a spin's fluctuation per component is (1 − |m|²)/D, so the
-  Onsager reaction energy naive mean field omits, −(β/2) Σ_ij J_ij² (1 − |m_i|²)(1 − |m_j|²)/D
+  component): mean field becomes exact as the number of spin components grows (Stanley,
+  "Spherical model as the limit of infinite spin dimensionality", 1968). At fixed β a spin's
+  fluctuation per component is (1 − |m|²)/D, so the Onsager reaction energy naive mean field omits, −(β/2) Σ_ij J_ij² (1 − |m_i|²)(1 − |m_j|²)/D
   to leading order (Thouless, Anderson and Palmer, "Solution of 'Solvable model of a spin
   glass'", 1977), shrinks as 1/D, and TAP, which keeps it, errs at the next order. The headline
   quantity is therefore the energy per spin, whose mean-field error is two orders of magnitude
@@ -36,11 +37,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
 from spinformer.attention.mean_field import fixed_points, spectral_radius
+from spinformer.experiments._common import log_log_slope
 from spinformer.experiments._plot import new_figure
 from spinformer.experiments._registry import (
     POSITIVE,
@@ -48,7 +50,6 @@ from spinformer.experiments._registry import (
     Limit,
     register_experiment,
 )
-from spinformer.experiments.meanfield import _slope
 from spinformer.hopfield.capacity import classical_retrieval
 from spinformer.physics import VectorSpinModel, sherrington_kirkpatrick, thermodynamics
 
@@ -73,15 +74,13 @@ def centred_tokens_and_coupling(
 
 
 @register_experiment(
-    "attention_phase_point",
-    "One point of the phase diagram of attention's mean-field equation",
-    limits={"beta": POSITIVE, "coupling_scale": POSITIVE, "num_tokens": Limit(2), "dim": POSITIVE},
+    title="One point of the phase diagram of attention's mean-field equation",
 )
 def attention_phase_point(
-    beta: float = 1.0,
-    coupling_scale: float = 1.0,
-    num_tokens: int = 16,
-    dim: int = 4,
+    beta: Annotated[float, POSITIVE] = 1.0,
+    coupling_scale: Annotated[float, POSITIVE] = 1.0,
+    num_tokens: Annotated[int, Limit(2)] = 16,
+    dim: Annotated[int, POSITIVE] = 4,
     num_random: int = 16,
     seed: int = 0,
 ) -> ExperimentResult:
@@ -93,8 +92,6 @@ def attention_phase_point(
     stable = found.stable
     basins = found.basin_fraction[stable]
     return ExperimentResult(
-        name="attention_phase_point",
-        config={"beta": beta, "coupling_scale": coupling_scale, "seed": seed},
         metrics={
             "num_stable": int(stable.sum()),
             "num_fixed_points": found.num_fixed_points,
@@ -144,16 +141,14 @@ def _edges(centres: Sequence[float]) -> list[float]:
 
 
 @register_experiment(
-    "vector_mean_field_error",
-    "Naive mean field and TAP against Monte Carlo for vector spins of dimension D",
-    limits={"spin_dim": Limit(2), "num_spins": Limit(2), "beta": POSITIVE, "sweeps": POSITIVE},
+    title="Naive mean field and TAP against Monte Carlo for vector spins of dimension D",
 )
 def vector_mean_field_error(
-    spin_dim: int = 3,
-    num_spins: int = 16,
-    beta: float = 0.8,
+    spin_dim: Annotated[int, Limit(2)] = 3,
+    num_spins: Annotated[int, Limit(2)] = 16,
+    beta: Annotated[float, POSITIVE] = 0.8,
     field_scale: float = 0.5,
-    sweeps: int = 300,
+    sweeps: Annotated[int, POSITIVE] = 300,
     chains: int = 256,
     seed: int = 0,
 ) -> ExperimentResult:
@@ -190,32 +185,24 @@ def vector_mean_field_error(
             (approx.energy - reference.energy).abs() / num_spins
         )
     return ExperimentResult(
-        "vector_mean_field_error",
-        {"spin_dim": spin_dim, "beta": beta, "seed": seed},
         metrics=metrics,
     )
 
 
-def log_log_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Least-squares slope of log y against log x (the exponent of a power law y ∝ x^slope)."""
-    return _slope(xs, ys)
-
-
 @register_experiment(
-    "hopfield_retrieval_point",
-    "Classical Hopfield retrieval overlap at one load α and size N",
-    limits={"num_spins": Limit(2), "load": POSITIVE, "starts": POSITIVE},
+    title="Classical Hopfield retrieval overlap at one load α and size N",
 )
 def hopfield_retrieval_point(
-    num_spins: int = 500, load: float = 0.138, starts: int = 10, seed: int = 0
+    num_spins: Annotated[int, Limit(2)] = 500,
+    load: Annotated[float, POSITIVE] = 0.138,
+    starts: Annotated[int, POSITIVE] = 10,
+    seed: int = 0,
 ) -> ExperimentResult:
     """Mean final overlap (and the fraction ≥ 0.9) of T = 0 dynamics started at stored patterns."""
     curve = classical_retrieval(
         num_spins, (load,), starts, generator=torch.Generator().manual_seed(seed)
     )
     return ExperimentResult(
-        "hopfield_retrieval_point",
-        {"num_spins": num_spins, "load": load, "seed": seed},
         metrics={
             "overlap": float(curve.mean_overlap[0]),
             "fraction_retrieved": float(curve.fraction_retrieved[0]),

@@ -2,20 +2,14 @@ r"""Exact thermodynamics experiments: published values by independent routes, la
 
 The 2-D Ising model is the benchmark of exact statistical mechanics. Finite tori are computed
 exactly here (transfer matrix, cross-checked by enumeration) and compared with Onsager's
-infinite-lattice free energy
-
-.. math::
-
-    -\beta f = \ln 2 + \frac{1}{8\pi^2}\int_0^{2\pi}\!\!\int_0^{2\pi}
-    \ln\!\big[\cosh^2 2K - \sinh 2K(\cos\theta_1 + \cos\theta_2)\big]\,d\theta_1 d\theta_2,
-    \qquad K = \beta J,
-
-whose critical point is :math:`\beta_c = \tfrac12\ln(1+\sqrt2)`.
+infinite-lattice free energy and critical point β_c = ½ ln(1 + √2) (Onsager 1944, Kaufman 1949),
+both defined in :mod:`spinformer.physics.reference` (re-exported here under their former names).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -29,6 +23,11 @@ from spinformer.experiments._registry import (
     register_experiment,
 )
 from spinformer.physics import chain, curie_weiss, square_lattice, thermodynamics
+from spinformer.physics.reference import (
+    ONSAGER_BETA_C,
+    curie_weiss_binomial,
+    onsager_log_partition_per_spin,
+)
 
 __all__ = [
     "BETA_CRITICAL",
@@ -38,44 +37,12 @@ __all__ = [
     "onsager_log_partition_per_spin",
 ]
 
-BETA_CRITICAL = 0.5 * math.log(1.0 + math.sqrt(2.0))
-"""Onsager's critical inverse temperature of the square-lattice Ising model (J = 1)."""
-
-
-def onsager_log_partition_per_spin(
-    beta: float | np.ndarray, coupling: float = 1.0, grid: int = 512
-) -> np.ndarray:
-    """ln Z / N of the infinite square-lattice Ising model at zero field (Onsager, 1944).
-
-    Midpoint rule on a ``grid x grid`` mesh; the integrand is periodic, so this converges
-    exponentially away from β_c (where its log singularity costs a few digits).
-    """
-    k = 2.0 * coupling * np.atleast_1d(np.asarray(beta, dtype=np.float64))
-    theta = (np.arange(grid) + 0.5) * 2.0 * np.pi / grid
-    cos_sum = np.cos(theta)[:, None] + np.cos(theta)[None, :]
-    integrand = np.log(np.cosh(k)[:, None, None] ** 2 - np.sinh(k)[:, None, None] * cos_sum)
-    return math.log(2.0) + 0.5 * integrand.mean(axis=(1, 2))
-
-
-def curie_weiss_binomial(n: int, beta: float, field: float = 0.0) -> tuple[float, float, float]:
-    """(ln Z, ⟨m⟩, ⟨E⟩/n) of the Curie–Weiss model (J = 1) by the binomial sum over M = n − 2k.
-
-    E(M) = −(M² − n)/(2n) − hM, as :func:`spinformer.physics.curie_weiss` defines it; each
-    total magnetization M has C(n, k) states.
-    """
-    k = torch.arange(n + 1, dtype=torch.float64)
-    total = n - 2.0 * k
-    log_degeneracy = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
-    energy = -(total**2 - n) / (2.0 * n) - field * total
-    log_weights = log_degeneracy - beta * energy
-    weights = torch.softmax(log_weights, 0)
-    log_partition = float(torch.logsumexp(log_weights, 0))
-    return log_partition, float((weights * total).sum()) / n, float((weights * energy).sum()) / n
+BETA_CRITICAL = ONSAGER_BETA_C
+"""Deprecated alias of :data:`spinformer.physics.ONSAGER_BETA_C`."""
 
 
 @register_experiment(
-    "ising_exact_checks",
-    "Exact Ising values by independent routes",
+    title="Exact Ising values by independent routes",
     section="Exact spin-model physics",
     order=10,
 )
@@ -127,8 +94,6 @@ def ising_exact_checks() -> ExperimentResult:
         for r in rows
     )
     return ExperimentResult(
-        name="ising_exact_checks",
-        config={},
         metrics={"max_abs_error": worst},
         tables={"published values": rows},
         notes=[
@@ -138,19 +103,17 @@ def ising_exact_checks() -> ExperimentResult:
 
 
 @register_experiment(
-    "ising_lattice_sweep",
-    "Square-lattice Ising tori against Onsager",
+    title="Square-lattice Ising tori against Onsager",
     section="Exact spin-model physics",
     order=11,
     report_config={"sizes": (4, 6, 8), "num_betas": 61},
-    limits={"sizes": Limit(2), "beta_min": POSITIVE, "beta_max": POSITIVE, "num_betas": POSITIVE},
     check=ordered("beta_min", "beta_max"),
 )
 def ising_lattice_sweep(
-    sizes: tuple[int, ...] = (4, 6, 8),
-    beta_min: float = 0.05,
-    beta_max: float = 1.0,
-    num_betas: int = 96,
+    sizes: Annotated[tuple[int, ...], Limit(2)] = (4, 6, 8),
+    beta_min: Annotated[float, POSITIVE] = 0.05,
+    beta_max: Annotated[float, POSITIVE] = 1.0,
+    num_betas: Annotated[int, POSITIVE] = 96,
 ) -> ExperimentResult:
     """Free energy, energy and heat capacity per spin of L×L tori, exact, against Onsager.
 
@@ -183,19 +146,12 @@ def ising_lattice_sweep(
         metrics[f"beta_peak_L{size}"] = float(betas[peak])
     axes[0].plot(betas, onsager, "k--", label="Onsager (L=∞)")
     for ax, label in zip(axes, ["ln Z / N", "U / N", "C / N"], strict=True):
-        ax.axvline(BETA_CRITICAL, color="grey", ls=":", lw=1, label="β_c (Onsager)")
+        ax.axvline(ONSAGER_BETA_C, color="grey", ls=":", lw=1, label="β_c (Onsager)")
         ax.set_xlabel("β")
         ax.set_ylabel(label)
     axes[2].legend(fontsize=8)
-    metrics["beta_critical"] = BETA_CRITICAL
+    metrics["beta_critical"] = ONSAGER_BETA_C
     return ExperimentResult(
-        name="ising_lattice_sweep",
-        config={
-            "sizes": tuple(sizes),
-            "beta_min": beta_min,
-            "beta_max": beta_max,
-            "num_betas": num_betas,
-        },
         metrics=metrics,
         tables={"finite-size summary": rows},
         figures={"thermodynamics_vs_beta": fig},

@@ -53,6 +53,11 @@ from spinformer.physics.montecarlo import (
     sample,
     von_mises_fisher,
 )
+from spinformer.physics.reference import (
+    ONSAGER_BETA_C,
+    curie_weiss_binomial,
+    onsager_log_partition_per_spin,
+)
 from spinformer.physics.saddle import (
     saddle_log_partition,
     saddle_magnetization,
@@ -125,3 +130,6 @@ __all__ = [
     "vector_covariance",
     "von_mises_fisher",
 ]
+
+# exact reference values (Onsager 1944, Kaufman 1949; the Curie–Weiss binomial sums)
+__all__ += ["ONSAGER_BETA_C", "curie_weiss_binomial", "onsager_log_partition_per_spin"]

@@ -1,7 +1,7 @@
 """The HTML report: every registered experiment with a ``section``, rendered self-contained.
 
 The page is organised by the section registry (:mod:`spinformer.report.sections`): each section
-has a title, a paragraph naming the seed claim it makes executable, and an availability check;
+has a title, a paragraph naming the published claim it makes executable, and an availability check;
 experiments join a section through the title they register with.
 
 ``build_report`` runs each experiment with its ``report_config`` (CPU-sized defaults), renders

@@ -399,7 +399,7 @@ def build_report(
             continue
         start = time.perf_counter()
         try:
-            result, error = experiment.fn(**config), None
+            result, error = experiment.run(config), None
             metrics[experiment.name] = result.metrics
         except Exception as err:  # shown in the page; the report goes on
             result, error = None, f"{type(err).__name__}: {err}"

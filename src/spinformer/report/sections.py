@@ -1,7 +1,7 @@
-"""The report's sections: a registry (name, title, seed claim, availability), in page order.
+"""The report's sections: a registry (name, title, claim, availability), in page order.
 
 An experiment joins a section by registering with ``section=<the section's title>``
-(:func:`spinformer.experiments.register_experiment`); a section here says which seed claim its
+(:func:`spinformer.experiments.register_experiment`); a section here says which published claim its
 experiments make executable and whether it can be built on this machine. Adding a section (a
 pretrained-model lens, a training comparison, sweeps) is one :func:`register_section` call next to
 its experiments; ``available`` returns ``None`` when it can run, else a sentence saying what to
@@ -27,7 +27,7 @@ class ReportSection:
     Attributes:
         name: short identifier (the page anchor and the value ``--sections`` takes).
         title: heading; experiments registered with ``section=title`` appear under it.
-        claim: one short paragraph: which seed claim the section makes executable.
+        claim: one short paragraph: which published claim the section makes executable (cited).
         order: position in the page (ascending).
         available: ``None`` when the section can be built here, else why not (what to install).
         cached: long runs (training, sweeps): reuse a result stamped with the same code and
@@ -82,60 +82,63 @@ for _section in (
         "exact",
         "Exact spin-model physics",
         "The dictionary rests on statistical mechanics done right: partition functions, free "
-        "energies and their derivatives (seed 003: F = −β⁻¹ ln Z, m = −∂F/∂h). Here they are "
-        "computed exactly, by enumeration and transfer matrices, and matched to Onsager's "
-        "solution and other published values.",
+        "energies and their derivatives (F = −β⁻¹ ln Z, m = −∂F/∂h; Bal, “Transformers are "
+        "secretly collectives of spin systems”, 2021). Here they are computed exactly, by "
+        "enumeration and transfer matrices, and matched to Onsager's solution and other published "
+        "values.",
         10,
     ),
     ReportSection(
         "attention",
         "Attention as a spin system",
-        "Seed 000's claim: an attention row is the Boltzmann distribution of a spin system with "
-        "couplings W_Kᵀ W_Q at inverse temperature 1/√d, its output a magnetization. The table "
-        "of seed 000 is reproduced three ways, and the layer's entropy, heat capacity and "
-        "self-consistent fixed points are followed as β changes.",
+        "Bal (2021): an attention row is the Boltzmann distribution of a spin system with "
+        "couplings W_Kᵀ W_Q at inverse temperature 1/√d, its output a magnetization. The "
+        "transformer's equations (Vaswani et al. 2017) are reproduced three ways, and the layer's "
+        "entropy, heat capacity and self-consistent fixed points are followed as β changes.",
         20,
     ),
     ReportSection(
         "hopfield",
         "Hopfield memories",
-        "Seeds 000–002: iterating attention is retrieval in a modern Hopfield network, whose "
-        "capacity grows exponentially with dimension, while the classical network breaks down "
-        "near the load α_c ≈ 0.138 of Amit, Gutfreund and Sompolinsky (1985).",
+        "Ramsauer et al. (2020): iterating attention is retrieval in a modern Hopfield network, "
+        "whose capacity grows exponentially with dimension, while the classical network breaks "
+        "down near the load α_c ≈ 0.138 of Amit, Gutfreund and Sompolinsky (1985).",
         30,
     ),
     ReportSection(
         "montecarlo",
         "Monte Carlo and ergodicity",
-        "Seed 000: a time average along one Markov chain equals the ensemble average only "
-        "while the system is ergodic; below T_c a chain sticks in one basin. Sampling is checked "
-        "against published lattice values, and the breaking of ergodicity is shown directly.",
+        "A time average along one Markov chain equals the ensemble average only while the system "
+        "is ergodic; below T_c a chain sticks in one basin. Sampling is checked against published "
+        "lattice values, and the breaking of ergodicity (Palmer 1982) is shown directly.",
         40,
     ),
     ReportSection(
         "modules",
         "Spin-model transformer modules",
-        "Seed 003: a transformer module is an approximation to the magnetization of a vector-spin "
-        "system probed by data. Mean-field, TAP and steepest-descent responses are compared with "
-        "exact ones, and spin-model blocks are trained against a vanilla transformer.",
+        "Bal (2021, 2023): a transformer module is an approximation to the magnetization of a "
+        "vector-spin system probed by data. Mean-field, TAP and steepest-descent responses are "
+        "compared with exact ones, and spin-model blocks are trained against a vanilla "
+        "transformer.",
         50,
     ),
     ReportSection(
         "seedclaims",
-        "Seed claims: magnetizations and the transformer module",
-        "Seed 003, §6 and §8: with input-dependent (softmax) couplings the magnetization gains a "
-        "correlation term, checked here against autodiff of an exact ln Z; and the magnetization "
-        "of a free-energy block splits into residual, token-mixing, normalisation and "
-        "channel-mixing parts — the transformer module, recognised in a spin system.",
+        "Magnetizations with input-dependent couplings and the transformer module",
+        "Bal (2021), sections 6 and 8: with input-dependent (softmax) couplings the magnetization "
+        "gains a correlation term, checked here against autodiff of an exact ln Z; and the "
+        "magnetization of a free-energy block splits into residual, token-mixing, normalisation "
+        "and channel-mixing parts — the transformer module, recognised in a spin system.",
         60,
     ),
     ReportSection(
         "lens",
         "The lens on real transformers",
-        "Seed 000's dictionary applied to pretrained models: every head of a real transformer "
-        "read as couplings W_Kᵀ W_Q at its own β on real English text, with the Boltzmann "
-        "ensemble of every token, the self-consistent states of its mean-field map, its β_c and "
-        "a phase, and Ramsauer et al.'s (2020) classes of heads by how many tokens they average.",
+        "The dictionary of Bal (2021) applied to pretrained models: every head of a real "
+        "transformer read as couplings W_Kᵀ W_Q at its own β on real English text, with the "
+        "Boltzmann ensemble of every token, the self-consistent states of its mean-field map, its "
+        "β_c and a phase, and Ramsauer et al.'s (2020) classes of heads by how many tokens they "
+        "average.",
         70,
         available=_lens_available,
     ),
@@ -154,12 +157,12 @@ register_section(
     ReportSection(
         "sweeps",
         "Sweeps and phase diagrams",
-        "The seeds' questions are maps, not points: how many stable states attention's "
-        "self-consistency equation has across temperature and coupling (seed 000), how fast mean "
-        "field becomes exact as the spin dimension grows (seed 000's large-N remark), and where "
-        "Hopfield retrieval collapses as the network grows (seeds 000–002). Each map is a sweep "
-        "of one experiment over a grid and seeds, run by the same engine that runs them on Ray "
-        "or Dask.",
+        "These questions are maps, not points: how many stable states attention's self-consistency "
+        "equation has across temperature and coupling (Ramsauer et al. 2020), how fast mean field "
+        "becomes exact as the spin dimension grows (Stanley 1968), and where Hopfield retrieval "
+        "collapses as the network grows (Amit, Gutfreund and Sompolinsky 1985). Each map is a "
+        "sweep of one experiment over a grid and seeds, run by the same engine that runs them on "
+        "Ray or Dask.",
         75,
         cached=True,
     )

@@ -62,7 +62,7 @@ def run_point(module: str, name: str, config: dict[str, Any]) -> dict[str, Any]:
         importlib.import_module(module)
         from spinformer.experiments import get_experiment
 
-        result = get_experiment(name).fn(**config)
+        result = get_experiment(name).run(config)
         metrics = {str(k): _json_scalar(v) for k, v in result.metrics.items()}
         status, error = "ok", ""
     except Exception as err:  # a failing point is recorded, the sweep goes on

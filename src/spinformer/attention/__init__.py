@@ -13,7 +13,6 @@ from spinformer.attention.couplings import Couplings, couplings
 from spinformer.attention.ensemble import (
     AttentionEnsemble,
     EnsembleThermodynamics,
-    boltzmann_attention,
     boltzmann_rows,
     causal_mask,
     ensemble,
@@ -44,7 +43,6 @@ __all__ = [
     "PhaseDiagram",
     "SelfConsistentResult",
     "blocked_boltzmann_attention",
-    "boltzmann_attention",
     "boltzmann_rows",
     "causal_mask",
     "couplings",

@@ -12,8 +12,10 @@ Ramsauer et al., *Hopfield Networks is All You Need* (ICLR 2021), store P patter
 with the update :math:`\xi \leftarrow X^\top\operatorname{softmax}(\beta X\xi)`. This is the
 concave–convex procedure for E, so E never increases along it (their Theorem 1), and it is
 exactly one step of value-free attention with query ξ, keys = values = the patterns and scale β
-(the softmax of seed 003, :math:`\partial\,\operatorname{lse}/\partial\xi`). In the dictionary of
-``DESIGN.md`` it is the mean-field self-consistency m ← Σ_j x_j softmax_j(β x_j·m) of seed 000:
+(the softmax :math:`\partial\,\operatorname{lse}/\partial\xi`). In the spin-system reading of
+attention (Bal, "Transformers are secretly collectives of spin systems", 2021) it is the
+mean-field self-consistency m ← Σ_j x_j softmax_j(β x_j·m) of
+:mod:`spinformer.attention.mean_field`:
 with the two patterns {+1, −1} in D = 1 the update is m ← tanh(βm), the Curie–Weiss equation.
 
 Fixed points come in three kinds (Ramsauer §2): near one pattern (β large, patterns well

@@ -51,8 +51,7 @@ from spinformer.nn._spin import (
     softmax_couplings,
     split_heads,
 )
-from spinformer.physics import vmf
-from spinformer.physics.onsager import SiteCouplings, large_d_reaction
+from spinformer.physics import onsager, vmf
 from spinformer.physics.saddle import saddle_log_partition, solve_saddle
 from spinformer.physics.vmf import transformer_radius
 
@@ -137,13 +136,13 @@ class MeanFieldAttention(nn.Module):
 
     def _update(self, field: Tensor, couplings: Tensor, beta: Tensor):
         radius = self.radius
-        site = SiteCouplings(couplings) if self.onsager != "none" else None
+        site = onsager.SiteCouplings(couplings) if self.onsager != "none" else None
         b = beta[:, None, None]
 
         def update(m: Tensor) -> Tensor:
             theta = field + couplings @ m
             if self.onsager == "tap":
-                theta = theta - large_d_reaction(m, b, radius, site)
+                theta = theta - onsager.large_d_reaction(m, b, radius, site)
             elif self.onsager == "learned":
                 theta = theta - site.squared.sum(-1, keepdim=True) * (m @ self.reaction)
             return vmf.phi(theta, b, radius)

@@ -46,8 +46,7 @@ import torch
 from torch import Tensor
 
 from spinformer._validation import as_tensor, check_beta, check_finite, check_positive_int
-from spinformer.physics import vmf
-from spinformer.physics.onsager import SiteCouplings, ising_reaction
+from spinformer.physics import onsager, vmf
 from spinformer.solvers import FixedPointResult, fixed_point
 
 __all__ = [
@@ -90,7 +89,7 @@ def _ising_step(m_prev: Tensor, couplings: Tensor, field, beta, order: int) -> T
     theta = field + torch.einsum("...ij,...j->...i", couplings, m_prev)
     m = torch.tanh(beta * theta)
     if order == 2:  # tanh(β(θ̄ − Ω)) to first order in the reaction field Ω
-        reaction = ising_reaction(m, beta, SiteCouplings(couplings), others=m_prev)
+        reaction = onsager.ising_reaction(m, beta, onsager.SiteCouplings(couplings), others=m_prev)
         m = m - beta * (1.0 - m * m) * reaction
     return m
 

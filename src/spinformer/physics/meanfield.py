@@ -53,20 +53,14 @@ import torch
 from torch import Tensor
 
 from spinformer._validation import as_tensor, check_beta, check_finite, check_positive_int
-from spinformer.physics import vmf
+from spinformer.physics import onsager, vmf
 from spinformer.physics._variational import (
     ResidualOperator,
     fixed_point_log_partition,
     map_jacobian,
 )
 from spinformer.physics.models import CompleteGraph, IsingModel, VectorSpinModel
-from spinformer.physics.onsager import (
-    SiteCouplings,
-    ising_reaction,
-    onsager_term,
-    vector_onsager,
-    vector_reaction,
-)
+from spinformer.physics.onsager import SiteCouplings
 from spinformer.physics.thermo import (
     Thermodynamics,
     register_method,
@@ -119,7 +113,7 @@ def _ising_potential(couplings: SiteCouplings, tap: bool):
         phi = (x + torch.nn.functional.softplus(-2.0 * x) - x * m).sum(-1)  # ln 2cosh x − x m
         phi = phi + beta * (m * (0.5 * couplings.apply(m, False) + field)).sum(-1)
         if tap:
-            phi = phi + onsager_term(beta, couplings, 1.0 - m * m)
+            phi = phi + onsager.onsager_term(beta, couplings, 1.0 - m * m)
         return phi
 
     return potential
@@ -131,7 +125,7 @@ def _ising_map(couplings: SiteCouplings, tap: bool):
         m = torch.tanh(b * theta)
         new = field + couplings.apply(m, False)
         if tap:
-            new = new - ising_reaction(m, b, couplings)
+            new = new - onsager.ising_reaction(m, b, couplings)
         return new
 
     return update
@@ -139,13 +133,11 @@ def _ising_map(couplings: SiteCouplings, tap: bool):
 
 def _vector_potential(couplings: SiteCouplings, radius: float, tap: bool):
     def potential(theta: Tensor, field: Tensor, beta: Tensor) -> Tensor:
-        b = beta[..., None, None]
-        log_z, q, _, _ = vmf.site_moments(theta, beta[..., None], radius)
-        m = b * radius**2 * q[..., None] * theta
+        log_z, m = vmf.log_normalizer_and_mean(theta, beta[..., None, None], radius)
         phi = log_z.sum(-1) - beta * (theta * m).sum((-1, -2))
         phi = phi + beta * (m * (0.5 * couplings.apply(m, True) + field)).sum((-1, -2))
         if tap:
-            phi = phi + vector_onsager(theta, beta, radius, couplings)
+            phi = phi + onsager.vector_onsager(theta, beta, radius, couplings)
         return phi
 
     return potential
@@ -156,7 +148,7 @@ def _vector_map(couplings: SiteCouplings, radius: float, tap: bool):
         b = beta[..., None, None]
         new = field + couplings.apply(vmf.mean(theta, b, radius), True)
         if tap:
-            new = new - vector_reaction(theta, beta, radius, couplings)
+            new = new - onsager.vector_reaction(theta, beta, radius, couplings)
         return new
 
     return update

@@ -100,10 +100,12 @@ def onsager_term(
     """
     spread = couplings.apply(variance, False, squared=True)
     if excess is None:
-        return 0.25 * beta**2 * ((dim * variance) * spread).sum(-1)
-    anisotropy = excess * (theta * theta).sum(-1)
-    trace = ((dim * variance + 2.0 * anisotropy) * spread).sum(-1)
-    return 0.25 * beta**2 * (trace + couplings.overlap_squared(excess, theta))
+        trace = ((dim * variance) * spread).sum(-1)
+    else:
+        anisotropy = excess * (theta * theta).sum(-1)
+        trace = ((dim * variance + 2.0 * anisotropy) * spread).sum(-1)
+        trace = trace + couplings.overlap_squared(excess, theta)
+    return 0.25 * beta**2 * trace
 
 
 def vector_onsager(theta: Tensor, beta: Tensor, radius: float, couplings: SiteCouplings) -> Tensor:

@@ -58,6 +58,7 @@ __all__ = [
     "covariance",
     "large_d_covariance",
     "large_d_response",
+    "log_normalizer_and_mean",
     "mean",
     "phi",
     "phi_inverse",
@@ -100,10 +101,20 @@ def site_moments(
     return vmf_moments(nu, x2)
 
 
+def log_normalizer_and_mean(
+    theta: Tensor, beta: Tensor | float, radius: float
+) -> tuple[Tensor, Tensor]:
+    """(ln z(θ) (...), m(θ) (..., D)): the log-normalizer and the exact mean βR² q(κ) θ.
+
+    ``beta`` broadcasts against θ (e.g. shape (..., 1)); one Bessel evaluation serves both.
+    """
+    log_z, q, _, _ = site_moments(theta, beta, radius, keepdim=True)
+    return log_z[..., 0], beta * radius**2 * q * theta
+
+
 def mean(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
     """m(θ) = R A_D(βR|θ|) θ̂ = βR² q(κ) θ, the exact mean (``beta`` broadcast against θ)."""
-    _, q, _, _ = site_moments(theta, beta, radius, keepdim=True)
-    return beta * radius**2 * q * theta
+    return log_normalizer_and_mean(theta, beta, radius)[1]
 
 
 def covariance(theta: Tensor, beta: Tensor | float, radius: float) -> tuple[Tensor, Tensor, Tensor]:

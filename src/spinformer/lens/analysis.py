@@ -57,10 +57,7 @@ __all__ = [
 ]
 
 RAMSAUER_CLASSES = ("global", "subset", "single")
-
-
-# ---------------------------------------------------------------------------------------------
-# the lens result
+"""Ramsauer et al.'s classes of heads, by the median k₉₀ of their rows (module docstring)."""
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,7 @@ from spinformer.attention import (
     spectral_radius,
 )
 
-__all__ = [
-    "PHASES",
-    "HeadPhases",
-    "LensConfig",
-    "head_phases",
-]
+__all__ = ["PHASES", "HeadPhases", "LensConfig", "head_phases"]
 
 PHASES = ("high-temperature", "metastable", "ordered")
 

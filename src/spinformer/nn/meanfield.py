@@ -58,6 +58,17 @@ from spinformer.physics.vmf import transformer_radius
 __all__ = ["FreeEnergyAttention", "MeanFieldAttention"]
 
 
+def _check_ranges(x: Tensor, field: Tensor, beta: Tensor, radius: float, couplings: Tensor) -> None:
+    """Name the input when the fields β|W_F x|/R or the couplings overflow the dtype."""
+    check_overflow(
+        x,
+        {
+            "the fields β|W_F x|/R": field_scale(field, beta, radius),
+            "the couplings softmax(q·k)": couplings,
+        },
+    )
+
+
 class MeanFieldAttention(nn.Module):
     """Vector-spin mean field as a deep implicit attention layer (see the module docstring).
 
@@ -157,13 +168,7 @@ class MeanFieldAttention(nn.Module):
         beta = self.beta()
         field = split_heads(self.field(x), self.n_heads)
         couplings = self.couplings(x, padding_mask)
-        check_overflow(
-            x,
-            {
-                "the fields β|W_F x|/R": field_scale(field, beta, self.radius),
-                "the couplings softmax(q·k)": couplings,
-            },
-        )
+        _check_ranges(x, field, beta, self.radius, couplings)
         update = self._update(field, couplings, beta)
         m, converged, iterations, residual = relax(
             update,
@@ -236,13 +241,7 @@ class FreeEnergyAttention(nn.Module):
         if padding_mask is not None:
             field = field * padding_mask[:, None, :, None]
         couplings = self.couplings(x, padding_mask)
-        check_overflow(
-            x,
-            {
-                "the fields β|W_F x|/R": field_scale(field, beta, self.radius),
-                "the couplings softmax(q·k)": couplings,
-            },
-        )
+        _check_ranges(x, field, beta, self.radius, couplings)
         n = x.shape[1]
         if self.causal:  # one system per prefix: sites > t decouple and feel no field
             prefix = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()  # (t, site)

@@ -64,11 +64,11 @@ def picard_step(
     g: Callable[[Tensor], Tensor],
     z0: Tensor,
     *,
+    on_step: Callable[[Tensor], None] | None = None,
     tol: float,
     max_iter: int,
     damping: float,
     check_every: int,
-    on_step: Callable[[Tensor], None] | None = None,
 ) -> SolverOutput:
     """Iteration z ← (1 − d) z + d g(z) that stops a sample once its step |g(z) − z| ≤ ``tol``.
 

@@ -54,6 +54,7 @@ __all__ = [
     "kinetic_ising_step",
     "kinetic_vector_step",
     "stationary_dynamical_mean_field",
+    "vector_step",
 ]
 
 Spin = Literal["ising", "vector"]

@@ -58,6 +58,14 @@ from spinformer.physics.vmf import transformer_radius
 __all__ = ["FreeEnergyAttention", "MeanFieldAttention"]
 
 
+def _fields(
+    module: MeanFieldAttention | FreeEnergyAttention, x: Tensor, padding_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Validate the tokens; return the per-head β (H,) and fields h = x W_F (B, H, N, d)."""
+    check_tokens(x, module.d_model, padding_mask, module.field.weight.dtype)
+    return module.beta(), split_heads(module.field(x), module.n_heads)
+
+
 def _check_ranges(x: Tensor, field: Tensor, beta: Tensor, radius: float, couplings: Tensor) -> None:
     """Name the input when the fields β|W_F x|/R or the couplings overflow the dtype."""
     check_overflow(
@@ -164,9 +172,7 @@ class MeanFieldAttention(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
         """Magnetizations of the per-head spin systems probed by x, projected by W_O."""
-        check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
-        beta = self.beta()
-        field = split_heads(self.field(x), self.n_heads)
+        beta, field = _fields(self, x, padding_mask)
         couplings = self.couplings(x, padding_mask)
         _check_ranges(x, field, beta, self.radius, couplings)
         update = self._update(field, couplings, beta)
@@ -235,9 +241,7 @@ class FreeEnergyAttention(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
         """Autograd magnetizations of the per-head saddle-point free energies, projected by W_O."""
-        check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
-        beta = self.beta()
-        field = split_heads(self.field(x), self.n_heads)
+        beta, field = _fields(self, x, padding_mask)
         if padding_mask is not None:
             field = field * padding_mask[:, None, :, None]
         couplings = self.couplings(x, padding_mask)

@@ -70,7 +70,7 @@ def entropy_figure(result: LensResult) -> Figure:
 def spin_system_figure(
     result: LensResult, layer: int, head: int, num_edges: int | None = None, seed: int = 0
 ) -> Figure:
-    """Seed 003's picture: tokens as sites at random positions, the strongest couplings drawn.
+    """Bal's (2021) picture: tokens as sites at random positions, the strongest couplings drawn.
 
     J_ij = ½β(ω_ij + ω_ji) from the recomputed scores (log-weights up to a per-row constant are
     not enough, so the scores are rebuilt from ln α + ln Z); edges of the ``num_edges`` largest

@@ -1,6 +1,7 @@
 r"""Spin models as data: couplings, fields and inverse temperatures, batched over leading dims.
 
-The one convention of the library (``DESIGN.md``):
+The one convention of the library (the energy of Bal, "Transformers are secretly collectives
+of spin systems", 2021):
 
 .. math::
 

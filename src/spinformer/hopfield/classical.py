@@ -8,7 +8,8 @@ never raise E (a flip changes it by :math:`-2|h_i| \le 0` because :math:`J_{ii} 
 ends in a fixed point: an *attractor* (Hopfield, "Neural networks and physical systems with
 emergent collective computational abilities", 1982): a corrupted pattern in a basin of
 attraction flows to the stored one. At temperature T > 0 the same sweep is Glauber dynamics,
-:math:`P(s_i = +1) = 1/(1 + e^{-2h_i/T})`, which samples :math:`e^{-E/T}`. Synchronous updates (all spins at once) may end in 2-cycles instead.
+:math:`P(s_i = +1) = 1/(1 + e^{-2h_i/T})`, which samples :math:`e^{-E/T}`.
+Synchronous updates (all spins at once) may end in 2-cycles instead.
 
 Besides the stored patterns the energy has spurious minima: the symmetric odd mixtures
 :math:`\operatorname{sign}(\xi^1 + \xi^2 + \xi^3)` (overlap ½ with each of the three,

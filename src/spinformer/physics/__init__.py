@@ -10,7 +10,7 @@ from spinformer.physics import meanfield as _meanfield  # noqa: F401  (registers
 from spinformer.physics import montecarlo as _montecarlo  # noqa: F401  (registers "monte_carlo")
 from spinformer.physics import saddle as _saddle  # noqa: F401  (registers "saddle")
 from spinformer.physics._limits import ResourceLimitError
-from spinformer.physics.autocorrelation import (
+from spinformer.physics.montecarlo.autocorrelation import (
     SeriesEstimate,
     autocorrelation_function,
     blocking_standard_error,

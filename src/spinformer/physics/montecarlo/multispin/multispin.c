@@ -1,9 +1,9 @@
-/* Fused sweeps of the multi-spin coded checkerboard Metropolis engine (multispin.py).
+/* Fused sweeps and measurements of the multi-spin coded checkerboard Metropolis engine.
  *
  * The lattice is stored as four sublattice quarters BE, BO, WE, WO, each (planes, H, W)
  * int64 words (bit i of a word = replica i, set = spin down). One sweep updates the black
  * quarters (BE, BO) from the white ones, then the white quarters from the black ones, with
- * exactly the word logic of multispin.py: the four "unsatisfied bond" bits, [k >= 2] and
+ * exactly the word logic of the torch backend (torch_backend.py): the four "unsatisfied bond" bits, [k >= 2] and
  * [k >= 1] by full-adder logic, and each replica's exact Metropolis test from 12 bit-sliced
  * random digits plus a 63-bit tail shared by the word.
  *
@@ -11,7 +11,7 @@
  * mod 2^64, tempered y = x ^ (x >> 32), one stream per (plane, row) of the quarters: row i of
  * BE and BO (black half-sweep) and of WE and WO (white half-sweep) draw from stream (p, i),
  * so the result does not depend on the number of threads. The block recurrence is the one of
- * _LaggedFibonacci in multispin.py.
+ * _LaggedFibonacci in torch_backend.py.
  *
  * Threads (POSIX) split the (plane, row) tasks into contiguous ranges and meet at a barrier
  * after each half-sweep. The whole call releases the Python GIL (ctypes).
@@ -137,7 +137,7 @@ typedef struct {
     u64 *scratch;   /* w words: flip masks not recorded */
 } job_t;
 
-/* Quarter indices and neighbour geometry (see MultispinIsing._neighbours):
+/* Quarter indices and neighbour geometry (see MultispinEngine._neighbours):
  * BE[i,k]: WO[i], WO[i-1], WE[i,k], WE[i,k-1]     BO[i,k]: WE[i], WE[i+1], WO[i,k], WO[i,k+1]
  * WE[i,k]: BO[i], BO[i-1], BE[i,k], BE[i,k+1]     WO[i,k]: BE[i], BE[i+1], BO[i,k], BO[i,k-1] */
 enum { BE, BO, WE, WO };
@@ -252,4 +252,145 @@ done:
     free(buffers);
     free(sh);
     return status;
+}
+
+/* ---- measurement: per-replica bit counts ------------------------------------------------
+ *
+ * A bit-sliced counter holds, for each of the 64 replicas of a word, a number in PLANES bits
+ * (plane j = bit j of every replica's count); adding a word is a ripple-carry increment that
+ * stops when the carry is empty, and every 255 additions the planes are flushed into 64
+ * ordinary per-replica totals. */
+#define PLANES 8
+
+typedef struct {
+    u64 c[PLANES];
+    int n;
+    i64 *out; /* 64 totals */
+} vcount_t;
+
+static void vc_flush(vcount_t *v) {
+    for (int j = 0; j < PLANES; ++j) {
+        u64 c = v->c[j];
+        if (c)
+            for (int i = 0; i < 64; ++i) v->out[i] += (i64)((c >> i) & 1) << j;
+        v->c[j] = 0;
+    }
+    v->n = 0;
+}
+
+static inline void vc_add(vcount_t *v, u64 x) {
+    for (int j = 0; j < PLANES && x; ++j) {
+        u64 t = v->c[j] & x;
+        v->c[j] ^= x;
+        x = t;
+    }
+    if (++v->n == 255) vc_flush(v);
+}
+
+/* Per-site counters: planes j of one site word, stride apart; ripple-carry increment. */
+static inline void site_add(u64 *counter, i64 stride, i64 planes, u64 x) {
+    for (i64 j = 0; j < planes && x; ++j) {
+        u64 c = counter[j * stride];
+        counter[j * stride] = c ^ x;
+        x &= c;
+    }
+}
+
+typedef struct {
+    const u64 *q[4], *flips[4];
+    u64 *counter; /* (counter_planes, 4, planes, h, w), or NULL */
+    const u64 *gauge;
+    i64 planes, h, w, batch, counter_planes;
+    i64 begin, end; /* task range, task = p * h + i */
+    i64 *counts;    /* (3, planes, 64): unsatisfied bonds, down spins, flips */
+} measure_t;
+
+static void *measure_rows(void *arg) {
+    const measure_t *m = arg;
+    i64 h = m->h, w = m->w, plane_words = h * w, quarter_words = m->planes * plane_words;
+    i64 stride = 4 * quarter_words;
+    for (i64 task = m->begin; task < m->end; ++task) {
+        i64 p = task / h, i = task % h;
+        u64 gauge = m->gauge[p % m->batch];
+        vcount_t bonds = {{0}, 0, m->counts + p * 64};
+        vcount_t down = {{0}, 0, m->counts + (m->planes + p) * 64};
+        vcount_t flips = {{0}, 0, m->counts + (2 * m->planes + p) * 64};
+        i64 up = (i - 1 + h) % h, dn = (i + 1) % h, base = p * plane_words + i * w;
+        const u64 *be = m->q[BE] + base, *bo = m->q[BO] + base;
+        const u64 *we = m->q[WE] + base, *wo = m->q[WO] + base;
+        const u64 *wo_up = m->q[WO] + p * plane_words + up * w;
+        const u64 *we_dn = m->q[WE] + p * plane_words + dn * w;
+        for (i64 k = 0; k < w; ++k) {
+            i64 left = k ? k - 1 : w - 1, right = k + 1 < w ? k + 1 : 0;
+            u64 s = be[k]; /* BE[i,k]: WO[i], WO[i-1], WE[i,k], WE[i,k-1] */
+            vc_add(&bonds, s ^ wo[k]);
+            vc_add(&bonds, s ^ wo_up[k]);
+            vc_add(&bonds, s ^ we[k]);
+            vc_add(&bonds, s ^ we[left]);
+            s = bo[k]; /* BO[i,k]: WE[i], WE[i+1], WO[i,k], WO[i,k+1] */
+            vc_add(&bonds, s ^ we[k]);
+            vc_add(&bonds, s ^ we_dn[k]);
+            vc_add(&bonds, s ^ wo[k]);
+            vc_add(&bonds, s ^ wo[right]);
+            u64 spins[4] = {be[k], bo[k], we[k] ^ gauge, wo[k] ^ gauge};
+            for (int q = 0; q < 4; ++q) {
+                vc_add(&down, spins[q]);
+                if (m->counter)
+                    site_add(m->counter + q * quarter_words + base + k, stride,
+                             m->counter_planes, spins[q]);
+                if (m->flips[0]) vc_add(&flips, m->flips[q][base + k]);
+            }
+        }
+        vc_flush(&bonds);
+        vc_flush(&down);
+        vc_flush(&flips);
+    }
+    return NULL;
+}
+
+/* Per-replica counts of the current state into counts (3, planes, 64), zeroed by the caller:
+ * unsatisfied bonds (each bond once, from its black end; stored spins, so the gauge keeps
+ * every bond ferromagnetic), down spins (white spins with the gauge of batch entry p % batch
+ * undone) and the flip masks fbe..fwo (all NULL: none). counter, when not NULL, receives the
+ * down spins as a ripple-carry increment of (counter_planes, 4, planes, h, w) bit planes.
+ * Threads split the rows, each with its own totals, summed at the end. Returns 0, or -1 when
+ * memory runs out (nothing is changed then). */
+int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo, i64 planes,
+                          i64 h, i64 w, i64 batch, const i64 *gauge, const i64 *fbe,
+                          const i64 *fbo, const i64 *fwe, const i64 *fwo, i64 *counter,
+                          i64 counter_planes, i64 *counts, i64 threads) {
+    i64 tasks = planes * h, size = 3 * planes * 64;
+    if (threads > tasks) threads = tasks;
+    if (threads < 1) threads = 1;
+    measure_t *jobs = malloc(sizeof(measure_t) * (size_t)threads);
+    pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
+    i64 *partial = calloc((size_t)(threads * size), sizeof(i64));
+    if (!jobs || !ids || !partial) {
+        free(jobs);
+        free(ids);
+        free(partial);
+        return -1;
+    }
+    for (i64 t = 0; t < threads; ++t) {
+        jobs[t] = (measure_t){
+            .q = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo},
+            .flips = {(const u64 *)fbe, (const u64 *)fbo, (const u64 *)fwe, (const u64 *)fwo},
+            .counter = (u64 *)counter, .gauge = (const u64 *)gauge, .planes = planes, .h = h,
+            .w = w, .batch = batch, .counter_planes = counter_planes,
+            .begin = tasks * t / threads, .end = tasks * (t + 1) / threads,
+            .counts = partial + t * size,
+        };
+    }
+    i64 running = 1; /* this thread is worker 0 */
+    while (running < threads && !pthread_create(&ids[running], NULL, measure_rows, &jobs[running]))
+        ++running;
+    measure_rows(&jobs[0]);
+    for (i64 t = running; t < threads; ++t) measure_rows(&jobs[t]); /* threads not started */
+    for (i64 t = 1; t < running; ++t) pthread_join(ids[t], NULL);
+    for (i64 t = 0; t < threads; ++t)
+        for (i64 j = 0; j < size; ++j) counts[j] += partial[t * size + j];
+    free(jobs);
+    free(ids);
+    free(partial);
+    return 0;
 }

@@ -1,0 +1,164 @@
+"""The multi-spin engine's fused native kernel (``multispin.c``): sweeps and measurements in C.
+
+Sweeps run with POSIX threads over (word plane, quarter row) tasks, one generator stream per
+task, so results do not depend on the thread count. A measurement is one pass over the packed
+words: per replica the number of unsatisfied bonds (four per black site, so every bond once),
+of down spins (white spins through the gauge) and of flipped spins in the last sweep, counted
+with bit-sliced counters; the same pass adds the down spins to per-site bit-sliced counters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from spinformer.physics.models import IsingModel
+from spinformer.physics.montecarlo.build import native_library, native_unavailable_reason
+from spinformer.physics.montecarlo.multispin.common import (
+    COUNTER_PLANES,
+    DIGITS,
+    LAGS,
+    MultispinEngine,
+    _quarters_to_grid,
+)
+
+__all__ = ["NativeMultispin"]
+
+
+class NativeMultispin(MultispinEngine):
+    """The multi-spin engine on the fused native kernel (CPU only)."""
+
+    def __init__(
+        self,
+        model: IsingModel,
+        state: Tensor | str,
+        generator: torch.Generator | None,
+        chains: int | None = None,
+        lazy: int | None = None,
+    ):
+        library = native_library() if model.device.type == "cpu" else None
+        if library is None:
+            reason = (
+                f"device {model.device}"
+                if model.device.type != "cpu"
+                else native_unavailable_reason()
+            )
+            raise RuntimeError(f"the native multispin kernel cannot run: {reason}")
+        self.native = library
+        super().__init__(model, state, generator, chains, lazy)
+        quarter = self.be.shape
+        self.counter = torch.zeros(
+            COUNTER_PLANES, 4, *quarter, dtype=torch.int64, device=self.be.device
+        )
+        planes = self.be.numel() // (quarter[-2] * quarter[-1])
+        self.counts = torch.zeros(3, planes, 64, dtype=torch.int64)  # unsatisfied, down, flipped
+        self.gauge_words = self.gauge.reshape(-1).contiguous()
+        self.counted_state = False
+        self.flip_buffers: tuple[Tensor, ...] | None = None
+
+    def _setup(
+        self,
+        d1: list[Tensor],
+        q1: Tensor,
+        d0: list[Tensor],
+        q0: Tensor,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Per-batch acceptance digits and one generator stream per (plane, quarter row)."""
+        self.native_digits = (
+            torch.stack(d1, -1).reshape(-1, DIGITS).contiguous(),
+            torch.stack(d0, -1).reshape(-1, DIGITS).contiguous(),
+            q1.reshape(-1).contiguous(),
+            q0.reshape(-1).contiguous(),
+        )
+        streams = self.groups * math.prod(self.batch_shape) * (self.rows // 2)
+        r, _ = LAGS
+        state = torch.randint(
+            -(2**63), 2**63 - 1, (streams, r), dtype=torch.int64, generator=generator
+        )
+        state[:, 0] |= 1  # an odd word in each stream's state gives the maximal period
+        self.native_state = state
+        self.native_position = torch.full((streams,), r, dtype=torch.int64)  # refill first
+
+    def sweep(self, count: int = 1, record: bool = True) -> None:
+        quarters = (self.be, self.bo, self.we, self.wo)
+        if record and self.flip_buffers is None:
+            self.flip_buffers = tuple(torch.empty_like(q) for q in quarters)
+        flips = self.flip_buffers if record else None
+        d1, d0, q1, q0 = self.native_digits
+        status = self.native.spf_multispin_sweeps(
+            *(q.data_ptr() for q in quarters),
+            self.be.numel() // (self.be.shape[-2] * self.be.shape[-1]),
+            self.be.shape[-2],
+            self.be.shape[-1],
+            d1.data_ptr(),
+            d0.data_ptr(),
+            q1.data_ptr(),
+            q0.data_ptr(),
+            q1.numel(),
+            self.lazy_digits,
+            self.native_state.data_ptr(),
+            self.native_position.data_ptr(),
+            *((f.data_ptr() for f in flips) if flips else (None,) * 4),
+            count,
+            torch.get_num_threads(),
+        )
+        if status:
+            raise MemoryError("the native multispin kernel could not allocate its buffers")
+        self.last_flips = flips
+        self.counted_state = False
+
+    def _count(self, counters: bool) -> Tensor:
+        """One kernel pass: (3, planes, 64) per-lane counts of unsatisfied bonds, down spins
+        and last-sweep flips; with ``counters`` the down spins also enter the per-site counters.
+        """
+        self.counts.zero_()
+        quarters = (self.be, self.bo, self.we, self.wo)
+        flips = self.last_flips
+        status = self.native.spf_multispin_measure(
+            *(q.data_ptr() for q in quarters),
+            self.counts.shape[1],
+            self.be.shape[-2],
+            self.be.shape[-1],
+            self.gauge_words.numel(),
+            self.gauge_words.data_ptr(),
+            *((f.data_ptr() for f in flips) if flips is not None else (None,) * 4),
+            self.counter.data_ptr() if counters else None,
+            COUNTER_PLANES,
+            self.counts.data_ptr(),
+            torch.get_num_threads(),
+        )
+        if status:
+            raise MemoryError("the native multispin kernel could not allocate its buffers")
+        return self.counts
+
+    def measure(self) -> tuple[Tensor, Tensor]:
+        """Energy E = −|J|(2N − 2·unsatisfied) and magnetization 1 − 2·down/N from bit counts;
+        the same pass adds the state to the per-site counters (see :meth:`accumulate`)."""
+        counts = self._count(counters=not self.counted_state)
+        if not self.counted_state:
+            self.counted_state = True
+            self._counted()
+        lanes = counts.reshape(3, self.groups, *self.batch_shape, 64).to(self.be.device)
+        unsatisfied, down, flipped = (self._lanes(c) for c in lanes)
+        dtype = self.model.dtype
+        energy = -self.abs_bond * (2.0 * self.n - 2.0 * unsatisfied.to(dtype))
+        magnetization = 1.0 - 2.0 * down.to(dtype) / self.n
+        if self.last_flips is not None:
+            self.accepted += flipped.to(torch.float64) / self.n
+            self.accepted_sweeps += 1
+        return energy, magnetization
+
+    def accumulate(self) -> None:
+        """Add the current spins to the per-site counters, once per state (:meth:`measure`
+        already does it in its pass)."""
+        if not self.counted_state:
+            self._count(counters=True)
+            self.counted_state = True
+            self._counted()
+
+    def _counter_plane(self, j: int) -> Tensor:
+        be, bo, we, wo = self.counter[j]  # physical down spins: the kernel undid the gauge
+        return _quarters_to_grid(be, bo, we, wo)

@@ -307,7 +307,7 @@ def test_bad_input_is_rejected_with_named_errors() -> None:
     model = square_lattice(4)
     with pytest.raises(ValueError, match="sweeps"):
         sample(model, 0)
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match="algorithm"):
         sample(model, 5, algorithm="glauber")
     with pytest.raises(ValueError, match="burn_in"):
         sample(model, 5, burn_in=-1)

@@ -9,4 +9,11 @@ from spinformer.physics.montecarlo.multispin import (
     multispin_supported,
 )
 
-__all__ = ["BACKENDS", "DIGITS", "LAZY_DIGITS", "MultispinIsing", "lazy_digits", "multispin_supported"]
+__all__ = [
+    "BACKENDS",
+    "DIGITS",
+    "LAZY_DIGITS",
+    "MultispinIsing",
+    "lazy_digits",
+    "multispin_supported",
+]

@@ -150,7 +150,9 @@ class CheckerboardSweeper:
 
     def _grid(self, black: Tensor, white: Tensor) -> Tensor:
         rows, half = black.shape[-2:]
-        grid = from_compact(black.reshape(*self.lead, rows, half), white.reshape(*self.lead, rows, half))
+        grid = from_compact(
+            black.reshape(*self.lead, rows, half), white.reshape(*self.lead, rows, half)
+        )
         return grid.reshape(*self.lead, self.n).to(self.model.dtype)
 
     def full_state(self) -> Tensor:

@@ -23,6 +23,7 @@ __all__ = [
     "to_compact",
 ]
 
+
 def _axis_colours(size: int, periodic: bool) -> list[int]:
     colours = [i % 2 for i in range(size)]
     if periodic and size > 2 and size % 2 == 1:
@@ -93,4 +94,3 @@ def compact_neighbours(other: Tensor, target_black: bool, even_rows: Tensor) -> 
         torch.where(even_rows, left, right) if target_black else torch.where(even_rows, right, left)
     )
     return padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + other + side
-

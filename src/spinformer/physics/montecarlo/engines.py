@@ -162,7 +162,9 @@ def _build_checkerboard(
     return CheckerboardSweeper(model, initial, algorithm, generator)  # type: ignore[arg-type]
 
 
-register_engine(Engine("tensor", lambda model, algorithm, chains: None, _tensor_cost, _build_tensor))
+register_engine(
+    Engine("tensor", lambda model, algorithm, chains: None, _tensor_cost, _build_tensor)
+)
 register_engine(
     Engine(
         "multispin",
@@ -181,4 +183,3 @@ register_engine(
         _build_checkerboard,
     )
 )
-

@@ -148,7 +148,6 @@ def _sample_cost(
     return float(chains) * batch * site * total_sweeps * per_update
 
 
-
 def _check_algorithm(model: _SpinModel, algorithm: str, name: str) -> None:
     """What an algorithm needs from the model, whatever engine runs it."""
     if algorithm not in ALGORITHMS:
@@ -164,7 +163,9 @@ def _check_algorithm(model: _SpinModel, algorithm: str, name: str) -> None:
         raise ValueError(f"{name}='wolff' needs ferromagnetic couplings (J_ij >= 0)")
 
 
-def resolve_algorithm(algorithm: str | None, method: str | None, default: str = "metropolis") -> tuple[str, str]:
+def resolve_algorithm(
+    algorithm: str | None, method: str | None, default: str = "metropolis"
+) -> tuple[str, str]:
     """(algorithm, the keyword it came from): ``method=`` is the deprecated name of ``algorithm=``."""
     if method is None:
         return (default if algorithm is None else algorithm), "algorithm"
@@ -259,8 +260,7 @@ def sample(
     chosen = select_engine(model, algorithm, chains, engine)
     if backend not in chosen.backends:
         raise ValueError(
-            f"backend must be one of {chosen.backends} for engine {chosen.name!r}, "
-            f"got {backend!r}"
+            f"backend must be one of {chosen.backends} for engine {chosen.name!r}, got {backend!r}"
         )
     records = sweeps // measure_every
     if records == 0:

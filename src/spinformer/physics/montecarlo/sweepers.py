@@ -324,7 +324,6 @@ class _Wolff(TensorSweeper):
         return cluster.sum(-1).to(s.dtype) / self.n
 
 
-
 def tensor_sweeper(
     model: _SpinModel, state: Tensor, algorithm: str, generator: Any, step_size: float | None
 ) -> TensorSweeper:

@@ -16,7 +16,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["LAZY_DIGITS", "ising_site_update", "lazy_digits", "vector_site_update", "von_mises_fisher"]
+__all__ = [
+    "LAZY_DIGITS",
+    "ising_site_update",
+    "lazy_digits",
+    "vector_site_update",
+    "von_mises_fisher",
+]
 
 LAZY_DIGITS = 8  # lazy Metropolis declines a move with probability >= 2^-8 (see lazy_digits)
 
@@ -30,6 +36,7 @@ def lazy_digits(num_sites: int) -> int:
     lattices lose at most 0.4 % of their moves.
     """
     return max(1, min(LAZY_DIGITS, num_sites.bit_length() - 1))
+
 
 def von_mises_fisher(
     mean_direction: Tensor,
@@ -138,4 +145,3 @@ def vector_site_update(
     accept = torch.rand(delta.shape, dtype=delta.dtype, device=delta.device, generator=generator)
     accept = accept < torch.exp(-beta * delta)
     return torch.where(accept[..., None], proposal, spins), accept
-

@@ -38,12 +38,13 @@ __all__ = [
 
 BACKENDS = ("auto", "native", "torch")
 
+
 def native_backend_available(model: IsingModel) -> bool:
     """Whether :class:`NativeMultispin` can run for ``model`` here (CPU and a built kernel)."""
     return model.device.type == "cpu" and native_library() is not None
 
 
-def MultispinIsing(  # noqa: N802  (a factory that reads like the class it returns)
+def MultispinIsing(
     model: IsingModel,
     state: Tensor | str,
     generator: torch.Generator | None,
@@ -58,5 +59,3 @@ def MultispinIsing(  # noqa: N802  (a factory that reads like the class it retur
     if backend == "native" or (backend == "auto" and native_backend_available(model)):
         return NativeMultispin(model, state, generator, chains, lazy)
     return TorchMultispin(model, state, generator, chains, lazy)
-
-

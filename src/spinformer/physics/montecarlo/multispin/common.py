@@ -62,7 +62,6 @@ and a flush every few hundred words), so it costs a few word operations per site
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -90,6 +89,7 @@ def multispin_supported(model: IsingModel) -> str | None:
     if bool((model.field != 0).any()):
         return "zero field (h = 0)"
     return None
+
 
 def _digits(p: Tensor, digits: int) -> tuple[list[Tensor], Tensor]:
     """Binary digits of p ∈ [0, 1] (p = 1 → 0.111…): per digit an int64 mask 0/−1, and the tail.

@@ -51,7 +51,6 @@ class _LaggedFibonacci:
         return self.out.bitwise_xor_(new)
 
 
-
 class TorchMultispin(MultispinEngine):
     """The multi-spin engine's sweeps as torch operations (any device)."""
 
@@ -83,7 +82,6 @@ class TorchMultispin(MultispinEngine):
         draws = (DIGITS + 1) * row_words * self.chunk_rows
         self.rng = _LaggedFibonacci(-(-draws // LAGS[0]), generator, self.model.device)
 
-
     def _accept_masks(self, digits: Tensor) -> tuple[Tensor, Tensor]:
         """A₁ = [u < p₁], A₀ = [u < p₀] (all 64 lanes) from (DIGITS + 1, *quarter) words."""
         tail = digits[DIGITS] & MAX63
@@ -98,8 +96,6 @@ class TorchMultispin(MultispinEngine):
                 a1 = torch.where(self.m1[j], r | a1, r & a1)
                 a0 = torch.where(self.m0[j], r | a0, r & a0)
         return a1, a0
-
-    @staticmethod
 
     def _update(self, target: Tensor, neighbours: tuple[Tensor, ...], digits: Tensor) -> Tensor:
         a, b, c, d = self._unsatisfied(target, *neighbours)
@@ -119,7 +115,6 @@ class TorchMultispin(MultispinEngine):
         a |= a0  # flip mask
         target ^= a
         return a
-
 
     def sweep(self, count: int = 1, record: bool = True) -> None:
         for _ in range(count):
@@ -141,4 +136,3 @@ class TorchMultispin(MultispinEngine):
                     self._update(chunk, tuple(n[..., rows, :] for n in neighbours), digits)
                 )
         self.last_flips = tuple(flips)
-

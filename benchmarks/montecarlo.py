@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from spinformer.physics import IsingModel, SquareLattice, sample
-from spinformer.physics._native import native_unavailable_reason
-from spinformer.physics.multispin import MultispinIsing
+from spinformer.physics.montecarlo.build import native_unavailable_reason
+from spinformer.physics.montecarlo.multispin import MultispinIsing
 
 BETA_C = 0.5 * math.log(1.0 + math.sqrt(2.0))
 

@@ -6,7 +6,8 @@ takes ten values per temperature: lazy Metropolis, :math:`(1-\epsilon)\min(1,
 e^{-2\beta s(Jn + h)})` (:func:`spinformer.physics.montecarlo.updates.lazy_digits`), or the
 heat bath, :math:`P(s' = +1) = 1/(1 + e^{-2\beta(Jn + h)})`. ``checkerboard.c`` keeps the
 spins as int8 in the compact two-sublattice layout of the tensor engine, updates every site
-with one table look-up and one 53-bit uniform of a tempered lagged Fibonacci stream per chain,
+with one table look-up and one 32-bit uniform of a tempered lagged Fibonacci stream per chain
+(acceptance probabilities exact to 2^-32),
 and measures :math:`\sum_{\langle ij\rangle}\sigma_i\sigma_j` and :math:`\sum_i\sigma_i` exactly
 in integers, so :math:`E = -J\sum_{\langle ij\rangle}\sigma_i\sigma_j - h\sum_i\sigma_i`. It
 serves one chain (or a few) where the tensor engine's per-call overhead dominates and the
@@ -83,7 +84,7 @@ class CheckerboardSweeper:
             flip = keep * torch.exp(-2.0 * beta * spins * local).clamp(max=1.0)
         else:  # heat bath: P(flip) = P(s' = -s) = 1 / (1 + e^{2β s h_loc})
             flip = torch.sigmoid(-2.0 * beta * spins * local)
-        self.thresholds = torch.floor(flip * 2.0**53).to(torch.int64).contiguous()  # (B, 2, 5)
+        self.thresholds = torch.floor(flip * 2.0**32).to(torch.int64).contiguous()  # (B, 2, 5)
         self.batch = beta.shape[0]
         rng = torch.randint(
             -(2**63), 2**63 - 1, (self.planes, _LAG), dtype=torch.int64, generator=generator
@@ -118,7 +119,7 @@ class CheckerboardSweeper:
         self.counted_state = False
 
     def _count(self, accumulate: bool) -> None:
-        self.native.spf_checkerboard_measure(
+        status = self.native.spf_checkerboard_measure(
             self.black.data_ptr(),
             self.white.data_ptr(),
             self.planes,
@@ -128,6 +129,8 @@ class CheckerboardSweeper:
             self.sum_black.data_ptr() if accumulate else None,
             self.sum_white.data_ptr() if accumulate else None,
         )
+        if status:
+            raise MemoryError("the native checkerboard kernel could not allocate its buffers")
         if accumulate:
             self.counted_state = True
 

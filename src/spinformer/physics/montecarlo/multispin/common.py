@@ -225,12 +225,16 @@ class MultispinEngine(ABC):
         self.last_flips: tuple[Tensor, ...] | None = None
         self.accepted = torch.zeros(self.chains, *batch, dtype=torch.float64, device=device)
         self.accepted_sweeps = 0
-        self.counter = torch.zeros(
-            COUNTER_PLANES, self.groups, *batch, self.n, dtype=torch.int64, device=device
-        )
+        self.counter_planes = COUNTER_PLANES
+        self.counter = self._new_counter()
         self.pending = 0
         self.site_down: Tensor | None = None  # (G, 64, *batch, N), allocated at the first flush
         self.measurements = 0
+
+    def _new_counter(self) -> Tensor:
+        """Per-site bit-sliced counters of down spins, (planes, G, *batch, N) words."""
+        shape = (self.counter_planes, self.groups, *self.batch_shape, self.n)
+        return torch.zeros(shape, dtype=torch.int64, device=self.be.device)
 
     @abstractmethod
     def _setup(
@@ -348,7 +352,7 @@ class MultispinEngine(ABC):
     def _counted(self) -> None:
         self.pending += 1
         self.measurements += 1
-        if self.pending == 2**COUNTER_PLANES - 1:
+        if self.pending == 2**self.counter_planes - 1:
             self._flush()
 
     def _counter_plane(self, j: int) -> Tensor:

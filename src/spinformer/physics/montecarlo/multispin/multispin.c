@@ -256,49 +256,107 @@ done:
 
 /* ---- measurement: per-replica bit counts ------------------------------------------------
  *
- * A bit-sliced counter holds, for each of the 64 replicas of a word, a number in PLANES bits
- * (plane j = bit j of every replica's count); adding a word is a ripple-carry increment that
- * stops when the carry is empty, and every 255 additions the planes are flushed into 64
- * ordinary per-replica totals. */
+ * Words are counted per replica (bit) with a Harley-Seal carry-save tree: 16 words at a time
+ * are reduced by carry-save adders into running "ones, twos, fours, eights" words and one
+ * "sixteens" word, which goes into a bit-sliced counter (ripple-carry increment, flushed into
+ * 64 per-replica totals every 255 additions). About five word operations per counted word,
+ * and no branch on the data. */
 #define PLANES 8
+#define CSA(high, low, a, b, c)                                                                \
+    do {                                                                                       \
+        u64 u_ = (a) ^ (b);                                                                    \
+        high = ((a) & (b)) | (u_ & (c));                                                       \
+        low = u_ ^ (c);                                                                        \
+    } while (0)
 
 typedef struct {
     u64 c[PLANES];
     int n;
-    i64 *out; /* 64 totals */
 } vcount_t;
 
-static void vc_flush(vcount_t *v) {
+typedef struct {
+    u64 ones, twos, fours, eights, buf[16];
+    int n;
+    vcount_t sixteens;
+    i64 *out; /* 64 totals */
+} hs_t;
+
+static void lanes_add(i64 *out, u64 word, int shift) {
+    if (word)
+        for (int i = 0; i < 64; ++i) out[i] += (i64)((word >> i) & 1) << shift;
+}
+
+static void vc_flush(vcount_t *v, i64 *out, int shift) {
     for (int j = 0; j < PLANES; ++j) {
-        u64 c = v->c[j];
-        if (c)
-            for (int i = 0; i < 64; ++i) v->out[i] += (i64)((c >> i) & 1) << j;
+        lanes_add(out, v->c[j], j + shift);
         v->c[j] = 0;
     }
     v->n = 0;
 }
 
-static inline void vc_add(vcount_t *v, u64 x) {
-    for (int j = 0; j < PLANES && x; ++j) {
-        u64 t = v->c[j] & x;
-        v->c[j] ^= x;
-        x = t;
+static void hs_block(hs_t *s) {
+    const u64 *d = s->buf;
+    u64 twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
+    CSA(twos_a, s->ones, s->ones, d[0], d[1]);
+    CSA(twos_b, s->ones, s->ones, d[2], d[3]);
+    CSA(fours_a, s->twos, s->twos, twos_a, twos_b);
+    CSA(twos_a, s->ones, s->ones, d[4], d[5]);
+    CSA(twos_b, s->ones, s->ones, d[6], d[7]);
+    CSA(fours_b, s->twos, s->twos, twos_a, twos_b);
+    CSA(eights_a, s->fours, s->fours, fours_a, fours_b);
+    CSA(twos_a, s->ones, s->ones, d[8], d[9]);
+    CSA(twos_b, s->ones, s->ones, d[10], d[11]);
+    CSA(fours_a, s->twos, s->twos, twos_a, twos_b);
+    CSA(twos_a, s->ones, s->ones, d[12], d[13]);
+    CSA(twos_b, s->ones, s->ones, d[14], d[15]);
+    CSA(fours_b, s->twos, s->twos, twos_a, twos_b);
+    CSA(eights_b, s->fours, s->fours, fours_a, fours_b);
+    CSA(sixteens, s->eights, s->eights, eights_a, eights_b);
+    vcount_t *v = &s->sixteens;
+    for (int j = 0; j < PLANES; ++j) { /* ripple-carry increment, fixed length */
+        u64 carry = v->c[j] & sixteens;
+        v->c[j] ^= sixteens;
+        sixteens = carry;
     }
-    if (++v->n == 255) vc_flush(v);
+    if (++v->n == 255) vc_flush(v, s->out, 4);
+    s->n = 0;
 }
 
-/* Per-site counters: planes j of one site word, stride apart; ripple-carry increment. */
-static inline void site_add(u64 *counter, i64 stride, i64 planes, u64 x) {
-    for (i64 j = 0; j < planes && x; ++j) {
-        u64 c = counter[j * stride];
-        counter[j * stride] = c ^ x;
+static inline void hs_add(hs_t *s, u64 x) {
+    s->buf[s->n++] = x;
+    if (s->n == 16) hs_block(s);
+}
+
+static void hs_flush(hs_t *s) {
+    for (int i = 0; i < s->n; ++i) lanes_add(s->out, s->buf[i], 0);
+    lanes_add(s->out, s->ones, 0);
+    lanes_add(s->out, s->twos, 1);
+    lanes_add(s->out, s->fours, 2);
+    lanes_add(s->out, s->eights, 3);
+    vc_flush(&s->sixteens, s->out, 4);
+    s->ones = s->twos = s->fours = s->eights = 0;
+    s->n = 0;
+}
+
+/* Per-site counters: 16 planes per site word, the low 8 adjacent (one cache line) in `low`,
+ * the high 8 in `high` (touched only when some replica's count reaches a multiple of 256, so
+ * the hot data stay as small as the lattice times eight). A ripple-carry increment. */
+static inline void site_add(u64 *low, u64 *high, u64 x) {
+    for (int j = 0; j < 8; ++j) {
+        u64 c = low[j];
+        low[j] = c ^ x;
+        x &= c;
+    }
+    for (int j = 0; j < 8 && x; ++j) {
+        u64 c = high[j];
+        high[j] = c ^ x;
         x &= c;
     }
 }
 
 typedef struct {
     const u64 *q[4], *flips[4];
-    u64 *counter; /* (counter_planes, 4, planes, h, w), or NULL */
+    u64 *counter; /* (2, 4, planes, h, w, 8): low and high planes, or NULL */
     const u64 *gauge;
     i64 planes, h, w, batch, counter_planes;
     i64 begin, end; /* task range, task = p * h + i */
@@ -308,13 +366,21 @@ typedef struct {
 static void *measure_rows(void *arg) {
     const measure_t *m = arg;
     i64 h = m->h, w = m->w, plane_words = h * w, quarter_words = m->planes * plane_words;
-    i64 stride = 4 * quarter_words;
+    u64 *high = m->counter ? m->counter + 4 * quarter_words * 8 : NULL;
+    hs_t bonds = {0}, down = {0}, flips = {0};
     for (i64 task = m->begin; task < m->end; ++task) {
         i64 p = task / h, i = task % h;
+        if (task == m->begin || i == 0) { /* a new plane: its own totals */
+            if (task != m->begin) {
+                hs_flush(&bonds);
+                hs_flush(&down);
+                hs_flush(&flips);
+            }
+            bonds.out = m->counts + p * 64;
+            down.out = m->counts + (m->planes + p) * 64;
+            flips.out = m->counts + (2 * m->planes + p) * 64;
+        }
         u64 gauge = m->gauge[p % m->batch];
-        vcount_t bonds = {{0}, 0, m->counts + p * 64};
-        vcount_t down = {{0}, 0, m->counts + (m->planes + p) * 64};
-        vcount_t flips = {{0}, 0, m->counts + (2 * m->planes + p) * 64};
         i64 up = (i - 1 + h) % h, dn = (i + 1) % h, base = p * plane_words + i * w;
         const u64 *be = m->q[BE] + base, *bo = m->q[BO] + base;
         const u64 *we = m->q[WE] + base, *wo = m->q[WO] + base;
@@ -323,27 +389,30 @@ static void *measure_rows(void *arg) {
         for (i64 k = 0; k < w; ++k) {
             i64 left = k ? k - 1 : w - 1, right = k + 1 < w ? k + 1 : 0;
             u64 s = be[k]; /* BE[i,k]: WO[i], WO[i-1], WE[i,k], WE[i,k-1] */
-            vc_add(&bonds, s ^ wo[k]);
-            vc_add(&bonds, s ^ wo_up[k]);
-            vc_add(&bonds, s ^ we[k]);
-            vc_add(&bonds, s ^ we[left]);
+            hs_add(&bonds, s ^ wo[k]);
+            hs_add(&bonds, s ^ wo_up[k]);
+            hs_add(&bonds, s ^ we[k]);
+            hs_add(&bonds, s ^ we[left]);
             s = bo[k]; /* BO[i,k]: WE[i], WE[i+1], WO[i,k], WO[i,k+1] */
-            vc_add(&bonds, s ^ we[k]);
-            vc_add(&bonds, s ^ we_dn[k]);
-            vc_add(&bonds, s ^ wo[k]);
-            vc_add(&bonds, s ^ wo[right]);
+            hs_add(&bonds, s ^ we[k]);
+            hs_add(&bonds, s ^ we_dn[k]);
+            hs_add(&bonds, s ^ wo[k]);
+            hs_add(&bonds, s ^ wo[right]);
             u64 spins[4] = {be[k], bo[k], we[k] ^ gauge, wo[k] ^ gauge};
             for (int q = 0; q < 4; ++q) {
-                vc_add(&down, spins[q]);
-                if (m->counter)
-                    site_add(m->counter + q * quarter_words + base + k, stride,
-                             m->counter_planes, spins[q]);
-                if (m->flips[0]) vc_add(&flips, m->flips[q][base + k]);
+                hs_add(&down, spins[q]);
+                if (m->counter) {
+                    i64 at = (q * quarter_words + base + k) * 8;
+                    site_add(m->counter + at, high + at, spins[q]);
+                }
+                if (m->flips[0]) hs_add(&flips, m->flips[q][base + k]);
             }
         }
-        vc_flush(&bonds);
-        vc_flush(&down);
-        vc_flush(&flips);
+    }
+    if (m->end > m->begin) {
+        hs_flush(&bonds);
+        hs_flush(&down);
+        hs_flush(&flips);
     }
     return NULL;
 }
@@ -352,7 +421,8 @@ static void *measure_rows(void *arg) {
  * unsatisfied bonds (each bond once, from its black end; stored spins, so the gauge keeps
  * every bond ferromagnetic), down spins (white spins with the gauge of batch entry p % batch
  * undone) and the flip masks fbe..fwo (all NULL: none). counter, when not NULL, receives the
- * down spins as a ripple-carry increment of (counter_planes, 4, planes, h, w) bit planes.
+ * down spins as a ripple-carry increment of (2, 4, planes, h, w, 8) bit planes (counter_planes
+ * must be 16: low and high halves).
  * Threads split the rows, each with its own totals, summed at the end. Returns 0, or -1 when
  * memory runs out (nothing is changed then). */
 int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo, i64 planes,
@@ -360,6 +430,7 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
                           const i64 *fbo, const i64 *fwe, const i64 *fwo, i64 *counter,
                           i64 counter_planes, i64 *counts, i64 threads) {
     i64 tasks = planes * h, size = 3 * planes * 64;
+    if (counter && counter_planes != 16) return -2;
     if (threads > tasks) threads = tasks;
     if (threads < 1) threads = 1;
     measure_t *jobs = malloc(sizeof(measure_t) * (size_t)threads);
@@ -393,4 +464,53 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
     free(ids);
     free(partial);
     return 0;
+}
+
+/* Unpack per-replica numbers into an output laid out (chains, batch, L * W) in row-major site
+ * order: replica r = 64 g + bit of plane p = g * batch + b gets value a + scale * count at
+ * site (row, col), count = sum_j bit(word_j) 2^j over the planes j < nplanes of the site's
+ * words: plane j = 8 c + l (l < 8) of element (p, i, k) of quarter q at
+ * src[q][c * split + ((p * h + i) * w + k) * min(nplanes, 8) + l],
+ * after XOR with gauge[b] (white quarters only). Writes doubles when is_double, else floats;
+ * adds to the output when accumulate. */
+void spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo,
+                          i64 nplanes, i64 split, i64 groups, i64 batch, i64 h, i64 w, i64 chains,
+                          const i64 *gauge, double a, double scale, void *out, i64 is_double,
+                          i64 accumulate) {
+    const u64 *src[4] = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo};
+    static const int ROW[4] = {0, 1, 0, 1}, COL[4] = {0, 1, 1, 0}; /* BE, BO, WE, WO */
+    i64 width = 2 * w, sites = 2 * h * width;
+    for (i64 g = 0; g < groups; ++g) {
+        i64 lanes = chains - 64 * g < 64 ? chains - 64 * g : 64;
+        for (i64 b = 0; b < batch; ++b) {
+            i64 p = g * batch + b;
+            for (int q = 0; q < 4; ++q) {
+                u64 flip = q >= 2 ? (u64)gauge[b] : 0;
+                for (i64 i = 0; i < h; ++i) {
+                    i64 per = nplanes < 8 ? nplanes : 8;
+                    const u64 *row = src[q] + (p * h + i) * w * per;
+                    i64 r = 2 * i + ROW[q];
+                    for (i64 lane = 0; lane < lanes; ++lane) {
+                        i64 offset = ((64 * g + lane) * batch + b) * sites + r * width + COL[q];
+                        for (i64 k = 0; k < w; ++k) {
+                            i64 count = 0;
+                            for (i64 j = 0; j < nplanes; ++j) {
+                                u64 word = row[(j / 8) * split + k * per + j % 8] ^ flip;
+                                count |= (i64)((word >> lane) & 1) << j;
+                            }
+                            double value = a + scale * (double)count;
+                            i64 at = offset + 2 * k;
+                            if (is_double) {
+                                double *o = (double *)out + at;
+                                *o = accumulate ? *o + value : value;
+                            } else {
+                                float *o = (float *)out + at;
+                                *o = accumulate ? *o + (float)value : (float)value;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

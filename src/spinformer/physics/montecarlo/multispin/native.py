@@ -17,7 +17,6 @@ from torch import Tensor
 from spinformer.physics.models import IsingModel
 from spinformer.physics.montecarlo.build import native_library, native_unavailable_reason
 from spinformer.physics.montecarlo.multispin.common import (
-    COUNTER_PLANES,
     DIGITS,
     LAGS,
     MultispinEngine,
@@ -25,6 +24,8 @@ from spinformer.physics.montecarlo.multispin.common import (
 )
 
 __all__ = ["NativeMultispin"]
+
+_NATIVE_COUNTER_PLANES = 16
 
 
 class NativeMultispin(MultispinEngine):
@@ -49,13 +50,12 @@ class NativeMultispin(MultispinEngine):
         self.native = library
         super().__init__(model, state, generator, chains, lazy)
         quarter = self.be.shape
-        self.counter = torch.zeros(
-            COUNTER_PLANES, 4, *quarter, dtype=torch.int64, device=self.be.device
-        )
+        self.totals: Tensor | None = None  # (chains, *batch, N): Σ σ_i of flushed counters
         planes = self.be.numel() // (quarter[-2] * quarter[-1])
         self.counts = torch.zeros(3, planes, 64, dtype=torch.int64)  # unsatisfied, down, flipped
         self.gauge_words = self.gauge.reshape(-1).contiguous()
         self.counted_state = False
+        self.energy_scale = 2.0 * self.abs_bond.to(model.dtype)
         self.flip_buffers: tuple[Tensor, ...] | None = None
 
     def _setup(
@@ -110,6 +110,13 @@ class NativeMultispin(MultispinEngine):
         self.last_flips = flips
         self.counted_state = False
 
+    def _new_counter(self) -> Tensor:
+        """(2, 4, *quarter, 8): 16 planes per site, low and high 8 each adjacent, flushed
+        every 65535 measurements (so in practice once, at the end)."""
+        self.counter_planes = _NATIVE_COUNTER_PLANES
+        shape = (2, 4, *self.be.shape, 8)
+        return torch.zeros(shape, dtype=torch.int64, device=self.be.device)
+
     def _count(self, counters: bool) -> Tensor:
         """One kernel pass: (3, planes, 64) per-lane counts of unsatisfied bonds, down spins
         and last-sweep flips; with ``counters`` the down spins also enter the per-site counters.
@@ -126,7 +133,7 @@ class NativeMultispin(MultispinEngine):
             self.gauge_words.data_ptr(),
             *((f.data_ptr() for f in flips) if flips is not None else (None,) * 4),
             self.counter.data_ptr() if counters else None,
-            COUNTER_PLANES,
+            self.counter_planes,
             self.counts.data_ptr(),
             torch.get_num_threads(),
         )
@@ -141,13 +148,14 @@ class NativeMultispin(MultispinEngine):
         if not self.counted_state:
             self.counted_state = True
             self._counted()
-        lanes = counts.reshape(3, self.groups, *self.batch_shape, 64).to(self.be.device)
-        unsatisfied, down, flipped = (self._lanes(c) for c in lanes)
         dtype = self.model.dtype
-        energy = -self.abs_bond * (2.0 * self.n - 2.0 * unsatisfied.to(dtype))
-        magnetization = 1.0 - 2.0 * down.to(dtype) / self.n
+        lanes = counts.reshape(3, self.groups, -1, 64).transpose(2, 3)  # (3, G, 64, batch)
+        lanes = lanes.reshape(3, self.groups * 64, *self.batch_shape)[:, : self.chains]
+        values = lanes.to(device=self.be.device, dtype=dtype)
+        energy = self.energy_scale * (values[0] - self.n)  # −|J|(2N − 2·unsatisfied)
+        magnetization = 1.0 - values[1] * (2.0 / self.n)
         if self.last_flips is not None:
-            self.accepted += flipped.to(torch.float64) / self.n
+            self.accepted += lanes[2].to(device=self.be.device, dtype=torch.float64) / self.n
             self.accepted_sweeps += 1
         return energy, magnetization
 
@@ -159,6 +167,48 @@ class NativeMultispin(MultispinEngine):
             self.counted_state = True
             self._counted()
 
-    def _counter_plane(self, j: int) -> Tensor:
-        be, bo, we, wo = self.counter[j]  # physical down spins: the kernel undid the gauge
-        return _quarters_to_grid(be, bo, we, wo)
+    def _unpack(self, words: tuple[Tensor, ...], planes: int, gauge: Tensor, a: float,
+                out: Tensor, accumulate: bool) -> None:  # fmt: skip
+        """out (chains, *batch, N) (+)= a − 2·count, count from ``planes`` bit planes per site."""
+        assert out.is_contiguous() and out.dtype in (torch.float32, torch.float64)
+        self.native.spf_multispin_unpack(
+            *(q.data_ptr() for q in words),
+            planes,
+            self.counter[0].numel(),
+            self.groups,
+            self.gauge_words.numel(),
+            self.rows // 2,
+            self.cols // 2,
+            self.chains,
+            gauge.data_ptr(),
+            a,
+            -2.0,
+            out.data_ptr(),
+            out.dtype == torch.float64,
+            accumulate,
+        )
+
+    def _output(self) -> Tensor:
+        dtype = self.model.dtype if self.model.dtype == torch.float64 else torch.float32
+        return torch.empty(self.chains, *self.batch_shape, self.n, dtype=dtype)
+
+    def full_state(self) -> Tensor:
+        """The spins σ = 1 − 2·(bit) of every replica, unpacked by the kernel."""
+        out = self._output()
+        self._unpack((self.be, self.bo, self.we, self.wo), 1, self.gauge_words, 1.0, out, False)
+        return out.to(self.model.dtype)
+
+    def _flush(self) -> None:
+        if self.totals is None:
+            self.totals = torch.zeros_like(self._output())
+        zero = torch.zeros_like(self.gauge_words)
+        self._unpack(
+            tuple(self.counter), self.counter_planes, zero, self.pending, self.totals, True
+        )
+        self.counter.zero_()
+        self.pending = 0
+
+    def site_total(self) -> Tensor:
+        self._flush()
+        assert self.totals is not None
+        return self.totals.to(self.model.dtype)

@@ -203,7 +203,7 @@ class NativeMultispin(MultispinEngine):
             self.totals = torch.zeros_like(self._output())
         zero = torch.zeros_like(self.gauge_words)
         self._unpack(
-            tuple(self.counter), self.counter_planes, zero, self.pending, self.totals, True
+            tuple(self.counter[0]), self.counter_planes, zero, self.pending, self.totals, True
         )
         self.counter.zero_()
         self.pending = 0

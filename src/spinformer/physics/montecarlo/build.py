@@ -135,14 +135,16 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     measure.argtypes = [*[_PTR] * 4, *[_I64] * 4, *[_PTR] * 6, _I64, _PTR, _I64]
     unpack = library.spf_multispin_unpack
     unpack.restype = None
-    unpack.argtypes = [*[_PTR] * 4, *[_I64] * 7, _PTR, ctypes.c_double, ctypes.c_double, _PTR]
+    unpack.argtypes = [*[_PTR] * 4, *[_I64] * 8, _PTR, ctypes.c_double, ctypes.c_double, _PTR]
     unpack.argtypes += [_I64, _I64]
+    library.spf_multispin_fold.restype = None
+    library.spf_multispin_fold.argtypes = [_PTR, _I64]
     single = library.spf_checkerboard_sweeps
     single.restype = ctypes.c_int
     single.argtypes = [_PTR, _PTR, *[_I64] * 4, *[_PTR] * 4, _I64]
     single_measure = library.spf_checkerboard_measure
     single_measure.restype = ctypes.c_int
-    single_measure.argtypes = [_PTR, _PTR, *[_I64] * 3, *[_PTR] * 4]
+    single_measure.argtypes = [_PTR, _PTR, *[_I64] * 4, *[_PTR] * 5]
     return library, None
 
 

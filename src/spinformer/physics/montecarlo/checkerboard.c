@@ -6,7 +6,8 @@
  * odd r, and mirrored for white sites. One sweep updates all black sites, then all white ones.
  * A site with spin s and neighbour sum n flips when a uniform u < p[s][n]: the table holds,
  * per batch entry (plane p uses entry p % batch), floor(2^32 P(flip)) for the five values of n
- * and both s, so Metropolis and the heat bath differ only in the table. u is a 32-bit half of
+ * and both s (capped at 2^32 - 1: exact except for P(flip) > 1 - 2^-32, which lazy Metropolis
+ * never has), so Metropolis and the heat bath differ only in the table. u is a 32-bit half of
  * a tempered additive lagged Fibonacci word, x_n = x_{n-607} + x_{n-273} mod 2^64,
  * y = x ^ (x >> 32) (Knuth, TAOCP vol. 2, 3.2.2), one stream per plane. A row is done in
  * two passes: neighbour sums and table indices (vectorised by the compiler), then look-up,
@@ -54,6 +55,8 @@ static void draw(u64 *x, i64 *pos, uint32_t *out, i64 n) {
  * sublattice. Returns the number of flips. */
 static i64 half_sweep(i8 *t, const i8 *o, i64 h, i64 w, int black, const u64 *thr, u64 *x,
                       i64 *pos, uint32_t *u, i8 *ext, uint8_t *idx) {
+    uint32_t table[10]; /* local: the int8 stores below cannot alias it; 2^32 -> 2^32 - 1 */
+    for (int j = 0; j < 10; ++j) table[j] = thr[j] > 0xFFFFFFFFu ? 0xFFFFFFFFu : (uint32_t)thr[j];
     i64 flips = 0;
     for (i64 r = 0; r < h; ++r) {
         const i8 *up = o + ((r - 1 + h) % h) * w, *dn = o + ((r + 1) % h) * w, *mid = o + r * w;
@@ -68,7 +71,7 @@ static i64 half_sweep(i8 *t, const i8 *o, i64 h, i64 w, int black, const u64 *th
             idx[k] = (uint8_t)(((up[k] + dn[k] + mid[k] + side[k] + 4) >> 1) + 5 * (row[k] > 0));
         i64 count = 0;
         for (i64 k = 0; k < w; ++k) {
-            i8 flip = (i8)((u64)u[k] < thr[idx[k]]);
+            int flip = u[k] < table[idx[k]];
             row[k] = (i8)(row[k] * (1 - 2 * flip));
             count += flip;
         }
@@ -109,11 +112,13 @@ int spf_checkerboard_sweeps(i8 *black, i8 *white, i64 planes, i64 h, i64 w, i64 
     return 0;
 }
 
-/* Per plane: bonds[p] = sum over bonds of s_i s_j (each bond once, from its white end),
- * spins[p] = sum of s; when sum_black / sum_white are not NULL the spins are added to them.
+/* Per plane p (batch entry p % batch): out[p] = E = -J B - h M and out[planes + p] = M / N,
+ * with B = sum over bonds of s_i s_j (each bond once, from its white end) and M = sum of s,
+ * both exact integers; when sum_black / sum_white are not NULL the spins are added to them.
  * Returns 0, or -1 when memory runs out. */
 int spf_checkerboard_measure(const i8 *black, const i8 *white, i64 planes, i64 h, i64 w,
-                             i64 *bonds, i64 *spins, i64 *sum_black, i64 *sum_white) {
+                             i64 batch, const double *coupling, const double *field, double *out,
+                             int32_t *sum_black, int32_t *sum_white) {
     i8 *ext = malloc((size_t)(w + 2));
     if (!ext) return -1;
     for (i64 p = 0; p < planes; ++p) {
@@ -134,8 +139,9 @@ int spf_checkerboard_measure(const i8 *black, const i8 *white, i64 planes, i64 h
             bond += row_bond;
             total += row_total;
         }
-        bonds[p] = bond;
-        spins[p] = total;
+        double j = coupling[p % batch], f = field[p % batch];
+        out[p] = -j * (double)bond - f * (double)total;
+        out[planes + p] = (double)total / (double)(2 * h * w);
         if (sum_black) {
             i64 n = h * w, offset = p * h * w;
             for (i64 j = 0; j < n; ++j) sum_black[offset + j] += b[j];

@@ -74,7 +74,7 @@ class CheckerboardSweeper:
         beta = model.beta.expand(batch).to(torch.float64).reshape(-1)
         bond = model.couplings.expand(batch).to(torch.float64).reshape(-1)
         field = model.field[..., 0].expand(batch).to(torch.float64).reshape(-1)
-        self.bond, self.field = bond, field
+        self.bond, self.field = bond.contiguous(), field.contiguous()
         spins = torch.tensor([-1.0, 1.0], dtype=torch.float64)[:, None]
         sums = torch.arange(-4.0, 5.0, 2.0, dtype=torch.float64)[None, :]
         local = bond[:, None, None] * sums + field[:, None, None]  # (B, 1, 5)
@@ -94,10 +94,13 @@ class CheckerboardSweeper:
         self.rng_pos = torch.full((self.planes,), _LAG, dtype=torch.int64)  # refill first
         self.flips = torch.zeros(self.planes, dtype=torch.int64)
         self.recorded = 0
-        self.sum_black = torch.zeros(self.black.shape, dtype=torch.int64)
-        self.sum_white = torch.zeros(self.white.shape, dtype=torch.int64)
-        self.bonds = torch.zeros(self.planes, dtype=torch.int64)
-        self.spins = torch.zeros(self.planes, dtype=torch.int64)
+        # per-site sums as int32 (4 bytes a site per measurement), moved into ``totals``
+        # before they could overflow
+        self.sum_black = torch.zeros(self.black.shape, dtype=torch.int32)
+        self.sum_white = torch.zeros(self.white.shape, dtype=torch.int32)
+        self.pending = 0
+        self.totals = torch.zeros(*self.lead, self.n, dtype=torch.float64)
+        self.values = torch.zeros(2, self.planes, dtype=torch.float64)  # E, mean spin
         self.counted_state = False
 
     def sweep(self, count: int = 1, record: bool = True) -> None:
@@ -124,8 +127,10 @@ class CheckerboardSweeper:
             self.white.data_ptr(),
             self.planes,
             *self.black.shape[1:],
-            self.bonds.data_ptr(),
-            self.spins.data_ptr(),
+            self.batch,
+            self.bond.data_ptr(),
+            self.field.data_ptr(),
+            self.values.data_ptr(),
             self.sum_black.data_ptr() if accumulate else None,
             self.sum_white.data_ptr() if accumulate else None,
         )
@@ -133,18 +138,22 @@ class CheckerboardSweeper:
             raise MemoryError("the native checkerboard kernel could not allocate its buffers")
         if accumulate:
             self.counted_state = True
+            self.pending += 1
+            if self.pending == 2**31 - 1:
+                self._flush()
+
+    def _flush(self) -> None:
+        self.totals += self._grid(self.sum_black, self.sum_white).to(torch.float64)
+        self.sum_black.zero_()
+        self.sum_white.zero_()
+        self.pending = 0
 
     def measure(self) -> tuple[Tensor, Tensor]:
         """E = −J Σ_⟨ij⟩ σ_iσ_j − h Σ_i σ_i and the mean spin, from integer sums (the same pass
         adds the state to the per-site sums, see :meth:`accumulate`)."""
         self._count(accumulate=not self.counted_state)
-        dtype, device = self.model.dtype, self.model.device
-        bonds = self.bonds.reshape(self.lead).to(torch.float64)
-        spins = self.spins.reshape(self.lead).to(torch.float64)
-        bond = self.bond.reshape(self.model.batch_shape)
-        field = self.field.reshape(self.model.batch_shape)
-        energy = -bond * bonds - field * spins
-        return energy.to(dtype=dtype, device=device), (spins / self.n).to(dtype)
+        values = self.values.view(2, *self.lead).to(self.model.dtype)
+        return values[0], values[1]
 
     def accumulate(self) -> None:
         """Add the state to the per-site sums, once per state."""
@@ -162,7 +171,8 @@ class CheckerboardSweeper:
         return self._grid(self.black, self.white)
 
     def site_total(self) -> Tensor:
-        return self._grid(self.sum_black, self.sum_white)
+        self._flush()
+        return self.totals.to(self.model.dtype)
 
     def acceptance(self) -> Tensor:
         flips = self.flips.reshape(self.lead).to(torch.float64)

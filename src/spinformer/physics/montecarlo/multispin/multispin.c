@@ -278,17 +278,17 @@ typedef struct {
     u64 ones, twos, fours, eights, buf[16];
     int n;
     vcount_t sixteens;
-    i64 *out; /* 64 totals */
+    i64 *out, stride; /* 64 totals, stride apart */
 } hs_t;
 
-static void lanes_add(i64 *out, u64 word, int shift) {
+static void lanes_add(i64 *out, i64 stride, u64 word, int shift) {
     if (word)
-        for (int i = 0; i < 64; ++i) out[i] += (i64)((word >> i) & 1) << shift;
+        for (int i = 0; i < 64; ++i) out[i * stride] += (i64)((word >> i) & 1) << shift;
 }
 
-static void vc_flush(vcount_t *v, i64 *out, int shift) {
+static void vc_flush(vcount_t *v, i64 *out, i64 stride, int shift) {
     for (int j = 0; j < PLANES; ++j) {
-        lanes_add(out, v->c[j], j + shift);
+        lanes_add(out, stride, v->c[j], j + shift);
         v->c[j] = 0;
     }
     v->n = 0;
@@ -318,7 +318,7 @@ static void hs_block(hs_t *s) {
         v->c[j] ^= sixteens;
         sixteens = carry;
     }
-    if (++v->n == 255) vc_flush(v, s->out, 4);
+    if (++v->n == 255) vc_flush(v, s->out, s->stride, 4);
     s->n = 0;
 }
 
@@ -328,45 +328,66 @@ static inline void hs_add(hs_t *s, u64 x) {
 }
 
 static void hs_flush(hs_t *s) {
-    for (int i = 0; i < s->n; ++i) lanes_add(s->out, s->buf[i], 0);
-    lanes_add(s->out, s->ones, 0);
-    lanes_add(s->out, s->twos, 1);
-    lanes_add(s->out, s->fours, 2);
-    lanes_add(s->out, s->eights, 3);
-    vc_flush(&s->sixteens, s->out, 4);
+    for (int i = 0; i < s->n; ++i) lanes_add(s->out, s->stride, s->buf[i], 0);
+    lanes_add(s->out, s->stride, s->ones, 0);
+    lanes_add(s->out, s->stride, s->twos, 1);
+    lanes_add(s->out, s->stride, s->fours, 2);
+    lanes_add(s->out, s->stride, s->eights, 3);
+    vc_flush(&s->sixteens, s->out, s->stride, 4);
     s->ones = s->twos = s->fours = s->eights = 0;
     s->n = 0;
 }
 
-/* Per-site counters: 16 planes per site word, the low 8 adjacent (one cache line) in `low`,
- * the high 8 in `high` (touched only when some replica's count reaches a multiple of 256, so
- * the hot data stay as small as the lattice times eight). A ripple-carry increment. */
-static inline void site_add(u64 *low, u64 *high, u64 x) {
-    for (int j = 0; j < 8; ++j) {
-        u64 c = low[j];
-        low[j] = c ^ x;
-        x &= c;
+/* Per-site sums of down spins: SITE words per site word, SLOTS recent states then 16
+ * bit-sliced counter planes. A measurement stores the state in its slot (one word written);
+ * every SLOTS measurements the slots are folded into the planes: a carry-save tree makes the
+ * four bit planes of their sum, added with ripple carries (continued only while a carry is
+ * left). About two word operations and one store per site and measurement. */
+#define SLOTS 8
+#define SITE (SLOTS + 16)
+
+static inline void fold(u64 *site) {
+    const u64 *d = site;
+    u64 t1, o1, t2, o2, t3, o3, f1, w1;
+    CSA(t1, o1, d[0], d[1], d[2]);
+    CSA(t2, o2, o1, d[3], d[4]);
+    CSA(t3, o3, o2, d[5], d[6]);
+    u64 add[4], t4 = o3 & d[7];
+    add[0] = o3 ^ d[7];
+    CSA(f1, w1, t1, t2, t3);
+    add[1] = w1 ^ t4;
+    u64 f2 = w1 & t4;
+    add[2] = f1 ^ f2;
+    add[3] = f1 & f2;
+    u64 *c = site + SLOTS, carry = 0;
+    for (int j = 0; j < 16; ++j) {
+        u64 a = j < 4 ? add[j] : 0, x = c[j] ^ a;
+        u64 next = (c[j] & a) | (carry & x);
+        c[j] = x ^ carry;
+        carry = next;
+        if (j >= 3 && !carry) break;
     }
-    for (int j = 0; j < 8 && x; ++j) {
-        u64 c = high[j];
-        high[j] = c ^ x;
-        x &= c;
-    }
+    for (int j = 0; j < SLOTS; ++j) site[j] = 0;
+}
+
+/* Fold the slots of n site words into their planes (the unused slots must be zero). */
+void spf_multispin_fold(i64 *counter, i64 n) {
+    for (i64 i = 0; i < n; ++i) fold((u64 *)counter + i * SITE);
 }
 
 typedef struct {
     const u64 *q[4], *flips[4];
-    u64 *counter; /* (2, 4, planes, h, w, 8): low and high planes, or NULL */
+    u64 *counter; /* (4, planes, h, w, SITE): slots and planes, or NULL */
     const u64 *gauge;
-    i64 planes, h, w, batch, counter_planes;
+    i64 planes, h, w, batch, slot;
     i64 begin, end; /* task range, task = p * h + i */
-    i64 *counts;    /* (3, planes, 64): unsatisfied bonds, down spins, flips */
+    i64 *counts;    /* (3, groups * 64, batch): unsatisfied bonds, down spins, flips */
 } measure_t;
 
 static void *measure_rows(void *arg) {
     const measure_t *m = arg;
     i64 h = m->h, w = m->w, plane_words = h * w, quarter_words = m->planes * plane_words;
-    u64 *high = m->counter ? m->counter + 4 * quarter_words * 8 : NULL;
+    i64 groups = m->planes / m->batch, lanes = groups * 64 * m->batch;
     hs_t bonds = {0}, down = {0}, flips = {0};
     for (i64 task = m->begin; task < m->end; ++task) {
         i64 p = task / h, i = task % h;
@@ -376,9 +397,11 @@ static void *measure_rows(void *arg) {
                 hs_flush(&down);
                 hs_flush(&flips);
             }
-            bonds.out = m->counts + p * 64;
-            down.out = m->counts + (m->planes + p) * 64;
-            flips.out = m->counts + (2 * m->planes + p) * 64;
+            i64 first = (p / m->batch) * 64 * m->batch + p % m->batch; /* lane 64 g, entry b */
+            bonds.out = m->counts + first;
+            down.out = m->counts + lanes + first;
+            flips.out = m->counts + 2 * lanes + first;
+            bonds.stride = down.stride = flips.stride = m->batch;
         }
         u64 gauge = m->gauge[p % m->batch];
         i64 up = (i - 1 + h) % h, dn = (i + 1) % h, base = p * plane_words + i * w;
@@ -402,8 +425,9 @@ static void *measure_rows(void *arg) {
             for (int q = 0; q < 4; ++q) {
                 hs_add(&down, spins[q]);
                 if (m->counter) {
-                    i64 at = (q * quarter_words + base + k) * 8;
-                    site_add(m->counter + at, high + at, spins[q]);
+                    u64 *site = m->counter + (q * quarter_words + base + k) * SITE;
+                    site[m->slot] = spins[q];
+                    if (m->slot == SLOTS - 1) fold(site);
                 }
                 if (m->flips[0]) hs_add(&flips, m->flips[q][base + k]);
             }
@@ -417,20 +441,20 @@ static void *measure_rows(void *arg) {
     return NULL;
 }
 
-/* Per-replica counts of the current state into counts (3, planes, 64), zeroed by the caller:
+/* Per-replica counts of the current state into counts (3, groups * 64, batch) (replica
+ * 64 g + i of batch entry b; plane p = g * batch + b), zeroed by the caller:
  * unsatisfied bonds (each bond once, from its black end; stored spins, so the gauge keeps
  * every bond ferromagnetic), down spins (white spins with the gauge of batch entry p % batch
  * undone) and the flip masks fbe..fwo (all NULL: none). counter, when not NULL, receives the
- * down spins as a ripple-carry increment of (2, 4, planes, h, w, 8) bit planes (counter_planes
- * must be 16: low and high halves).
+ * down spins in slot `slot` of its (4, planes, h, w, SITE) per-site sums (see fold).
  * Threads split the rows, each with its own totals, summed at the end. Returns 0, or -1 when
  * memory runs out (nothing is changed then). */
 int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo, i64 planes,
                           i64 h, i64 w, i64 batch, const i64 *gauge, const i64 *fbe,
                           const i64 *fbo, const i64 *fwe, const i64 *fwo, i64 *counter,
-                          i64 counter_planes, i64 *counts, i64 threads) {
-    i64 tasks = planes * h, size = 3 * planes * 64;
-    if (counter && counter_planes != 16) return -2;
+                          i64 slot, i64 *counts, i64 threads) {
+    i64 tasks = planes * h, size = 3 * planes * 64; /* = 3 * groups * 64 * batch */
+    if (counter && (slot < 0 || slot >= SLOTS)) return -2;
     if (threads > tasks) threads = tasks;
     if (threads < 1) threads = 1;
     measure_t *jobs = malloc(sizeof(measure_t) * (size_t)threads);
@@ -447,7 +471,7 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
             .q = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo},
             .flips = {(const u64 *)fbe, (const u64 *)fbo, (const u64 *)fwe, (const u64 *)fwo},
             .counter = (u64 *)counter, .gauge = (const u64 *)gauge, .planes = planes, .h = h,
-            .w = w, .batch = batch, .counter_planes = counter_planes,
+            .w = w, .batch = batch, .slot = slot,
             .begin = tasks * t / threads, .end = tasks * (t + 1) / threads,
             .counts = partial + t * size,
         };
@@ -469,12 +493,12 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
 /* Unpack per-replica numbers into an output laid out (chains, batch, L * W) in row-major site
  * order: replica r = 64 g + bit of plane p = g * batch + b gets value a + scale * count at
  * site (row, col), count = sum_j bit(word_j) 2^j over the planes j < nplanes of the site's
- * words: plane j = 8 c + l (l < 8) of element (p, i, k) of quarter q at
- * src[q][c * split + ((p * h + i) * w + k) * min(nplanes, 8) + l],
+ * words, plane j of element (p, i, k) of quarter q at
+ * src[q][((p * h + i) * w + k) * stride + offset + j],
  * after XOR with gauge[b] (white quarters only). Writes doubles when is_double, else floats;
  * adds to the output when accumulate. */
 void spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo,
-                          i64 nplanes, i64 split, i64 groups, i64 batch, i64 h, i64 w, i64 chains,
+                          i64 nplanes, i64 stride, i64 offset, i64 groups, i64 batch, i64 h, i64 w, i64 chains,
                           const i64 *gauge, double a, double scale, void *out, i64 is_double,
                           i64 accumulate) {
     const u64 *src[4] = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo};
@@ -487,15 +511,14 @@ void spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64
             for (int q = 0; q < 4; ++q) {
                 u64 flip = q >= 2 ? (u64)gauge[b] : 0;
                 for (i64 i = 0; i < h; ++i) {
-                    i64 per = nplanes < 8 ? nplanes : 8;
-                    const u64 *row = src[q] + (p * h + i) * w * per;
+                    const u64 *row = src[q] + (p * h + i) * w * stride + offset;
                     i64 r = 2 * i + ROW[q];
                     for (i64 lane = 0; lane < lanes; ++lane) {
                         i64 offset = ((64 * g + lane) * batch + b) * sites + r * width + COL[q];
                         for (i64 k = 0; k < w; ++k) {
                             i64 count = 0;
                             for (i64 j = 0; j < nplanes; ++j) {
-                                u64 word = row[(j / 8) * split + k * per + j % 8] ^ flip;
+                                u64 word = row[k * stride + j] ^ flip;
                                 count |= (i64)((word >> lane) & 1) << j;
                             }
                             double value = a + scale * (double)count;

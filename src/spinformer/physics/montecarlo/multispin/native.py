@@ -26,6 +26,7 @@ from spinformer.physics.montecarlo.multispin.common import (
 __all__ = ["NativeMultispin"]
 
 _NATIVE_COUNTER_PLANES = 16
+_SLOTS = 8
 
 
 class NativeMultispin(MultispinEngine):
@@ -51,8 +52,10 @@ class NativeMultispin(MultispinEngine):
         super().__init__(model, state, generator, chains, lazy)
         quarter = self.be.shape
         self.totals: Tensor | None = None  # (chains, *batch, N): Σ σ_i of flushed counters
-        planes = self.be.numel() // (quarter[-2] * quarter[-1])
-        self.counts = torch.zeros(3, planes, 64, dtype=torch.int64)  # unsatisfied, down, flipped
+        batch = max(1, math.prod(self.batch_shape))
+        # per replica: unsatisfied bonds, down spins, flips of the last sweep
+        self.counts = torch.zeros(3, self.groups * 64, batch, dtype=torch.int64)
+        self.count_view = self.counts.view(3, self.groups * 64, *self.batch_shape)
         self.gauge_words = self.gauge.reshape(-1).contiguous()
         self.counted_state = False
         self.energy_scale = 2.0 * self.abs_bond.to(model.dtype)
@@ -111,10 +114,10 @@ class NativeMultispin(MultispinEngine):
         self.counted_state = False
 
     def _new_counter(self) -> Tensor:
-        """(2, 4, *quarter, 8): 16 planes per site, low and high 8 each adjacent, flushed
-        every 65535 measurements (so in practice once, at the end)."""
+        """(4, *quarter, 24): per site 8 slots of recent states and 16 counter planes (see
+        ``multispin.c``), flushed every 65528 measurements (so in practice once, at the end)."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
-        shape = (2, 4, *self.be.shape, 8)
+        shape = (4, *self.be.shape, _SLOTS + self.counter_planes)
         return torch.zeros(shape, dtype=torch.int64, device=self.be.device)
 
     def _count(self, counters: bool) -> Tensor:
@@ -126,14 +129,14 @@ class NativeMultispin(MultispinEngine):
         flips = self.last_flips
         status = self.native.spf_multispin_measure(
             *(q.data_ptr() for q in quarters),
-            self.counts.shape[1],
+            self.counts.shape[2] * self.groups,
             self.be.shape[-2],
             self.be.shape[-1],
             self.gauge_words.numel(),
             self.gauge_words.data_ptr(),
             *((f.data_ptr() for f in flips) if flips is not None else (None,) * 4),
             self.counter.data_ptr() if counters else None,
-            self.counter_planes,
+            self.pending % _SLOTS,
             self.counts.data_ptr(),
             torch.get_num_threads(),
         )
@@ -144,18 +147,15 @@ class NativeMultispin(MultispinEngine):
     def measure(self) -> tuple[Tensor, Tensor]:
         """Energy E = −|J|(2N − 2·unsatisfied) and magnetization 1 − 2·down/N from bit counts;
         the same pass adds the state to the per-site counters (see :meth:`accumulate`)."""
-        counts = self._count(counters=not self.counted_state)
+        self._count(counters=not self.counted_state)
         if not self.counted_state:
             self.counted_state = True
             self._counted()
-        dtype = self.model.dtype
-        lanes = counts.reshape(3, self.groups, -1, 64).transpose(2, 3)  # (3, G, 64, batch)
-        lanes = lanes.reshape(3, self.groups * 64, *self.batch_shape)[:, : self.chains]
-        values = lanes.to(device=self.be.device, dtype=dtype)
-        energy = self.energy_scale * (values[0] - self.n)  # −|J|(2N − 2·unsatisfied)
+        values = self.count_view[:, : self.chains].to(self.model.dtype)
+        energy = (values[0] - self.n) * self.energy_scale  # −|J|(2N − 2·unsatisfied)
         magnetization = 1.0 - values[1] * (2.0 / self.n)
         if self.last_flips is not None:
-            self.accepted += lanes[2].to(device=self.be.device, dtype=torch.float64) / self.n
+            self.accepted += self.count_view[2, : self.chains] / self.n
             self.accepted_sweeps += 1
         return energy, magnetization
 
@@ -167,14 +167,16 @@ class NativeMultispin(MultispinEngine):
             self.counted_state = True
             self._counted()
 
-    def _unpack(self, words: tuple[Tensor, ...], planes: int, gauge: Tensor, a: float,
-                out: Tensor, accumulate: bool) -> None:  # fmt: skip
-        """out (chains, *batch, N) (+)= a − 2·count, count from ``planes`` bit planes per site."""
+    def _unpack(self, words: tuple[Tensor, ...], planes: int, stride: int, offset: int,
+                gauge: Tensor, a: float, out: Tensor, accumulate: bool) -> None:  # fmt: skip
+        """out (chains, *batch, N) (+)= a − 2·count, count from ``planes`` bit planes per site
+        (site words ``stride`` apart, the planes from ``offset``)."""
         assert out.is_contiguous() and out.dtype in (torch.float32, torch.float64)
         self.native.spf_multispin_unpack(
             *(q.data_ptr() for q in words),
             planes,
-            self.counter[0].numel(),
+            stride,
+            offset,
             self.groups,
             self.gauge_words.numel(),
             self.rows // 2,
@@ -195,16 +197,31 @@ class NativeMultispin(MultispinEngine):
     def full_state(self) -> Tensor:
         """The spins σ = 1 − 2·(bit) of every replica, unpacked by the kernel."""
         out = self._output()
-        self._unpack((self.be, self.bo, self.we, self.wo), 1, self.gauge_words, 1.0, out, False)
+        quarters = (self.be, self.bo, self.we, self.wo)
+        self._unpack(quarters, 1, 1, 0, self.gauge_words, 1.0, out, False)
         return out.to(self.model.dtype)
+
+    def _counted(self) -> None:
+        self.pending += 1
+        self.measurements += 1
+        if self.pending == 2**self.counter_planes - _SLOTS:  # a multiple of the slots
+            self._flush()
 
     def _flush(self) -> None:
         if self.totals is None:
             self.totals = torch.zeros_like(self._output())
+        used = self.pending % _SLOTS
+        if used:  # fold the partly filled slots (the unused ones zero)
+            self.counter[..., used:_SLOTS].zero_()
+            self.native.spf_multispin_fold(
+                self.counter.data_ptr(), self.counter.numel() // (_SLOTS + self.counter_planes)
+            )
         zero = torch.zeros_like(self.gauge_words)
+        stride = _SLOTS + self.counter_planes
         self._unpack(
-            tuple(self.counter[0]), self.counter_planes, zero, self.pending, self.totals, True
-        )
+            tuple(self.counter), self.counter_planes, stride, _SLOTS, zero, self.pending,
+            self.totals, True,
+        )  # fmt: skip
         self.counter.zero_()
         self.pending = 0
 

@@ -338,16 +338,20 @@ static void hs_flush(hs_t *s) {
     s->n = 0;
 }
 
-/* Per-site sums of down spins: SITE words per site word, SLOTS recent states then 16
- * bit-sliced counter planes. A measurement stores the state in its slot (one word written);
- * every SLOTS measurements the slots are folded into the planes: a carry-save tree makes the
- * four bit planes of their sum, added with ripple carries (continued only while a carry is
- * left). About two word operations and one store per site and measurement. */
+/* Per-site sums of down spins: SLOTS recent states, slot-major (slot j of all n site words
+ * contiguous, so a measurement writes one stream), and 16 bit-sliced counter planes per site
+ * word, adjacent. Every SLOTS measurements the slots of a site are folded into its planes: a
+ * carry-save tree makes the four bit planes of their sum, added with ripple carries
+ * (continued only while a carry is left). */
 #define SLOTS 8
-#define SITE (SLOTS + 16)
+#define COUNTER 16
 
-static inline void fold(u64 *site) {
-    const u64 *d = site;
+static inline void fold(u64 *slots, i64 n, u64 *c) {
+    u64 d[SLOTS];
+    for (int j = 0; j < SLOTS; ++j) {
+        d[j] = slots[j * n];
+        slots[j * n] = 0;
+    }
     u64 t1, o1, t2, o2, t3, o3, f1, w1;
     CSA(t1, o1, d[0], d[1], d[2]);
     CSA(t2, o2, o1, d[3], d[4]);
@@ -359,25 +363,25 @@ static inline void fold(u64 *site) {
     u64 f2 = w1 & t4;
     add[2] = f1 ^ f2;
     add[3] = f1 & f2;
-    u64 *c = site + SLOTS, carry = 0;
-    for (int j = 0; j < 16; ++j) {
+    u64 carry = 0;
+    for (int j = 0; j < COUNTER; ++j) {
         u64 a = j < 4 ? add[j] : 0, x = c[j] ^ a;
         u64 next = (c[j] & a) | (carry & x);
         c[j] = x ^ carry;
         carry = next;
         if (j >= 3 && !carry) break;
     }
-    for (int j = 0; j < SLOTS; ++j) site[j] = 0;
 }
 
-/* Fold the slots of n site words into their planes (the unused slots must be zero). */
-void spf_multispin_fold(i64 *counter, i64 n) {
-    for (i64 i = 0; i < n; ++i) fold((u64 *)counter + i * SITE);
+/* Fold the slots of all n site words into their planes (the unused slots must be zero). */
+void spf_multispin_fold(i64 *slots, i64 *counter, i64 n) {
+    for (i64 i = 0; i < n; ++i) fold((u64 *)slots + i, n, (u64 *)counter + i * COUNTER);
 }
 
 typedef struct {
     const u64 *q[4], *flips[4];
-    u64 *counter; /* (4, planes, h, w, SITE): slots and planes, or NULL */
+    u64 *slots;   /* (SLOTS, 4, planes, h, w), or NULL */
+    u64 *counter; /* (4, planes, h, w, COUNTER) */
     const u64 *gauge;
     i64 planes, h, w, batch, slot;
     i64 begin, end; /* task range, task = p * h + i */
@@ -424,10 +428,11 @@ static void *measure_rows(void *arg) {
             u64 spins[4] = {be[k], bo[k], we[k] ^ gauge, wo[k] ^ gauge};
             for (int q = 0; q < 4; ++q) {
                 hs_add(&down, spins[q]);
-                if (m->counter) {
-                    u64 *site = m->counter + (q * quarter_words + base + k) * SITE;
-                    site[m->slot] = spins[q];
-                    if (m->slot == SLOTS - 1) fold(site);
+                if (m->slots) {
+                    i64 at = q * quarter_words + base + k;
+                    m->slots[m->slot * 4 * quarter_words + at] = spins[q];
+                    if (m->slot == SLOTS - 1)
+                        fold(m->slots + at, 4 * quarter_words, m->counter + at * COUNTER);
                 }
                 if (m->flips[0]) hs_add(&flips, m->flips[q][base + k]);
             }
@@ -442,19 +447,22 @@ static void *measure_rows(void *arg) {
 }
 
 /* Per-replica counts of the current state into counts (3, groups * 64, batch) (replica
- * 64 g + i of batch entry b; plane p = g * batch + b), zeroed by the caller:
+ * 64 g + i of batch entry b; plane p = g * batch + b), and from them into out (same shape)
+ * the energy scale[b] (u - N) (scale = 2|J|), the magnetization 1 - 2 d / N and, added to
+ * out[2], the flipped fraction f / N; the counts:
  * unsatisfied bonds (each bond once, from its black end; stored spins, so the gauge keeps
  * every bond ferromagnetic), down spins (white spins with the gauge of batch entry p % batch
- * undone) and the flip masks fbe..fwo (all NULL: none). counter, when not NULL, receives the
- * down spins in slot `slot` of its (4, planes, h, w, SITE) per-site sums (see fold).
+ * undone) and the flip masks fbe..fwo (all NULL: none). slots, when not NULL, receive the
+ * down spins in slot `slot` of the per-site sums (slots, counter: see fold).
  * Threads split the rows, each with its own totals, summed at the end. Returns 0, or -1 when
  * memory runs out (nothing is changed then). */
 int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo, i64 planes,
                           i64 h, i64 w, i64 batch, const i64 *gauge, const i64 *fbe,
-                          const i64 *fbo, const i64 *fwe, const i64 *fwo, i64 *counter,
-                          i64 slot, i64 *counts, i64 threads) {
+                          const i64 *fbo, const i64 *fwe, const i64 *fwo, i64 *slots,
+                          i64 *counter, i64 slot, i64 *counts, const double *scale,
+                          double *out, i64 threads) {
     i64 tasks = planes * h, size = 3 * planes * 64; /* = 3 * groups * 64 * batch */
-    if (counter && (slot < 0 || slot >= SLOTS)) return -2;
+    if (slots && (slot < 0 || slot >= SLOTS)) return -2;
     if (threads > tasks) threads = tasks;
     if (threads < 1) threads = 1;
     measure_t *jobs = malloc(sizeof(measure_t) * (size_t)threads);
@@ -470,7 +478,7 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
         jobs[t] = (measure_t){
             .q = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo},
             .flips = {(const u64 *)fbe, (const u64 *)fbo, (const u64 *)fwe, (const u64 *)fwo},
-            .counter = (u64 *)counter, .gauge = (const u64 *)gauge, .planes = planes, .h = h,
+            .slots = (u64 *)slots, .counter = (u64 *)counter, .gauge = (const u64 *)gauge, .planes = planes, .h = h,
             .w = w, .batch = batch, .slot = slot,
             .begin = tasks * t / threads, .end = tasks * (t + 1) / threads,
             .counts = partial + t * size,
@@ -482,8 +490,16 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
     measure_rows(&jobs[0]);
     for (i64 t = running; t < threads; ++t) measure_rows(&jobs[t]); /* threads not started */
     for (i64 t = 1; t < running; ++t) pthread_join(ids[t], NULL);
+    for (i64 j = 0; j < size; ++j) counts[j] = 0;
     for (i64 t = 0; t < threads; ++t)
         for (i64 j = 0; j < size; ++j) counts[j] += partial[t * size + j];
+    i64 lanes = size / 3;
+    double sites = 4.0 * (double)(h * w);
+    for (i64 j = 0; j < lanes; ++j) {
+        out[j] = scale[j % batch] * (double)(counts[j] - 4 * h * w); /* -|J|(2N - 2u) */
+        out[lanes + j] = 1.0 - 2.0 * (double)counts[lanes + j] / sites;
+        if (fbe) out[2 * lanes + j] += (double)counts[2 * lanes + j] / sites;
+    }
     free(jobs);
     free(ids);
     free(partial);

@@ -55,10 +55,13 @@ class NativeMultispin(MultispinEngine):
         batch = max(1, math.prod(self.batch_shape))
         # per replica: unsatisfied bonds, down spins, flips of the last sweep
         self.counts = torch.zeros(3, self.groups * 64, batch, dtype=torch.int64)
-        self.count_view = self.counts.view(3, self.groups * 64, *self.batch_shape)
+        # energy, magnetization, summed flipped fraction per replica (float64)
+        self.values = torch.zeros(3, self.groups * 64, batch, dtype=torch.float64)
+        self.value_view = self.values.view(3, self.groups * 64, *self.batch_shape)
+        scale = 2.0 * self.abs_bond.to(torch.float64).expand(self.batch_shape)
+        self.scale = scale.reshape(-1).contiguous()
         self.gauge_words = self.gauge.reshape(-1).contiguous()
         self.counted_state = False
-        self.energy_scale = 2.0 * self.abs_bond.to(model.dtype)
         self.flip_buffers: tuple[Tensor, ...] | None = None
 
     def _setup(
@@ -113,20 +116,25 @@ class NativeMultispin(MultispinEngine):
         self.last_flips = flips
         self.counted_state = False
 
+    def acceptance(self) -> Tensor:
+        """Mean flipped fraction per chain, estimated on the sweeps that preceded measurements."""
+        flipped = self.value_view[2, : self.chains]
+        return (flipped / max(self.accepted_sweeps, 1)).to(self.model.dtype)
+
     def _new_counter(self) -> Tensor:
-        """(4, *quarter, 24): per site 8 slots of recent states and 16 counter planes (see
-        ``multispin.c``), flushed every 65528 measurements (so in practice once, at the end)."""
+        """(4, *quarter, 16) counter planes per site, and (8, 4, *quarter) slots of recent
+        states (see ``multispin.c``); flushed every 65528 measurements (in practice once)."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
-        shape = (4, *self.be.shape, _SLOTS + self.counter_planes)
+        self.slots = torch.zeros(_SLOTS, 4, *self.be.shape, dtype=torch.int64)
+        shape = (4, *self.be.shape, self.counter_planes)
         return torch.zeros(shape, dtype=torch.int64, device=self.be.device)
 
-    def _count(self, counters: bool) -> Tensor:
-        """One kernel pass: (3, planes, 64) per-lane counts of unsatisfied bonds, down spins
-        and last-sweep flips; with ``counters`` the down spins also enter the per-site counters.
-        """
-        self.counts.zero_()
+    def _count(self, counters: bool, flips: bool = True) -> None:
+        """One kernel pass: energy and magnetization per replica into ``values`` (and the
+        last sweep's flipped fraction added to ``values[2]``, with ``flips``) from bit counts;
+        with ``counters`` the down spins also enter the per-site sums."""
         quarters = (self.be, self.bo, self.we, self.wo)
-        flips = self.last_flips
+        flips = self.last_flips if flips else None
         status = self.native.spf_multispin_measure(
             *(q.data_ptr() for q in quarters),
             self.counts.shape[2] * self.groups,
@@ -135,14 +143,16 @@ class NativeMultispin(MultispinEngine):
             self.gauge_words.numel(),
             self.gauge_words.data_ptr(),
             *((f.data_ptr() for f in flips) if flips is not None else (None,) * 4),
-            self.counter.data_ptr() if counters else None,
+            self.slots.data_ptr() if counters else None,
+            self.counter.data_ptr(),
             self.pending % _SLOTS,
             self.counts.data_ptr(),
+            self.scale.data_ptr(),
+            self.values.data_ptr(),
             torch.get_num_threads(),
         )
         if status:
             raise MemoryError("the native multispin kernel could not allocate its buffers")
-        return self.counts
 
     def measure(self) -> tuple[Tensor, Tensor]:
         """Energy E = −|J|(2N − 2·unsatisfied) and magnetization 1 − 2·down/N from bit counts;
@@ -151,11 +161,9 @@ class NativeMultispin(MultispinEngine):
         if not self.counted_state:
             self.counted_state = True
             self._counted()
-        values = self.count_view[:, : self.chains].to(self.model.dtype)
-        energy = (values[0] - self.n) * self.energy_scale  # −|J|(2N − 2·unsatisfied)
-        magnetization = 1.0 - values[1] * (2.0 / self.n)
+        values = self.value_view[:2, : self.chains].to(self.model.dtype, copy=True)
+        energy, magnetization = values
         if self.last_flips is not None:
-            self.accepted += self.count_view[2, : self.chains] / self.n
             self.accepted_sweeps += 1
         return energy, magnetization
 
@@ -163,7 +171,7 @@ class NativeMultispin(MultispinEngine):
         """Add the current spins to the per-site counters, once per state (:meth:`measure`
         already does it in its pass)."""
         if not self.counted_state:
-            self._count(counters=True)
+            self._count(counters=True, flips=False)
             self.counted_state = True
             self._counted()
 
@@ -212,16 +220,12 @@ class NativeMultispin(MultispinEngine):
             self.totals = torch.zeros_like(self._output())
         used = self.pending % _SLOTS
         if used:  # fold the partly filled slots (the unused ones zero)
-            self.counter[..., used:_SLOTS].zero_()
             self.native.spf_multispin_fold(
-                self.counter.data_ptr(), self.counter.numel() // (_SLOTS + self.counter_planes)
+                self.slots.data_ptr(), self.counter.data_ptr(), self.slots[0].numel()
             )
         zero = torch.zeros_like(self.gauge_words)
-        stride = _SLOTS + self.counter_planes
-        self._unpack(
-            tuple(self.counter), self.counter_planes, stride, _SLOTS, zero, self.pending,
-            self.totals, True,
-        )  # fmt: skip
+        planes = self.counter_planes
+        self._unpack(tuple(self.counter), planes, planes, 0, zero, self.pending, self.totals, True)
         self.counter.zero_()
         self.pending = 0
 

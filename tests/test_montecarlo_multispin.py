@@ -85,6 +85,7 @@ def test_native_and_torch_sweeps_agree_bit_for_bit_when_deterministic(
     model = square_lattice(shape, beta=beta, coupling=coupling)
     initial = _random_spins(130, model.num_spins, 10)
     native = MultispinIsing(model, initial, _gen(0), backend="native", lazy=0)
+    native.keep_flip_masks = True  # type: ignore[attr-defined]
     reference = MultispinIsing(model, initial, _gen(0), backend="torch", lazy=0)
     for _ in range(4):
         native.sweep()

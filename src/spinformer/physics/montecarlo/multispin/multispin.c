@@ -40,221 +40,7 @@ typedef struct {
     u64 lz[DIGITS], keep0;
 } accept_t;
 
-static void lfg_refill(u64 *x) {
-    for (int j = 0; j < LAG_S; ++j) x[j] += x[j + LAG_R - LAG_S];
-    for (int j = LAG_S; j < LAG_R; ++j) x[j] += x[j - LAG_S];
-}
-
-/* n tempered words of stream (x, *pos) into out; pos = words of the current block used. */
-static void lfg_draw(u64 *x, i64 *pos, u64 *out, i64 n) {
-    i64 p = *pos;
-    while (n > 0) {
-        if (p >= LAG_R) {
-            lfg_refill(x);
-            p = 0;
-        }
-        i64 m = LAG_R - p < n ? LAG_R - p : n;
-        for (i64 j = 0; j < m; ++j) {
-            u64 v = x[p + j];
-            out[j] = v ^ (v >> 32);
-        }
-        out += m;
-        p += m;
-        n -= m;
-    }
-    *pos = p;
-}
-
-/* Update t[k0:k1] in place; h2 is the side neighbour row already offset by +-1. Digit j of
- * site k is rnd[j * stride + k - r0]. The flip masks go to flips[k]. */
-static inline void update_span(u64 *restrict t, const u64 *restrict v1, const u64 *restrict v2,
-                               const u64 *restrict h1, const u64 *restrict h2,
-                               const u64 *restrict rnd, i64 stride, i64 r0, const accept_t *acc,
-                               u64 *restrict flips, i64 k0, i64 k1) {
-    rnd -= r0;
-    for (i64 k = k0; k < k1; ++k) {
-        u64 s = t[k];
-        u64 a = s ^ v1[k], b = s ^ v2[k], c = s ^ h1[k], d = s ^ h2[k];
-        u64 ge2 = (a & b) | (c & d) | ((a | b) & (c | d));
-        u64 ge1 = a | b | c | d;
-        u64 keep = acc->keep0; /* r_j = NOT u_j: some r_j set <=> u's digits not all 1 */
-        i64 tail = (i64)(rnd[DIGITS * stride + k] & MAX63);
-        u64 a1 = -(u64)(tail < acc->q1), a0 = -(u64)(tail < acc->q0);
-        for (int j = DIGITS - 1; j >= 0; --j) { /* last digit first */
-            u64 r = rnd[j * stride + k];
-            a1 = (a1 & r) | (acc->d1[j] & (a1 ^ r)); /* d = 1: a | r, d = 0: a & r */
-            a0 = (a0 & r) | (acc->d0[j] & (a0 ^ r));
-            keep |= r & acc->lz[j];
-        }
-        u64 m = (ge2 & keep) | (ge1 & a1) | a0;
-        t[k] = s ^ m;
-        flips[k] = m;
-    }
-}
-
-/* Row update with periodic side neighbour h[(k + dk) mod w], dk = +-1, in blocks of BLOCK
- * sites, each with DRAWS * BLOCK fresh words of stream (x, pos) in rnd. */
-static void update_row(u64 *t, const u64 *v1, const u64 *v2, const u64 *h, int dk, i64 w,
-                       u64 *x, i64 *pos, u64 *rnd, const accept_t *acc, u64 *flips) {
-    for (i64 k0 = 0; k0 < w; k0 += BLOCK) {
-        i64 k1 = k0 + BLOCK < w ? k0 + BLOCK : w, n = k1 - k0;
-        lfg_draw(x, pos, rnd, DRAWS * n);
-        if (w == 1) {
-            update_span(t, v1, v2, h, h, rnd, n, k0, acc, flips, 0, 1);
-        } else if (dk < 0) {
-            i64 start = k0;
-            if (k0 == 0) { /* site 0's left neighbour wraps to w - 1 */
-                update_span(t, v1, v2, h, h + w - 1, rnd, n, k0, acc, flips, 0, 1);
-                start = 1;
-            }
-            update_span(t, v1, v2, h, h - 1, rnd, n, k0, acc, flips, start, k1);
-        } else {
-            i64 end = k1 == w ? w - 1 : k1; /* site w - 1's right neighbour wraps to 0 */
-            update_span(t, v1, v2, h, h + 1, rnd, n, k0, acc, flips, k0, end);
-            if (end < k1) update_span(t, v1, v2, h, h + 1 - w, rnd, n, k0, acc, flips, end, k1);
-        }
-    }
-}
-
-typedef struct {
-    u64 *q[4];     /* BE, BO, WE, WO */
-    u64 *flips[4]; /* NULL, or where the last sweep's flip masks go */
-    i64 planes, h, w, batch;
-    const accept_t *acc; /* one per batch entry; plane p uses acc[p % batch] */
-    u64 *rng_state;      /* (planes * h, LAG_R) */
-    i64 *rng_pos;        /* (planes * h) */
-    i64 sweeps;
-    pthread_barrier_t barrier;
-    pthread_mutex_t lock; /* the gate: workers start once every thread exists */
-    pthread_cond_t opened;
-    int open;
-} shared_t;
-
-typedef struct {
-    shared_t *sh;
-    i64 begin, end; /* task range, task = p * h + i */
-    u64 *rnd;       /* DRAWS * BLOCK words */
-    u64 *scratch;   /* w words: flip masks not recorded */
-} job_t;
-
-/* Quarter indices and neighbour geometry (see MultispinEngine._neighbours):
- * BE[i,k]: WO[i], WO[i-1], WE[i,k], WE[i,k-1]     BO[i,k]: WE[i], WE[i+1], WO[i,k], WO[i,k+1]
- * WE[i,k]: BO[i], BO[i-1], BE[i,k], BE[i,k+1]     WO[i,k]: BE[i], BE[i+1], BO[i,k], BO[i,k-1] */
-enum { BE, BO, WE, WO };
-static const int TARGET[2][2] = {{BE, BO}, {WE, WO}};
-static const int VERT[2][2] = {{WO, WE}, {BO, BE}};
-static const int VSTEP[2][2] = {{-1, +1}, {-1, +1}};
-static const int SIDE[2][2] = {{WE, WO}, {BE, BO}};
-static const int SSTEP[2][2] = {{-1, +1}, {+1, -1}};
-
-static void half_sweep(const job_t *job, int colour, int record) {
-    const shared_t *sh = job->sh;
-    i64 h = sh->h, w = sh->w, plane_words = h * w;
-    for (i64 task = job->begin; task < job->end; ++task) {
-        i64 p = task / h, i = task % h;
-        const accept_t *acc = sh->acc + (p % sh->batch);
-        for (int half = 0; half < 2; ++half) {
-            int target = TARGET[colour][half], vert = VERT[colour][half];
-            int side = SIDE[colour][half];
-            i64 i2 = (i + VSTEP[colour][half] + h) % h;
-            u64 *row = sh->q[target] + p * plane_words + i * w;
-            const u64 *v = sh->q[vert] + p * plane_words;
-            const u64 *s = sh->q[side] + p * plane_words + i * w;
-            u64 *flips = record ? sh->flips[target] + p * plane_words + i * w : job->scratch;
-            update_row(row, v + i * w, v + i2 * w, s, SSTEP[colour][half], w,
-                       sh->rng_state + task * LAG_R, sh->rng_pos + task, job->rnd, acc, flips);
-        }
-    }
-}
-
-static void *worker(void *arg) {
-    const job_t *job = arg;
-    shared_t *sh = job->sh;
-    pthread_mutex_lock(&sh->lock);
-    while (!sh->open) pthread_cond_wait(&sh->opened, &sh->lock);
-    pthread_mutex_unlock(&sh->lock);
-    for (i64 sweep = 0; sweep < sh->sweeps; ++sweep) {
-        int record = sh->flips[0] != NULL && sweep == sh->sweeps - 1;
-        for (int colour = 0; colour < 2; ++colour) {
-            half_sweep(job, colour, record);
-            pthread_barrier_wait(&sh->barrier);
-        }
-    }
-    return NULL;
-}
-
-/* Run `sweeps` sweeps. digits1/digits0: (batch, DIGITS) masks 0 / -1 of p1 = e^{-4 beta |J|}
- * and p0 = p1^2 (times 1 - 2^-lazy); tail1/tail0: (batch) 63-bit tails; lazy: digits whose
- * all-ones pattern declines a k >= 2 move (0: plain Metropolis). flips: four quarter-shaped outputs for the
- * last sweep's flip masks, or all NULL. Threads that cannot be created are done without (the
- * tasks are split over those that exist). Returns 0, or -1 when memory runs out (nothing is
- * changed then). */
-int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, i64 w,
-                         const i64 *digits1, const i64 *digits0, const i64 *tail1,
-                         const i64 *tail0, i64 batch, i64 lazy, i64 *rng_state, i64 *rng_pos, i64 *fbe,
-                         i64 *fbo, i64 *fwe, i64 *fwo, i64 sweeps, i64 threads) {
-    i64 tasks = planes * h;
-    if (threads > tasks) threads = tasks;
-    if (threads < 1) threads = 1;
-    accept_t *acc = malloc(sizeof(accept_t) * (size_t)batch);
-    job_t *jobs = malloc(sizeof(job_t) * (size_t)threads);
-    pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
-    u64 *buffers = malloc(sizeof(u64) * (size_t)(threads * (DRAWS * BLOCK + w)));
-    shared_t *sh = malloc(sizeof(shared_t));
-    int status = 0;
-    if (!acc || !jobs || !ids || !buffers || !sh) {
-        status = -1;
-        goto done;
-    }
-    for (i64 b = 0; b < batch; ++b) {
-        for (int j = 0; j < DIGITS; ++j) {
-            acc[b].d1[j] = (u64)digits1[b * DIGITS + j];
-            acc[b].d0[j] = (u64)digits0[b * DIGITS + j];
-        }
-        acc[b].q1 = tail1[b];
-        acc[b].q0 = tail0[b];
-        for (int j = 0; j < DIGITS; ++j) acc[b].lz[j] = j < lazy ? ~(u64)0 : 0;
-        acc[b].keep0 = lazy ? 0 : ~(u64)0;
-    }
-    *sh = (shared_t){
-        .q = {(u64 *)be, (u64 *)bo, (u64 *)we, (u64 *)wo},
-        .flips = {(u64 *)fbe, (u64 *)fbo, (u64 *)fwe, (u64 *)fwo},
-        .planes = planes, .h = h, .w = w, .batch = batch, .acc = acc,
-        .rng_state = (u64 *)rng_state, .rng_pos = rng_pos, .sweeps = sweeps, .open = 0,
-    };
-    pthread_mutex_init(&sh->lock, NULL);
-    pthread_cond_init(&sh->opened, NULL);
-    for (i64 t = 0; t < threads; ++t) {
-        u64 *buffer = buffers + t * (DRAWS * BLOCK + w);
-        jobs[t] = (job_t){sh, 0, 0, buffer, buffer + DRAWS * BLOCK};
-    }
-    i64 running = 1; /* this thread is worker 0 */
-    while (running < threads && !pthread_create(&ids[running], NULL, worker, &jobs[running]))
-        ++running;
-    for (i64 t = 0; t < running; ++t) {
-        jobs[t].begin = tasks * t / running;
-        jobs[t].end = tasks * (t + 1) / running;
-    }
-    pthread_barrier_init(&sh->barrier, NULL, (unsigned)running);
-    pthread_mutex_lock(&sh->lock);
-    sh->open = 1;
-    pthread_cond_broadcast(&sh->opened);
-    pthread_mutex_unlock(&sh->lock);
-    worker(&jobs[0]);
-    for (i64 t = 1; t < running; ++t) pthread_join(ids[t], NULL);
-    pthread_barrier_destroy(&sh->barrier);
-    pthread_cond_destroy(&sh->opened);
-    pthread_mutex_destroy(&sh->lock);
-done:
-    free(acc);
-    free(jobs);
-    free(ids);
-    free(buffers);
-    free(sh);
-    return status;
-}
-
-/* ---- measurement: per-replica bit counts ------------------------------------------------
+/* ---- per-replica bit counts (flips in the sweeps, and measurements) ----------------------
  *
  * Words are counted per replica (bit) with a Harley-Seal carry-save tree: 16 words at a time
  * are reduced by carry-save adders into running "ones, twos, fours, eights" words and one
@@ -336,6 +122,242 @@ static void hs_flush(hs_t *s) {
     vc_flush(&s->sixteens, s->out, s->stride, 4);
     s->ones = s->twos = s->fours = s->eights = 0;
     s->n = 0;
+}
+
+static void lfg_refill(u64 *x) {
+    for (int j = 0; j < LAG_S; ++j) x[j] += x[j + LAG_R - LAG_S];
+    for (int j = LAG_S; j < LAG_R; ++j) x[j] += x[j - LAG_S];
+}
+
+/* n tempered words of stream (x, *pos) into out; pos = words of the current block used. */
+static void lfg_draw(u64 *x, i64 *pos, u64 *out, i64 n) {
+    i64 p = *pos;
+    while (n > 0) {
+        if (p >= LAG_R) {
+            lfg_refill(x);
+            p = 0;
+        }
+        i64 m = LAG_R - p < n ? LAG_R - p : n;
+        for (i64 j = 0; j < m; ++j) {
+            u64 v = x[p + j];
+            out[j] = v ^ (v >> 32);
+        }
+        out += m;
+        p += m;
+        n -= m;
+    }
+    *pos = p;
+}
+
+/* Update t[k0:k1] in place; h2 is the side neighbour row already offset by +-1. Digit j of
+ * site k is rnd[j * stride + k - r0]. The flip masks go to flips[k]. */
+static inline void update_span(u64 *restrict t, const u64 *restrict v1, const u64 *restrict v2,
+                               const u64 *restrict h1, const u64 *restrict h2,
+                               const u64 *restrict rnd, i64 stride, i64 r0, const accept_t *acc,
+                               u64 *restrict flips, i64 k0, i64 k1) {
+    rnd -= r0;
+    for (i64 k = k0; k < k1; ++k) {
+        u64 s = t[k];
+        u64 a = s ^ v1[k], b = s ^ v2[k], c = s ^ h1[k], d = s ^ h2[k];
+        u64 ge2 = (a & b) | (c & d) | ((a | b) & (c | d));
+        u64 ge1 = a | b | c | d;
+        u64 keep = acc->keep0; /* r_j = NOT u_j: some r_j set <=> u's digits not all 1 */
+        i64 tail = (i64)(rnd[DIGITS * stride + k] & MAX63);
+        u64 a1 = -(u64)(tail < acc->q1), a0 = -(u64)(tail < acc->q0);
+        for (int j = DIGITS - 1; j >= 0; --j) { /* last digit first */
+            u64 r = rnd[j * stride + k];
+            a1 = (a1 & r) | (acc->d1[j] & (a1 ^ r)); /* d = 1: a | r, d = 0: a & r */
+            a0 = (a0 & r) | (acc->d0[j] & (a0 ^ r));
+            keep |= r & acc->lz[j];
+        }
+        u64 m = (ge2 & keep) | (ge1 & a1) | a0;
+        t[k] = s ^ m;
+        flips[k] = m;
+    }
+}
+
+/* Row update with periodic side neighbour h[(k + dk) mod w], dk = +-1, in blocks of BLOCK
+ * sites, each with DRAWS * BLOCK fresh words of stream (x, pos) in rnd. */
+static void update_row(u64 *t, const u64 *v1, const u64 *v2, const u64 *h, int dk, i64 w,
+                       u64 *x, i64 *pos, u64 *rnd, const accept_t *acc, u64 *flips) {
+    for (i64 k0 = 0; k0 < w; k0 += BLOCK) {
+        i64 k1 = k0 + BLOCK < w ? k0 + BLOCK : w, n = k1 - k0;
+        lfg_draw(x, pos, rnd, DRAWS * n);
+        if (w == 1) {
+            update_span(t, v1, v2, h, h, rnd, n, k0, acc, flips, 0, 1);
+        } else if (dk < 0) {
+            i64 start = k0;
+            if (k0 == 0) { /* site 0's left neighbour wraps to w - 1 */
+                update_span(t, v1, v2, h, h + w - 1, rnd, n, k0, acc, flips, 0, 1);
+                start = 1;
+            }
+            update_span(t, v1, v2, h, h - 1, rnd, n, k0, acc, flips, start, k1);
+        } else {
+            i64 end = k1 == w ? w - 1 : k1; /* site w - 1's right neighbour wraps to 0 */
+            update_span(t, v1, v2, h, h + 1, rnd, n, k0, acc, flips, k0, end);
+            if (end < k1) update_span(t, v1, v2, h, h + 1 - w, rnd, n, k0, acc, flips, end, k1);
+        }
+    }
+}
+
+typedef struct {
+    u64 *q[4];     /* BE, BO, WE, WO */
+    u64 *flips[4]; /* NULL, or where the last sweep's flip masks go */
+    i64 *flip_counts; /* NULL, or (planes * 64) totals of the last sweep's flips */
+    i64 planes, h, w, batch;
+    const accept_t *acc; /* one per batch entry; plane p uses acc[p % batch] */
+    u64 *rng_state;      /* (planes * h, LAG_R) */
+    i64 *rng_pos;        /* (planes * h) */
+    i64 sweeps;
+    pthread_barrier_t barrier;
+    pthread_mutex_t lock; /* the gate: workers start once every thread exists */
+    pthread_cond_t opened;
+    int open;
+} shared_t;
+
+typedef struct {
+    shared_t *sh;
+    i64 begin, end; /* task range, task = p * h + i */
+    u64 *rnd;       /* DRAWS * BLOCK words */
+    u64 *scratch;   /* w words: flip masks not recorded */
+    i64 *partial;   /* (planes * 64) flip totals of this job */
+    hs_t flips;     /* counting the flips of the current plane */
+} job_t;
+
+/* Quarter indices and neighbour geometry (see MultispinEngine._neighbours):
+ * BE[i,k]: WO[i], WO[i-1], WE[i,k], WE[i,k-1]     BO[i,k]: WE[i], WE[i+1], WO[i,k], WO[i,k+1]
+ * WE[i,k]: BO[i], BO[i-1], BE[i,k], BE[i,k+1]     WO[i,k]: BE[i], BE[i+1], BO[i,k], BO[i,k-1] */
+enum { BE, BO, WE, WO };
+static const int TARGET[2][2] = {{BE, BO}, {WE, WO}};
+static const int VERT[2][2] = {{WO, WE}, {BO, BE}};
+static const int VSTEP[2][2] = {{-1, +1}, {-1, +1}};
+static const int SIDE[2][2] = {{WE, WO}, {BE, BO}};
+static const int SSTEP[2][2] = {{-1, +1}, {+1, -1}};
+
+static void half_sweep(job_t *job, int colour, int record, int count) {
+    const shared_t *sh = job->sh;
+    i64 h = sh->h, w = sh->w, plane_words = h * w;
+    for (i64 task = job->begin; task < job->end; ++task) {
+        i64 p = task / h, i = task % h;
+        const accept_t *acc = sh->acc + (p % sh->batch);
+        if (count && (task == job->begin || i == 0)) { /* a new plane: its own totals */
+            if (task != job->begin) hs_flush(&job->flips);
+            job->flips.out = job->partial + p * 64;
+            job->flips.stride = 1;
+        }
+        for (int half = 0; half < 2; ++half) {
+            int target = TARGET[colour][half], vert = VERT[colour][half];
+            int side = SIDE[colour][half];
+            i64 i2 = (i + VSTEP[colour][half] + h) % h;
+            u64 *row = sh->q[target] + p * plane_words + i * w;
+            const u64 *v = sh->q[vert] + p * plane_words;
+            const u64 *s = sh->q[side] + p * plane_words + i * w;
+            u64 *flips = record ? sh->flips[target] + p * plane_words + i * w : job->scratch;
+            update_row(row, v + i * w, v + i2 * w, s, SSTEP[colour][half], w,
+                       sh->rng_state + task * LAG_R, sh->rng_pos + task, job->rnd, acc, flips);
+            if (count) /* the row's masks are still in L1 */
+                for (i64 k = 0; k < w; ++k) hs_add(&job->flips, flips[k]);
+        }
+    }
+    if (count && job->end > job->begin) hs_flush(&job->flips);
+}
+
+static void *worker(void *arg) {
+    job_t *job = arg;
+    shared_t *sh = job->sh;
+    pthread_mutex_lock(&sh->lock);
+    while (!sh->open) pthread_cond_wait(&sh->opened, &sh->lock);
+    pthread_mutex_unlock(&sh->lock);
+    for (i64 sweep = 0; sweep < sh->sweeps; ++sweep) {
+        int last = sweep == sh->sweeps - 1;
+        int record = sh->flips[0] != NULL && last, count = sh->flip_counts != NULL && last;
+        for (int colour = 0; colour < 2; ++colour) {
+            half_sweep(job, colour, record, count);
+            pthread_barrier_wait(&sh->barrier);
+        }
+    }
+    return NULL;
+}
+
+/* Run `sweeps` sweeps. digits1/digits0: (batch, DIGITS) masks 0 / -1 of p1 = e^{-4 beta |J|}
+ * and p0 = p1^2 (times 1 - 2^-lazy); tail1/tail0: (batch) 63-bit tails; lazy: digits whose
+ * all-ones pattern declines a k >= 2 move (0: plain Metropolis). flips: four quarter-shaped
+ * outputs for the last sweep's flip masks, or all NULL; flip_counts: (planes * 64) per-replica
+ * numbers of flips in the last sweep (set here), or NULL. Threads that cannot be created are done without (the
+ * tasks are split over those that exist). Returns 0, or -1 when memory runs out (nothing is
+ * changed then). */
+int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, i64 w,
+                         const i64 *digits1, const i64 *digits0, const i64 *tail1,
+                         const i64 *tail0, i64 batch, i64 lazy, i64 *rng_state, i64 *rng_pos, i64 *fbe,
+                         i64 *fbo, i64 *fwe, i64 *fwo, i64 *flip_counts, i64 sweeps,
+                         i64 threads) {
+    i64 tasks = planes * h;
+    if (threads > tasks) threads = tasks;
+    if (threads < 1) threads = 1;
+    accept_t *acc = malloc(sizeof(accept_t) * (size_t)batch);
+    job_t *jobs = malloc(sizeof(job_t) * (size_t)threads);
+    pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
+    u64 *buffers = malloc(sizeof(u64) * (size_t)(threads * (DRAWS * BLOCK + w)));
+    i64 *partial = calloc((size_t)(threads * planes * 64), sizeof(i64));
+    shared_t *sh = malloc(sizeof(shared_t));
+    int status = 0;
+    if (!acc || !jobs || !ids || !buffers || !partial || !sh) {
+        status = -1;
+        goto done;
+    }
+    for (i64 b = 0; b < batch; ++b) {
+        for (int j = 0; j < DIGITS; ++j) {
+            acc[b].d1[j] = (u64)digits1[b * DIGITS + j];
+            acc[b].d0[j] = (u64)digits0[b * DIGITS + j];
+        }
+        acc[b].q1 = tail1[b];
+        acc[b].q0 = tail0[b];
+        for (int j = 0; j < DIGITS; ++j) acc[b].lz[j] = j < lazy ? ~(u64)0 : 0;
+        acc[b].keep0 = lazy ? 0 : ~(u64)0;
+    }
+    *sh = (shared_t){
+        .q = {(u64 *)be, (u64 *)bo, (u64 *)we, (u64 *)wo},
+        .flips = {(u64 *)fbe, (u64 *)fbo, (u64 *)fwe, (u64 *)fwo},
+        .flip_counts = flip_counts, .planes = planes, .h = h, .w = w, .batch = batch, .acc = acc,
+        .rng_state = (u64 *)rng_state, .rng_pos = rng_pos, .sweeps = sweeps, .open = 0,
+    };
+    pthread_mutex_init(&sh->lock, NULL);
+    pthread_cond_init(&sh->opened, NULL);
+    for (i64 t = 0; t < threads; ++t) {
+        u64 *buffer = buffers + t * (DRAWS * BLOCK + w);
+        jobs[t] = (job_t){sh, 0, 0, buffer, buffer + DRAWS * BLOCK, partial + t * planes * 64,
+                          {0}};
+    }
+    i64 running = 1; /* this thread is worker 0 */
+    while (running < threads && !pthread_create(&ids[running], NULL, worker, &jobs[running]))
+        ++running;
+    for (i64 t = 0; t < running; ++t) {
+        jobs[t].begin = tasks * t / running;
+        jobs[t].end = tasks * (t + 1) / running;
+    }
+    pthread_barrier_init(&sh->barrier, NULL, (unsigned)running);
+    pthread_mutex_lock(&sh->lock);
+    sh->open = 1;
+    pthread_cond_broadcast(&sh->opened);
+    pthread_mutex_unlock(&sh->lock);
+    worker(&jobs[0]);
+    for (i64 t = 1; t < running; ++t) pthread_join(ids[t], NULL);
+    if (flip_counts) {
+        for (i64 j = 0; j < planes * 64; ++j) flip_counts[j] = 0;
+        for (i64 t = 0; t < running; ++t)
+            for (i64 j = 0; j < planes * 64; ++j) flip_counts[j] += partial[t * planes * 64 + j];
+    }
+    pthread_barrier_destroy(&sh->barrier);
+    pthread_cond_destroy(&sh->opened);
+    pthread_mutex_destroy(&sh->lock);
+done:
+    free(acc);
+    free(jobs);
+    free(ids);
+    free(buffers);
+    free(partial);
+    free(sh);
+    return status;
 }
 
 /* Per-site sums of down spins: SLOTS recent states, slot-major (slot j of all n site words
@@ -449,7 +471,7 @@ static void *measure_rows(void *arg) {
 /* Per-replica counts of the current state into counts (3, groups * 64, batch) (replica
  * 64 g + i of batch entry b; plane p = g * batch + b), and from them into out (same shape)
  * the energy scale[b] (u - N) (scale = 2|J|), the magnetization 1 - 2 d / N and, added to
- * out[2], the flipped fraction f / N; the counts:
+ * out[2], the flipped fraction f / N of flip_counts (planes * 64; NULL: none); the counts:
  * unsatisfied bonds (each bond once, from its black end; stored spins, so the gauge keeps
  * every bond ferromagnetic), down spins (white spins with the gauge of batch entry p % batch
  * undone) and the flip masks fbe..fwo (all NULL: none). slots, when not NULL, receive the
@@ -460,7 +482,7 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
                           i64 h, i64 w, i64 batch, const i64 *gauge, const i64 *fbe,
                           const i64 *fbo, const i64 *fwe, const i64 *fwo, i64 *slots,
                           i64 *counter, i64 slot, i64 *counts, const double *scale,
-                          double *out, i64 threads) {
+                          double *out, const i64 *flip_counts, i64 threads) {
     i64 tasks = planes * h, size = 3 * planes * 64; /* = 3 * groups * 64 * batch */
     if (slots && (slot < 0 || slot >= SLOTS)) return -2;
     if (threads > tasks) threads = tasks;
@@ -498,7 +520,10 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
     for (i64 j = 0; j < lanes; ++j) {
         out[j] = scale[j % batch] * (double)(counts[j] - 4 * h * w); /* -|J|(2N - 2u) */
         out[lanes + j] = 1.0 - 2.0 * (double)counts[lanes + j] / sites;
-        if (fbe) out[2 * lanes + j] += (double)counts[2 * lanes + j] / sites;
+        if (flip_counts) {
+            i64 b = j % batch, lane = (j / batch) % 64, g = j / (batch * 64);
+            out[2 * lanes + j] += (double)flip_counts[(g * batch + b) * 64 + lane] / sites;
+        }
     }
     free(jobs);
     free(ids);

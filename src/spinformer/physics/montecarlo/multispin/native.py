@@ -63,6 +63,11 @@ class NativeMultispin(MultispinEngine):
         self.gauge_words = self.gauge.reshape(-1).contiguous()
         self.counted_state = False
         self.flip_buffers: tuple[Tensor, ...] | None = None
+        # the last sweep's flips per replica, counted by the kernel; its flip masks are kept
+        # (``last_flips``) only when asked, for tests
+        self.flip_counts = torch.zeros(self.groups * batch * 64, dtype=torch.int64)
+        self.flips_counted = False
+        self.keep_flip_masks = False
 
     def _setup(
         self,
@@ -90,9 +95,10 @@ class NativeMultispin(MultispinEngine):
 
     def sweep(self, count: int = 1, record: bool = True) -> None:
         quarters = (self.be, self.bo, self.we, self.wo)
-        if record and self.flip_buffers is None:
+        keep = record and self.keep_flip_masks
+        if keep and self.flip_buffers is None:
             self.flip_buffers = tuple(torch.empty_like(q) for q in quarters)
-        flips = self.flip_buffers if record else None
+        flips = self.flip_buffers if keep else None
         d1, d0, q1, q0 = self.native_digits
         status = self.native.spf_multispin_sweeps(
             *(q.data_ptr() for q in quarters),
@@ -108,12 +114,14 @@ class NativeMultispin(MultispinEngine):
             self.native_state.data_ptr(),
             self.native_position.data_ptr(),
             *((f.data_ptr() for f in flips) if flips else (None,) * 4),
+            self.flip_counts.data_ptr() if record else None,
             count,
             torch.get_num_threads(),
         )
         if status:
             raise MemoryError("the native multispin kernel could not allocate its buffers")
         self.last_flips = flips
+        self.flips_counted = record
         self.counted_state = False
 
     def acceptance(self) -> Tensor:
@@ -134,7 +142,7 @@ class NativeMultispin(MultispinEngine):
         last sweep's flipped fraction added to ``values[2]``, with ``flips``) from bit counts;
         with ``counters`` the down spins also enter the per-site sums."""
         quarters = (self.be, self.bo, self.we, self.wo)
-        flips = self.last_flips if flips else None
+        flips = flips and self.flips_counted
         status = self.native.spf_multispin_measure(
             *(q.data_ptr() for q in quarters),
             self.counts.shape[2] * self.groups,
@@ -142,13 +150,14 @@ class NativeMultispin(MultispinEngine):
             self.be.shape[-1],
             self.gauge_words.numel(),
             self.gauge_words.data_ptr(),
-            *((f.data_ptr() for f in flips) if flips is not None else (None,) * 4),
+            *(None,) * 4,
             self.slots.data_ptr() if counters else None,
             self.counter.data_ptr(),
             self.pending % _SLOTS,
             self.counts.data_ptr(),
             self.scale.data_ptr(),
             self.values.data_ptr(),
+            self.flip_counts.data_ptr() if flips else None,
             torch.get_num_threads(),
         )
         if status:
@@ -163,7 +172,7 @@ class NativeMultispin(MultispinEngine):
             self._counted()
         values = self.value_view[:2, : self.chains].to(self.model.dtype, copy=True)
         energy, magnetization = values
-        if self.last_flips is not None:
+        if self.flips_counted:
             self.accepted_sweeps += 1
         return energy, magnetization
 

@@ -20,7 +20,6 @@ from spinformer.physics.montecarlo.multispin.common import (
     DIGITS,
     LAGS,
     MultispinEngine,
-    _quarters_to_grid,
 )
 
 __all__ = ["NativeMultispin"]
@@ -50,7 +49,6 @@ class NativeMultispin(MultispinEngine):
             raise RuntimeError(f"the native multispin kernel cannot run: {reason}")
         self.native = library
         super().__init__(model, state, generator, chains, lazy)
-        quarter = self.be.shape
         self.totals: Tensor | None = None  # (chains, *batch, N): Σ σ_i of flushed counters
         batch = max(1, math.prod(self.batch_shape))
         # per replica: unsatisfied bonds, down spins, flips of the last sweep

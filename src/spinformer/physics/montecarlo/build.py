@@ -134,7 +134,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     measure.restype = ctypes.c_int
     measure.argtypes = [*[_PTR] * 4, *[_I64] * 4, *[_PTR] * 7, _I64, *[_PTR] * 4, _I64]
     unpack = library.spf_multispin_unpack
-    unpack.restype = None
+    unpack.restype = ctypes.c_int
     unpack.argtypes = [*[_PTR] * 4, *[_I64] * 8, _PTR, ctypes.c_double, ctypes.c_double, _PTR]
     unpack.argtypes += [_I64, _I64]
     library.spf_multispin_fold.restype = None

@@ -111,11 +111,15 @@ def _sites(model: _SpinModel) -> float:
     return float(model.num_spins) * batch * (model.dim if isinstance(model, VectorSpinModel) else 1)
 
 
+# Estimated seconds per sweep, from benchmarks/montecarlo.py on a 2-core machine (one thread):
+# only their order matters, for engine="auto".
+
+
 def _tensor_cost(model: _SpinModel, algorithm: str, chains: int) -> float:
-    # ~20 tensor operations per colour class of ~5 µs each on the CPU, then ~2 ns per site
+    # ~20 tensor operations per colour class of ~5 µs each on the CPU, then ~20 ns per site
     # update; a GPU mostly pays the launches. Dense models add the N² local-field product.
     gpu = model.device.type != "cpu"
-    per_site = (0.02e-9 if gpu else 2e-9) * (1 + (model.num_spins if model.lattice is None else 0))
+    per_site = (0.2e-9 if gpu else 20e-9) * (1 + (model.num_spins if model.lattice is None else 0))
     return 2 * 20 * 5e-6 + chains * _sites(model) * per_site
 
 
@@ -135,13 +139,13 @@ def _multispin_supports(model: _SpinModel, algorithm: str, chains: int) -> str |
 
 
 def _multispin_cost(model: _SpinModel, algorithm: str, chains: int) -> float:
-    # one sweep of 64 replicas per word: ~5 ns per word natively, ~60 ns as CPU torch
-    # operations, ~0.1 ns on a GPU (where kernel launches, ~0.5 ms a sweep, dominate)
+    # one sweep of 64 replicas per word: ~25 ns per word natively, ~200 ns as CPU torch
+    # operations, ~0.5 ns on a GPU (where kernel launches, ~0.5 ms a sweep, dominate)
     words = math.ceil(chains / 64) * _sites(model)
     if model.device.type != "cpu":
-        return 5e-4 + words * 0.1e-9
+        return 5e-4 + words * 0.5e-9
     native = native_backend_available(model)  # type: ignore[arg-type]
-    return (2e-5 if native else 1e-3) + words * (5e-9 if native else 60e-9)
+    return (2e-5 if native else 1e-3) + words * (25e-9 if native else 200e-9)
 
 
 def _build_multispin(
@@ -152,7 +156,7 @@ def _build_multispin(
 
 
 def _checkerboard_cost(model: _SpinModel, algorithm: str, chains: int) -> float:
-    return 1e-5 + chains * _sites(model) * 2.5e-9  # ~2.5 ns per site update
+    return 1e-5 + chains * _sites(model) * 4e-9  # ~4 ns per site update
 
 
 def _build_checkerboard(

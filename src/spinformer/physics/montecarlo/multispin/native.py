@@ -187,7 +187,7 @@ class NativeMultispin(MultispinEngine):
         """out (chains, *batch, N) (+)= a − 2·count, count from ``planes`` bit planes per site
         (site words ``stride`` apart, the planes from ``offset``)."""
         assert out.is_contiguous() and out.dtype in (torch.float32, torch.float64)
-        self.native.spf_multispin_unpack(
+        status = self.native.spf_multispin_unpack(
             *(q.data_ptr() for q in words),
             planes,
             stride,
@@ -204,6 +204,8 @@ class NativeMultispin(MultispinEngine):
             out.dtype == torch.float64,
             accumulate,
         )
+        if status:
+            raise MemoryError("the native multispin kernel could not allocate its buffers")
 
     def _output(self) -> Tensor:
         dtype = self.model.dtype if self.model.dtype == torch.float64 else torch.float32
@@ -231,8 +233,9 @@ class NativeMultispin(MultispinEngine):
                 self.slots.data_ptr(), self.counter.data_ptr(), self.slots[0].numel()
             )
         zero = torch.zeros_like(self.gauge_words)
-        planes = self.counter_planes
-        self._unpack(tuple(self.counter), planes, planes, 0, zero, self.pending, self.totals, True)
+        planes = max(1, self.pending.bit_length())  # the planes above hold zeros
+        stride = self.counter_planes
+        self._unpack(tuple(self.counter), planes, stride, 0, zero, self.pending, self.totals, True)
         self.counter.zero_()
         self.pending = 0
 

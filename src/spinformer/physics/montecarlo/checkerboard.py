@@ -170,9 +170,9 @@ class CheckerboardSweeper:
     def full_state(self) -> Tensor:
         return self._grid(self.black, self.white)
 
-    def site_total(self) -> Tensor:
+    def site_mean(self, measurements: int) -> Tensor:
         self._flush()
-        return self.totals.to(self.model.dtype)
+        return (self.totals / measurements).to(self.model.dtype)
 
     def acceptance(self) -> Tensor:
         flips = self.flips.reshape(self.lead).to(torch.float64)

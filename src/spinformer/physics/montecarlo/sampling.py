@@ -312,7 +312,7 @@ def sample(
         energy=energy,
         magnetization=magnetization,
         final_state=final,
-        mean_state=sweeper.site_total() / records,
+        mean_state=sweeper.site_mean(records),
         acceptance=sweeper.acceptance(),
         snapshots=torch.stack(snapshots) if snapshots else None,
         mean_correlation=mean_correlation,

@@ -42,7 +42,8 @@ class Sweeper(Protocol):
     ``sweep(count, record)`` advances ``count`` sweeps (``record``: they follow the burn-in and
     count towards :meth:`acceptance`); ``measure`` returns (energy, mean spin) of the current
     state, ``(chains, *batch)`` and ``(chains, *batch[, D])``; ``accumulate`` adds the state to
-    per-site running sums returned by ``site_total`` ``(chains, *batch, N[, D])``;
+    per-site running sums, whose mean ``site_mean(measurements)`` returns,
+    ``(chains, *batch, N[, D])``;
     ``full_state`` is the state as spins; ``acceptance`` the mean accepted fraction per chain.
     """
 
@@ -52,7 +53,7 @@ class Sweeper(Protocol):
 
     def accumulate(self) -> None: ...
 
-    def site_total(self) -> Tensor: ...
+    def site_mean(self, measurements: int) -> Tensor: ...
 
     def full_state(self) -> Tensor: ...
 
@@ -95,8 +96,8 @@ class TensorSweeper(ABC):
     def accumulate(self) -> None:
         self.site_sum = self.site_sum + self.state
 
-    def site_total(self) -> Tensor:
-        return self.site_sum
+    def site_mean(self, measurements: int) -> Tensor:
+        return self.site_sum / measurements
 
 
 class _CompactIsing(TensorSweeper):
@@ -147,9 +148,9 @@ class _CompactIsing(TensorSweeper):
         self.sum_black = self.sum_black + self.black
         self.sum_white = self.sum_white + self.white
 
-    def site_total(self) -> Tensor:
+    def site_mean(self, measurements: int) -> Tensor:
         grid = from_compact(self.sum_black, self.sum_white)
-        return grid.reshape(*grid.shape[:-2], self.n)
+        return grid.reshape(*grid.shape[:-2], self.n) / measurements
 
     def full_state(self) -> Tensor:
         grid = from_compact(self.black, self.white)

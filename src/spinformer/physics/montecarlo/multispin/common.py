@@ -368,11 +368,12 @@ class MultispinEngine(ABC):
         self.counter.zero_()
         self.pending = 0
 
-    def site_total(self) -> Tensor:
+    def site_mean(self, measurements: int) -> Tensor:
+        """Σ_t σ_i(t) / measurements per chain and site (σ = 1 − 2·down)."""
         self._flush()
         assert self.site_down is not None
         down = self._per_chain(self.site_down)
-        return torch.add(torch.full_like(down, self.measurements), down, alpha=-2.0)
+        return torch.add(torch.full_like(down, self.measurements), down, alpha=-2.0) / measurements
 
     def acceptance(self) -> Tensor:
         """Mean flipped fraction per chain, estimated on the sweeps that preceded measurements."""

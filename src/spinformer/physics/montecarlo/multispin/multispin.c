@@ -536,57 +536,71 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
  * site (row, col), count = sum_j bit(word_j) 2^j over the planes j < nplanes of the site's
  * words, plane j of element (p, i, k) of quarter q at
  * src[q][((p * h + i) * w + k) * stride + offset + j], after XOR with gauge[b] (white quarters
- * only). Writes doubles when is_double, else floats; adds to the output when accumulate. A
- * quarter row is first turned into per-replica counts (a loop over the 64 bits that the
- * compiler vectorises), then written replica by replica. Returns 0, or -1 when memory runs
- * out. */
+ * only). Writes doubles when is_double, else floats. The two quarters of a lattice row (BE and
+ * WE for even rows, WO and BO for odd ones) are copied plane-major, then each replica's row is
+ * assembled with loops over contiguous words (vectorised by the compiler) and written in
+ * order. Returns 0, or -1 when memory runs out. */
+static void plane_major(const u64 *row, i64 w, i64 stride, i64 nplanes, u64 flip, u64 *out) {
+    for (i64 j = 0; j < nplanes; ++j)
+        for (i64 k = 0; k < w; ++k) out[j * w + k] = row[k * stride + j] ^ flip;
+}
+
+static void lane_counts(const u64 *planes, i64 w, i64 nplanes, int lane, uint32_t *c) {
+    for (i64 k = 0; k < w; ++k) c[k] = 0;
+    for (i64 j = 0; j < nplanes; ++j)
+        for (i64 k = 0; k < w; ++k) c[k] |= (uint32_t)((planes[j * w + k] >> lane) & 1) << j;
+}
+
 int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo,
                          i64 nplanes, i64 stride, i64 offset, i64 groups, i64 batch, i64 h,
                          i64 w, i64 chains, const i64 *gauge, double a, double scale, void *out,
-                         i64 is_double, i64 accumulate) {
+                         i64 is_double) {
     const u64 *src[4] = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo};
-    static const int ROW[4] = {0, 1, 0, 1}, COL[4] = {0, 1, 1, 0}; /* BE, BO, WE, WO */
+    static const int LEFT[2] = {BE, WO}, RIGHT[2] = {WE, BO}; /* columns 2k, 2k + 1 */
     i64 width = 2 * w, sites = 2 * h * width;
-    uint32_t *counts = malloc(sizeof(uint32_t) * (size_t)(64 * w));
-    if (!counts) return -1;
+    u64 *planes = malloc(sizeof(u64) * (size_t)(2 * nplanes * w));
+    uint32_t *counts = malloc(sizeof(uint32_t) * (size_t)(2 * w));
+    if (!planes || !counts) {
+        free(planes);
+        free(counts);
+        return -1;
+    }
+    u64 *pl = planes, *pr = planes + nplanes * w;
+    uint32_t *cl = counts, *cr = counts + w;
     for (i64 g = 0; g < groups; ++g) {
         i64 lanes = chains - 64 * g < 64 ? chains - 64 * g : 64;
         for (i64 b = 0; b < batch; ++b) {
             i64 p = g * batch + b;
-            for (int q = 0; q < 4; ++q) {
-                u64 flip = q >= 2 ? (u64)gauge[b] : 0;
-                for (i64 i = 0; i < h; ++i) {
-                    const u64 *row = src[q] + (p * h + i) * w * stride + offset;
-                    for (i64 k = 0; k < w; ++k) {
-                        uint32_t *c = counts + k * 64;
-                        for (int lane = 0; lane < 64; ++lane) c[lane] = 0;
-                        for (i64 j = 0; j < nplanes; ++j) {
-                            u64 word = row[k * stride + j] ^ flip;
-                            for (int lane = 0; lane < 64; ++lane)
-                                c[lane] |= (uint32_t)((word >> lane) & 1) << j;
+            for (i64 r = 0; r < 2 * h; ++r) {
+                i64 i = r / 2, base = (p * h + i) * w * stride + offset;
+                int left = LEFT[r % 2], right = RIGHT[r % 2];
+                u64 flip_left = left >= WE ? (u64)gauge[b] : 0;
+                u64 flip_right = right >= WE ? (u64)gauge[b] : 0;
+                plane_major(src[left] + base, w, stride, nplanes, flip_left, pl);
+                plane_major(src[right] + base, w, stride, nplanes, flip_right, pr);
+                for (int lane = 0; lane < lanes; ++lane) {
+                    lane_counts(pl, w, nplanes, lane, cl);
+                    lane_counts(pr, w, nplanes, lane, cr);
+                    i64 at = ((64 * g + lane) * batch + b) * sites + r * width;
+                    if (is_double) {
+                        double *o = (double *)out + at;
+                        for (i64 k = 0; k < w; ++k) {
+                            o[2 * k] = a + scale * (double)cl[k];
+                            o[2 * k + 1] = a + scale * (double)cr[k];
                         }
-                    }
-                    i64 r = 2 * i + ROW[q];
-                    for (i64 lane = 0; lane < lanes; ++lane) {
-                        i64 at = ((64 * g + lane) * batch + b) * sites + r * width + COL[q];
-                        if (is_double) {
-                            double *o = (double *)out + at;
-                            for (i64 k = 0; k < w; ++k) {
-                                double v = a + scale * (double)counts[k * 64 + lane];
-                                o[2 * k] = accumulate ? o[2 * k] + v : v;
-                            }
-                        } else {
-                            float *o = (float *)out + at;
-                            for (i64 k = 0; k < w; ++k) {
-                                float v = (float)(a + scale * (double)counts[k * 64 + lane]);
-                                o[2 * k] = accumulate ? o[2 * k] + v : v;
-                            }
+                    } else {
+                        float *o = (float *)out + at;
+                        float fa = (float)a, fs = (float)scale;
+                        for (i64 k = 0; k < w; ++k) {
+                            o[2 * k] = fa + fs * (float)cl[k];
+                            o[2 * k + 1] = fa + fs * (float)cr[k];
                         }
                     }
                 }
             }
         }
     }
+    free(planes);
     free(counts);
     return 0;
 }

@@ -131,7 +131,8 @@ class NativeMultispin(MultispinEngine):
         """(4, *quarter, 16) counter planes per site, and (8, 4, *quarter) slots of recent
         states (see ``multispin.c``); flushed every 65528 measurements (in practice once)."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
-        self.slots = torch.zeros(_SLOTS, 4, *self.be.shape, dtype=torch.int64)
+        # every slot is written before it is folded (unused ones zeroed at the end)
+        self.slots = torch.empty(_SLOTS, 4, *self.be.shape, dtype=torch.int64)
         shape = (4, *self.be.shape, self.counter_planes)
         return torch.zeros(shape, dtype=torch.int64, device=self.be.device)
 
@@ -183,10 +184,11 @@ class NativeMultispin(MultispinEngine):
             self._counted()
 
     def _unpack(self, words: tuple[Tensor, ...], planes: int, stride: int, offset: int,
-                gauge: Tensor, a: float, out: Tensor, accumulate: bool) -> None:  # fmt: skip
-        """out (chains, *batch, N) (+)= a − 2·count, count from ``planes`` bit planes per site
+                gauge: Tensor, a: float, scale: float) -> Tensor:  # fmt: skip
+        """(chains, *batch, N): a + scale·count, count from ``planes`` bit planes per site
         (site words ``stride`` apart, the planes from ``offset``)."""
-        assert out.is_contiguous() and out.dtype in (torch.float32, torch.float64)
+        dtype = self.model.dtype if self.model.dtype == torch.float64 else torch.float32
+        out = torch.empty(self.chains, *self.batch_shape, self.n, dtype=dtype)
         status = self.native.spf_multispin_unpack(
             *(q.data_ptr() for q in words),
             planes,
@@ -199,47 +201,44 @@ class NativeMultispin(MultispinEngine):
             self.chains,
             gauge.data_ptr(),
             a,
-            -2.0,
+            scale,
             out.data_ptr(),
             out.dtype == torch.float64,
-            accumulate,
         )
         if status:
             raise MemoryError("the native multispin kernel could not allocate its buffers")
-
-    def _output(self) -> Tensor:
-        dtype = self.model.dtype if self.model.dtype == torch.float64 else torch.float32
-        return torch.empty(self.chains, *self.batch_shape, self.n, dtype=dtype)
+        return out.to(self.model.dtype)
 
     def full_state(self) -> Tensor:
         """The spins σ = 1 − 2·(bit) of every replica, unpacked by the kernel."""
-        out = self._output()
         quarters = (self.be, self.bo, self.we, self.wo)
-        self._unpack(quarters, 1, 1, 0, self.gauge_words, 1.0, out, False)
-        return out.to(self.model.dtype)
+        return self._unpack(quarters, 1, 1, 0, self.gauge_words, 1.0, -2.0)
 
-    def _counted(self) -> None:
-        self.pending += 1
-        self.measurements += 1
-        if self.pending == 2**self.counter_planes - _SLOTS:  # a multiple of the slots
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.totals is None:
-            self.totals = torch.zeros_like(self._output())
-        used = self.pending % _SLOTS
-        if used:  # fold the partly filled slots (the unused ones zero)
+    def _site_sums(self, divisor: float) -> Tensor:
+        """(Σ σ_i over the measurements since the last flush) / divisor; empties the counters."""
+        if self.pending % _SLOTS:  # fold the partly filled slots, the unused ones zero
+            self.slots[self.pending % _SLOTS :].zero_()
             self.native.spf_multispin_fold(
                 self.slots.data_ptr(), self.counter.data_ptr(), self.slots[0].numel()
             )
         zero = torch.zeros_like(self.gauge_words)
         planes = max(1, self.pending.bit_length())  # the planes above hold zeros
-        stride = self.counter_planes
-        self._unpack(tuple(self.counter), planes, stride, 0, zero, self.pending, self.totals, True)
+        sums = self._unpack(
+            tuple(self.counter), planes, self.counter_planes, 0, zero, self.pending / divisor,
+            -2.0 / divisor,
+        )  # fmt: skip
         self.counter.zero_()
         self.pending = 0
+        return sums
 
-    def site_total(self) -> Tensor:
-        self._flush()
-        assert self.totals is not None
-        return self.totals.to(self.model.dtype)
+    def _counted(self) -> None:
+        self.pending += 1
+        self.measurements += 1
+        if self.pending == 2**self.counter_planes - _SLOTS:  # a multiple of the slots
+            sums = self._site_sums(1.0)
+            self.totals = sums if self.totals is None else self.totals + sums
+
+    def site_mean(self, measurements: int) -> Tensor:
+        if self.totals is None:  # the usual case: unpacked straight into the mean
+            return self._site_sums(float(measurements))
+        return (self.totals + self._site_sums(1.0)) / measurements

@@ -12,16 +12,19 @@ precomputed table of exp(−2βσΣn) for the nine values of σΣn, and the flip
 arithmetically (s *= 1 − 2·accept). Its neighbour sums are checked against the plain roll-based
 sum on the full lattice before timing.
 
-spinformer, the multi-spin engine (64 replicas per int64 word, lazy Metropolis):
-- sweeps of its native kernel (the CPU default) and of its torch-operations backend (the
-  fallback without a C compiler, and the CUDA path), timed like the baseline: sweeps only, the
-  state already allocated;
-- ``sample(..., engine="multispin")`` end to end: construction, sweeps, one measurement and the
-  (64, L²) final state and site means, with 2^32 flips per call;
-- the tensor engine (float32, one chain) for reference.
+spinformer:
+- the multi-spin engine (64 replicas per int64 word, lazy Metropolis): sweeps of its native
+  kernel (the CPU default) and of its torch-operations backend (the fallback without a C
+  compiler, and the CUDA path), timed like the baseline: sweeps only, the state allocated;
+- ``sample(..., engine="multispin")`` end to end -- construction, sweeps, a measurement
+  (energy, magnetization, per-site sums, acceptance) every ``measure_every`` sweeps, and the
+  (64, L²) final state and site means -- with ``measure_every`` 1 and 8, 2^32 flips per call;
+  its ratio to the native kernel's sweeps of the same run is the cost of measuring;
+- one chain with the default engine (``engine="auto"``; Metropolis and heat bath, a measurement
+  every sweep) against the baseline, and the tensor engine's one chain for reference.
 On a machine with CUDA the multispin engine is also timed on the GPU (torch backend).
 
-    PYTHONPATH=src python benchmarks/montecarlo.py [--sizes 256 1024] [--repeats 5] [--threads 2]
+    PYTHONPATH=src python benchmarks/montecarlo.py [--sizes 256 1024] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ import numpy as np
 import torch
 
 from spinformer.physics import IsingModel, SquareLattice, sample
-from spinformer.physics._native import native_unavailable_reason
-from spinformer.physics.multispin import MultispinIsing
+from spinformer.physics.montecarlo.build import native_unavailable_reason
+from spinformer.physics.montecarlo.multispin import MultispinIsing
 
 BETA_C = 0.5 * math.log(1.0 + math.sqrt(2.0))
 
@@ -128,12 +131,20 @@ def sweep_timer(size: int, sweeps: int, backend: str, device: str = "cpu") -> Ca
     return run
 
 
-def torch_timer(
-    size: int, sweeps: int, dtype: torch.dtype, device: str, chains: int, engine: str
+def sample_timer(
+    size: int,
+    sweeps: int,
+    chains: int,
+    device: str = "cpu",
+    measure_every: int | None = None,
+    **options: str,
 ) -> Callable[[], float]:
-    model = _critical_model(size, dtype, device)
+    """``sample`` end to end (float32): one measurement every ``measure_every`` sweeps
+    (``None``: a single one at the end)."""
+    model = _critical_model(size, torch.float32, device)
     generator = torch.Generator(device=device).manual_seed(0)
-    sample(model, 1, burn_in=0, chains=chains, generator=generator, engine=engine)
+    every = sweeps if measure_every is None else measure_every
+    sample(model, every, burn_in=0, chains=chains, generator=generator, **options)
 
     def run() -> float:
         if device == "cuda":
@@ -145,8 +156,8 @@ def torch_timer(
             burn_in=0,
             chains=chains,
             generator=generator,
-            measure_every=sweeps,
-            engine=engine,
+            measure_every=every,
+            **options,
         )
         if device == "cuda":
             torch.cuda.synchronize()
@@ -171,31 +182,51 @@ def main() -> None:
     )
     unavailable = native_unavailable_reason()
     print(f"native multispin kernel: {'available' if unavailable is None else unavailable}")
-    print(f"{'L':>6} {'variant':<36} {'flips/ns':>10} {'x numpy':>9}")
+    print(f"{'L':>6} {'variant':<44} {'flips/ns':>10} {'x numpy':>9}")
+    summary: list[str] = []
     for size in args.sizes:
-        flips = 1 << 22  # per repeat for the baseline and the one-chain tensor engine
+        flips = 1 << 24  # per repeat for the baseline and the one-chain runs
         multispin_sweeps = max(8, (1 << 32) // (64 * size**2))
+        single_sweeps = max(2, flips // size**2)
+        baseline = "numpy int8/float32 (baseline)"
+        kernel = "multispin x64 native, sweeps"
         variants: list[tuple[str, Callable[[], float]]] = [
-            ("numpy int8/float32 (baseline)", numpy_timer(size, max(2, flips // size**2))),
+            (baseline, numpy_timer(size, single_sweeps)),
         ]
         if unavailable is None:
-            variants.append(
-                ("multispin x64 native, sweeps", sweep_timer(size, multispin_sweeps, "native"))
-            )
+            variants.append((kernel, sweep_timer(size, multispin_sweeps, "native")))
         variants += [
             (
                 "multispin x64 torch ops, sweeps",
                 sweep_timer(size, max(4, multispin_sweeps // 8), "torch"),
             ),
             (
-                "multispin x64 sample() end to end",
-                torch_timer(size, multispin_sweeps, torch.float32, "cpu", 64, "multispin"),
-            ),
-            (
-                "tensor float32 x1 sample()",
-                torch_timer(size, max(2, flips // size**2), torch.float32, "cpu", 1, "tensor"),
+                "multispin x64 sample(), 1 measurement",
+                sample_timer(size, multispin_sweeps, 64, engine="multispin"),
             ),
         ]
+        for every in (1, 8):
+            variants.append(
+                (
+                    f"multispin x64 sample(), measure_every={every}",
+                    sample_timer(
+                        size, multispin_sweeps, 64, measure_every=every, engine="multispin"
+                    ),
+                )
+            )
+        for algorithm in ("metropolis", "heat_bath"):
+            variants.append(
+                (
+                    f"x1 sample() default engine, {algorithm}",
+                    sample_timer(size, single_sweeps, 1, measure_every=1, algorithm=algorithm),
+                )
+            )
+        variants.append(
+            (
+                "x1 sample() engine='tensor', metropolis",
+                sample_timer(size, max(2, single_sweeps // 8), 1, measure_every=1, engine="tensor"),
+            )
+        )
         if torch.cuda.is_available():
             gpu_sweeps = max(20, 64 * flips // (64 * size**2))
             variants.append(
@@ -205,17 +236,34 @@ def main() -> None:
                 variants.append(
                     (
                         f"multispin x{chains} cuda sample()",
-                        torch_timer(size, gpu_sweeps, torch.float32, "cuda", chains, "multispin"),
+                        sample_timer(size, gpu_sweeps, chains, "cuda", engine="multispin"),
                     )
                 )
         rates: dict[str, list[float]] = {name: [] for name, _ in variants}
         for _ in range(args.repeats):  # interleaved: load changes hit every variant alike
             for name, run in variants:
                 rates[name].append(run())
-        base = statistics.median(rates[variants[0][0]])
+        median = {name: statistics.median(values) for name, values in rates.items()}
         for name, _ in variants:
-            rate = statistics.median(rates[name])
-            print(f"{size:>6} {name:<36} {rate:>10.4f} {rate / base:>9.2f}")
+            print(
+                f"{size:>6} {name:<44} {median[name]:>10.4f} {median[name] / median[baseline]:>9.2f}"
+            )
+        if kernel in median:
+            for every in (1, 8):
+                name = f"multispin x64 sample(), measure_every={every}"
+                summary.append(
+                    f"L={size}: sample(engine='multispin', measure_every={every}) / native kernel "
+                    f"= {median[name] / median[kernel]:.2f}"
+                )
+        for algorithm in ("metropolis", "heat_bath"):
+            name = f"x1 sample() default engine, {algorithm}"
+            summary.append(
+                f"L={size}: one chain, default engine, {algorithm} / numpy baseline "
+                f"= {median[name] / median[baseline]:.2f}"
+            )
+    print("\nratios (medians of the same run):")
+    for line in summary:
+        print("  " + line)
 
 
 if __name__ == "__main__":

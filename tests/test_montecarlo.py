@@ -21,7 +21,7 @@ from spinformer.physics import (
     thermodynamics,
     von_mises_fisher,
 )
-from spinformer.physics.multispin import lazy_digits
+from spinformer.physics.montecarlo.updates import lazy_digits
 
 BETA_C = 0.5 * math.log(1.0 + math.sqrt(2.0))
 
@@ -211,7 +211,7 @@ def test_wolff_autocorrelation_grows_slower_than_metropolis() -> None:
     for size in (8, 16):
         model = square_lattice(size, beta=BETA_C, dtype=torch.float32)
         metro = sample(model, 1500, burn_in=300, chains=16, generator=_gen(size))
-        wolff = sample(model, 400, burn_in=50, chains=16, method="wolff", generator=_gen(size))
+        wolff = sample(model, 400, burn_in=50, chains=16, algorithm="wolff", generator=_gen(size))
         tau_w = autocorrelation_times(wolff)["magnetization_squared"].mean()
         sweeps_per_cluster = wolff.acceptance.mean()  # mean flipped fraction per cluster
         taus[size] = (
@@ -277,7 +277,7 @@ def test_vector_lattice_runs_with_masks() -> None:
     model = VectorSpinModel(
         torch.tensor(1.0), None, beta=0.5, dim=3, lattice=square_lattice(3).lattice
     )
-    run = sample(model, 5, chains=2, method="heat_bath", generator=_gen(0), snapshot_every=1)
+    run = sample(model, 5, chains=2, algorithm="heat_bath", generator=_gen(0), snapshot_every=1)
     assert run.final_state.shape == (2, 9, 3)
     assert run.snapshots is not None and run.snapshots.shape == (5, 2, 9, 3)
     assert torch.allclose(run.final_state.norm(dim=-1), torch.ones(2, 9))
@@ -307,21 +307,21 @@ def test_bad_input_is_rejected_with_named_errors() -> None:
     model = square_lattice(4)
     with pytest.raises(ValueError, match="sweeps"):
         sample(model, 0)
-    with pytest.raises(ValueError, match="method"):
-        sample(model, 5, method="glauber")
+    with pytest.raises(ValueError, match="algorithm"):
+        sample(model, 5, algorithm="glauber")
     with pytest.raises(ValueError, match="burn_in"):
         sample(model, 5, burn_in=-1)
     with pytest.raises(ValueError, match="zero field"):
-        sample(square_lattice(4, field=0.1), 5, method="wolff")
+        sample(square_lattice(4, field=0.1), 5, algorithm="wolff")
     with pytest.raises(ValueError, match="ferromagnetic"):
-        sample(square_lattice(4, coupling=-1.0), 5, method="wolff")
+        sample(square_lattice(4, coupling=-1.0), 5, algorithm="wolff")
     with pytest.raises(ValueError, match="initial"):
         sample(model, 5, initial=torch.ones(15))
     vector = VectorSpinModel(torch.zeros(2, 2), None, dim=3)
     with pytest.raises(ValueError, match="site shape"):
         sample(vector, 5, initial=torch.ones(2, 4))
     with pytest.raises(ValueError, match="wolff"):
-        sample(vector, 5, method="wolff")
+        sample(vector, 5, algorithm="wolff")
     with pytest.raises(ValueError, match="dim >= 2"):
         sample(VectorSpinModel(torch.zeros(2, 2), None, dim=1), 5)
     with pytest.raises(ValueError, match="symmetric"):

@@ -39,10 +39,16 @@ def sample_command(
     engine: Annotated[
         str,
         typer.Option(
-            help=f"One of {ENGINES}: 'multispin' packs 64 chains per word (Metropolis, periodic "
-            "even square lattice, h = 0; a fused native kernel on the CPU)."
+            help=f"One of {ENGINES}: 'auto' picks the fastest that supports the run; "
+            "'multispin' packs 64 chains per word (Metropolis, periodic even square lattice, "
+            "h = 0); 'checkerboard' is compiled (Metropolis or heat bath, periodic even square "
+            "lattice, uniform h, CPU); 'tensor' runs everything."
         ),
-    ] = "tensor",
+    ] = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(help="For engine 'multispin': 'auto', 'native' (C kernel) or 'torch'."),
+    ] = "auto",
 ) -> None:
     """Monte Carlo estimates with standard errors and autocorrelation times.
 
@@ -73,12 +79,14 @@ def sample_command(
             generator=generator,
             progress=True,
             engine=engine,
+            backend=backend,
         )
     except ValueError as err:
         fail(str(err))
     n = spin_model.num_spins
     taus = result.extras["autocorrelation_time"]
-    table = Table(title=f"{model.value}, N = {n}, β = {beta:g}, h = {field:g}, {algorithm}")
+    title = f"{model.value}, N = {n}, β = {beta:g}, h = {field:g}, {algorithm}"
+    table = Table(title=f"{title} ({result.extras['engine']} engine)")
     for column in ("observable", "estimate", "stderr", "tau_int"):
         table.add_column(column, justify="right")
     rows = [

@@ -10,13 +10,6 @@ from spinformer.physics import meanfield as _meanfield  # noqa: F401  (registers
 from spinformer.physics import montecarlo as _montecarlo  # noqa: F401  (registers "monte_carlo")
 from spinformer.physics import saddle as _saddle  # noqa: F401  (registers "saddle")
 from spinformer.physics._limits import ResourceLimitError
-from spinformer.physics.autocorrelation import (
-    SeriesEstimate,
-    autocorrelation_function,
-    blocking_standard_error,
-    estimate_mean,
-    integrated_autocorrelation_time,
-)
 from spinformer.physics.constructors import (
     chain,
     curie_weiss,
@@ -52,6 +45,13 @@ from spinformer.physics.montecarlo import (
     autocorrelation_times,
     sample,
     von_mises_fisher,
+)
+from spinformer.physics.montecarlo.autocorrelation import (
+    SeriesEstimate,
+    autocorrelation_function,
+    blocking_standard_error,
+    estimate_mean,
+    integrated_autocorrelation_time,
 )
 from spinformer.physics.reference import (
     ONSAGER_BETA_C,

@@ -1,6 +1,7 @@
 r"""Thermodynamics of a spin model, and the registry of methods that compute it.
 
-Definitions (``DESIGN.md``), all per batch entry and extensive (totals, not per spin):
+Definitions (the standard ones of statistical mechanics, e.g. Bal 2021, "Transformers are
+secretly collectives of spin systems"), all per batch entry and extensive (totals, not per spin):
 
 .. math::
 
@@ -11,7 +12,7 @@ Definitions (``DESIGN.md``), all per batch entry and extensive (totals, not per 
 
 A *method* maps a model to a :class:`Thermodynamics`; methods register by name
 (:func:`register_method`) so that callers select them with a string and later methods
-(Monte Carlo, mean field, TAP, saddle point) plug in without touching callers (STYLE §5).
+(Monte Carlo, mean field, TAP, saddle point) plug in without touching callers.
 
 :func:`thermodynamics_from_log_partition` is the autodiff route: given any differentiable
 :math:`\ln Z(h, \beta)` it returns every observable above as a derivative. It is how methods that

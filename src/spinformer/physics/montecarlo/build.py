@@ -1,6 +1,7 @@
-"""Build, cache and load the native multi-spin kernel (``multispin.c``) with the system C compiler.
+"""Build, cache and load the native Monte Carlo kernels with the system C compiler.
 
-The kernel is plain C99/POSIX (no Python or torch headers), so building it takes well under a
+One shared library holds the multi-spin engine's kernel (``multispin/multispin.c``) and the
+compiled checkerboard (``checkerboard.c``). The kernels are plain C11/POSIX (no Python or torch headers), so building it takes well under a
 second. The shared library is cached per source, compiler, flags and CPU under
 ``$SPINFORMER_CACHE_DIR`` (default ``$XDG_CACHE_HOME/spinformer``, else
 ``~/.cache/spinformer``), written to a temporary name and renamed into place, so concurrent
@@ -18,12 +19,18 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["multispin_library", "native_disabled", "native_unavailable_reason"]
+__all__ = [
+    "multispin_library",
+    "native_disabled",
+    "native_library",
+    "native_unavailable_reason",
+]
 
-_SOURCE = "multispin.c"
+_SOURCES = ("multispin/multispin.c", "checkerboard.c")
 _BASE_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-pthread")
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
@@ -61,7 +68,7 @@ def _cpu_signature() -> str:
     return platform.processor()
 
 
-def _compile(cc: str, source: Path, target: Path) -> str | None:
+def _compile(cc: str, sources: list[Path], target: Path) -> str | None:
     """Compile to ``target`` atomically; ``None`` on success, else the compiler's complaint."""
     target.parent.mkdir(parents=True, exist_ok=True)
     error = ""
@@ -70,7 +77,7 @@ def _compile(cc: str, source: Path, target: Path) -> str | None:
         os.close(fd)
         try:
             done = subprocess.run(
-                [cc, *_BASE_FLAGS, *extra, "-o", staging, str(source)],
+                [cc, *_BASE_FLAGS, *extra, "-o", staging, *map(str, sources)],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -92,8 +99,10 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     cc = _compiler()
     if cc is None:
         return None, "no C compiler found (set CC, or install cc/gcc/clang)"
-    with resources.as_file(resources.files("spinformer.physics") / _SOURCE) as source:
-        code = source.read_bytes()
+    package = resources.files("spinformer.physics.montecarlo")
+    with ExitStack() as stack:
+        sources = [stack.enter_context(resources.as_file(package / name)) for name in _SOURCES]
+        code = b"\0".join(source.read_bytes() for source in sources)
         key = hashlib.sha256(
             b"\0".join(
                 [
@@ -105,34 +114,52 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
                 ]
             )
         ).hexdigest()[:20]
-        target = _cache_dir() / f"multispin-{key}.so"
+        target = _cache_dir() / f"montecarlo-{key}.so"
         if not target.exists():
             try:
-                error = _compile(cc, source, target)
+                error = _compile(cc, sources, target)
             except OSError:  # cache directory not writable: build in a private temp dir
                 target = Path(tempfile.mkdtemp(prefix="spinformer-")) / target.name
-                error = _compile(cc, source, target)
+                error = _compile(cc, sources, target)
             if error is not None:
-                return None, f"compiling {_SOURCE} with {cc} failed: {error}"
+                return None, f"compiling {', '.join(_SOURCES)} with {cc} failed: {error}"
     try:
         library = ctypes.CDLL(str(target))
     except OSError as exc:
         return None, f"loading {target} failed: {exc}"
     sweeps = library.spf_multispin_sweeps
     sweeps.restype = ctypes.c_int
-    sweeps.argtypes = [*[_PTR] * 4, *[_I64] * 3, *[_PTR] * 4, _I64, _I64, *[_PTR] * 6, _I64, _I64]
+    sweeps.argtypes = [*[_PTR] * 4, *[_I64] * 3, *[_PTR] * 4, _I64, _I64, *[_PTR] * 7, _I64, _I64]
+    measure = library.spf_multispin_measure
+    measure.restype = ctypes.c_int
+    measure.argtypes = [*[_PTR] * 4, *[_I64] * 4, *[_PTR] * 7, _I64, *[_PTR] * 4, _I64]
+    unpack = library.spf_multispin_unpack
+    unpack.restype = ctypes.c_int
+    unpack.argtypes = [*[_PTR] * 4, *[_I64] * 8, _PTR, ctypes.c_double, ctypes.c_double, _PTR]
+    unpack.argtypes += [_I64]
+    library.spf_multispin_fold.restype = None
+    library.spf_multispin_fold.argtypes = [_PTR, _PTR, _I64]
+    single = library.spf_checkerboard_sweeps
+    single.restype = ctypes.c_int
+    single.argtypes = [_PTR, _PTR, *[_I64] * 4, *[_PTR] * 4, _I64]
+    single_measure = library.spf_checkerboard_measure
+    single_measure.restype = ctypes.c_int
+    single_measure.argtypes = [_PTR, _PTR, *[_I64] * 4, *[_PTR] * 5]
     return library, None
 
 
-def multispin_library() -> ctypes.CDLL | None:
-    """The loaded kernel, or ``None`` when it is switched off or cannot be built here."""
+def native_library() -> ctypes.CDLL | None:
+    """The loaded kernels, or ``None`` when they are switched off or cannot be built here."""
     if native_disabled():
         return None
     return _load()[0]
 
 
+multispin_library = native_library  # the name under which the multi-spin engine used it
+
+
 def native_unavailable_reason() -> str | None:
-    """Why :func:`multispin_library` returns ``None`` (``None`` when it does not)."""
+    """Why :func:`native_library` returns ``None`` (``None`` when it does not)."""
     if native_disabled():
         return "SPINFORMER_NATIVE=0"
     return _load()[1]

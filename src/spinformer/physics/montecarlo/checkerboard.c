@@ -1,0 +1,153 @@
+/* Compiled checkerboard sweeps of Ising chains on an even periodic L x W lattice (checkerboard.py).
+ *
+ * Spins are int8 +-1 in the compact layout of the tensor engine: black[p][r][k] is site
+ * (r, 2k + r % 2) of plane p, white[p][r][k] is site (r, 2k + 1 - r % 2); a black site's four
+ * neighbours are white (r - 1, k), (r + 1, k), (r, k) and (r, k - 1) for even r, (r, k + 1) for
+ * odd r, and mirrored for white sites. One sweep updates all black sites, then all white ones.
+ * A site with spin s and neighbour sum n flips when a uniform u < p[s][n]: the table holds,
+ * per batch entry (plane p uses entry p % batch), floor(2^32 P(flip)) for the five values of n
+ * and both s (capped at 2^32 - 1: exact except for P(flip) > 1 - 2^-32, which lazy Metropolis
+ * never has), so Metropolis and the heat bath differ only in the table. u is a 32-bit half of
+ * a tempered additive lagged Fibonacci word, x_n = x_{n-607} + x_{n-273} mod 2^64,
+ * y = x ^ (x >> 32) (Knuth, TAOCP vol. 2, 3.2.2), one stream per plane. A row is done in
+ * two passes: neighbour sums and table indices (vectorised by the compiler), then look-up,
+ * compare and flip, applied arithmetically so that no branch follows the random decision.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+
+#define LAG_R 607
+#define LAG_S 273
+
+typedef uint64_t u64;
+typedef int64_t i64;
+typedef int8_t i8;
+
+static void refill(u64 *x) {
+    for (int j = 0; j < LAG_S; ++j) x[j] += x[j + LAG_R - LAG_S];
+    for (int j = LAG_S; j < LAG_R; ++j) x[j] += x[j - LAG_S];
+}
+
+/* n uniforms (32-bit halves of tempered words) of stream (x, *pos) into out; n even. */
+static void draw(u64 *x, i64 *pos, uint32_t *out, i64 n) {
+    n /= 2;
+    i64 p = *pos;
+    while (n > 0) {
+        if (p >= LAG_R) {
+            refill(x);
+            p = 0;
+        }
+        i64 m = LAG_R - p < n ? LAG_R - p : n;
+        for (i64 j = 0; j < m; ++j) {
+            u64 v = x[p + j];
+            v ^= v >> 32;
+            out[2 * j] = (uint32_t)v;
+            out[2 * j + 1] = (uint32_t)(v >> 32);
+        }
+        out += 2 * m;
+        p += m;
+        n -= m;
+    }
+    *pos = p;
+}
+
+/* Half-sweep of one plane: target sites from the other sublattice. black: 1 for the black
+ * sublattice. Returns the number of flips. */
+static i64 half_sweep(i8 *t, const i8 *o, i64 h, i64 w, int black, const u64 *thr, u64 *x,
+                      i64 *pos, uint32_t *u, i8 *ext, uint8_t *idx) {
+    uint32_t table[10]; /* local: the int8 stores below cannot alias it; 2^32 -> 2^32 - 1 */
+    for (int j = 0; j < 10; ++j) table[j] = thr[j] > 0xFFFFFFFFu ? 0xFFFFFFFFu : (uint32_t)thr[j];
+    i64 flips = 0;
+    for (i64 r = 0; r < h; ++r) {
+        const i8 *up = o + ((r - 1 + h) % h) * w, *dn = o + ((r + 1) % h) * w, *mid = o + r * w;
+        i8 *row = t + r * w;
+        int left = (r % 2 == 0) == black; /* side neighbour k - 1, else k + 1 */
+        ext[0] = mid[w - 1]; /* the row with its periodic neighbours: ext[k + 1] = mid[k] */
+        for (i64 k = 0; k < w; ++k) ext[k + 1] = mid[k];
+        ext[w + 1] = mid[0];
+        const i8 *side = ext + (left ? 0 : 2);
+        draw(x, pos, u, w + (w & 1));
+        for (i64 k = 0; k < w; ++k) /* index s = -1: 0..4, s = +1: 5..9 */
+            idx[k] = (uint8_t)(((up[k] + dn[k] + mid[k] + side[k] + 4) >> 1) + 5 * (row[k] > 0));
+        i64 count = 0;
+        for (i64 k = 0; k < w; ++k) {
+            int flip = u[k] < table[idx[k]];
+            row[k] = (i8)(row[k] * (1 - 2 * flip));
+            count += flip;
+        }
+        flips += count;
+    }
+    return flips;
+}
+
+/* Run `sweeps` sweeps of every plane. thresholds: (batch, 2, 5) as above (s = -1 first);
+ * rng_state (planes, LAG_R), rng_pos (planes); flips (planes), when not NULL, accumulates the
+ * flips. Returns 0, or -1 when memory runs out. */
+int spf_checkerboard_sweeps(i8 *black, i8 *white, i64 planes, i64 h, i64 w, i64 batch,
+                            const i64 *thresholds, i64 *rng_state, i64 *rng_pos, i64 *flips,
+                            i64 sweeps) {
+    uint32_t *u = malloc(sizeof(uint32_t) * (size_t)(w + 1));
+    i8 *ext = malloc((size_t)(w + 2));
+    uint8_t *idx = malloc((size_t)w);
+    if (!u || !ext || !idx) {
+        free(u);
+        free(ext);
+        free(idx);
+        return -1;
+    }
+    for (i64 p = 0; p < planes; ++p) {
+        const u64 *thr = (const u64 *)thresholds + (p % batch) * 10;
+        i8 *b = black + p * h * w, *wh = white + p * h * w;
+        u64 *x = (u64 *)rng_state + p * LAG_R;
+        i64 count = 0;
+        for (i64 s = 0; s < sweeps; ++s) {
+            count += half_sweep(b, wh, h, w, 1, thr, x, rng_pos + p, u, ext, idx);
+            count += half_sweep(wh, b, h, w, 0, thr, x, rng_pos + p, u, ext, idx);
+        }
+        if (flips) flips[p] += count;
+    }
+    free(u);
+    free(ext);
+    free(idx);
+    return 0;
+}
+
+/* Per plane p (batch entry p % batch): out[p] = E = -J B - h M and out[planes + p] = M / N,
+ * with B = sum over bonds of s_i s_j (each bond once, from its white end) and M = sum of s,
+ * both exact integers; when sum_black / sum_white are not NULL the spins are added to them.
+ * Returns 0, or -1 when memory runs out. */
+int spf_checkerboard_measure(const i8 *black, const i8 *white, i64 planes, i64 h, i64 w,
+                             i64 batch, const double *coupling, const double *field, double *out,
+                             int32_t *sum_black, int32_t *sum_white) {
+    i8 *ext = malloc((size_t)(w + 2));
+    if (!ext) return -1;
+    for (i64 p = 0; p < planes; ++p) {
+        const i8 *b = black + p * h * w, *wh = white + p * h * w;
+        i64 bond = 0, total = 0;
+        for (i64 r = 0; r < h; ++r) {
+            const i8 *up = b + ((r - 1 + h) % h) * w, *dn = b + ((r + 1) % h) * w;
+            const i8 *mid = b + r * w, *row = wh + r * w;
+            ext[0] = mid[w - 1];
+            for (i64 k = 0; k < w; ++k) ext[k + 1] = mid[k];
+            ext[w + 1] = mid[0];
+            const i8 *side = ext + (r % 2 ? 0 : 2); /* a white site's side: k + 1 for even r */
+            int32_t row_bond = 0, row_total = 0;
+            for (i64 k = 0; k < w; ++k) {
+                row_bond += row[k] * (up[k] + dn[k] + mid[k] + side[k]);
+                row_total += row[k] + mid[k];
+            }
+            bond += row_bond;
+            total += row_total;
+        }
+        double j = coupling[p % batch], f = field[p % batch];
+        out[p] = -j * (double)bond - f * (double)total;
+        out[planes + p] = (double)total / (double)(2 * h * w);
+        if (sum_black) {
+            i64 n = h * w, offset = p * h * w;
+            for (i64 j = 0; j < n; ++j) sum_black[offset + j] += b[j];
+            for (i64 j = 0; j < n; ++j) sum_white[offset + j] += wh[j];
+        }
+    }
+    free(ext);
+    return 0;
+}

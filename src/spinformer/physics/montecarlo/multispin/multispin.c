@@ -1,0 +1,606 @@
+/* Fused sweeps and measurements of the multi-spin coded checkerboard Metropolis engine.
+ *
+ * The lattice is stored as four sublattice quarters BE, BO, WE, WO, each (planes, H, W)
+ * int64 words (bit i of a word = replica i, set = spin down). One sweep updates the black
+ * quarters (BE, BO) from the white ones, then the white quarters from the black ones, with
+ * exactly the word logic of the torch backend (torch_backend.py): the four "unsatisfied bond" bits, [k >= 2] and
+ * [k >= 1] by full-adder logic, and each replica's exact Metropolis test from 12 bit-sliced
+ * random digits plus a 63-bit tail shared by the word.
+ *
+ * Random words come from additive lagged Fibonacci streams x_n = x_{n-607} + x_{n-273}
+ * mod 2^64, tempered y = x ^ (x >> 32), one stream per (plane, row) of the quarters: row i of
+ * BE and BO (black half-sweep) and of WE and WO (white half-sweep) draw from stream (p, i),
+ * so the result does not depend on the number of threads. The block recurrence is the one of
+ * _LaggedFibonacci in torch_backend.py.
+ *
+ * Threads (POSIX) split the (plane, row) tasks into contiguous ranges and meet at a barrier
+ * after each half-sweep. The whole call releases the Python GIL (ctypes).
+ */
+#define _POSIX_C_SOURCE 200809L /* pthread barriers under -std=c11 */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define LAG_R 607
+#define LAG_S 273
+#define DIGITS 12
+#define DRAWS (DIGITS + 1)
+#define MAX63 0x7FFFFFFFFFFFFFFFULL
+#define BLOCK 64 /* sites per random draw: the DRAWS * BLOCK words stay in L1 */
+
+typedef uint64_t u64;
+typedef int64_t i64;
+
+/* One acceptance constant p = 0.p_1..p_12 + 2^-12 q / 2^63: digit masks (0 or all ones). */
+typedef struct {
+    u64 d1[DIGITS], d0[DIGITS];
+    i64 q1, q0;
+    /* lazy Metropolis: k >= 2 moves are declined when u's first `lazy` digits are all 1;
+     * lz[j] = all ones for j < lazy, keep0 = all ones when lazy = 0 (plain Metropolis) */
+    u64 lz[DIGITS], keep0;
+} accept_t;
+
+/* ---- per-replica bit counts (flips in the sweeps, and measurements) ----------------------
+ *
+ * Words are counted per replica (bit) with a Harley-Seal carry-save tree: 16 words at a time
+ * are reduced by carry-save adders into running "ones, twos, fours, eights" words and one
+ * "sixteens" word, which goes into a bit-sliced counter (ripple-carry increment, flushed into
+ * 64 per-replica totals every 255 additions). About five word operations per counted word,
+ * and no branch on the data. */
+#define PLANES 8
+#define CSA(high, low, a, b, c)                                                                \
+    do {                                                                                       \
+        u64 u_ = (a) ^ (b);                                                                    \
+        high = ((a) & (b)) | (u_ & (c));                                                       \
+        low = u_ ^ (c);                                                                        \
+    } while (0)
+
+typedef struct {
+    u64 c[PLANES];
+    int n;
+} vcount_t;
+
+typedef struct {
+    u64 ones, twos, fours, eights, buf[16];
+    int n;
+    vcount_t sixteens;
+    i64 *out, stride; /* 64 totals, stride apart */
+} hs_t;
+
+static void lanes_add(i64 *out, i64 stride, u64 word, int shift) {
+    if (word)
+        for (int i = 0; i < 64; ++i) out[i * stride] += (i64)((word >> i) & 1) << shift;
+}
+
+static void vc_flush(vcount_t *v, i64 *out, i64 stride, int shift) {
+    for (int j = 0; j < PLANES; ++j) {
+        lanes_add(out, stride, v->c[j], j + shift);
+        v->c[j] = 0;
+    }
+    v->n = 0;
+}
+
+static void hs_block(hs_t *s) {
+    const u64 *d = s->buf;
+    u64 twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
+    CSA(twos_a, s->ones, s->ones, d[0], d[1]);
+    CSA(twos_b, s->ones, s->ones, d[2], d[3]);
+    CSA(fours_a, s->twos, s->twos, twos_a, twos_b);
+    CSA(twos_a, s->ones, s->ones, d[4], d[5]);
+    CSA(twos_b, s->ones, s->ones, d[6], d[7]);
+    CSA(fours_b, s->twos, s->twos, twos_a, twos_b);
+    CSA(eights_a, s->fours, s->fours, fours_a, fours_b);
+    CSA(twos_a, s->ones, s->ones, d[8], d[9]);
+    CSA(twos_b, s->ones, s->ones, d[10], d[11]);
+    CSA(fours_a, s->twos, s->twos, twos_a, twos_b);
+    CSA(twos_a, s->ones, s->ones, d[12], d[13]);
+    CSA(twos_b, s->ones, s->ones, d[14], d[15]);
+    CSA(fours_b, s->twos, s->twos, twos_a, twos_b);
+    CSA(eights_b, s->fours, s->fours, fours_a, fours_b);
+    CSA(sixteens, s->eights, s->eights, eights_a, eights_b);
+    vcount_t *v = &s->sixteens;
+    for (int j = 0; j < PLANES; ++j) { /* ripple-carry increment, fixed length */
+        u64 carry = v->c[j] & sixteens;
+        v->c[j] ^= sixteens;
+        sixteens = carry;
+    }
+    if (++v->n == 255) vc_flush(v, s->out, s->stride, 4);
+    s->n = 0;
+}
+
+static inline void hs_add(hs_t *s, u64 x) {
+    s->buf[s->n++] = x;
+    if (s->n == 16) hs_block(s);
+}
+
+static void hs_flush(hs_t *s) {
+    for (int i = 0; i < s->n; ++i) lanes_add(s->out, s->stride, s->buf[i], 0);
+    lanes_add(s->out, s->stride, s->ones, 0);
+    lanes_add(s->out, s->stride, s->twos, 1);
+    lanes_add(s->out, s->stride, s->fours, 2);
+    lanes_add(s->out, s->stride, s->eights, 3);
+    vc_flush(&s->sixteens, s->out, s->stride, 4);
+    s->ones = s->twos = s->fours = s->eights = 0;
+    s->n = 0;
+}
+
+static void lfg_refill(u64 *x) {
+    for (int j = 0; j < LAG_S; ++j) x[j] += x[j + LAG_R - LAG_S];
+    for (int j = LAG_S; j < LAG_R; ++j) x[j] += x[j - LAG_S];
+}
+
+/* n tempered words of stream (x, *pos) into out; pos = words of the current block used. */
+static void lfg_draw(u64 *x, i64 *pos, u64 *out, i64 n) {
+    i64 p = *pos;
+    while (n > 0) {
+        if (p >= LAG_R) {
+            lfg_refill(x);
+            p = 0;
+        }
+        i64 m = LAG_R - p < n ? LAG_R - p : n;
+        for (i64 j = 0; j < m; ++j) {
+            u64 v = x[p + j];
+            out[j] = v ^ (v >> 32);
+        }
+        out += m;
+        p += m;
+        n -= m;
+    }
+    *pos = p;
+}
+
+/* Update t[k0:k1] in place; h2 is the side neighbour row already offset by +-1. Digit j of
+ * site k is rnd[j * stride + k - r0]. The flip masks go to flips[k]. */
+static inline void update_span(u64 *restrict t, const u64 *restrict v1, const u64 *restrict v2,
+                               const u64 *restrict h1, const u64 *restrict h2,
+                               const u64 *restrict rnd, i64 stride, i64 r0, const accept_t *acc,
+                               u64 *restrict flips, i64 k0, i64 k1) {
+    rnd -= r0;
+    for (i64 k = k0; k < k1; ++k) {
+        u64 s = t[k];
+        u64 a = s ^ v1[k], b = s ^ v2[k], c = s ^ h1[k], d = s ^ h2[k];
+        u64 ge2 = (a & b) | (c & d) | ((a | b) & (c | d));
+        u64 ge1 = a | b | c | d;
+        u64 keep = acc->keep0; /* r_j = NOT u_j: some r_j set <=> u's digits not all 1 */
+        i64 tail = (i64)(rnd[DIGITS * stride + k] & MAX63);
+        u64 a1 = -(u64)(tail < acc->q1), a0 = -(u64)(tail < acc->q0);
+        for (int j = DIGITS - 1; j >= 0; --j) { /* last digit first */
+            u64 r = rnd[j * stride + k];
+            a1 = (a1 & r) | (acc->d1[j] & (a1 ^ r)); /* d = 1: a | r, d = 0: a & r */
+            a0 = (a0 & r) | (acc->d0[j] & (a0 ^ r));
+            keep |= r & acc->lz[j];
+        }
+        u64 m = (ge2 & keep) | (ge1 & a1) | a0;
+        t[k] = s ^ m;
+        flips[k] = m;
+    }
+}
+
+/* Row update with periodic side neighbour h[(k + dk) mod w], dk = +-1, in blocks of BLOCK
+ * sites, each with DRAWS * BLOCK fresh words of stream (x, pos) in rnd. */
+static void update_row(u64 *t, const u64 *v1, const u64 *v2, const u64 *h, int dk, i64 w,
+                       u64 *x, i64 *pos, u64 *rnd, const accept_t *acc, u64 *flips) {
+    for (i64 k0 = 0; k0 < w; k0 += BLOCK) {
+        i64 k1 = k0 + BLOCK < w ? k0 + BLOCK : w, n = k1 - k0;
+        lfg_draw(x, pos, rnd, DRAWS * n);
+        if (w == 1) {
+            update_span(t, v1, v2, h, h, rnd, n, k0, acc, flips, 0, 1);
+        } else if (dk < 0) {
+            i64 start = k0;
+            if (k0 == 0) { /* site 0's left neighbour wraps to w - 1 */
+                update_span(t, v1, v2, h, h + w - 1, rnd, n, k0, acc, flips, 0, 1);
+                start = 1;
+            }
+            update_span(t, v1, v2, h, h - 1, rnd, n, k0, acc, flips, start, k1);
+        } else {
+            i64 end = k1 == w ? w - 1 : k1; /* site w - 1's right neighbour wraps to 0 */
+            update_span(t, v1, v2, h, h + 1, rnd, n, k0, acc, flips, k0, end);
+            if (end < k1) update_span(t, v1, v2, h, h + 1 - w, rnd, n, k0, acc, flips, end, k1);
+        }
+    }
+}
+
+typedef struct {
+    u64 *q[4];     /* BE, BO, WE, WO */
+    u64 *flips[4]; /* NULL, or where the last sweep's flip masks go */
+    i64 *flip_counts; /* NULL, or (planes * 64) totals of the last sweep's flips */
+    i64 planes, h, w, batch;
+    const accept_t *acc; /* one per batch entry; plane p uses acc[p % batch] */
+    u64 *rng_state;      /* (planes * h, LAG_R) */
+    i64 *rng_pos;        /* (planes * h) */
+    i64 sweeps;
+    pthread_barrier_t barrier;
+    pthread_mutex_t lock; /* the gate: workers start once every thread exists */
+    pthread_cond_t opened;
+    int open;
+} shared_t;
+
+typedef struct {
+    shared_t *sh;
+    i64 begin, end; /* task range, task = p * h + i */
+    u64 *rnd;       /* DRAWS * BLOCK words */
+    u64 *scratch;   /* w words: flip masks not recorded */
+    i64 *partial;   /* (planes * 64) flip totals of this job */
+    hs_t flips;     /* counting the flips of the current plane */
+} job_t;
+
+/* Quarter indices and neighbour geometry (see MultispinEngine._neighbours):
+ * BE[i,k]: WO[i], WO[i-1], WE[i,k], WE[i,k-1]     BO[i,k]: WE[i], WE[i+1], WO[i,k], WO[i,k+1]
+ * WE[i,k]: BO[i], BO[i-1], BE[i,k], BE[i,k+1]     WO[i,k]: BE[i], BE[i+1], BO[i,k], BO[i,k-1] */
+enum { BE, BO, WE, WO };
+static const int TARGET[2][2] = {{BE, BO}, {WE, WO}};
+static const int VERT[2][2] = {{WO, WE}, {BO, BE}};
+static const int VSTEP[2][2] = {{-1, +1}, {-1, +1}};
+static const int SIDE[2][2] = {{WE, WO}, {BE, BO}};
+static const int SSTEP[2][2] = {{-1, +1}, {+1, -1}};
+
+static void half_sweep(job_t *job, int colour, int record, int count) {
+    const shared_t *sh = job->sh;
+    i64 h = sh->h, w = sh->w, plane_words = h * w;
+    for (i64 task = job->begin; task < job->end; ++task) {
+        i64 p = task / h, i = task % h;
+        const accept_t *acc = sh->acc + (p % sh->batch);
+        if (count && (task == job->begin || i == 0)) { /* a new plane: its own totals */
+            if (task != job->begin) hs_flush(&job->flips);
+            job->flips.out = job->partial + p * 64;
+            job->flips.stride = 1;
+        }
+        for (int half = 0; half < 2; ++half) {
+            int target = TARGET[colour][half], vert = VERT[colour][half];
+            int side = SIDE[colour][half];
+            i64 i2 = (i + VSTEP[colour][half] + h) % h;
+            u64 *row = sh->q[target] + p * plane_words + i * w;
+            const u64 *v = sh->q[vert] + p * plane_words;
+            const u64 *s = sh->q[side] + p * plane_words + i * w;
+            u64 *flips = record ? sh->flips[target] + p * plane_words + i * w : job->scratch;
+            update_row(row, v + i * w, v + i2 * w, s, SSTEP[colour][half], w,
+                       sh->rng_state + task * LAG_R, sh->rng_pos + task, job->rnd, acc, flips);
+            if (count) /* the row's masks are still in L1 */
+                for (i64 k = 0; k < w; ++k) hs_add(&job->flips, flips[k]);
+        }
+    }
+    if (count && job->end > job->begin) hs_flush(&job->flips);
+}
+
+static void *worker(void *arg) {
+    job_t *job = arg;
+    shared_t *sh = job->sh;
+    pthread_mutex_lock(&sh->lock);
+    while (!sh->open) pthread_cond_wait(&sh->opened, &sh->lock);
+    pthread_mutex_unlock(&sh->lock);
+    for (i64 sweep = 0; sweep < sh->sweeps; ++sweep) {
+        int last = sweep == sh->sweeps - 1;
+        int record = sh->flips[0] != NULL && last, count = sh->flip_counts != NULL && last;
+        for (int colour = 0; colour < 2; ++colour) {
+            half_sweep(job, colour, record, count);
+            pthread_barrier_wait(&sh->barrier);
+        }
+    }
+    return NULL;
+}
+
+/* Run `sweeps` sweeps. digits1/digits0: (batch, DIGITS) masks 0 / -1 of p1 = e^{-4 beta |J|}
+ * and p0 = p1^2 (times 1 - 2^-lazy); tail1/tail0: (batch) 63-bit tails; lazy: digits whose
+ * all-ones pattern declines a k >= 2 move (0: plain Metropolis). flips: four quarter-shaped
+ * outputs for the last sweep's flip masks, or all NULL; flip_counts: (planes * 64) per-replica
+ * numbers of flips in the last sweep (set here), or NULL. Threads that cannot be created are done without (the
+ * tasks are split over those that exist). Returns 0, or -1 when memory runs out (nothing is
+ * changed then). */
+int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, i64 w,
+                         const i64 *digits1, const i64 *digits0, const i64 *tail1,
+                         const i64 *tail0, i64 batch, i64 lazy, i64 *rng_state, i64 *rng_pos, i64 *fbe,
+                         i64 *fbo, i64 *fwe, i64 *fwo, i64 *flip_counts, i64 sweeps,
+                         i64 threads) {
+    i64 tasks = planes * h;
+    if (threads > tasks) threads = tasks;
+    if (threads < 1) threads = 1;
+    accept_t *acc = malloc(sizeof(accept_t) * (size_t)batch);
+    job_t *jobs = malloc(sizeof(job_t) * (size_t)threads);
+    pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
+    u64 *buffers = malloc(sizeof(u64) * (size_t)(threads * (DRAWS * BLOCK + w)));
+    i64 *partial = calloc((size_t)(threads * planes * 64), sizeof(i64));
+    shared_t *sh = malloc(sizeof(shared_t));
+    int status = 0;
+    if (!acc || !jobs || !ids || !buffers || !partial || !sh) {
+        status = -1;
+        goto done;
+    }
+    for (i64 b = 0; b < batch; ++b) {
+        for (int j = 0; j < DIGITS; ++j) {
+            acc[b].d1[j] = (u64)digits1[b * DIGITS + j];
+            acc[b].d0[j] = (u64)digits0[b * DIGITS + j];
+        }
+        acc[b].q1 = tail1[b];
+        acc[b].q0 = tail0[b];
+        for (int j = 0; j < DIGITS; ++j) acc[b].lz[j] = j < lazy ? ~(u64)0 : 0;
+        acc[b].keep0 = lazy ? 0 : ~(u64)0;
+    }
+    *sh = (shared_t){
+        .q = {(u64 *)be, (u64 *)bo, (u64 *)we, (u64 *)wo},
+        .flips = {(u64 *)fbe, (u64 *)fbo, (u64 *)fwe, (u64 *)fwo},
+        .flip_counts = flip_counts, .planes = planes, .h = h, .w = w, .batch = batch, .acc = acc,
+        .rng_state = (u64 *)rng_state, .rng_pos = rng_pos, .sweeps = sweeps, .open = 0,
+    };
+    pthread_mutex_init(&sh->lock, NULL);
+    pthread_cond_init(&sh->opened, NULL);
+    for (i64 t = 0; t < threads; ++t) {
+        u64 *buffer = buffers + t * (DRAWS * BLOCK + w);
+        jobs[t] = (job_t){sh, 0, 0, buffer, buffer + DRAWS * BLOCK, partial + t * planes * 64,
+                          {0}};
+    }
+    i64 running = 1; /* this thread is worker 0 */
+    while (running < threads && !pthread_create(&ids[running], NULL, worker, &jobs[running]))
+        ++running;
+    for (i64 t = 0; t < running; ++t) {
+        jobs[t].begin = tasks * t / running;
+        jobs[t].end = tasks * (t + 1) / running;
+    }
+    pthread_barrier_init(&sh->barrier, NULL, (unsigned)running);
+    pthread_mutex_lock(&sh->lock);
+    sh->open = 1;
+    pthread_cond_broadcast(&sh->opened);
+    pthread_mutex_unlock(&sh->lock);
+    worker(&jobs[0]);
+    for (i64 t = 1; t < running; ++t) pthread_join(ids[t], NULL);
+    if (flip_counts) {
+        for (i64 j = 0; j < planes * 64; ++j) flip_counts[j] = 0;
+        for (i64 t = 0; t < running; ++t)
+            for (i64 j = 0; j < planes * 64; ++j) flip_counts[j] += partial[t * planes * 64 + j];
+    }
+    pthread_barrier_destroy(&sh->barrier);
+    pthread_cond_destroy(&sh->opened);
+    pthread_mutex_destroy(&sh->lock);
+done:
+    free(acc);
+    free(jobs);
+    free(ids);
+    free(buffers);
+    free(partial);
+    free(sh);
+    return status;
+}
+
+/* Per-site sums of down spins: SLOTS recent states, slot-major (slot j of all n site words
+ * contiguous, so a measurement writes one stream), and 16 bit-sliced counter planes per site
+ * word, adjacent. Every SLOTS measurements the slots of a site are folded into its planes: a
+ * carry-save tree makes the four bit planes of their sum, added with ripple carries
+ * (continued only while a carry is left). */
+#define SLOTS 8
+#define COUNTER 16
+
+static inline void fold(u64 *slots, i64 n, u64 *c) {
+    u64 d[SLOTS];
+    for (int j = 0; j < SLOTS; ++j) {
+        d[j] = slots[j * n];
+        slots[j * n] = 0;
+    }
+    u64 t1, o1, t2, o2, t3, o3, f1, w1;
+    CSA(t1, o1, d[0], d[1], d[2]);
+    CSA(t2, o2, o1, d[3], d[4]);
+    CSA(t3, o3, o2, d[5], d[6]);
+    u64 add[4], t4 = o3 & d[7];
+    add[0] = o3 ^ d[7];
+    CSA(f1, w1, t1, t2, t3);
+    add[1] = w1 ^ t4;
+    u64 f2 = w1 & t4;
+    add[2] = f1 ^ f2;
+    add[3] = f1 & f2;
+    u64 carry = 0;
+    for (int j = 0; j < COUNTER; ++j) {
+        u64 a = j < 4 ? add[j] : 0, x = c[j] ^ a;
+        u64 next = (c[j] & a) | (carry & x);
+        c[j] = x ^ carry;
+        carry = next;
+        if (j >= 3 && !carry) break;
+    }
+}
+
+/* Fold the slots of all n site words into their planes (the unused slots must be zero). */
+void spf_multispin_fold(i64 *slots, i64 *counter, i64 n) {
+    for (i64 i = 0; i < n; ++i) fold((u64 *)slots + i, n, (u64 *)counter + i * COUNTER);
+}
+
+typedef struct {
+    const u64 *q[4], *flips[4];
+    u64 *slots;   /* (SLOTS, 4, planes, h, w), or NULL */
+    u64 *counter; /* (4, planes, h, w, COUNTER) */
+    const u64 *gauge;
+    i64 planes, h, w, batch, slot;
+    i64 begin, end; /* task range, task = p * h + i */
+    i64 *counts;    /* (3, groups * 64, batch): unsatisfied bonds, down spins, flips */
+} measure_t;
+
+static void *measure_rows(void *arg) {
+    const measure_t *m = arg;
+    i64 h = m->h, w = m->w, plane_words = h * w, quarter_words = m->planes * plane_words;
+    i64 groups = m->planes / m->batch, lanes = groups * 64 * m->batch;
+    hs_t bonds = {0}, down = {0}, flips = {0};
+    for (i64 task = m->begin; task < m->end; ++task) {
+        i64 p = task / h, i = task % h;
+        if (task == m->begin || i == 0) { /* a new plane: its own totals */
+            if (task != m->begin) {
+                hs_flush(&bonds);
+                hs_flush(&down);
+                hs_flush(&flips);
+            }
+            i64 first = (p / m->batch) * 64 * m->batch + p % m->batch; /* lane 64 g, entry b */
+            bonds.out = m->counts + first;
+            down.out = m->counts + lanes + first;
+            flips.out = m->counts + 2 * lanes + first;
+            bonds.stride = down.stride = flips.stride = m->batch;
+        }
+        u64 gauge = m->gauge[p % m->batch];
+        i64 up = (i - 1 + h) % h, dn = (i + 1) % h, base = p * plane_words + i * w;
+        const u64 *be = m->q[BE] + base, *bo = m->q[BO] + base;
+        const u64 *we = m->q[WE] + base, *wo = m->q[WO] + base;
+        const u64 *wo_up = m->q[WO] + p * plane_words + up * w;
+        const u64 *we_dn = m->q[WE] + p * plane_words + dn * w;
+        for (i64 k = 0; k < w; ++k) {
+            i64 left = k ? k - 1 : w - 1, right = k + 1 < w ? k + 1 : 0;
+            u64 s = be[k]; /* BE[i,k]: WO[i], WO[i-1], WE[i,k], WE[i,k-1] */
+            hs_add(&bonds, s ^ wo[k]);
+            hs_add(&bonds, s ^ wo_up[k]);
+            hs_add(&bonds, s ^ we[k]);
+            hs_add(&bonds, s ^ we[left]);
+            s = bo[k]; /* BO[i,k]: WE[i], WE[i+1], WO[i,k], WO[i,k+1] */
+            hs_add(&bonds, s ^ we[k]);
+            hs_add(&bonds, s ^ we_dn[k]);
+            hs_add(&bonds, s ^ wo[k]);
+            hs_add(&bonds, s ^ wo[right]);
+            u64 spins[4] = {be[k], bo[k], we[k] ^ gauge, wo[k] ^ gauge};
+            for (int q = 0; q < 4; ++q) {
+                hs_add(&down, spins[q]);
+                if (m->slots) {
+                    i64 at = q * quarter_words + base + k;
+                    m->slots[m->slot * 4 * quarter_words + at] = spins[q];
+                    if (m->slot == SLOTS - 1)
+                        fold(m->slots + at, 4 * quarter_words, m->counter + at * COUNTER);
+                }
+                if (m->flips[0]) hs_add(&flips, m->flips[q][base + k]);
+            }
+        }
+    }
+    if (m->end > m->begin) {
+        hs_flush(&bonds);
+        hs_flush(&down);
+        hs_flush(&flips);
+    }
+    return NULL;
+}
+
+/* Per-replica counts of the current state into counts (3, groups * 64, batch) (replica
+ * 64 g + i of batch entry b; plane p = g * batch + b), and from them into out (same shape)
+ * the energy scale[b] (u - N) (scale = 2|J|), the magnetization 1 - 2 d / N and, added to
+ * out[2], the flipped fraction f / N of flip_counts (planes * 64; NULL: none); the counts:
+ * unsatisfied bonds (each bond once, from its black end; stored spins, so the gauge keeps
+ * every bond ferromagnetic), down spins (white spins with the gauge of batch entry p % batch
+ * undone) and the flip masks fbe..fwo (all NULL: none). slots, when not NULL, receive the
+ * down spins in slot `slot` of the per-site sums (slots, counter: see fold).
+ * Threads split the rows, each with its own totals, summed at the end. Returns 0, or -1 when
+ * memory runs out (nothing is changed then). */
+int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo, i64 planes,
+                          i64 h, i64 w, i64 batch, const i64 *gauge, const i64 *fbe,
+                          const i64 *fbo, const i64 *fwe, const i64 *fwo, i64 *slots,
+                          i64 *counter, i64 slot, i64 *counts, const double *scale,
+                          double *out, const i64 *flip_counts, i64 threads) {
+    i64 tasks = planes * h, size = 3 * planes * 64; /* = 3 * groups * 64 * batch */
+    if (slots && (slot < 0 || slot >= SLOTS)) return -2;
+    if (threads > tasks) threads = tasks;
+    if (threads < 1) threads = 1;
+    measure_t *jobs = malloc(sizeof(measure_t) * (size_t)threads);
+    pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
+    i64 *partial = calloc((size_t)(threads * size), sizeof(i64));
+    if (!jobs || !ids || !partial) {
+        free(jobs);
+        free(ids);
+        free(partial);
+        return -1;
+    }
+    for (i64 t = 0; t < threads; ++t) {
+        jobs[t] = (measure_t){
+            .q = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo},
+            .flips = {(const u64 *)fbe, (const u64 *)fbo, (const u64 *)fwe, (const u64 *)fwo},
+            .slots = (u64 *)slots, .counter = (u64 *)counter, .gauge = (const u64 *)gauge, .planes = planes, .h = h,
+            .w = w, .batch = batch, .slot = slot,
+            .begin = tasks * t / threads, .end = tasks * (t + 1) / threads,
+            .counts = partial + t * size,
+        };
+    }
+    i64 running = 1; /* this thread is worker 0 */
+    while (running < threads && !pthread_create(&ids[running], NULL, measure_rows, &jobs[running]))
+        ++running;
+    measure_rows(&jobs[0]);
+    for (i64 t = running; t < threads; ++t) measure_rows(&jobs[t]); /* threads not started */
+    for (i64 t = 1; t < running; ++t) pthread_join(ids[t], NULL);
+    for (i64 j = 0; j < size; ++j) counts[j] = 0;
+    for (i64 t = 0; t < threads; ++t)
+        for (i64 j = 0; j < size; ++j) counts[j] += partial[t * size + j];
+    i64 lanes = size / 3;
+    double sites = 4.0 * (double)(h * w);
+    for (i64 j = 0; j < lanes; ++j) {
+        out[j] = scale[j % batch] * (double)(counts[j] - 4 * h * w); /* -|J|(2N - 2u) */
+        out[lanes + j] = 1.0 - 2.0 * (double)counts[lanes + j] / sites;
+        if (flip_counts) {
+            i64 b = j % batch, lane = (j / batch) % 64, g = j / (batch * 64);
+            out[2 * lanes + j] += (double)flip_counts[(g * batch + b) * 64 + lane] / sites;
+        }
+    }
+    free(jobs);
+    free(ids);
+    free(partial);
+    return 0;
+}
+
+/* Unpack per-replica numbers into an output laid out (chains, batch, L * W) in row-major site
+ * order: replica r = 64 g + bit of plane p = g * batch + b gets value a + scale * count at
+ * site (row, col), count = sum_j bit(word_j) 2^j over the planes j < nplanes of the site's
+ * words, plane j of element (p, i, k) of quarter q at
+ * src[q][((p * h + i) * w + k) * stride + offset + j], after XOR with gauge[b] (white quarters
+ * only). Writes doubles when is_double, else floats. The two quarters of a lattice row (BE and
+ * WE for even rows, WO and BO for odd ones) are copied plane-major, then each replica's row is
+ * assembled with loops over contiguous words (vectorised by the compiler) and written in
+ * order. Returns 0, or -1 when memory runs out. */
+static void plane_major(const u64 *row, i64 w, i64 stride, i64 nplanes, u64 flip, u64 *out) {
+    for (i64 j = 0; j < nplanes; ++j)
+        for (i64 k = 0; k < w; ++k) out[j * w + k] = row[k * stride + j] ^ flip;
+}
+
+static void lane_counts(const u64 *planes, i64 w, i64 nplanes, int lane, uint32_t *c) {
+    for (i64 k = 0; k < w; ++k) c[k] = 0;
+    for (i64 j = 0; j < nplanes; ++j)
+        for (i64 k = 0; k < w; ++k) c[k] |= (uint32_t)((planes[j * w + k] >> lane) & 1) << j;
+}
+
+int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo,
+                         i64 nplanes, i64 stride, i64 offset, i64 groups, i64 batch, i64 h,
+                         i64 w, i64 chains, const i64 *gauge, double a, double scale, void *out,
+                         i64 is_double) {
+    const u64 *src[4] = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo};
+    static const int LEFT[2] = {BE, WO}, RIGHT[2] = {WE, BO}; /* columns 2k, 2k + 1 */
+    i64 width = 2 * w, sites = 2 * h * width;
+    u64 *planes = malloc(sizeof(u64) * (size_t)(2 * nplanes * w));
+    uint32_t *counts = malloc(sizeof(uint32_t) * (size_t)(2 * w));
+    if (!planes || !counts) {
+        free(planes);
+        free(counts);
+        return -1;
+    }
+    u64 *pl = planes, *pr = planes + nplanes * w;
+    uint32_t *cl = counts, *cr = counts + w;
+    for (i64 g = 0; g < groups; ++g) {
+        i64 lanes = chains - 64 * g < 64 ? chains - 64 * g : 64;
+        for (i64 b = 0; b < batch; ++b) {
+            i64 p = g * batch + b;
+            for (i64 r = 0; r < 2 * h; ++r) {
+                i64 i = r / 2, base = (p * h + i) * w * stride + offset;
+                int left = LEFT[r % 2], right = RIGHT[r % 2];
+                u64 flip_left = left >= WE ? (u64)gauge[b] : 0;
+                u64 flip_right = right >= WE ? (u64)gauge[b] : 0;
+                plane_major(src[left] + base, w, stride, nplanes, flip_left, pl);
+                plane_major(src[right] + base, w, stride, nplanes, flip_right, pr);
+                for (int lane = 0; lane < lanes; ++lane) {
+                    lane_counts(pl, w, nplanes, lane, cl);
+                    lane_counts(pr, w, nplanes, lane, cr);
+                    i64 at = ((64 * g + lane) * batch + b) * sites + r * width;
+                    if (is_double) {
+                        double *o = (double *)out + at;
+                        for (i64 k = 0; k < w; ++k) {
+                            o[2 * k] = a + scale * (double)cl[k];
+                            o[2 * k + 1] = a + scale * (double)cr[k];
+                        }
+                    } else {
+                        float *o = (float *)out + at;
+                        float fa = (float)a, fs = (float)scale;
+                        for (i64 k = 0; k < w; ++k) {
+                            o[2 * k] = fa + fs * (float)cl[k];
+                            o[2 * k + 1] = fa + fs * (float)cr[k];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    free(planes);
+    free(counts);
+    return 0;
+}

@@ -1,0 +1,244 @@
+"""The multi-spin engine's fused native kernel (``multispin.c``): sweeps and measurements in C.
+
+Sweeps run with POSIX threads over (word plane, quarter row) tasks, one generator stream per
+task, so results do not depend on the thread count. A measurement is one pass over the packed
+words: per replica the number of unsatisfied bonds (four per black site, so every bond once),
+of down spins (white spins through the gauge) and of flipped spins in the last sweep, counted
+with bit-sliced counters; the same pass adds the down spins to per-site bit-sliced counters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from spinformer.physics.models import IsingModel
+from spinformer.physics.montecarlo.build import native_library, native_unavailable_reason
+from spinformer.physics.montecarlo.multispin.common import (
+    DIGITS,
+    LAGS,
+    MultispinEngine,
+)
+
+__all__ = ["NativeMultispin"]
+
+_NATIVE_COUNTER_PLANES = 16
+_SLOTS = 8
+
+
+class NativeMultispin(MultispinEngine):
+    """The multi-spin engine on the fused native kernel (CPU only)."""
+
+    def __init__(
+        self,
+        model: IsingModel,
+        state: Tensor | str,
+        generator: torch.Generator | None,
+        chains: int | None = None,
+        lazy: int | None = None,
+    ):
+        library = native_library() if model.device.type == "cpu" else None
+        if library is None:
+            reason = (
+                f"device {model.device}"
+                if model.device.type != "cpu"
+                else native_unavailable_reason()
+            )
+            raise RuntimeError(f"the native multispin kernel cannot run: {reason}")
+        self.native = library
+        super().__init__(model, state, generator, chains, lazy)
+        self.totals: Tensor | None = None  # (chains, *batch, N): Σ σ_i of flushed counters
+        batch = max(1, math.prod(self.batch_shape))
+        # per replica: unsatisfied bonds, down spins, flips of the last sweep
+        self.counts = torch.zeros(3, self.groups * 64, batch, dtype=torch.int64)
+        # energy, magnetization, summed flipped fraction per replica (float64)
+        self.values = torch.zeros(3, self.groups * 64, batch, dtype=torch.float64)
+        self.value_view = self.values.view(3, self.groups * 64, *self.batch_shape)
+        scale = 2.0 * self.abs_bond.to(torch.float64).expand(self.batch_shape)
+        self.scale = scale.reshape(-1).contiguous()
+        self.gauge_words = self.gauge.reshape(-1).contiguous()
+        self.counted_state = False
+        self.flip_buffers: tuple[Tensor, ...] | None = None
+        # the last sweep's flips per replica, counted by the kernel; its flip masks are kept
+        # (``last_flips``) only when asked, for tests
+        self.flip_counts = torch.zeros(self.groups * batch * 64, dtype=torch.int64)
+        self.flips_counted = False
+        self.keep_flip_masks = False
+
+    def _setup(
+        self,
+        d1: list[Tensor],
+        q1: Tensor,
+        d0: list[Tensor],
+        q0: Tensor,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Per-batch acceptance digits and one generator stream per (plane, quarter row)."""
+        self.native_digits = (
+            torch.stack(d1, -1).reshape(-1, DIGITS).contiguous(),
+            torch.stack(d0, -1).reshape(-1, DIGITS).contiguous(),
+            q1.reshape(-1).contiguous(),
+            q0.reshape(-1).contiguous(),
+        )
+        streams = self.groups * math.prod(self.batch_shape) * (self.rows // 2)
+        r, _ = LAGS
+        state = torch.randint(
+            -(2**63), 2**63 - 1, (streams, r), dtype=torch.int64, generator=generator
+        )
+        state[:, 0] |= 1  # an odd word in each stream's state gives the maximal period
+        self.native_state = state
+        self.native_position = torch.full((streams,), r, dtype=torch.int64)  # refill first
+
+    def sweep(self, count: int = 1, record: bool = True) -> None:
+        quarters = (self.be, self.bo, self.we, self.wo)
+        keep = record and self.keep_flip_masks
+        if keep and self.flip_buffers is None:
+            self.flip_buffers = tuple(torch.empty_like(q) for q in quarters)
+        flips = self.flip_buffers if keep else None
+        d1, d0, q1, q0 = self.native_digits
+        status = self.native.spf_multispin_sweeps(
+            *(q.data_ptr() for q in quarters),
+            self.be.numel() // (self.be.shape[-2] * self.be.shape[-1]),
+            self.be.shape[-2],
+            self.be.shape[-1],
+            d1.data_ptr(),
+            d0.data_ptr(),
+            q1.data_ptr(),
+            q0.data_ptr(),
+            q1.numel(),
+            self.lazy_digits,
+            self.native_state.data_ptr(),
+            self.native_position.data_ptr(),
+            *((f.data_ptr() for f in flips) if flips else (None,) * 4),
+            self.flip_counts.data_ptr() if record else None,
+            count,
+            torch.get_num_threads(),
+        )
+        if status:
+            raise MemoryError("the native multispin kernel could not allocate its buffers")
+        self.last_flips = flips
+        self.flips_counted = record
+        self.counted_state = False
+
+    def acceptance(self) -> Tensor:
+        """Mean flipped fraction per chain, estimated on the sweeps that preceded measurements."""
+        flipped = self.value_view[2, : self.chains]
+        return (flipped / max(self.accepted_sweeps, 1)).to(self.model.dtype)
+
+    def _new_counter(self) -> Tensor:
+        """(4, *quarter, 16) counter planes per site, and (8, 4, *quarter) slots of recent
+        states (see ``multispin.c``); flushed every 65528 measurements (in practice once)."""
+        self.counter_planes = _NATIVE_COUNTER_PLANES
+        # every slot is written before it is folded (unused ones zeroed at the end)
+        self.slots = torch.empty(_SLOTS, 4, *self.be.shape, dtype=torch.int64)
+        shape = (4, *self.be.shape, self.counter_planes)
+        return torch.zeros(shape, dtype=torch.int64, device=self.be.device)
+
+    def _count(self, counters: bool, flips: bool = True) -> None:
+        """One kernel pass: energy and magnetization per replica into ``values`` (and the
+        last sweep's flipped fraction added to ``values[2]``, with ``flips``) from bit counts;
+        with ``counters`` the down spins also enter the per-site sums."""
+        quarters = (self.be, self.bo, self.we, self.wo)
+        flips = flips and self.flips_counted
+        status = self.native.spf_multispin_measure(
+            *(q.data_ptr() for q in quarters),
+            self.counts.shape[2] * self.groups,
+            self.be.shape[-2],
+            self.be.shape[-1],
+            self.gauge_words.numel(),
+            self.gauge_words.data_ptr(),
+            *(None,) * 4,
+            self.slots.data_ptr() if counters else None,
+            self.counter.data_ptr(),
+            self.pending % _SLOTS,
+            self.counts.data_ptr(),
+            self.scale.data_ptr(),
+            self.values.data_ptr(),
+            self.flip_counts.data_ptr() if flips else None,
+            torch.get_num_threads(),
+        )
+        if status:
+            raise MemoryError("the native multispin kernel could not allocate its buffers")
+
+    def measure(self) -> tuple[Tensor, Tensor]:
+        """Energy E = −|J|(2N − 2·unsatisfied) and magnetization 1 − 2·down/N from bit counts;
+        the same pass adds the state to the per-site counters (see :meth:`accumulate`)."""
+        self._count(counters=not self.counted_state)
+        if not self.counted_state:
+            self.counted_state = True
+            self._counted()
+        values = self.value_view[:2, : self.chains].to(self.model.dtype, copy=True)
+        energy, magnetization = values
+        if self.flips_counted:
+            self.accepted_sweeps += 1
+        return energy, magnetization
+
+    def accumulate(self) -> None:
+        """Add the current spins to the per-site counters, once per state (:meth:`measure`
+        already does it in its pass)."""
+        if not self.counted_state:
+            self._count(counters=True, flips=False)
+            self.counted_state = True
+            self._counted()
+
+    def _unpack(self, words: tuple[Tensor, ...], planes: int, stride: int, offset: int,
+                gauge: Tensor, a: float, scale: float) -> Tensor:  # fmt: skip
+        """(chains, *batch, N): a + scale·count, count from ``planes`` bit planes per site
+        (site words ``stride`` apart, the planes from ``offset``)."""
+        dtype = self.model.dtype if self.model.dtype == torch.float64 else torch.float32
+        out = torch.empty(self.chains, *self.batch_shape, self.n, dtype=dtype)
+        status = self.native.spf_multispin_unpack(
+            *(q.data_ptr() for q in words),
+            planes,
+            stride,
+            offset,
+            self.groups,
+            self.gauge_words.numel(),
+            self.rows // 2,
+            self.cols // 2,
+            self.chains,
+            gauge.data_ptr(),
+            a,
+            scale,
+            out.data_ptr(),
+            out.dtype == torch.float64,
+        )
+        if status:
+            raise MemoryError("the native multispin kernel could not allocate its buffers")
+        return out.to(self.model.dtype)
+
+    def full_state(self) -> Tensor:
+        """The spins σ = 1 − 2·(bit) of every replica, unpacked by the kernel."""
+        quarters = (self.be, self.bo, self.we, self.wo)
+        return self._unpack(quarters, 1, 1, 0, self.gauge_words, 1.0, -2.0)
+
+    def _site_sums(self, divisor: float) -> Tensor:
+        """(Σ σ_i over the measurements since the last flush) / divisor; empties the counters."""
+        if self.pending % _SLOTS:  # fold the partly filled slots, the unused ones zero
+            self.slots[self.pending % _SLOTS :].zero_()
+            self.native.spf_multispin_fold(
+                self.slots.data_ptr(), self.counter.data_ptr(), self.slots[0].numel()
+            )
+        zero = torch.zeros_like(self.gauge_words)
+        planes = max(1, self.pending.bit_length())  # the planes above hold zeros
+        sums = self._unpack(
+            tuple(self.counter), planes, self.counter_planes, 0, zero, self.pending / divisor,
+            -2.0 / divisor,
+        )  # fmt: skip
+        self.counter.zero_()
+        self.pending = 0
+        return sums
+
+    def _counted(self) -> None:
+        self.pending += 1
+        self.measurements += 1
+        if self.pending == 2**self.counter_planes - _SLOTS:  # a multiple of the slots
+            sums = self._site_sums(1.0)
+            self.totals = sums if self.totals is None else self.totals + sums
+
+    def site_mean(self, measurements: int) -> Tensor:
+        if self.totals is None:  # the usual case: unpacked straight into the mean
+            return self._site_sums(float(measurements))
+        return (self.totals + self._site_sums(1.0)) / measurements

@@ -76,6 +76,8 @@ FORMULAS = {
     "von Mises-Fisher response": (r"radius\s*\*\*\s*2\s*\*\s*q\b", "", "physics/vmf.py"),
     # Bessel order ν = D/2 − 1
     "Bessel order": (r"/\s*2(?:\.0)?\s*-\s*1(?:\.0)?\b", "", "physics/vmf.py"),
+    # Wood's (1994) rejection envelope of the von Mises-Fisher sampler, b = d/(2κ + √(4κ² + d²))
+    "von Mises-Fisher sampler": (r"4\.0\s*\*\s*kappa\s*\*\*\s*2", "", "physics/vmf.py"),
     # Onsager term (β²/4) Σ J² tr(C_i C_j)
     "Onsager term": (r"0\.25\s*\*\s*beta\s*\*\*\s*2", "", "physics/onsager.py"),
     # Ising reaction β m Σ_j J² (1 − m_j²)

@@ -151,7 +151,7 @@ def mc_critical_slowing_down(
         model = square_lattice(size, beta=ONSAGER_BETA_C, dtype=torch.float32)
         metro = sample(model, sweeps, burn_in=sweeps // 5, chains=chains, generator=seeded(seed))
         wolff = sample(
-            model, clusters, burn_in=clusters // 5, chains=chains, method="wolff",
+            model, clusters, burn_in=clusters // 5, chains=chains, algorithm="wolff",
             generator=seeded(seed + 1),
         )  # fmt: skip
         flipped = float(wolff.acceptance.mean())

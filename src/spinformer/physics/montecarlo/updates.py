@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from spinformer.physics.vmf import von_mises_fisher
+
 __all__ = [
     "LAZY_DIGITS",
     "ising_site_update",
@@ -36,63 +38,6 @@ def lazy_digits(num_sites: int) -> int:
     lattices lose at most 0.4 % of their moves.
     """
     return max(1, min(LAZY_DIGITS, num_sites.bit_length() - 1))
-
-
-def von_mises_fisher(
-    mean_direction: Tensor,
-    kappa: Tensor,
-    generator: torch.Generator | None = None,
-    candidates: int = 4,
-) -> Tensor:
-    r"""Unit vectors from the von Mises–Fisher density :math:`\propto e^{\kappa\,\mu\cdot x}` on S^{D−1}.
-
-    Wood's algorithm (1994): the cosine :math:`w = \mu\cdot x` is drawn by rejection from a
-    Beta-based envelope, then :math:`x = w\mu + \sqrt{1-w^2}\,v` with :math:`v` uniform on the
-    sphere orthogonal to :math:`\mu`. The Beta((D−1)/2, (D−1)/2) variate is (1 + t)/2 with t the
-    first coordinate of a uniform point on S^{D−1}, so only Gaussian and uniform draws are used
-    (and ``generator`` makes them reproducible). ``candidates`` proposals are drawn per round in
-    one batch; rounds repeat only for the rare entries with none accepted.
-
-    Args:
-        mean_direction: (..., D) with D ≥ 2; normalised here (a zero vector means κ = 0 and
-            gives the uniform distribution).
-        kappa: (...) concentrations ≥ 0.
-    """
-    dim = mean_direction.shape[-1]
-    if dim < 2:
-        raise ValueError(f"mean_direction must have a last dimension D >= 2, got {dim}")
-    dtype, device = mean_direction.dtype, mean_direction.device
-    kappa = kappa.to(dtype)
-    if bool((kappa < 0).any()):
-        raise ValueError("kappa must be non-negative")
-    norm = mean_direction.norm(dim=-1, keepdim=True)
-    axis = torch.zeros_like(mean_direction)
-    axis[..., 0] = 1.0
-    mu = torch.where(norm > 0, mean_direction / norm.clamp_min(torch.finfo(dtype).tiny), axis)
-    d1 = dim - 1.0
-    b = d1 / (2.0 * kappa + torch.sqrt(4.0 * kappa**2 + d1**2))
-    x0 = (1.0 - b) / (1.0 + b)
-    c = kappa * x0 + d1 * torch.log1p(-(x0**2))
-    shape = kappa.shape
-    w = torch.zeros(shape, dtype=dtype, device=device)
-    pending = torch.ones(shape, dtype=torch.bool, device=device)
-    while True:
-        g = torch.randn(candidates, *shape, dim, dtype=dtype, device=device, generator=generator)
-        z = 0.5 * (1.0 + g[..., 0] / g.norm(dim=-1))
-        u = torch.rand(candidates, *shape, dtype=dtype, device=device, generator=generator)
-        w_c = (1.0 - (1.0 + b) * z) / (1.0 - (1.0 - b) * z)
-        accept = kappa * w_c + d1 * torch.log1p(-x0 * w_c) - c >= torch.log(u)
-        first = accept.to(torch.int8).argmax(dim=0, keepdim=True)
-        found = accept.any(dim=0)
-        take = pending & found
-        w = torch.where(take, w_c.gather(0, first).squeeze(0), w)
-        pending = pending & ~found
-        if not bool(pending.any()):  # one sync per round; almost always a single round
-            break
-    g = torch.randn(*shape, dim, dtype=dtype, device=device, generator=generator)
-    v = g - (g * mu).sum(-1, keepdim=True) * mu
-    v = v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-    return w[..., None] * mu + torch.sqrt((1.0 - w**2).clamp_min(0.0))[..., None] * v
 
 
 # -- single-site kernels ---------------------------------------------------------------------

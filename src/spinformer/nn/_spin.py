@@ -18,7 +18,15 @@ from torch import Tensor, nn
 from spinformer._validation import check_finite, check_positive_int, describe
 from spinformer.solvers import fixed_point
 
-__all__ = ["BlockState", "allowed_keys", "check_heads", "check_tokens", "softmax_couplings"]
+__all__ = [
+    "BlockState",
+    "HeadRMSNorm",
+    "allowed_keys",
+    "check_heads",
+    "check_tokens",
+    "cosine_couplings",
+    "softmax_couplings",
+]
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,50 @@ def softmax_couplings(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1)
+
+
+def cosine_couplings(q: Tensor, k: Tensor, temperature: Tensor, allowed: Tensor | None) -> Tensor:
+    """J = softmax_j(τ cos(q_i, k_j)) per head, τ (H,) > 0; q, k (B, H, N, d), masked entries 0.
+
+    Row i is the Boltzmann distribution of ensemble i over keys with energies −cos(q_i, k_j) at
+    inverse temperature τ: bounded energies, so τ alone sets how sharp the couplings can get.
+    """
+    eps = torch.finfo(q.dtype).eps
+    q_hat = q / q.norm(dim=-1, keepdim=True).clamp_min(eps)
+    k_hat = k / k.norm(dim=-1, keepdim=True).clamp_min(eps)
+    scores = temperature[:, None, None] * (q_hat @ k_hat.transpose(-1, -2))
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def rotary(t: Tensor, base: float = 10_000.0) -> Tensor:
+    """Rotate channel pairs (2a, 2a+1) of t (B, H, N, d) by the angle n·base^(−2a/d) at position n.
+
+    Rotary position embedding (Su et al., "RoFormer", 2021): q_i·k_j of rotated vectors depends on
+    the positions through i − j only. d must be even.
+    """
+    n, d = t.shape[-2], t.shape[-1]
+    power = torch.arange(0, d, 2, device=t.device, dtype=t.dtype) / d
+    angles = torch.arange(n, device=t.device, dtype=t.dtype)[:, None] * base**-power
+    cos, sin = angles.cos(), angles.sin()
+    even, odd = t[..., 0::2], t[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
+class HeadRMSNorm(nn.Module):
+    """x̂ = g ⊙ x_h/rms(x_h) per head h of width d, the gain g starting at R/√d so |x̂_h| = R."""
+
+    def __init__(self, n_heads: int, head_dim: int, radius: float) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.weight = nn.Parameter(torch.full((n_heads * head_dim,), radius / math.sqrt(head_dim)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        heads = x.unflatten(-1, (self.n_heads, self.head_dim))
+        eps = torch.finfo(x.dtype).eps
+        normed = heads * torch.rsqrt((heads * heads).mean(-1, keepdim=True) + eps)
+        return normed.flatten(-2) * self.weight
 
 
 def feed_forward(d_model: int, ffn_mult: int) -> nn.Sequential:

@@ -25,6 +25,7 @@ GELU MLP) with the same interface; every benchmark and experiment measures again
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -32,25 +33,49 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinformer._validation import check_positive_int
+from spinformer.nn.boltzmann import BoltzmannAttention
 from spinformer.nn._spin import (
     BlockState,
+    HeadRMSNorm,
     PositiveBeta,
     allowed_keys,
     check_heads,
     check_overflow,
     check_steps,
     check_tokens,
+    cosine_couplings,
     feed_forward,
     field_scale,
     merge_heads,
     relax,
+    rotary,
     softmax_couplings,
     split_heads,
 )
 from spinformer.physics.dynamical import vector_step
-from spinformer.physics.meanfield import transformer_radius
+from spinformer.physics.meanfield import _large_d, transformer_radius
 
-__all__ = ["AttentionBlock", "SpinTransformerBlock", "TransformerBlock"]
+__all__ = ["AttentionBlock", "BoltzmannSelfAttention", "SpinTransformerBlock", "TransformerBlock"]
+
+Coupling = Literal["dot", "cosine"]
+Norm = Literal["layer", "rms"]
+Start = Literal["zero", "learned"]
+Residual = Literal["add", "field", "magnetization"]
+COUPLINGS: tuple[str, ...] = ("dot", "cosine")
+NORMS: tuple[str, ...] = ("layer", "rms")
+STARTS: tuple[str, ...] = ("zero", "learned")
+RESIDUALS: tuple[str, ...] = ("add", "field", "magnetization")
+
+
+def inverse_response(m: Tensor, beta: Tensor, radius: float) -> Tensor:
+    """θ = φ⁻¹(m) = 2R²m/(β(R² − |m|²)) for magnetizations |m| < R.
+
+    A response saturated to |m| = R by rounding keeps a finite field: R² − |m|² is floored at
+    R²·eps of the dtype (≈ 1e-7 relative in float32).
+    """
+    r2 = radius**2
+    gap = (r2 - (m * m).sum(-1, keepdim=True)).clamp_min(r2 * torch.finfo(m.dtype).eps)
+    return 2.0 * r2 * m / (beta * gap)
 
 
 class SpinTransformerBlock(nn.Module):
@@ -62,8 +87,21 @@ class SpinTransformerBlock(nn.Module):
         steps: number of relaxation steps K, or ``None`` for the stationary state.
         causal: couple token i only to j ≤ i.
         beta: initial inverse temperature per head; ``learn_beta`` makes it trainable.
-        ffn_field: add a position-wise MLP of LN(x) to the external field.
+        ffn_field: add a position-wise MLP of the normalised tokens to the external field.
         ffn_mult: MLP hidden width multiplier.
+        coupling: ``"dot"``, J = softmax(q·k/√d), or ``"cosine"``, J = softmax(τ cos(q, k)) with
+            a learnable per-head τ > 0 starting at √d (bounded energies −τ cos ∈ [−τ, τ]).
+        norm: ``"layer"`` (LayerNorm of x) or ``"rms"``: per-head RMSNorm whose gain starts at
+            R/√d, so each head of the normalised tokens sits on the spin radius R.
+        start: ``"zero"``, m(0) = 0, or ``"learned"``, m(0) = φ(W_V x̂): with K = 1 from m = 0
+            the couplings receive no gradient, from a learned start they do. Explicit steps only:
+            the stationary state (``steps=None``) does not depend on the start.
+        residual: ``"add"``, out = x + W_O m; ``"field"``, out = m with x added to the external
+            field (the stream becomes magnetizations); ``"magnetization"``, out = m with the
+            conjugate field φ⁻¹(x) of an incoming magnetization x added to the external field,
+            so a block whose other fields vanish returns its input.
+        rope: rotate queries and keys by their positions (rotary embedding, Su et al. 2021), so
+            the couplings see relative positions; needs an even head dimension.
         solver, tol, max_iter, implicit: passed to :func:`spinformer.solvers.fixed_point`.
     """
 
@@ -78,6 +116,11 @@ class SpinTransformerBlock(nn.Module):
         learn_beta: bool = True,
         ffn_field: bool = True,
         ffn_mult: int = 4,
+        coupling: Coupling = "cosine",
+        norm: Norm = "rms",
+        start: Start = "learned",
+        residual: Residual = "field",
+        rope: bool = False,
         solver: str = "anderson",
         tol: float = 1e-4,
         max_iter: int = 50,
@@ -88,16 +131,39 @@ class SpinTransformerBlock(nn.Module):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 (naive) or 2 (second order), got {order!r}")
         check_steps(steps)
+        for name, value, choices in (
+            ("coupling", coupling, COUPLINGS),
+            ("norm", norm, NORMS),
+            ("start", start, STARTS),
+            ("residual", residual, RESIDUALS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        if rope and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head dimension, got {self.head_dim}")
+        self.rope = rope
         self.d_model, self.n_heads, self.order = d_model, n_heads, order
         self.steps, self.causal = steps, causal
+        self.coupling, self.norm_kind, self.start, self.residual = coupling, norm, start, residual
         self.solver, self.tol, self.max_iter, self.implicit = solver, tol, max_iter, implicit
         self.radius = transformer_radius(self.head_dim)
         self.beta = PositiveBeta(beta, n_heads, learn_beta)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = (
+            nn.LayerNorm(d_model)
+            if norm == "layer"
+            else HeadRMSNorm(n_heads, self.head_dim, self.radius)
+        )
         self.field = nn.Linear(d_model, d_model, bias=False)
         self.query = nn.Linear(d_model, d_model, bias=False)
         self.key = nn.Linear(d_model, d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model)
+        # the stationary state does not depend on where the relaxation starts: a learned start
+        # would get no gradient there, so the fixed point always starts from step(0)
+        learned = start == "learned" and steps is not None
+        self.value = nn.Linear(d_model, d_model, bias=False) if learned else None
+        self.out = nn.Linear(d_model, d_model) if residual == "add" else None
+        self.temperature = (
+            PositiveBeta(math.sqrt(self.head_dim), n_heads, True) if coupling == "cosine" else None
+        )
         self.ffn = feed_forward(d_model, ffn_mult) if ffn_field else None
 
     def couplings(self, x_norm: Tensor, padding_mask: Tensor | None = None) -> Tensor:
@@ -105,25 +171,46 @@ class SpinTransformerBlock(nn.Module):
         allowed = allowed_keys(x_norm.shape[1], self.causal, padding_mask, x_norm.device)
         q = split_heads(self.query(x_norm), self.n_heads)
         k = split_heads(self.key(x_norm), self.n_heads)
-        return softmax_couplings(q, k, allowed)
+        if self.rope:
+            q, k = rotary(q), rotary(k)
+        if self.temperature is None:
+            return softmax_couplings(q, k, allowed)
+        return cosine_couplings(q, k, self.temperature(), allowed)
+
+    def carrier(self, x: Tensor, beta: Tensor) -> Tensor | None:
+        """The stream's own contribution to the field per head (B, H, N, d), or ``None``.
+
+        ``residual="field"``: x itself; ``"magnetization"``: φ⁻¹(x) = 2x/(β(1 − |x|²/R²)), the
+        field whose response at this block's β is x (|x| < R per head).
+        """
+        if self.residual == "add":
+            return None
+        stream = split_heads(x, self.n_heads)
+        if self.residual == "field":
+            return stream
+        return inverse_response(stream, beta[:, None, None], self.radius)
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
-        """x + W_O m, m the dynamical mean-field magnetizations after K steps or at stationarity."""
+        """x + W_O m (or m), m the dynamical mean-field magnetizations after K steps or at
+        stationarity."""
         check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
         x_norm = self.norm(x)
         field_in = self.field(x_norm)
         if self.ffn is not None:
             field_in = field_in + self.ffn(x_norm)
         field = split_heads(field_in, self.n_heads)
-        couplings = self.couplings(x_norm, padding_mask)
         beta = self.beta()
         b = beta[:, None, None]
+        carrier = self.carrier(x, beta)
+        if carrier is not None:
+            field = field + carrier
+        couplings = self.couplings(x_norm, padding_mask)
         check_overflow(
             x,
             {
-                "LayerNorm(x)": x_norm,
+                "LayerNorm(x)" if self.norm_kind == "layer" else "RMSNorm(x)": x_norm,
                 "the fields β|h|/R": field_scale(field, beta, self.radius),
                 "the couplings softmax(q·k)": couplings,
             },
@@ -132,12 +219,15 @@ class SpinTransformerBlock(nn.Module):
         def step(m: Tensor) -> Tensor:
             return vector_step(m, couplings, field, b, self.radius, self.order)
 
-        zeros = torch.zeros_like(field)  # K steps from m = 0; the solver from step(0)
-        start = zeros if self.steps is not None else step(zeros)
+        if self.value is None:
+            initial = torch.zeros_like(field)  # K steps from m = 0; the solver from step(0)
+        else:
+            initial = _large_d(split_heads(self.value(x_norm), self.n_heads), b, self.radius)
+        first = initial if self.steps is not None else step(initial)
         m, converged, iterations, residual = relax(
-            step, start, self.steps, self.solver, self.tol, self.max_iter, self.implicit
+            step, first, self.steps, self.solver, self.tol, self.max_iter, self.implicit
         )
-        out = x + self.out(merge_heads(m))
+        out = merge_heads(m) if self.out is None else x + self.out(merge_heads(m))
         if not return_state:
             return out
         return out, BlockState(m, couplings, converged, iterations, residual, None, beta)
@@ -203,4 +293,20 @@ class AttentionBlock(nn.Module):
         return (out, state) if return_state else out
 
 
-BlockKind = Literal["spin", "transformer", "mean_field", "free_energy"]
+class BoltzmannSelfAttention(nn.Module):
+    """:class:`~spinformer.nn.BoltzmannAttention` as causal/non-causal self-attention with the
+    block interface ``(x, padding_mask, return_state)`` (padding_mask True = real token)."""
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool, learn_beta: bool) -> None:
+        super().__init__()
+        self.causal = causal
+        self.attention = BoltzmannAttention(d_model, n_heads, learn_beta=learn_beta)
+
+    def forward(
+        self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
+    ) -> Tensor | tuple[Tensor, BlockState]:
+        key_padding = None if padding_mask is None else ~padding_mask.bool()
+        out, _ = self.attention(
+            x, key_padding_mask=key_padding, need_weights=False, is_causal=self.causal
+        )
+        return (out, BlockState(None, None)) if return_state else out

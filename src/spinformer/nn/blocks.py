@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinformer._validation import check_positive_int
-from spinformer.nn.boltzmann import BoltzmannAttention
 from spinformer.nn._spin import (
     BlockState,
     HeadRMSNorm,
@@ -52,6 +51,7 @@ from spinformer.nn._spin import (
     softmax_couplings,
     split_heads,
 )
+from spinformer.nn.boltzmann import BoltzmannAttention
 from spinformer.physics.dynamical import vector_step
 from spinformer.physics.meanfield import _large_d, transformer_radius
 

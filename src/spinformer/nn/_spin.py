@@ -8,11 +8,13 @@ key is an error rather than a NaN.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinformer._validation import check_finite, check_positive_int, describe
@@ -210,12 +212,56 @@ def rotary(t: Tensor, base: float = 10_000.0) -> Tensor:
     Rotary position embedding (Su et al., "RoFormer", 2021): q_i·k_j of rotated vectors depends on
     the positions through i − j only. d must be even.
     """
-    n, d = t.shape[-2], t.shape[-1]
-    power = torch.arange(0, d, 2, device=t.device, dtype=t.dtype) / d
-    angles = torch.arange(n, device=t.device, dtype=t.dtype)[:, None] * base**-power
-    cos, sin = angles.cos(), angles.sin()
-    even, odd = t[..., 0::2], t[..., 1::2]
+    cos, sin = _rotary_angles(t.shape[-2], t.shape[-1], base, t.device, t.dtype)
+    pairs = t.unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
     return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
+@functools.lru_cache(maxsize=16)
+def _rotary_angles(
+    n: int, d: int, base: float, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    power = torch.arange(0, d, 2, device=device, dtype=torch.float64) / d
+    angles = torch.arange(n, device=device, dtype=torch.float64)[:, None] * base**-power
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+class _Response(torch.autograd.Function):
+    """φ(θ) = βθ/(1 + u), u = √(1 + β²|θ|²/R²), with its vector-Jacobian product in closed form:
+    ∂φ/∂θ = g I + (g'/r) θθᵀ, g = β/(1 + u), g'/r = −β³/(R² u (1 + u)²) (fewer kernels than
+    autograd's chain through the norm, the square root and the division)."""
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, beta: Tensor, radius: float) -> Tensor:  # type: ignore[override]
+        u = torch.sqrt(1.0 + (beta * beta / radius**2) * (theta * theta).sum(-1, keepdim=True))
+        g = beta / (1.0 + u)
+        ctx.save_for_backward(theta, beta, u)
+        ctx.radius = radius
+        return g * theta
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        theta, beta, u = ctx.saved_tensors
+        one_u = 1.0 + u
+        g = beta / one_u
+        gr = -(beta**3) / (ctx.radius**2 * u * one_u * one_u)
+        along = (theta * grad).sum(-1, keepdim=True)
+        grad_theta = g * grad + (gr * along) * theta
+        grad_beta = None
+        if ctx.needs_input_grad[1]:
+            # ∂φ/∂β = θ/(1+u) − βθ (∂u/∂β)/(1+u)², ∂u/∂β = β|θ|²/(R² u)
+            norm2 = (theta * theta).sum(-1, keepdim=True)
+            dphi = 1.0 / one_u - beta * beta * norm2 / (ctx.radius**2 * u * one_u * one_u)
+            per = dphi * along
+            grad_beta = per.sum_to_size(beta.shape)
+        return grad_theta, grad_beta, None
+
+
+def response(theta: Tensor, beta: Tensor, radius: float) -> Tensor:
+    """The large-D response φ(θ) = βθ/(1 + √(1 + β²|θ|²/R²)) per site, θ (..., d), β broadcastable
+    against θ[..., :1]; closed-form backward (:class:`_Response`)."""
+    return _Response.apply(theta, beta, radius)
 
 
 class HeadRMSNorm(nn.Module):
@@ -228,8 +274,7 @@ class HeadRMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         heads = x.unflatten(-1, (self.n_heads, self.head_dim))
-        eps = torch.finfo(x.dtype).eps
-        normed = heads * torch.rsqrt((heads * heads).mean(-1, keepdim=True) + eps)
+        normed = F.rms_norm(heads, (self.head_dim,), eps=torch.finfo(x.dtype).eps)
         return normed.flatten(-2) * self.weight
 
 

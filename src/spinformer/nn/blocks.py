@@ -47,6 +47,7 @@ from spinformer.nn._spin import (
     field_scale,
     merge_heads,
     relax,
+    response,
     rotary,
     softmax_couplings,
     split_heads,
@@ -190,6 +191,48 @@ class SpinTransformerBlock(nn.Module):
             return stream
         return inverse_response(stream, beta[:, None, None], self.radius)
 
+    def _initial(self, x_norm: Tensor, field: Tensor, b: Tensor) -> Tensor:
+        """m(0): zeros, or the learned start φ(W_V x̂) (B, H, N, d)."""
+        if self.value is None:
+            return torch.zeros_like(field)
+        return _large_d(split_heads(self.value(x_norm), self.n_heads), b, self.radius)
+
+    def _field(self, x: Tensor, x_norm: Tensor, linear: Tensor, beta: Tensor) -> Tensor:
+        """External field per head (B, H, N, d): W_F x̂ (given as ``linear``) [+ FFN(x̂)] [+ the
+        stream's carrier]."""
+        if self.ffn is not None:
+            linear = linear + self.ffn(x_norm)
+        field = split_heads(linear, self.n_heads)
+        carrier = self.carrier(x, beta)
+        return field if carrier is None else field + carrier
+
+    def _one_step(
+        self, x: Tensor, x_norm: Tensor, b: Tensor, beta: Tensor, padding_mask: Tensor | None
+    ) -> Tensor:
+        """m(1) = φ(h + J m(0)) without forming J: Σ_j J_ij m_j(0) is softmax attention with
+        m(0) as values (torch's fused scaled-dot-product attention), and W_F, W_Q, W_K, W_V act
+        as one matrix product; the numbers of the general path up to rounding."""
+        if self.value is None:  # J m(0) = 0: the couplings drop out
+            return response(self._field(x, x_norm, self.field(x_norm), beta), b, self.radius)
+        weight = torch.cat([self.field.weight, self.query.weight, self.key.weight,
+                            self.value.weight])  # fmt: skip
+        linear, q, k, v = F.linear(x_norm, weight).chunk(4, dim=-1)
+        field = self._field(x, x_norm, linear, beta)
+        allowed = allowed_keys(x_norm.shape[1], self.causal, padding_mask, x_norm.device)
+        q, k = split_heads(q, self.n_heads), split_heads(k, self.n_heads)
+        if self.rope:
+            q, k = rotary(q), rotary(k)
+        scale = None  # 1/√d
+        if self.temperature is not None:
+            # cos(q, k) = rms(q)·rms(k)/d with rms(v) = v/√(|v|²/d) (torch's fused RMSNorm)
+            d, eps = self.head_dim, torch.finfo(q.dtype).eps
+            tau = self.temperature()[:, None, None] / d
+            q = F.rms_norm(q, (d,), eps=eps) * tau
+            k, scale = F.rms_norm(k, (d,), eps=eps), 1.0
+        start = response(split_heads(v, self.n_heads), b, self.radius)
+        mixed = F.scaled_dot_product_attention(q, k, start, attn_mask=allowed, scale=scale)
+        return response(field + mixed, b, self.radius)
+
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
@@ -197,15 +240,14 @@ class SpinTransformerBlock(nn.Module):
         stationarity."""
         check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
         x_norm = self.norm(x)
-        field_in = self.field(x_norm)
-        if self.ffn is not None:
-            field_in = field_in + self.ffn(x_norm)
-        field = split_heads(field_in, self.n_heads)
         beta = self.beta()
         b = beta[:, None, None]
-        carrier = self.carrier(x, beta)
-        if carrier is not None:
-            field = field + carrier
+        if self.steps == 1 and self.order == 1 and not return_state:
+            m = self._one_step(x, x_norm, b, beta, padding_mask)
+            out = merge_heads(m) if self.out is None else x + self.out(merge_heads(m))
+            check_overflow(x, {"the block's output": out})
+            return out
+        field = self._field(x, x_norm, self.field(x_norm), beta)
         couplings = self.couplings(x_norm, padding_mask)
         check_overflow(
             x,
@@ -219,11 +261,9 @@ class SpinTransformerBlock(nn.Module):
         def step(m: Tensor) -> Tensor:
             return vector_step(m, couplings, field, b, self.radius, self.order)
 
-        if self.value is None:
-            initial = torch.zeros_like(field)  # K steps from m = 0; the solver from step(0)
-        else:
-            initial = _large_d(split_heads(self.value(x_norm), self.n_heads), b, self.radius)
-        first = initial if self.steps is not None else step(initial)
+        first = self._initial(x_norm, field, b)
+        if self.steps is None:
+            first = step(first)  # the solver starts from step(m(0))
         m, converged, iterations, residual = relax(
             step, first, self.steps, self.solver, self.tol, self.max_iter, self.implicit
         )

@@ -224,8 +224,11 @@ class SpinTransformer(nn.Module):
             x = x + self.position(torch.arange(n, device=tokens.device))
         states = []
         for block in self.blocks:
-            x, state = block(x, padding_mask, return_state=True)
-            states.append(state)
+            if return_state:
+                x, state = block(x, padding_mask, return_state=True)
+                states.append(state)
+            else:
+                x = block(x, padding_mask)
         x = self.norm(x)
         if self.config.head == "classify":
             if padding_mask is None:

@@ -3,7 +3,6 @@ experiments at a tiny scale (the comparison and footnote 9's alignment metric)."
 
 from __future__ import annotations
 
-import math
 import typing
 
 import pytest
@@ -149,3 +148,16 @@ def test_comparison_experiment_at_a_tiny_scale(monkeypatch):
     assert all(abs(r["vs vanilla"] - 1) <= 0.05 and r["tokens/s"] > 0 for r in rows)
     assert any("SPINFORMER_PEER_PATH" in note for note in result.notes)  # skipped, with why
     assert "loss_curves" in result.figures
+
+
+def test_rotary_scores_depend_on_relative_positions_only():
+    from spinformer.nn._spin import rotary
+
+    g = torch.Generator().manual_seed(8)
+    q, k = torch.randn(1, 1, 1, 8, generator=g, dtype=F64), torch.randn(1, 1, 1, 8, generator=g)
+    q_seq, k_seq = q.expand(1, 1, 7, 8), k.to(F64).expand(1, 1, 7, 8)
+    scores = rotary(q_seq) @ rotary(k_seq).transpose(-1, -2)  # same q and k at every position
+    for shift in range(-6, 7):
+        diagonal = torch.diagonal(scores[0, 0], offset=shift)
+        torch.testing.assert_close(diagonal, diagonal[:1].expand_as(diagonal))
+    torch.testing.assert_close(rotary(q_seq).norm(dim=-1), q_seq.norm(dim=-1))  # a rotation

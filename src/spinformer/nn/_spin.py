@@ -210,20 +210,30 @@ def rotary(t: Tensor, base: float = 10_000.0) -> Tensor:
     """Rotate channel pairs (2a, 2a+1) of t (B, H, N, d) by the angle n·base^(−2a/d) at position n.
 
     Rotary position embedding (Su et al., "RoFormer", 2021): q_i·k_j of rotated vectors depends on
-    the positions through i − j only. d must be even.
+    the positions through i − j only. d must be even. Computed as one complex product.
     """
-    cos, sin = _rotary_angles(t.shape[-2], t.shape[-1], base, t.device, t.dtype)
-    pairs = t.unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+    if t.dtype not in (torch.float32, torch.float64):  # no complex type for half precision
+        cos, sin = _rotation(t.shape[-2], t.shape[-1], base, t.device, torch.float32, False)
+        pairs = t.unflatten(-1, (-1, 2))
+        even, odd = pairs[..., 0], pairs[..., 1]
+        cos, sin = cos.to(t.dtype), sin.to(t.dtype)
+        return torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1).flatten(-2)
+    rotation = _rotation(t.shape[-2], t.shape[-1], base, t.device, t.dtype, True)
+    pairs = torch.view_as_complex(t.unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(pairs * rotation).flatten(-2)
 
 
 @functools.lru_cache(maxsize=16)
-def _rotary_angles(
-    n: int, d: int, base: float, device: torch.device, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
+def _rotation(
+    n: int, d: int, base: float, device: torch.device, dtype: torch.dtype, complex_: bool
+):
+    """e^{i n θ_a} (N, d/2) as a complex tensor, or its (cos, sin)."""
     power = torch.arange(0, d, 2, device=device, dtype=torch.float64) / d
     angles = torch.arange(n, device=device, dtype=torch.float64)[:, None] * base**-power
+    if complex_:
+        return torch.polar(torch.ones_like(angles), angles).to(
+            torch.complex128 if dtype == torch.float64 else torch.complex64
+        )
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 

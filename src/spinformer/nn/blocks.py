@@ -1,23 +1,31 @@
 r"""Transformer blocks as dynamical mean field of asymmetric vector-spin systems, and the reference.
 
 :class:`SpinTransformerBlock` (Bal, "Spin-model transformers", 2023). Softmax attention
-couplings J_ij = softmax_j(q_i·k_j/√d) are asymmetric, so the block does not minimise a free
-energy; it runs the *dynamics* of a kinetic vector-spin model probed by the normalised tokens,
-in the dynamical (Plefka[t−1, t]) mean field of :mod:`spinformer.physics.dynamical`:
+couplings J_ij = softmax_j(τ cos(q_i, k_j)) (or softmax_j(q_i·k_j/√d)) are asymmetric, so the
+block does not minimise a free energy; it runs the *dynamics* of a kinetic vector-spin model
+probed by the normalised tokens x̂, in the dynamical (Plefka[t−1, t]) mean field of
+:mod:`spinformer.physics.dynamical`:
 
 .. math::
 
-    m(0) = 0,\qquad m_i(t) = \varphi\Big(h_i + \sum_j J_{ij}\, m_j(t-1)\Big)
-    \;[+\ \text{second-order correction}],\qquad
-    \text{out}_i = x_i + W_O\, m_i(K),
+    m(0) = \varphi(W_V \hat x)\ \text{or}\ 0,\qquad
+    m_i(t) = \varphi\Big(h_i + \sum_j J_{ij}\, m_j(t-1)\Big)
+    \;[+\ \text{second-order correction}],
 
-per head, with h = W_F LN(x) (+ FFN(LN(x)) with ``ffn_field``) and φ the large-D response with
-R² = d/2 − 1. ``steps=K`` runs K steps (K = 1 is φ(h): the couplings are invisible, so attention
-needs K ≥ 2); ``steps=None`` returns the stationary state m* = step(m*) from
-:mod:`spinformer.solvers` with the implicit backward. φ has slope ≤ β/2 and rows of J sum to
-one, so the step is a contraction for β < 2 and the fixed point exists and is unique there.
-Causal masking makes J lower-triangular, so m_i depends on tokens ≤ i only -- for every K and
-at the fixed point.
+per head, with h = W_F x̂ (+ FFN(x̂) with ``ffn_field``) (+ the stream's own field) and φ the
+large-D response with R² = d/2 − 1. The output is m(K) itself (the stream carried as
+magnetizations: x enters h as φ⁻¹(x), or as x for the first block) or x + W_O m(K).
+``steps=K`` runs K steps (from m(0) = 0, K = 1 is φ(h): the couplings are invisible, which a
+learned start m(0) = φ(W_V x̂) fixes); ``steps=None`` returns the stationary state
+m* = step(m*) from :mod:`spinformer.solvers` with the implicit backward. φ has slope ≤ β/2 and
+rows of J sum to one, so the step is a contraction for β < 2 and the fixed point exists and is
+unique there. Causal masking makes J lower-triangular, so m_i depends on tokens ≤ i only -- for
+every K and at the fixed point.
+
+The design options (``coupling``, ``norm``, ``start``, ``residual``, ``rope``) are the choices
+published spin-model transformer work reports (Bal 2023 and its ``neqnn`` recipe); the defaults
+are the best combination measured on the training tasks (:mod:`spinformer.experiments.training`),
+and ``coupling="dot", norm="layer", start="zero", residual="add"`` is the first design.
 
 :class:`TransformerBlock` is the standard pre-norm block (torch's scaled-dot-product attention +
 GELU MLP) with the same interface; every benchmark and experiment measures against it.

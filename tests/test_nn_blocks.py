@@ -17,6 +17,8 @@ from spinformer.physics.saddle import saddle_magnetization
 
 F64 = torch.float64
 TIGHT = {"tol": 1e-12, "max_iter": 300}
+#: the first spin block design: dot-product couplings, LayerNorm, m(0) = 0, out = x + W_O m
+OLD = {"coupling": "dot", "norm": "layer", "start": "zero", "residual": "add"}
 
 MODULES = {
     "mean_field_fixed_point": lambda causal: MeanFieldAttention(12, 2, causal=causal, **TIGHT),
@@ -30,6 +32,13 @@ MODULES = {
         12, 2, order=2, causal=causal, **TIGHT
     ),
     "spin_steps": lambda causal: SpinTransformerBlock(12, 2, order=2, causal=causal, steps=3),
+    "spin_old_fixed_point": lambda causal: SpinTransformerBlock(
+        12, 2, causal=causal, **OLD, **TIGHT
+    ),
+    "spin_old_steps": lambda causal: SpinTransformerBlock(
+        12, 2, order=2, causal=causal, steps=3, **OLD
+    ),
+    "spin_one_step": lambda causal: SpinTransformerBlock(12, 2, causal=causal, steps=1),
     "transformer": lambda causal: TransformerBlock(12, 2, causal=causal),
 }
 
@@ -71,7 +80,7 @@ def test_padding_tokens_do_not_affect_real_tokens(name):
     "make",
     [
         lambda implicit: SpinTransformerBlock(
-            12, 2, order=2, tol=1e-13, max_iter=400, implicit=implicit
+            12, 2, order=2, tol=1e-13, max_iter=400, implicit=implicit, **OLD
         ),
         lambda implicit: MeanFieldAttention(12, 2, tol=1e-13, max_iter=400, implicit=implicit),
     ],
@@ -93,8 +102,8 @@ def test_implicit_gradients_equal_unrolled(make):
 
 def test_fixed_point_equals_long_explicit_relaxation():
     torch.manual_seed(2)
-    fixed = SpinTransformerBlock(12, 2, tol=1e-13, max_iter=400).double()
-    steps = SpinTransformerBlock(12, 2, steps=200).double()
+    fixed = SpinTransformerBlock(12, 2, tol=1e-13, max_iter=400, **OLD).double()
+    steps = SpinTransformerBlock(12, 2, steps=200, **OLD).double()
     steps.load_state_dict(fixed.state_dict())
     x = _tokens(6)
     torch.testing.assert_close(fixed(x), steps(x), rtol=1e-10, atol=1e-10)

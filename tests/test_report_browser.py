@@ -38,6 +38,7 @@ FAST = {
     "benchmark_ratios": {"batch": 1, "seq": 8, "dim": 16, "heads": 2, "repeats": 1},
     "sweep_hopfield_scaling": {"sizes": (30, 60), "loads": (0.05, 0.3), "seeds": 2},
     "lens_pretrained": {"num_tokens": 24},
+    "training_footnote9": {"seeds": 1, "max_steps": 4},
 }
 
 pytestmark = pytest.mark.skipif(

@@ -13,6 +13,7 @@ from spinformer.experiments import seedclaims as _seedclaims  # noqa: F401
 from spinformer.experiments import sweep_report as _sweep_report  # noqa: F401
 from spinformer.experiments import sweeps as _sweeps  # noqa: F401
 from spinformer.experiments import thermo as _thermo  # noqa: F401
+from spinformer.experiments import training as _training  # noqa: F401
 from spinformer.experiments._registry import (
     CliCommand,
     ConfigError,

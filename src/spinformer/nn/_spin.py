@@ -8,17 +8,27 @@ key is an error rather than a NaN.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinformer._validation import check_finite, check_positive_int, describe
 from spinformer.solvers import fixed_point
 
-__all__ = ["BlockState", "allowed_keys", "check_heads", "check_tokens", "softmax_couplings"]
+__all__ = [
+    "BlockState",
+    "HeadRMSNorm",
+    "allowed_keys",
+    "check_heads",
+    "check_tokens",
+    "cosine_couplings",
+    "softmax_couplings",
+]
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,103 @@ def softmax_couplings(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1)
+
+
+def cosine_couplings(q: Tensor, k: Tensor, temperature: Tensor, allowed: Tensor | None) -> Tensor:
+    """J = softmax_j(τ cos(q_i, k_j)) per head, τ (H,) > 0; q, k (B, H, N, d), masked entries 0.
+
+    Row i is the Boltzmann distribution of ensemble i over keys with energies −cos(q_i, k_j) at
+    inverse temperature τ: bounded energies, so τ alone sets how sharp the couplings can get.
+    """
+    eps = torch.finfo(q.dtype).eps
+    q_hat = q / q.norm(dim=-1, keepdim=True).clamp_min(eps)
+    k_hat = k / k.norm(dim=-1, keepdim=True).clamp_min(eps)
+    scores = temperature[:, None, None] * (q_hat @ k_hat.transpose(-1, -2))
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def rotary(t: Tensor, base: float = 10_000.0) -> Tensor:
+    """Rotate channel pairs (2a, 2a+1) of t (B, H, N, d) by the angle n·base^(−2a/d) at position n.
+
+    Rotary position embedding (Su et al., "RoFormer", 2021): q_i·k_j of rotated vectors depends on
+    the positions through i − j only. d must be even. Computed as one complex product.
+    """
+    if t.dtype not in (torch.float32, torch.float64):  # no complex type for half precision
+        cos, sin = _rotation(t.shape[-2], t.shape[-1], base, t.device, torch.float32, False)
+        pairs = t.unflatten(-1, (-1, 2))
+        even, odd = pairs[..., 0], pairs[..., 1]
+        cos, sin = cos.to(t.dtype), sin.to(t.dtype)
+        return torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1).flatten(-2)
+    rotation = _rotation(t.shape[-2], t.shape[-1], base, t.device, t.dtype, True)
+    pairs = torch.view_as_complex(t.unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(pairs * rotation).flatten(-2)
+
+
+@functools.lru_cache(maxsize=16)
+def _rotation(
+    n: int, d: int, base: float, device: torch.device, dtype: torch.dtype, complex_: bool
+):
+    """e^{i n θ_a} (N, d/2) as a complex tensor, or its (cos, sin)."""
+    power = torch.arange(0, d, 2, device=device, dtype=torch.float64) / d
+    angles = torch.arange(n, device=device, dtype=torch.float64)[:, None] * base**-power
+    if complex_:
+        return torch.polar(torch.ones_like(angles), angles).to(
+            torch.complex128 if dtype == torch.float64 else torch.complex64
+        )
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+class _Response(torch.autograd.Function):
+    """φ(θ) = βθ/(1 + u), u = √(1 + β²|θ|²/R²), with its vector-Jacobian product in closed form:
+    ∂φ/∂θ = g I + (g'/r) θθᵀ, g = β/(1 + u), g'/r = −β³/(R² u (1 + u)²) (fewer kernels than
+    autograd's chain through the norm, the square root and the division)."""
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, beta: Tensor, radius: float) -> Tensor:  # type: ignore[override]
+        u = torch.sqrt(1.0 + (beta * beta / radius**2) * (theta * theta).sum(-1, keepdim=True))
+        g = beta / (1.0 + u)
+        ctx.save_for_backward(theta, beta, u)
+        ctx.radius = radius
+        return g * theta
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        theta, beta, u = ctx.saved_tensors
+        one_u = 1.0 + u
+        g = beta / one_u
+        gr = -(beta**3) / (ctx.radius**2 * u * one_u * one_u)
+        along = (theta * grad).sum(-1, keepdim=True)
+        grad_theta = g * grad + (gr * along) * theta
+        grad_beta = None
+        if ctx.needs_input_grad[1]:
+            # ∂φ/∂β = θ/(1+u) − βθ (∂u/∂β)/(1+u)², ∂u/∂β = β|θ|²/(R² u)
+            norm2 = (theta * theta).sum(-1, keepdim=True)
+            dphi = 1.0 / one_u - beta * beta * norm2 / (ctx.radius**2 * u * one_u * one_u)
+            per = dphi * along
+            grad_beta = per.sum_to_size(beta.shape)
+        return grad_theta, grad_beta, None
+
+
+def response(theta: Tensor, beta: Tensor, radius: float) -> Tensor:
+    """The large-D response φ(θ) = βθ/(1 + √(1 + β²|θ|²/R²)) per site, θ (..., d), β broadcastable
+    against θ[..., :1]; closed-form backward (:class:`_Response`)."""
+    return _Response.apply(theta, beta, radius)
+
+
+class HeadRMSNorm(nn.Module):
+    """x̂ = g ⊙ x_h/rms(x_h) per head h of width d, the gain g starting at R/√d so |x̂_h| = R."""
+
+    def __init__(self, n_heads: int, head_dim: int, radius: float) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.weight = nn.Parameter(torch.full((n_heads * head_dim,), radius / math.sqrt(head_dim)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        heads = x.unflatten(-1, (self.n_heads, self.head_dim))
+        normed = F.rms_norm(heads, (self.head_dim,), eps=torch.finfo(x.dtype).eps)
+        return normed.flatten(-2) * self.weight
 
 
 def feed_forward(d_model: int, ffn_mult: int) -> nn.Sequential:

@@ -1,23 +1,31 @@
 r"""Transformer blocks as dynamical mean field of asymmetric vector-spin systems, and the reference.
 
 :class:`SpinTransformerBlock` (Bal, "Spin-model transformers", 2023). Softmax attention
-couplings J_ij = softmax_j(q_i·k_j/√d) are asymmetric, so the block does not minimise a free
-energy; it runs the *dynamics* of a kinetic vector-spin model probed by the normalised tokens,
-in the dynamical (Plefka[t−1, t]) mean field of :mod:`spinformer.physics.dynamical`:
+couplings J_ij = softmax_j(τ cos(q_i, k_j)) (or softmax_j(q_i·k_j/√d)) are asymmetric, so the
+block does not minimise a free energy; it runs the *dynamics* of a kinetic vector-spin model
+probed by the normalised tokens x̂, in the dynamical (Plefka[t−1, t]) mean field of
+:mod:`spinformer.physics.dynamical`:
 
 .. math::
 
-    m(0) = 0,\qquad m_i(t) = \varphi\Big(h_i + \sum_j J_{ij}\, m_j(t-1)\Big)
-    \;[+\ \text{second-order correction}],\qquad
-    \text{out}_i = x_i + W_O\, m_i(K),
+    m(0) = \varphi(W_V \hat x)\ \text{or}\ 0,\qquad
+    m_i(t) = \varphi\Big(h_i + \sum_j J_{ij}\, m_j(t-1)\Big)
+    \;[+\ \text{second-order correction}],
 
-per head, with h = W_F LN(x) (+ FFN(LN(x)) with ``ffn_field``) and φ the large-D response with
-R² = d/2 − 1. ``steps=K`` runs K steps (K = 1 is φ(h): the couplings are invisible, so attention
-needs K ≥ 2); ``steps=None`` returns the stationary state m* = step(m*) from
-:mod:`spinformer.solvers` with the implicit backward. φ has slope ≤ β/2 and rows of J sum to
-one, so the step is a contraction for β < 2 and the fixed point exists and is unique there.
-Causal masking makes J lower-triangular, so m_i depends on tokens ≤ i only -- for every K and
-at the fixed point.
+per head, with h = W_F x̂ (+ FFN(x̂) with ``ffn_field``) (+ the stream's own field) and φ the
+large-D response with R² = d/2 − 1. The output is m(K) itself (the stream carried as
+magnetizations: x enters h as φ⁻¹(x), or as x for the first block) or x + W_O m(K).
+``steps=K`` runs K steps (from m(0) = 0, K = 1 is φ(h): the couplings are invisible, which a
+learned start m(0) = φ(W_V x̂) fixes); ``steps=None`` returns the stationary state
+m* = step(m*) from :mod:`spinformer.solvers` with the implicit backward. φ has slope ≤ β/2 and
+rows of J sum to one, so the step is a contraction for β < 2 and the fixed point exists and is
+unique there. Causal masking makes J lower-triangular, so m_i depends on tokens ≤ i only -- for
+every K and at the fixed point.
+
+The design options (``coupling``, ``norm``, ``start``, ``residual``, ``rope``) are the choices
+published spin-model transformer work reports (Bal 2023 and its ``neqnn`` recipe); the defaults
+are the best combination measured on the training tasks (:mod:`spinformer.experiments.training`),
+and ``coupling="dot", norm="layer", start="zero", residual="add"`` is the first design.
 
 :class:`TransformerBlock` is the standard pre-norm block (torch's scaled-dot-product attention +
 GELU MLP) with the same interface; every benchmark and experiment measures against it.
@@ -25,6 +33,7 @@ GELU MLP) with the same interface; every benchmark and experiment measures again
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -34,23 +43,48 @@ from torch import Tensor, nn
 from spinformer._validation import check_positive_int
 from spinformer.nn._spin import (
     BlockState,
+    HeadRMSNorm,
     PositiveBeta,
     allowed_keys,
     check_heads,
     check_overflow,
     check_steps,
     check_tokens,
+    cosine_couplings,
     feed_forward,
     field_scale,
     merge_heads,
     relax,
+    response,
+    rotary,
     softmax_couplings,
     split_heads,
 )
+from spinformer.nn.boltzmann import BoltzmannAttention
 from spinformer.physics.dynamical import vector_step
-from spinformer.physics.meanfield import transformer_radius
+from spinformer.physics.meanfield import _large_d, transformer_radius
 
-__all__ = ["AttentionBlock", "SpinTransformerBlock", "TransformerBlock"]
+__all__ = ["AttentionBlock", "BoltzmannSelfAttention", "SpinTransformerBlock", "TransformerBlock"]
+
+Coupling = Literal["dot", "cosine"]
+Norm = Literal["layer", "rms"]
+Start = Literal["zero", "learned"]
+Residual = Literal["add", "field", "magnetization"]
+COUPLINGS: tuple[str, ...] = ("dot", "cosine")
+NORMS: tuple[str, ...] = ("layer", "rms")
+STARTS: tuple[str, ...] = ("zero", "learned")
+RESIDUALS: tuple[str, ...] = ("add", "field", "magnetization")
+
+
+def inverse_response(m: Tensor, beta: Tensor, radius: float) -> Tensor:
+    """θ = φ⁻¹(m) = 2R²m/(β(R² − |m|²)) for magnetizations |m| < R.
+
+    A response saturated to |m| = R by rounding keeps a finite field: R² − |m|² is floored at
+    R²·eps of the dtype (≈ 1e-7 relative in float32).
+    """
+    r2 = radius**2
+    gap = (r2 - (m * m).sum(-1, keepdim=True)).clamp_min(r2 * torch.finfo(m.dtype).eps)
+    return 2.0 * r2 * m / (beta * gap)
 
 
 class SpinTransformerBlock(nn.Module):
@@ -62,8 +96,21 @@ class SpinTransformerBlock(nn.Module):
         steps: number of relaxation steps K, or ``None`` for the stationary state.
         causal: couple token i only to j ≤ i.
         beta: initial inverse temperature per head; ``learn_beta`` makes it trainable.
-        ffn_field: add a position-wise MLP of LN(x) to the external field.
+        ffn_field: add a position-wise MLP of the normalised tokens to the external field.
         ffn_mult: MLP hidden width multiplier.
+        coupling: ``"dot"``, J = softmax(q·k/√d), or ``"cosine"``, J = softmax(τ cos(q, k)) with
+            a learnable per-head τ > 0 starting at √d (bounded energies −τ cos ∈ [−τ, τ]).
+        norm: ``"layer"`` (LayerNorm of x) or ``"rms"``: per-head RMSNorm whose gain starts at
+            R/√d, so each head of the normalised tokens sits on the spin radius R.
+        start: ``"zero"``, m(0) = 0, or ``"learned"``, m(0) = φ(W_V x̂): with K = 1 from m = 0
+            the couplings receive no gradient, from a learned start they do. Explicit steps only:
+            the stationary state (``steps=None``) does not depend on the start.
+        residual: ``"add"``, out = x + W_O m; ``"field"``, out = m with x added to the external
+            field (the stream becomes magnetizations); ``"magnetization"``, out = m with the
+            conjugate field φ⁻¹(x) of an incoming magnetization x added to the external field,
+            so a block whose other fields vanish returns its input.
+        rope: rotate queries and keys by their positions (rotary embedding, Su et al. 2021), so
+            the couplings see relative positions; needs an even head dimension.
         solver, tol, max_iter, implicit: passed to :func:`spinformer.solvers.fixed_point`.
     """
 
@@ -78,6 +125,11 @@ class SpinTransformerBlock(nn.Module):
         learn_beta: bool = True,
         ffn_field: bool = True,
         ffn_mult: int = 4,
+        coupling: Coupling = "cosine",
+        norm: Norm = "rms",
+        start: Start = "learned",
+        residual: Residual = "field",
+        rope: bool = False,
         solver: str = "anderson",
         tol: float = 1e-4,
         max_iter: int = 50,
@@ -88,16 +140,39 @@ class SpinTransformerBlock(nn.Module):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 (naive) or 2 (second order), got {order!r}")
         check_steps(steps)
+        for name, value, choices in (
+            ("coupling", coupling, COUPLINGS),
+            ("norm", norm, NORMS),
+            ("start", start, STARTS),
+            ("residual", residual, RESIDUALS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        if rope and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head dimension, got {self.head_dim}")
+        self.rope = rope
         self.d_model, self.n_heads, self.order = d_model, n_heads, order
         self.steps, self.causal = steps, causal
+        self.coupling, self.norm_kind, self.start, self.residual = coupling, norm, start, residual
         self.solver, self.tol, self.max_iter, self.implicit = solver, tol, max_iter, implicit
         self.radius = transformer_radius(self.head_dim)
         self.beta = PositiveBeta(beta, n_heads, learn_beta)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = (
+            nn.LayerNorm(d_model)
+            if norm == "layer"
+            else HeadRMSNorm(n_heads, self.head_dim, self.radius)
+        )
         self.field = nn.Linear(d_model, d_model, bias=False)
         self.query = nn.Linear(d_model, d_model, bias=False)
         self.key = nn.Linear(d_model, d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model)
+        # the stationary state does not depend on where the relaxation starts: a learned start
+        # would get no gradient there, so the fixed point always starts from step(0)
+        learned = start == "learned" and steps is not None
+        self.value = nn.Linear(d_model, d_model, bias=False) if learned else None
+        self.out = nn.Linear(d_model, d_model) if residual == "add" else None
+        self.temperature = (
+            PositiveBeta(math.sqrt(self.head_dim), n_heads, True) if coupling == "cosine" else None
+        )
         self.ffn = feed_forward(d_model, ffn_mult) if ffn_field else None
 
     def couplings(self, x_norm: Tensor, padding_mask: Tensor | None = None) -> Tensor:
@@ -105,25 +180,87 @@ class SpinTransformerBlock(nn.Module):
         allowed = allowed_keys(x_norm.shape[1], self.causal, padding_mask, x_norm.device)
         q = split_heads(self.query(x_norm), self.n_heads)
         k = split_heads(self.key(x_norm), self.n_heads)
-        return softmax_couplings(q, k, allowed)
+        if self.rope:
+            q, k = rotary(q), rotary(k)
+        if self.temperature is None:
+            return softmax_couplings(q, k, allowed)
+        return cosine_couplings(q, k, self.temperature(), allowed)
+
+    def carrier(self, x: Tensor, beta: Tensor) -> Tensor | None:
+        """The stream's own contribution to the field per head (B, H, N, d), or ``None``.
+
+        ``residual="field"``: x itself; ``"magnetization"``: φ⁻¹(x) = 2x/(β(1 − |x|²/R²)), the
+        field whose response at this block's β is x (|x| < R per head).
+        """
+        if self.residual == "add":
+            return None
+        stream = split_heads(x, self.n_heads)
+        if self.residual == "field":
+            return stream
+        return inverse_response(stream, beta[:, None, None], self.radius)
+
+    def _initial(self, x_norm: Tensor, field: Tensor, b: Tensor) -> Tensor:
+        """m(0): zeros, or the learned start φ(W_V x̂) (B, H, N, d)."""
+        if self.value is None:
+            return torch.zeros_like(field)
+        return _large_d(split_heads(self.value(x_norm), self.n_heads), b, self.radius)
+
+    def _field(self, x: Tensor, x_norm: Tensor, linear: Tensor, beta: Tensor) -> Tensor:
+        """External field per head (B, H, N, d): W_F x̂ (given as ``linear``) [+ FFN(x̂)] [+ the
+        stream's carrier]."""
+        if self.ffn is not None:
+            linear = linear + self.ffn(x_norm)
+        field = split_heads(linear, self.n_heads)
+        carrier = self.carrier(x, beta)
+        return field if carrier is None else field + carrier
+
+    def _one_step(
+        self, x: Tensor, x_norm: Tensor, b: Tensor, beta: Tensor, padding_mask: Tensor | None
+    ) -> Tensor:
+        """m(1) = φ(h + J m(0)) without forming J: Σ_j J_ij m_j(0) is softmax attention with
+        m(0) as values (torch's fused scaled-dot-product attention), and W_F, W_Q, W_K, W_V act
+        as one matrix product; the numbers of the general path up to rounding."""
+        if self.value is None:  # J m(0) = 0: the couplings drop out
+            return response(self._field(x, x_norm, self.field(x_norm), beta), b, self.radius)
+        weight = torch.cat([self.field.weight, self.query.weight, self.key.weight,
+                            self.value.weight])  # fmt: skip
+        linear, q, k, v = F.linear(x_norm, weight).chunk(4, dim=-1)
+        field = self._field(x, x_norm, linear, beta)
+        allowed = allowed_keys(x_norm.shape[1], self.causal, padding_mask, x_norm.device)
+        q, k = split_heads(q, self.n_heads), split_heads(k, self.n_heads)
+        if self.rope:
+            q, k = rotary(q), rotary(k)
+        scale = None  # 1/√d
+        if self.temperature is not None:
+            # cos(q, k) = rms(q)·rms(k)/d with rms(v) = v/√(|v|²/d) (torch's fused RMSNorm)
+            d, eps = self.head_dim, torch.finfo(q.dtype).eps
+            tau = self.temperature()[:, None, None] / d
+            q = F.rms_norm(q, (d,), eps=eps) * tau
+            k, scale = F.rms_norm(k, (d,), eps=eps), 1.0
+        start = response(split_heads(v, self.n_heads), b, self.radius)
+        mixed = F.scaled_dot_product_attention(q, k, start, attn_mask=allowed, scale=scale)
+        return response(field + mixed, b, self.radius)
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
-        """x + W_O m, m the dynamical mean-field magnetizations after K steps or at stationarity."""
+        """x + W_O m (or m), m the dynamical mean-field magnetizations after K steps or at
+        stationarity."""
         check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
         x_norm = self.norm(x)
-        field_in = self.field(x_norm)
-        if self.ffn is not None:
-            field_in = field_in + self.ffn(x_norm)
-        field = split_heads(field_in, self.n_heads)
-        couplings = self.couplings(x_norm, padding_mask)
         beta = self.beta()
         b = beta[:, None, None]
+        if self.steps == 1 and self.order == 1 and not return_state:
+            m = self._one_step(x, x_norm, b, beta, padding_mask)
+            out = merge_heads(m) if self.out is None else x + self.out(merge_heads(m))
+            check_overflow(x, {"the block's output": out})
+            return out
+        field = self._field(x, x_norm, self.field(x_norm), beta)
+        couplings = self.couplings(x_norm, padding_mask)
         check_overflow(
             x,
             {
-                "LayerNorm(x)": x_norm,
+                "LayerNorm(x)" if self.norm_kind == "layer" else "RMSNorm(x)": x_norm,
                 "the fields β|h|/R": field_scale(field, beta, self.radius),
                 "the couplings softmax(q·k)": couplings,
             },
@@ -132,12 +269,13 @@ class SpinTransformerBlock(nn.Module):
         def step(m: Tensor) -> Tensor:
             return vector_step(m, couplings, field, b, self.radius, self.order)
 
-        zeros = torch.zeros_like(field)  # K steps from m = 0; the solver from step(0)
-        start = zeros if self.steps is not None else step(zeros)
+        first = self._initial(x_norm, field, b)
+        if self.steps is None:
+            first = step(first)  # the solver starts from step(m(0))
         m, converged, iterations, residual = relax(
-            step, start, self.steps, self.solver, self.tol, self.max_iter, self.implicit
+            step, first, self.steps, self.solver, self.tol, self.max_iter, self.implicit
         )
-        out = x + self.out(merge_heads(m))
+        out = merge_heads(m) if self.out is None else x + self.out(merge_heads(m))
         if not return_state:
             return out
         return out, BlockState(m, couplings, converged, iterations, residual, None, beta)
@@ -203,4 +341,20 @@ class AttentionBlock(nn.Module):
         return (out, state) if return_state else out
 
 
-BlockKind = Literal["spin", "transformer", "mean_field", "free_energy"]
+class BoltzmannSelfAttention(nn.Module):
+    """:class:`~spinformer.nn.BoltzmannAttention` as causal/non-causal self-attention with the
+    block interface ``(x, padding_mask, return_state)`` (padding_mask True = real token)."""
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool, learn_beta: bool) -> None:
+        super().__init__()
+        self.causal = causal
+        self.attention = BoltzmannAttention(d_model, n_heads, learn_beta=learn_beta)
+
+    def forward(
+        self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
+    ) -> Tensor | tuple[Tensor, BlockState]:
+        key_padding = None if padding_mask is None else ~padding_mask.bool()
+        out, _ = self.attention(
+            x, key_padding_mask=key_padding, need_weights=False, is_causal=self.causal
+        )
+        return (out, BlockState(None, None)) if return_state else out

@@ -9,6 +9,7 @@ model runs with the reference :class:`~spinformer.nn.blocks.TransformerBlock` (`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,21 +18,105 @@ from torch import Tensor, nn
 
 from spinformer._validation import check_positive_int
 from spinformer.nn._spin import BlockState
-from spinformer.nn.blocks import AttentionBlock, SpinTransformerBlock, TransformerBlock
+from spinformer.nn.blocks import (
+    COUPLINGS,
+    NORMS,
+    STARTS,
+    AttentionBlock,
+    BoltzmannSelfAttention,
+    Coupling,
+    Norm,
+    SpinTransformerBlock,
+    Start,
+    TransformerBlock,
+)
 from spinformer.nn.meanfield import FreeEnergyAttention, MeanFieldAttention
 
-__all__ = ["SpinTransformer", "SpinTransformerConfig"]
+__all__ = ["BLOCK_FACTORIES", "BlockKind", "SpinTransformer", "SpinTransformerConfig"]
 
-BLOCKS = ("spin", "transformer", "mean_field", "free_energy")
+
+def _transformer(c: SpinTransformerConfig, layer: int) -> nn.Module:
+    return TransformerBlock(c.d_model, c.n_heads, causal=c.causal, ffn_mult=c.ffn_mult)
+
+
+def _boltzmann(c: SpinTransformerConfig, layer: int) -> nn.Module:
+    attention = BoltzmannSelfAttention(c.d_model, c.n_heads, c.causal, c.learn_beta)
+    return AttentionBlock(attention, c.d_model, c.ffn_mult)
+
+
+def _spin(c: SpinTransformerConfig, layer: int) -> nn.Module:
+    # a stream carried in magnetization coordinates: the embeddings enter the first block as a
+    # field, every later block receives the magnetizations of the one before
+    residual = "add" if c.residual == "add" else ("field" if layer == 0 else "magnetization")
+    return SpinTransformerBlock(
+        c.d_model,
+        c.n_heads,
+        order=c.order,
+        steps=c.steps,
+        causal=c.causal,
+        beta=c.beta,
+        learn_beta=c.learn_beta,
+        ffn_field=c.ffn_field,
+        ffn_mult=c.ffn_mult,
+        coupling=c.coupling,
+        norm=c.norm,
+        start=c.start,
+        residual=residual,
+        rope=c.position == "rotary",
+        solver=c.solver,
+        tol=c.tol,
+        max_iter=c.max_iter,
+    )
+
+
+def _mean_field(c: SpinTransformerConfig, layer: int) -> nn.Module:
+    attention = MeanFieldAttention(
+        c.d_model,
+        c.n_heads,
+        onsager=c.onsager,
+        beta=c.beta,
+        learn_beta=c.learn_beta,
+        causal=c.causal,
+        steps=c.steps,
+        solver=c.solver,
+        tol=c.tol,
+        max_iter=c.max_iter,
+    )
+    return AttentionBlock(attention, c.d_model, c.ffn_mult if c.ffn_field else None)
+
+
+def _free_energy(c: SpinTransformerConfig, layer: int) -> nn.Module:
+    attention = FreeEnergyAttention(
+        c.d_model, c.n_heads, beta=c.beta, learn_beta=c.learn_beta, causal=c.causal
+    )
+    return AttentionBlock(attention, c.d_model, c.ffn_mult if c.ffn_field else None)
+
+
+#: The block kinds of :class:`SpinTransformer`: name -> factory (config, layer index) -> block.
+#: The config's allowed ``block`` values (and the training config's ``model``) come from here.
+BLOCK_FACTORIES: dict[str, Callable[[SpinTransformerConfig, int], nn.Module]] = {
+    "transformer": _transformer,
+    "boltzmann": _boltzmann,
+    "spin": _spin,
+    "mean_field": _mean_field,
+    "free_energy": _free_energy,
+}
+BlockKind = Literal[tuple(BLOCK_FACTORIES)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
 class SpinTransformerConfig:
     """Configuration of :class:`SpinTransformer` (validated on construction).
 
-    ``block`` picks the layer: ``"spin"`` (:class:`SpinTransformerBlock`), ``"transformer"``
-    (reference), ``"mean_field"`` / ``"free_energy"`` (the attention modules in a pre-norm
-    residual block). ``steps=None`` means fixed points. ``head`` is ``"lm"`` (next-token logits
+    ``block`` picks the layer from :data:`BLOCK_FACTORIES`: ``"spin"``
+    (:class:`SpinTransformerBlock`), ``"transformer"`` (reference), ``"boltzmann"``
+    (:class:`~spinformer.nn.BoltzmannAttention` in the reference's place), ``"mean_field"`` /
+    ``"free_energy"`` (the attention modules in a pre-norm residual block). ``steps=None``
+    means fixed points. ``coupling``, ``norm``, ``start`` and ``residual`` are the spin block's
+    design choices (:class:`SpinTransformerBlock`); ``residual="magnetization"`` carries the
+    stream in magnetization coordinates: the first block takes the token embeddings, which start
+    on the spin radius R per head, as a field. ``position="rotary"`` drops the absolute position
+    embedding and rotates the spin blocks' queries and keys instead (relative positions). ``head`` is ``"lm"`` (next-token logits
     at every position) or ``"classify"`` (mean over real tokens, ``num_classes`` logits).
     """
 
@@ -40,7 +125,7 @@ class SpinTransformerConfig:
     d_model: int = 64
     n_heads: int = 4
     n_layers: int = 2
-    block: Literal["spin", "transformer", "mean_field", "free_energy"] = "spin"
+    block: BlockKind = "spin"
     causal: bool = True
     head: Literal["lm", "classify"] = "lm"
     num_classes: int | None = None
@@ -51,6 +136,11 @@ class SpinTransformerConfig:
     ffn_field: bool = True
     ffn_mult: int = 4
     onsager: Literal["none", "tap", "learned"] = "tap"
+    coupling: Coupling = "cosine"
+    norm: Norm = "rms"
+    start: Start = "learned"
+    residual: Literal["add", "magnetization"] = "magnetization"
+    position: Literal["absolute", "rotary"] = "absolute"
     solver: str = "anderson"
     tol: float = 1e-4
     max_iter: int = 50
@@ -58,8 +148,22 @@ class SpinTransformerConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "ffn_mult"):
             check_positive_int(getattr(self, name), name)
-        if self.block not in BLOCKS:
-            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
+        if self.block not in BLOCK_FACTORIES:
+            raise ValueError(f"block must be one of {tuple(BLOCK_FACTORIES)}, got {self.block!r}")
+        for name, choices in (
+            ("coupling", COUPLINGS),
+            ("norm", NORMS),
+            ("start", STARTS),
+            ("residual", ("add", "magnetization")),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.position not in ("absolute", "rotary"):
+            raise ValueError(f"position must be 'absolute' or 'rotary', got {self.position!r}")
+        if self.position == "rotary" and self.block != "spin":
+            raise ValueError(
+                f"position='rotary' is implemented by block 'spin' only, got block {self.block!r}"
+            )
         if self.head not in ("lm", "classify"):
             raise ValueError(f"head must be 'lm' or 'classify', got {self.head!r}")
         if self.head == "classify":
@@ -70,45 +174,6 @@ class SpinTransformerConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _make_block(config: SpinTransformerConfig) -> nn.Module:
-    c = config
-    if c.block == "transformer":
-        return TransformerBlock(c.d_model, c.n_heads, causal=c.causal, ffn_mult=c.ffn_mult)
-    if c.block == "spin":
-        return SpinTransformerBlock(
-            c.d_model,
-            c.n_heads,
-            order=c.order,
-            steps=c.steps,
-            causal=c.causal,
-            beta=c.beta,
-            learn_beta=c.learn_beta,
-            ffn_field=c.ffn_field,
-            ffn_mult=c.ffn_mult,
-            solver=c.solver,
-            tol=c.tol,
-            max_iter=c.max_iter,
-        )
-    if c.block == "mean_field":
-        attention: nn.Module = MeanFieldAttention(
-            c.d_model,
-            c.n_heads,
-            onsager=c.onsager,
-            beta=c.beta,
-            learn_beta=c.learn_beta,
-            causal=c.causal,
-            steps=c.steps,
-            solver=c.solver,
-            tol=c.tol,
-            max_iter=c.max_iter,
-        )
-    else:
-        attention = FreeEnergyAttention(
-            c.d_model, c.n_heads, beta=c.beta, learn_beta=c.learn_beta, causal=c.causal
-        )
-    return AttentionBlock(attention, c.d_model, c.ffn_mult if c.ffn_field else None)
-
-
 class SpinTransformer(nn.Module):
     """Token + position embeddings, ``n_layers`` blocks, final LayerNorm and an LM or class head."""
 
@@ -116,11 +181,20 @@ class SpinTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.position = nn.Embedding(config.max_len, config.d_model)
-        self.blocks = nn.ModuleList(_make_block(config) for _ in range(config.n_layers))
+        self.position = (
+            nn.Embedding(config.max_len, config.d_model) if config.position == "absolute" else None
+        )
+        make = BLOCK_FACTORIES[config.block]
+        self.blocks = nn.ModuleList(make(config, layer) for layer in range(config.n_layers))
         self.norm = nn.LayerNorm(config.d_model)
         out = config.vocab_size if config.head == "lm" else config.num_classes
         self.head = nn.Linear(config.d_model, out)  # type: ignore[arg-type]
+        if config.block == "spin" and config.residual == "magnetization":
+            # the embeddings are the first spin system's fields: start them on the radius R
+            radius = self.blocks[0].radius
+            with torch.no_grad():
+                heads = self.embed.weight.unflatten(-1, (config.n_heads, -1))
+                heads.copy_(radius * torch.nn.functional.normalize(heads, dim=-1))
 
     def forward(
         self,
@@ -145,11 +219,16 @@ class SpinTransformer(nn.Module):
             raise ValueError(
                 f"tokens must lie in [0, {self.config.vocab_size}), got out-of-range ids"
             )
-        x = self.embed(tokens) + self.position(torch.arange(n, device=tokens.device))
+        x = self.embed(tokens)
+        if self.position is not None:
+            x = x + self.position(torch.arange(n, device=tokens.device))
         states = []
         for block in self.blocks:
-            x, state = block(x, padding_mask, return_state=True)
-            states.append(state)
+            if return_state:
+                x, state = block(x, padding_mask, return_state=True)
+                states.append(state)
+            else:
+                x = block(x, padding_mask)
         x = self.norm(x)
         if self.config.head == "classify":
             if padding_mask is None:

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from spinformer.nn.model import BLOCK_FACTORIES
+
 __all__ = ["ConfigError", "TrainConfig", "load_config"]
 
-ModelKind = Literal["transformer", "boltzmann", "mean_field", "spin", "free_energy"]
+ModelKind = Literal[tuple(BLOCK_FACTORIES)]  # type: ignore[valid-type]
 TaskKind = Literal["recall", "digits", "charlm"]
 
 #: Keys that may change when a run is resumed: they decide how long it runs and what it logs,
@@ -56,6 +58,15 @@ class TrainConfig:
         steps: mean-field steps K of the spin / mean-field blocks, ``0`` for the fixed point.
         order: 1 (naive) or 2 (second order) dynamical mean field of the spin block.
         onsager: reaction term of the mean-field block (``"none"``, ``"tap"``, ``"learned"``).
+        ffn_field: the spin block's MLP field (the MLP of the other blocks); off, e.g., for an
+            explicit second-order block without one.
+        coupling, norm, start, residual: the spin block's design
+            (:class:`spinformer.nn.SpinTransformerBlock`): ``"dot"`` or ``"cosine"`` couplings,
+            ``"layer"`` or ``"rms"`` (per head, on the spin radius) normalisation, ``"zero"`` or
+            ``"learned"`` initial magnetization, ``"add"`` (x + W_O m) or ``"magnetization"``
+            (the stream carried as magnetizations).
+        position: ``"absolute"`` (learned position embeddings) or ``"rotary"`` (spin blocks only:
+            queries and keys rotated by position, no position embedding).
 
     Optimisation: AdamW (``lr``, ``weight_decay`` on matrices only, ``adam_beta1/2``), linear
     warm-up over ``warmup_steps`` then cosine decay to ``min_lr_ratio * lr`` at ``max_steps``,
@@ -85,6 +96,12 @@ class TrainConfig:
     order: int = 1
     steps: int = 2
     onsager: Literal["none", "tap", "learned"] = "tap"
+    ffn_field: bool = True
+    coupling: Literal["dot", "cosine"] = "cosine"
+    norm: Literal["layer", "rms"] = "rms"
+    start: Literal["zero", "learned"] = "learned"
+    residual: Literal["add", "magnetization"] = "magnetization"
+    position: Literal["absolute", "rotary"] = "absolute"
     max_steps: int = 300
     batch_size: int = 32
     lr: float = 3e-3

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -223,6 +224,7 @@ def train(
     stop_at: int | None = None,
     progress: bool = True,
     console: Console | None = None,
+    model_factory: Callable[[TrainConfig, Task], nn.Module] | None = None,
 ) -> TrainResult:
     """Train ``config`` into ``out_dir`` (``run.json``, ``metrics.jsonl``, ``checkpoints/``).
 
@@ -235,6 +237,8 @@ def train(
             schedule is still the one of ``max_steps``.
         progress: show a rich progress bar (rank 0).
         console: where messages go (default: a new rich console on stderr).
+        model_factory: builds the model from (config, task) instead of
+            :func:`spinformer.train.build_model` (an external model trained by the same loop).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this; rank 0 logs and writes.
     """
@@ -269,7 +273,9 @@ def train(
         dist.init_process_group("nccl" if use_cuda else "gloo")
         started_group = True
     try:
-        return _run(config, out, task, fingerprint, resume, stop_at, progress, console, world)
+        return _run(
+            config, out, task, fingerprint, resume, stop_at, progress, console, world, model_factory
+        )
     finally:
         if started_group:
             dist.destroy_process_group()
@@ -285,12 +291,13 @@ def _run(
     show_progress: bool,
     console: Console,
     world: int,
+    model_factory: Callable[[TrainConfig, Task], nn.Module] | None = None,
 ) -> TrainResult:
     rank = dist.get_rank() if world > 1 else 0
     device = _device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     main = rank == 0
     torch.manual_seed(config.seed)
-    model = models.build_model(config, task).to(device)
+    model = (model_factory or models.build_model)(config, task).to(device)
     parameters = models.parameter_count(model)
     optimizer = _optimizer(model, config)
     schedule = partial(

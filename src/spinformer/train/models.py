@@ -2,55 +2,26 @@
 block is the config's ``model`` key, everything else (embeddings, final norm, head) shared, so
 a comparison between kinds changes one thing only.
 
-``MODELS`` maps each kind to the ``SpinTransformerConfig`` fields it sets; ``"boltzmann"`` is the
-reference block's attention replaced by :class:`~spinformer.nn.BoltzmannAttention` (attention
-rows as Boltzmann ensembles at inverse temperature β, β = 1/√d_head unless learned) inside the
-pre-norm residual :class:`~spinformer.nn.AttentionBlock` with its MLP.
+``MODELS`` are the block kinds of the stack's registry; ``"boltzmann"`` is the reference
+block's attention replaced by :class:`~spinformer.nn.BoltzmannAttention` (attention rows as
+Boltzmann ensembles at inverse temperature β, β = 1/√d_head unless learned) inside the pre-norm
+residual :class:`~spinformer.nn.AttentionBlock` with its MLP.
 """
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from spinformer.nn import (
-    AttentionBlock,
-    BlockState,
-    BoltzmannAttention,
-    SpinTransformer,
-    SpinTransformerConfig,
-)
+from spinformer.nn import SpinTransformer, SpinTransformerConfig
+from spinformer.nn.blocks import BoltzmannSelfAttention
+from spinformer.nn.model import BLOCK_FACTORIES
 from spinformer.train.config import ConfigError, TrainConfig
 from spinformer.train.tasks import Task
 
 __all__ = ["MODELS", "BoltzmannSelfAttention", "build_model", "parameter_count"]
 
-#: config ``model`` -> the SpinTransformer block it runs.
-MODELS: dict[str, str] = {
-    "transformer": "transformer",
-    "boltzmann": "transformer",  # blocks replaced by BoltzmannAttention blocks below
-    "mean_field": "mean_field",
-    "spin": "spin",
-    "free_energy": "free_energy",
-}
-
-
-class BoltzmannSelfAttention(nn.Module):
-    """:class:`BoltzmannAttention` as causal/non-causal self-attention with the block interface
-    ``(x, padding_mask, return_state)`` of the spin modules (padding_mask True = real token)."""
-
-    def __init__(self, d_model: int, n_heads: int, causal: bool, learn_beta: bool) -> None:
-        super().__init__()
-        self.causal = causal
-        self.attention = BoltzmannAttention(d_model, n_heads, learn_beta=learn_beta)
-
-    def forward(
-        self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
-    ) -> Tensor | tuple[Tensor, BlockState]:
-        key_padding = None if padding_mask is None else ~padding_mask.bool()
-        out, _ = self.attention(
-            x, key_padding_mask=key_padding, need_weights=False, is_causal=self.causal
-        )
-        return (out, BlockState(None, None)) if return_state else out
+#: config ``model`` values: the block kinds of :data:`spinformer.nn.model.BLOCK_FACTORIES`.
+MODELS: tuple[str, ...] = tuple(BLOCK_FACTORIES)
 
 
 def build_model(config: TrainConfig, task: Task) -> SpinTransformer:
@@ -74,7 +45,7 @@ def _build(config: TrainConfig, task: Task) -> SpinTransformer:
         d_model=config.d_model,
         n_heads=config.n_heads,
         n_layers=config.n_layers,
-        block=MODELS[config.model],  # type: ignore[arg-type]
+        block=config.model,
         causal=task.head == "lm",
         head=task.head,
         num_classes=task.num_classes,
@@ -82,22 +53,16 @@ def _build(config: TrainConfig, task: Task) -> SpinTransformer:
         learn_beta=config.learn_beta,
         order=config.order,
         steps=config.steps or None,
+        ffn_field=config.ffn_field,
         ffn_mult=config.ffn_mult,
         onsager=config.onsager,
+        coupling=config.coupling,
+        norm=config.norm,
+        start=config.start,
+        residual=config.residual,
+        position=config.position,
     )
-    model = SpinTransformer(model_config)
-    if config.model == "boltzmann":
-        model.blocks = nn.ModuleList(
-            AttentionBlock(
-                BoltzmannSelfAttention(
-                    config.d_model, config.n_heads, model_config.causal, config.learn_beta
-                ),
-                config.d_model,
-                config.ffn_mult,
-            )
-            for _ in range(config.n_layers)
-        )
-    return model
+    return SpinTransformer(model_config)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -1,0 +1,119 @@
+"""Training throughput of the K = 1 spin block against the vanilla TransformerBlock, same run.
+
+Two SpinTransformer stacks that differ only in their block -- the reference TransformerBlock
+(baseline) and the spin block of the best design with K = 1 (cosine couplings, per-head RMSNorm
+on the spin radius, learned initial magnetization, stream as magnetizations, rotary positions)
+-- train on the same random next-token batches with AdamW. Rounds are interleaved (each round
+times a few optimizer steps of every model) so that load from other processes hits all alike;
+the ratio printed is the median over rounds of spin tokens/s over vanilla tokens/s.
+
+    PYTHONPATH=src python benchmarks/train.py            # charlm CPU preset shape, 1 thread
+    PYTHONPATH=src python benchmarks/train.py --device cuda --batch 64 --seq 256 --width 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from spinformer.nn import SpinTransformer, SpinTransformerConfig
+
+MODELS = {
+    "TransformerBlock (baseline)": {"block": "transformer"},
+    "spin block K=1, best design": {"block": "spin", "steps": 1, "position": "rotary"},
+    "spin block K=1, first design": {
+        "block": "spin",
+        "steps": 1,
+        "coupling": "dot",
+        "norm": "layer",
+        "start": "zero",
+        "residual": "add",
+    },
+    "spin block K=2, first design": {
+        "block": "spin",
+        "steps": 2,
+        "coupling": "dot",
+        "norm": "layer",
+        "start": "zero",
+        "residual": "add",
+    },
+}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per round")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)
+    tokens = tokens.to(args.device)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    runs = {}
+    for name, choice in MODELS.items():
+        torch.manual_seed(0)
+        config = SpinTransformerConfig(
+            vocab_size=args.vocab,
+            max_len=args.seq,
+            d_model=args.width,
+            n_heads=args.heads,
+            n_layers=args.layers,
+            **choice,
+        )
+        model = SpinTransformer(config).to(args.device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        runs[name] = (model, optimizer)
+
+    def train_steps(model, optimizer, steps: int) -> None:
+        for _ in range(steps):
+            logits = model(inputs)
+            loss = F.cross_entropy(logits.reshape(-1, args.vocab), targets.reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    for model, optimizer in runs.values():
+        train_steps(model, optimizer, 2)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, (model, optimizer) in runs.items():
+            _sync(args.device)
+            start = time.perf_counter()
+            train_steps(model, optimizer, args.steps)
+            _sync(args.device)
+            seconds = time.perf_counter() - start
+            rates[name].append(args.steps * args.batch * args.seq / seconds)
+    base = rates["TransformerBlock (baseline)"]
+    print(
+        f"# training tokens/s: B={args.batch} N={args.seq} D={args.width} H={args.heads} "
+        f"L={args.layers} {args.device}, {args.threads} thread(s); median of {args.rounds} "
+        f"interleaved rounds of {args.steps} steps"
+    )
+    print("model | parameters | tokens/s | ratio to baseline")
+    print("--- | --- | --- | ---")
+    for name, rate in rates.items():
+        ratio = statistics.median(a / b for a, b in zip(rate, base, strict=True))
+        params = sum(p.numel() for p in runs[name][0].parameters())
+        print(f"{name} | {params} | {statistics.median(rate):.0f} | {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

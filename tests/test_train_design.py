@@ -1,0 +1,163 @@
+"""The spin block's design options, the block-kind registry, matched sizes, and the training
+experiments at a tiny scale (the comparison and footnote 9's alignment metric)."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+import torch
+
+from spinformer.experiments.training import (
+    MODEL_VARIANTS,
+    TASK_SETTINGS,
+    _train_config,
+    alignment,
+    training_comparison,
+)
+from spinformer.nn import SpinTransformer, SpinTransformerBlock, SpinTransformerConfig
+from spinformer.nn._spin import HeadRMSNorm, cosine_couplings, split_heads
+from spinformer.nn.model import BLOCK_FACTORIES
+from spinformer.train import MODELS, TrainConfig, build_model, make_task, parameter_count
+
+F64 = torch.float64
+
+
+def _tokens(seed: int, b: int = 2, n: int = 6, d: int = 12) -> torch.Tensor:
+    return torch.randn(b, n, d, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def _coupling_grads(start: str) -> list[torch.Tensor | None]:
+    torch.manual_seed(0)
+    block = SpinTransformerBlock(12, 2, steps=1, start=start, causal=True).double()
+    block(_tokens(0)).square().sum().backward()
+    return [block.query.weight.grad, block.key.weight.grad]
+
+
+def test_one_step_from_zero_gives_the_couplings_no_gradient_a_learned_start_does():
+    # m(1) = φ(h + J·0) = φ(h): J drops out; from m(0) = φ(W_V x̂) it does not
+    assert all(g is None or float(g.abs().max()) == 0.0 for g in _coupling_grads("zero"))
+    assert all(g is not None and float(g.abs().max()) > 0.0 for g in _coupling_grads("learned"))
+
+
+def test_cosine_couplings_are_a_boltzmann_distribution_of_cosine_energies():
+    q, k = _tokens(1).reshape(2, 6, 2, 6).transpose(1, 2), _tokens(2).reshape(2, 6, 2, 6)
+    k = k.transpose(1, 2)
+    tau = torch.tensor([0.7, 3.0], dtype=F64)
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril()[None, None]
+    j = cosine_couplings(q, k, tau, allowed)
+    cos = torch.einsum("bhid,bhjd->bhij", q, k) / (
+        q.norm(dim=-1)[..., :, None] * k.norm(dim=-1)[..., None, :]
+    )
+    weights = torch.exp(tau[:, None, None] * cos) * allowed
+    torch.testing.assert_close(j, weights / weights.sum(-1, keepdim=True), rtol=1e-12, atol=0)
+    assert float(j.masked_select(~allowed.expand_as(j)).abs().max()) == 0.0
+    # a distribution per row, and no sharper than e^{2τ} between two allowed keys
+    torch.testing.assert_close(j.sum(-1), torch.ones(2, 2, 6, dtype=F64))
+    ratio = j[..., :, None] / j[..., None, :]
+    pairs = allowed[..., :, None] & allowed[..., None, :]
+    bound = torch.exp(2 * tau)[:, None, None, None] * (1 + 1e-12)
+    assert bool((ratio.masked_fill(~pairs, 0.0) <= bound).all())
+    # and scale-free in q and k
+    torch.testing.assert_close(cosine_couplings(5 * q, 0.1 * k, tau, allowed), j)
+
+
+def test_rms_norm_gain_puts_each_head_on_the_spin_radius():
+    block = SpinTransformerBlock(24, 3, norm="rms").double()
+    heads = split_heads(block.norm(_tokens(3, d=24) * 7.0), 3)
+    torch.testing.assert_close(
+        heads.norm(dim=-1), torch.full(heads.shape[:-1], block.radius, dtype=F64)
+    )
+    assert isinstance(block.norm, HeadRMSNorm)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_one_step_fast_path_equals_the_general_relaxation(causal):
+    torch.manual_seed(4)
+    block = SpinTransformerBlock(12, 2, steps=1, causal=causal, rope=True).double()
+    x = _tokens(5)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    fast = block(x, mask)
+    general, state = block(x, mask, return_state=True)  # forms J and relaxes one step
+    torch.testing.assert_close(fast, general, rtol=1e-12, atol=1e-12)
+    assert state.couplings is not None and int(state.iterations.max()) == 1
+
+
+def test_magnetization_stream_block_with_no_other_field_returns_its_input():
+    # m = φ(φ⁻¹(x)) when W_F, the FFN and the learned start contribute nothing
+    block = SpinTransformerBlock(12, 2, steps=1, ffn_field=False, residual="magnetization").double()
+    with torch.no_grad():
+        block.field.weight.zero_()
+        block.value.weight.zero_()
+    x = split_heads(_tokens(6), 2)
+    x = (0.9 * block.radius * x / x.norm(dim=-1, keepdim=True)).transpose(1, 2).reshape(2, 6, 12)
+    torch.testing.assert_close(block(x), x, rtol=1e-12, atol=1e-12)
+
+
+def test_block_kinds_come_from_one_registry():
+    kinds = tuple(BLOCK_FACTORIES)
+    assert set(MODELS) == set(kinds)
+    assert set(typing.get_args(typing.get_type_hints(TrainConfig)["model"])) == set(kinds)
+    hints = typing.get_type_hints(SpinTransformerConfig)
+    assert set(typing.get_args(hints["block"])) == set(kinds)
+    for kind in kinds:
+        config = SpinTransformerConfig(vocab_size=7, max_len=5, d_model=12, n_heads=2, block=kind)
+        assert SpinTransformer(config)(torch.tensor([[1, 2, 3]])).shape == (1, 3, 7)
+    with pytest.raises(ValueError, match="block must be one of"):
+        SpinTransformerConfig(vocab_size=7, max_len=5, block="rnn")
+    with pytest.raises(ValueError, match="rotary"):
+        SpinTransformerConfig(vocab_size=7, max_len=5, block="transformer", position="rotary")
+
+
+@pytest.mark.parametrize("task", sorted(TASK_SETTINGS))
+def test_compared_models_have_matched_parameter_counts(task):
+    pytest.importorskip("sklearn") if task == "digits" else None
+    counts = {}
+    for model in MODEL_VARIANTS:
+        if model == "peer":
+            continue  # an outside recipe, measured at its own size
+        config = _train_config(task, model, 0, 10, {})
+        counts[model] = parameter_count(build_model(config, make_task(config)))
+    base = counts["transformer"]
+    assert {m: n for m, n in counts.items() if abs(n / base - 1) > 0.05} == {}
+
+
+def test_alignment_on_constructed_cases():
+    c = torch.randn(1000, generator=torch.Generator().manual_seed(7), dtype=F64)
+    r2, cosine = alignment(c, 3.0 * c)
+    assert r2 == pytest.approx(1.0, abs=1e-12) and cosine == pytest.approx(1.0, abs=1e-12)
+    r2, _ = alignment(c, -2.0 * c + 5.0)  # an affine image: R² = 1
+    assert r2 == pytest.approx(1.0, abs=1e-12)
+    a = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=F64)
+    b = torch.tensor([0.0, 1.0, 0.0, -1.0], dtype=F64)
+    assert alignment(a, b)[1] == pytest.approx(0.0, abs=1e-15)  # orthogonal: cosine 0
+    # Pearson: a = (1,0,1,0), b' = (1,1,0,0) are uncorrelated after centring: R² = 0
+    assert alignment(a, torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=F64))[0] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="one shape"):
+        alignment(a, b[:3])
+
+
+def test_comparison_experiment_at_a_tiny_scale(monkeypatch):
+    monkeypatch.delenv("SPINFORMER_PEER_PATH", raising=False)
+    result = training_comparison(
+        tasks=("recall",), models=("transformer", "spin_best", "peer"), seeds=1, max_steps=3
+    )
+    rows = result.tables["comparison"]
+    assert [r["model"] for r in rows] == ["vanilla transformer", "spin block, best design, K=1"]
+    assert all(abs(r["vs vanilla"] - 1) <= 0.05 and r["tokens/s"] > 0 for r in rows)
+    assert any("SPINFORMER_PEER_PATH" in note for note in result.notes)  # skipped, with why
+    assert "loss_curves" in result.figures
+
+
+def test_rotary_scores_depend_on_relative_positions_only():
+    from spinformer.nn._spin import rotary
+
+    g = torch.Generator().manual_seed(8)
+    q, k = torch.randn(1, 1, 1, 8, generator=g, dtype=F64), torch.randn(1, 1, 1, 8, generator=g)
+    q_seq, k_seq = q.expand(1, 1, 7, 8), k.to(F64).expand(1, 1, 7, 8)
+    scores = rotary(q_seq) @ rotary(k_seq).transpose(-1, -2)  # same q and k at every position
+    for shift in range(-6, 7):
+        diagonal = torch.diagonal(scores[0, 0], offset=shift)
+        torch.testing.assert_close(diagonal, diagonal[:1].expand_as(diagonal))
+    torch.testing.assert_close(rotary(q_seq).norm(dim=-1), q_seq.norm(dim=-1))  # a rotation

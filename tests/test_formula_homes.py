@@ -146,7 +146,28 @@ def test_nn_spin_block_uses_the_physics_phi(monkeypatch):
     block = SpinTransformerBlock(12, 2, order=2, steps=2).double()
     spy = _Spy(monkeypatch, vmf, "phi_terms")
     block(torch.randn(1, 3, 12, dtype=F64))
-    assert spy.calls == 2
+    assert spy.calls == 3  # the learned start φ(W_V x̂) and two steps
+
+
+def test_nn_spin_block_one_step_path_uses_the_physics_phi(monkeypatch):
+    # the one-step path (no J formed, closed-form backward) still evaluates φ through vmf
+    torch.manual_seed(1)
+    block = SpinTransformerBlock(12, 2, steps=1, residual="magnetization").double()
+    spy = _Spy(monkeypatch, vmf, "phi_terms")
+    x = 0.1 * torch.randn(1, 3, 12, dtype=F64, requires_grad=True)
+    block(x).sum().backward()
+    assert spy.calls == 2  # the learned start and the one step
+    inverse = _Spy(monkeypatch, vmf, "phi_inverse")
+    block(x)
+    assert inverse.calls == 1  # the stream's conjugate field φ⁻¹(x)
+
+
+def test_phi_fused_backward_is_the_autograd_backward():
+    g = torch.Generator().manual_seed(3)
+    theta = torch.randn(4, 5, 6, generator=g, dtype=F64, requires_grad=True)
+    beta = torch.rand(4, 1, 1, generator=g, dtype=F64).add(0.5).requires_grad_()
+    torch.autograd.gradcheck(lambda t, b: vmf.phi_fused(t, b, 2.0), (theta, beta))
+    torch.testing.assert_close(vmf.phi_fused(theta, beta, 2.0), vmf.phi(theta, beta, 2.0))
 
 
 def test_nn_tap_reaction_is_the_physics_reaction(monkeypatch):

@@ -17,7 +17,7 @@ vanilla block, at matched parameter counts, steps, data and optimiser.
   magnetizations, rotary positions for sequence tasks). The published recipe of Bal's ``neqnn``
   package is measured in the same run when its path is given (``SPINFORMER_PEER_PATH``), and
   skipped with a message otherwise; nothing of it is part of spinformer.
-* ``training_footnote9`` -- does the feed-forward network learn the Onsager correction (Bal 2023,
+* ``training_footnote9`` -- does the feed-forward network learn the Onsager correction (Bal 2021,
   footnote 9)? A naive mean-field block with an FFN field and a second-order block without one
   are trained; on held-out data the change the trained FFN makes to the magnetization is compared
   with the reaction (Onsager) term the second-order step would add at the same state

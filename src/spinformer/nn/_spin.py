@@ -1,6 +1,6 @@
 r"""Shared pieces of the spin-model modules: input checks, masks, softmax couplings, state record.
 
-Couplings follow ``DESIGN.md``: per head, J_ij = softmax_j(β_att q_i·k_j) with
+Couplings follow Bal ("Transformers are secretly collectives of spin systems", 2021): per head, J_ij = softmax_j(β_att q_i·k_j) with
 q = x W_Qᵀ, k = x W_Kᵀ and β_att = 1/√d_head, so row i is the Boltzmann distribution of
 ensemble i. Masked entries (causal j > i, padded keys) are exactly zero; a row with no allowed
 key is an error rather than a NaN.
@@ -235,43 +235,6 @@ def _rotation(
             torch.complex128 if dtype == torch.float64 else torch.complex64
         )
     return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-class _Response(torch.autograd.Function):
-    """φ(θ) = βθ/(1 + u), u = √(1 + β²|θ|²/R²), with its vector-Jacobian product in closed form:
-    ∂φ/∂θ = g I + (g'/r) θθᵀ, g = β/(1 + u), g'/r = −β³/(R² u (1 + u)²) (fewer kernels than
-    autograd's chain through the norm, the square root and the division)."""
-
-    @staticmethod
-    def forward(ctx, theta: Tensor, beta: Tensor, radius: float) -> Tensor:  # type: ignore[override]
-        u = torch.sqrt(1.0 + (beta * beta / radius**2) * (theta * theta).sum(-1, keepdim=True))
-        g = beta / (1.0 + u)
-        ctx.save_for_backward(theta, beta, u)
-        ctx.radius = radius
-        return g * theta
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        theta, beta, u = ctx.saved_tensors
-        one_u = 1.0 + u
-        g = beta / one_u
-        gr = -(beta**3) / (ctx.radius**2 * u * one_u * one_u)
-        along = (theta * grad).sum(-1, keepdim=True)
-        grad_theta = g * grad + (gr * along) * theta
-        grad_beta = None
-        if ctx.needs_input_grad[1]:
-            # ∂φ/∂β = θ/(1+u) − βθ (∂u/∂β)/(1+u)², ∂u/∂β = β|θ|²/(R² u)
-            norm2 = (theta * theta).sum(-1, keepdim=True)
-            dphi = 1.0 / one_u - beta * beta * norm2 / (ctx.radius**2 * u * one_u * one_u)
-            per = dphi * along
-            grad_beta = per.sum_to_size(beta.shape)
-        return grad_theta, grad_beta, None
-
-
-def response(theta: Tensor, beta: Tensor, radius: float) -> Tensor:
-    """The large-D response φ(θ) = βθ/(1 + √(1 + β²|θ|²/R²)) per site, θ (..., d), β broadcastable
-    against θ[..., :1]; closed-form backward (:class:`_Response`)."""
-    return _Response.apply(theta, beta, radius)
 
 
 class HeadRMSNorm(nn.Module):

@@ -55,14 +55,13 @@ from spinformer.nn._spin import (
     field_scale,
     merge_heads,
     relax,
-    response,
     rotary,
     softmax_couplings,
     split_heads,
 )
 from spinformer.nn.boltzmann import BoltzmannAttention
+from spinformer.physics import vmf
 from spinformer.physics.dynamical import vector_step
-from spinformer.physics.meanfield import _large_d, transformer_radius
 
 __all__ = ["AttentionBlock", "BoltzmannSelfAttention", "SpinTransformerBlock", "TransformerBlock"]
 
@@ -74,17 +73,6 @@ COUPLINGS: tuple[str, ...] = ("dot", "cosine")
 NORMS: tuple[str, ...] = ("layer", "rms")
 STARTS: tuple[str, ...] = ("zero", "learned")
 RESIDUALS: tuple[str, ...] = ("add", "field", "magnetization")
-
-
-def inverse_response(m: Tensor, beta: Tensor, radius: float) -> Tensor:
-    """θ = φ⁻¹(m) = 2R²m/(β(R² − |m|²)) for magnetizations |m| < R.
-
-    A response saturated to |m| = R by rounding keeps a finite field: R² − |m|² is floored at
-    R²·eps of the dtype (≈ 1e-7 relative in float32).
-    """
-    r2 = radius**2
-    gap = (r2 - (m * m).sum(-1, keepdim=True)).clamp_min(r2 * torch.finfo(m.dtype).eps)
-    return 2.0 * r2 * m / (beta * gap)
 
 
 class SpinTransformerBlock(nn.Module):
@@ -155,7 +143,7 @@ class SpinTransformerBlock(nn.Module):
         self.steps, self.causal = steps, causal
         self.coupling, self.norm_kind, self.start, self.residual = coupling, norm, start, residual
         self.solver, self.tol, self.max_iter, self.implicit = solver, tol, max_iter, implicit
-        self.radius = transformer_radius(self.head_dim)
+        self.radius = vmf.transformer_radius(self.head_dim)
         self.beta = PositiveBeta(beta, n_heads, learn_beta)
         self.norm = (
             nn.LayerNorm(d_model)
@@ -197,13 +185,13 @@ class SpinTransformerBlock(nn.Module):
         stream = split_heads(x, self.n_heads)
         if self.residual == "field":
             return stream
-        return inverse_response(stream, beta[:, None, None], self.radius)
+        return vmf.phi_inverse(stream, beta[:, None, None], self.radius)
 
     def _initial(self, x_norm: Tensor, field: Tensor, b: Tensor) -> Tensor:
         """m(0): zeros, or the learned start φ(W_V x̂) (B, H, N, d)."""
         if self.value is None:
             return torch.zeros_like(field)
-        return _large_d(split_heads(self.value(x_norm), self.n_heads), b, self.radius)
+        return vmf.phi(split_heads(self.value(x_norm), self.n_heads), b, self.radius)
 
     def _field(self, x: Tensor, x_norm: Tensor, linear: Tensor, beta: Tensor) -> Tensor:
         """External field per head (B, H, N, d): W_F x̂ (given as ``linear``) [+ FFN(x̂)] [+ the
@@ -221,7 +209,7 @@ class SpinTransformerBlock(nn.Module):
         m(0) as values (torch's fused scaled-dot-product attention), and W_F, W_Q, W_K, W_V act
         as one matrix product; the numbers of the general path up to rounding."""
         if self.value is None:  # J m(0) = 0: the couplings drop out
-            return response(self._field(x, x_norm, self.field(x_norm), beta), b, self.radius)
+            return vmf.phi_fused(self._field(x, x_norm, self.field(x_norm), beta), b, self.radius)
         weight = torch.cat([self.field.weight, self.query.weight, self.key.weight,
                             self.value.weight])  # fmt: skip
         linear, q, k, v = F.linear(x_norm, weight).chunk(4, dim=-1)
@@ -237,9 +225,9 @@ class SpinTransformerBlock(nn.Module):
             tau = self.temperature()[:, None, None] / d
             q = F.rms_norm(q, (d,), eps=eps) * tau
             k, scale = F.rms_norm(k, (d,), eps=eps), 1.0
-        start = response(split_heads(v, self.n_heads), b, self.radius)
+        start = vmf.phi_fused(split_heads(v, self.n_heads), b, self.radius)
         mixed = F.scaled_dot_product_attention(q, k, start, attn_mask=allowed, scale=scale)
-        return response(field + mixed, b, self.radius)
+        return vmf.phi_fused(field + mixed, b, self.radius)
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False

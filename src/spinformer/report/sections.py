@@ -172,11 +172,11 @@ register_section(
     ReportSection(
         "training",
         "Training spin-model transformers",
-        "Seed 003 (§9–10): training shapes the collective behaviour of a differentiable spin "
+        'Bal (2021, "Transformers are secretly collectives of spin systems"): training shapes the collective behaviour of a differentiable spin '
         "system, and a deep transformer is a stack of spin systems whose magnetizations drive the "
         "next. Does a block that is honestly a spin system's mean-field response train as well as "
         "a vanilla block? Every model trains on the same data with the same optimiser, steps and "
-        "(within 5 %) parameters, over seeds; and footnote 9 asks whether the feed-forward network "
+        "(within 5 %) parameters, over seeds; and the post's footnote 9 asks whether the feed-forward network "
         "learns the Onsager correction.",
         72,
         cached=True,

@@ -2,8 +2,9 @@ r"""A stack of spin-model blocks with embeddings and a head, configured by a fro
 
 Training a deep stack shapes a collective of spin systems: the magnetizations of one block are
 (after the residual and normalisation) the fields that probe the next (Bal, "Transformers are
-secretly collectives of spin systems", 2021). The same model runs with the reference :class:`~spinformer.nn.blocks.TransformerBlock` (``block=
-"transformer"``), so every comparison changes one thing only.
+secretly collectives of spin systems", 2021). The same model runs with the reference
+:class:`~spinformer.nn.blocks.TransformerBlock` (``block="transformer"``), so every comparison
+changes one thing only.
 """
 
 from __future__ import annotations

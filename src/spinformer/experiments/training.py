@@ -510,7 +510,7 @@ def training_footnote9(
     magnetization that already saw the couplings). On held-out data, per seed: R² and cosine
     between the change the trained FFN makes to the magnetization and the reaction term the
     second-order step would add at the same state (:func:`alignment`), and both validation
-    metrics. R² near 1 would mean the FFN learned the Onsager correction (Bal 2023, fn. 9).
+    metrics. R² near 1 would mean the FFN learned the Onsager correction (Bal 2021, fn. 9).
     """
     if task not in TASK_SETTINGS:
         raise ConfigError("task", f"task must be one of {sorted(TASK_SETTINGS)}, got {task!r}")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spinformer.attention import (
-    boltzmann_attention,
+    blocked_boltzmann_attention,
     boltzmann_rows,
     causal_mask,
     ensemble,
@@ -160,21 +160,19 @@ def test_properties_hold_for_all_inputs(seed, log_beta):
     )
 
 
-def test_inference_kernel_matches_differentiable_kernel():
+def test_blocked_kernel_matches_differentiable_kernel():
     q, k = _qk(8, nq=6, nk=6)
     v = torch.randn(2, 3, 6, 5, generator=torch.Generator().manual_seed(80), dtype=F64)
     beta = torch.tensor([[0.3], [1.0], [4.0]], dtype=F64)
     bias = torch.zeros(6, 6, dtype=F64).masked_fill(~causal_mask(6), float("-inf"))
     bias = bias + 0.1 * torch.randn(6, 6, generator=torch.Generator().manual_seed(81), dtype=F64)
-    logits = beta.unsqueeze(-1) * (q @ k.transpose(-1, -2))
-    weights, reference = boltzmann_rows(logits, bias, beta)
+    scaled = beta.unsqueeze(-1) * q
+    weights, reference = boltzmann_rows(scaled @ k.transpose(-1, -2), bias, beta)
     with torch.no_grad():
-        out, thermo = boltzmann_attention(logits.clone(), bias, beta, v)
+        out, thermo = blocked_boltzmann_attention(scaled, k, v, beta, bias, 1.0, 16)
     torch.testing.assert_close(out, weights @ v)
     for name in ("log_partition", "free_energy", "energy", "entropy", "heat_capacity", "beta"):
         torch.testing.assert_close(getattr(thermo, name), getattr(reference, name))
-    with pytest.raises(ValueError, match="inference"):
-        boltzmann_attention(logits.clone().requires_grad_(True), None, beta, v)
 
 
 def test_bad_input_is_rejected():

@@ -170,11 +170,11 @@ def test_cli_lens_smollm2(tmp_path):
 def test_minilm_critical_beta_in_query_coordinates_equals_the_full_route(minilm, monkeypatch):
     # the lens's β_c (d×d Jacobians in query coordinates) against the full computation on the
     # stacked states (q_j, k_j) with the coupling [[0, 0], [I, 0]] (2d×2d Jacobians), every head
-    import spinformer.lens.analysis as lens_analysis
+    import spinformer.lens.phases as lens_phases
     from spinformer.attention import critical_beta
 
     seen = []
-    reduced_route = lens_analysis.critical_beta_qk
+    reduced_route = lens_phases.critical_beta_qk
 
     def both(q, k, **options):
         reduced = reduced_route(q, k, **options)
@@ -185,7 +185,7 @@ def test_minilm_critical_beta_in_query_coordinates_equals_the_full_route(minilm,
         seen.append((reduced.beta, critical_beta(states, coupling, **options).beta))
         return reduced
 
-    monkeypatch.setattr(lens_analysis, "critical_beta_qk", both)
+    monkeypatch.setattr(lens_phases, "critical_beta_qk", both)
     result = analyze(minilm, SENTENCES[0], config=LensConfig(max_starts=4))
     (reduced, full) = seen[0]
     assert bool(torch.isfinite(full).any())

@@ -15,7 +15,7 @@ from spinformer.physics.dynamical import (
     stationary_dynamical_mean_field,
 )
 from spinformer.physics.exact import all_states
-from spinformer.physics.meanfield import _large_d, _large_d_inverse, transformer_radius
+from spinformer.physics.vmf import phi, phi_inverse, transformer_radius
 
 F64 = torch.float64
 
@@ -58,10 +58,10 @@ def test_vector_second_order_is_hessian_contraction():
     field = torch.randn(n, dim, generator=g, dtype=F64)
     first = kinetic_vector_step(m_prev, j, field, beta, radius, 1)
     second = kinetic_vector_step(m_prev, j, field, beta, radius, 2)
-    theta_prev = _large_d_inverse(m_prev, beta, radius)
+    theta_prev = phi_inverse(m_prev, beta, radius)
     cov = torch.stack(
         [
-            torch.autograd.functional.jacobian(lambda t: _large_d(t, beta, radius), th) / beta
+            torch.autograd.functional.jacobian(lambda t: phi(t, beta, radius), th) / beta
             for th in theta_prev
         ]
     )
@@ -71,9 +71,7 @@ def test_vector_second_order_is_hessian_contraction():
     for i in range(n):
         hess = torch.stack(
             [
-                torch.autograd.functional.hessian(
-                    lambda t, c=c: _large_d(t, beta, radius)[c], theta[i]
-                )
+                torch.autograd.functional.hessian(lambda t, c=c: phi(t, beta, radius)[c], theta[i])
                 for c in range(dim)
             ]
         )

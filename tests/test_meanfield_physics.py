@@ -14,11 +14,11 @@ from spinformer.physics import (
     sherrington_kirkpatrick,
     thermodynamics,
 )
-from spinformer.physics.meanfield import (
-    _large_d_inverse,
+from spinformer.physics.meanfield import ising_response
+from spinformer.physics.vmf import (
     bessel_response,
-    ising_response,
     large_d_response,
+    phi_inverse,
     transformer_radius,
 )
 
@@ -48,7 +48,7 @@ def test_large_d_response_properties():
     theta = torch.randn(50, 16, generator=g, dtype=F64) * 5
     m = large_d_response(theta, 1.3, radius)
     assert bool((m.norm(dim=-1) < radius).all())
-    torch.testing.assert_close(_large_d_inverse(m, 1.3, radius), theta, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(phi_inverse(m, 1.3, radius), theta, rtol=1e-10, atol=1e-10)
     jac = torch.autograd.functional.jacobian(
         lambda t: large_d_response(t, 1.3, radius), torch.zeros(16, dtype=F64)
     )

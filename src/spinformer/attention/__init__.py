@@ -1,19 +1,27 @@
 """Attention as a spin system: couplings, Boltzmann ensembles, mean-field self-consistency.
 
-The dictionary of ``DESIGN.md`` made executable: :func:`couplings` turns attention weights into
+The transformer–spin-system dictionary (Bal, "Transformers are secretly collectives of spin
+systems", 2021) made executable: :func:`couplings` turns attention weights into
 per-head couplings W_QK = W_Kᵀ W_Q (kept factored), fields h = W_Kᵀ b_Q and β;
 :func:`ensemble` turns queries and keys into the Boltzmann ensemble of every attention row
 (ln Z, F, U, S, C, magnetizations); :func:`self_consistent`, :func:`fixed_points`,
 :func:`critical_beta` and :func:`phase_diagram` solve and classify the mean-field
-self-consistency equation m = Σ_j x_j softmax_j(β x_jᵀ W_QK m) of seed 000.
+self-consistency equation m = Σ_j x_j softmax_j(β x_jᵀ W_QK m), whose iteration is modern
+Hopfield retrieval (Ramsauer et al., "Hopfield networks is all you need", 2020).
 """
 
 from spinformer.attention.blocked import blocked_boltzmann_attention
 from spinformer.attention.couplings import Couplings, couplings
+from spinformer.attention.critical import (
+    CriticalBeta,
+    PhaseDiagram,
+    critical_beta,
+    critical_beta_qk,
+    phase_diagram,
+)
 from spinformer.attention.ensemble import (
     AttentionEnsemble,
     EnsembleThermodynamics,
-    boltzmann_attention,
     boltzmann_rows,
     causal_mask,
     ensemble,
@@ -21,16 +29,11 @@ from spinformer.attention.ensemble import (
     padding_mask,
 )
 from spinformer.attention.mean_field import (
-    CriticalBeta,
     FixedPoints,
-    PhaseDiagram,
     SelfConsistentResult,
-    critical_beta,
-    critical_beta_qk,
     fixed_points,
     mean_field_jacobian,
     mean_field_map,
-    phase_diagram,
     self_consistent,
     spectral_radius,
 )
@@ -44,7 +47,6 @@ __all__ = [
     "PhaseDiagram",
     "SelfConsistentResult",
     "blocked_boltzmann_attention",
-    "boltzmann_attention",
     "boltzmann_rows",
     "causal_mask",
     "couplings",

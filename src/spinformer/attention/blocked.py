@@ -1,6 +1,6 @@
 r"""Attention output and row thermodynamics in cache-sized blocks, with a recomputing backward.
 
-The same ensembles as :mod:`spinformer.attention.ensemble` (seed 000; ``DESIGN.md``): for every
+The same ensembles as :mod:`spinformer.attention.ensemble` (its fast path): for every
 query i the logits :math:`c_{ij} = \beta\, q_i\cdot k_j` plus an additive mask :math:`a_{ij}`
 define :math:`\alpha_{ij} = e^{c_{ij} + a_{ij}}/Z_i`, and one pass over the keys gives
 
@@ -17,7 +17,8 @@ SDPA kernel never leaves the cache. Here the score rows are produced a block at 
 ``block_elements`` scores) into buffers reused from block to block; every pass runs on data
 in cache. Each block holds complete rows, so nothing is rescaled online: the exponent is
 shifted by the exact row maximum and the moments are centred two-pass sums, as in
-:func:`~spinformer.attention.boltzmann_rows` (finite and accurate from β = 1e-6 to 1e6).
+:func:`~spinformer.attention.boltzmann_rows` (finite and accurate from β = 1e-6 to 1e6), and
+turned into ln Z, U, S and C by the same :func:`~spinformer.attention.ensemble.row_terms`.
 
 Backward (the flash-attention idea, Dao et al. 2022, arXiv:2205.14135): nothing of size L×S is
 stored; the block scores are recomputed from q, k and the saved row statistics
@@ -44,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spinformer.attention.ensemble import EnsembleThermodynamics
+from spinformer.attention.ensemble import EnsembleThermodynamics, row_terms, row_thermodynamics
 
 __all__ = ["DEFAULT_BLOCK_ELEMENTS", "blocked_boltzmann_attention"]
 
@@ -90,17 +91,8 @@ def blocked_boltzmann_attention(
     )
     output = output.view(*batch, tgt, values.shape[-1])
     shape = (*batch, tgt)
-    log_partition, mean_logit = log_partition.view(shape), mean_logit.view(shape)
-    beta_b = torch.broadcast_to(beta, shape)
-    thermo = EnsembleThermodynamics(
-        log_partition=log_partition,
-        free_energy=-log_partition / beta_b,
-        energy=-mean_logit / beta_b,
-        entropy=entropy.view(shape),
-        heat_capacity=variance.view(shape),
-        beta=beta_b,
-    )
-    return output, thermo
+    terms = (t.view(shape) for t in (log_partition, mean_logit, entropy, variance))
+    return output, row_thermodynamics(*terms, beta)
 
 
 class _Blocks:
@@ -227,9 +219,7 @@ class _BlockedAttention(torch.autograd.Function):
         mean_centred = first.div_(partition).squeeze(-1)  # ⟨c⟩ − max
         variance = second.div_(partition).squeeze(-1)
         row_max = row_max.squeeze(-1)
-        log_partition = row_max + log_z_shift
-        mean_logit = row_max + mean_centred
-        entropy = log_z_shift - mean_centred
+        log_partition, mean_logit, entropy = row_terms(row_max, log_z_shift, mean_centred)
         ctx.save_for_backward(q, k, v, bias, output, row_max, log_z_shift, mean_centred, variance)
         ctx.scale, ctx.budget, ctx.batch = scale, budget, batch
         ctx.set_materialize_grads(False)

@@ -1,6 +1,7 @@
-r"""The couplings of an attention layer: "Transformers transformed" (seed 000).
+r"""The couplings of an attention layer.
 
-With the ``nn.Linear`` convention :math:`q_i = W_Q x_i + b_Q`, :math:`k_j = W_K x_j + b_K`
+Bal, "Transformers are secretly collectives of spin systems" (2021), reads an attention head as a
+spin system. With the ``nn.Linear`` convention :math:`q_i = W_Q x_i + b_Q`, :math:`k_j = W_K x_j + b_K`
 (per head, :math:`W_Q, W_K \in \mathbb{R}^{d\times D}`), the attention score is
 
 .. math::

@@ -1,7 +1,9 @@
-r"""Every attention row is a Boltzmann ensemble over the keys (seed 000, "Back to Boltzmann").
+r"""Every attention row is a Boltzmann ensemble over the keys.
 
 For query :math:`i` the states are the keys :math:`j`, with energy :math:`E_{ij} = -\omega_{ij}
-= -q_i\cdot k_j` at inverse temperature :math:`\beta` (``DESIGN.md``). The attention weights are
+= -q_i\cdot k_j` at inverse temperature :math:`\beta` (Bal, "Transformers are secretly
+collectives of spin systems", 2021; W_QK = W_Kᵀ W_Q in the ``nn.Linear`` convention
+q = x W_Qᵀ, so ω_ij = x_jᵀ W_QK x_i). The attention weights are
 the Boltzmann probabilities and the usual thermodynamics follows row by row:
 
 .. math::
@@ -31,7 +33,10 @@ Numerics. Everything is computed from logits shifted by their row maximum, so th
 heat capacity are free of the catastrophic cancellation of :math:`\beta U + \ln Z` and
 :math:`\langle E^2\rangle - \langle E\rangle^2` and stay finite and accurate from β = 1e-6 to 1e6.
 The same kernel (:func:`boltzmann_rows`) serves :class:`AttentionEnsemble` and the
-``need_thermo`` path of :class:`spinformer.nn.BoltzmannAttention`.
+``need_thermo`` path of :class:`spinformer.nn.BoltzmannAttention`; its fast path,
+:func:`spinformer.attention.blocked.blocked_boltzmann_attention`, computes the same moments block
+by block and turns them into ln Z, U, S, C with the same :func:`row_terms` and
+:func:`row_thermodynamics`.
 """
 
 from __future__ import annotations
@@ -48,12 +53,13 @@ from spinformer._validation import as_tensor, check_beta, check_finite, describe
 __all__ = [
     "AttentionEnsemble",
     "EnsembleThermodynamics",
-    "boltzmann_attention",
     "boltzmann_rows",
     "causal_mask",
     "ensemble",
     "mask_bias",
     "padding_mask",
+    "row_terms",
+    "row_thermodynamics",
 ]
 
 
@@ -102,11 +108,34 @@ def boltzmann_rows(
     mean_centred = _row_dot(weights, centred)  # ⟨βω⟩ − max
     deviation = centred - mean_centred.unsqueeze(-1)
     variance = _row_dot(weights, deviation * deviation)  # Var(βω) = β² Var(E)
-    log_partition = (row_max + log_z_shift).squeeze(-1)
-    mean_logit = row_max.squeeze(-1) + mean_centred  # β⟨ω⟩ = −βU
-    entropy = log_z_shift.squeeze(-1) - mean_centred  # ln Z − β⟨ω⟩ = β(U − F)
+    terms = row_terms(row_max.squeeze(-1), log_z_shift.squeeze(-1), mean_centred)
+    return weights, row_thermodynamics(*terms, variance, beta)
+
+
+def row_terms(
+    row_max: Tensor, log_z_shift: Tensor, mean_centred: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(ln Z, β⟨ω⟩, S) of rows from the moments of their logits shifted by the row maximum.
+
+    With ℓ = βω + a − max: ``log_z_shift`` = ln Σ_j e^ℓ and ``mean_centred`` = ⟨βω⟩ − max, so
+    ln Z = max + ln Z', β⟨ω⟩ = max + (⟨βω⟩ − max) and S = ln Z − β⟨ω⟩ = ln Z' − (⟨βω⟩ − max),
+    the last without the cancellation of two large terms. Shared by every row kernel.
+    """
+    log_partition = row_max + log_z_shift
+    mean_logit = row_max + mean_centred  # β⟨ω⟩ = −βU
+    entropy = log_z_shift - mean_centred  # ln Z − β⟨ω⟩ = β(U − F)
+    return log_partition, mean_logit, entropy
+
+
+def row_thermodynamics(
+    log_partition: Tensor, mean_logit: Tensor, entropy: Tensor, variance: Tensor, beta: Tensor
+) -> EnsembleThermodynamics:
+    """F = −ln Z/β, U = −β⟨ω⟩/β and the rest of :class:`EnsembleThermodynamics` of rows.
+
+    ``variance`` is Var(βω) = β² Var(E) = C; ``beta`` broadcasts to the row shape.
+    """
     beta_b = torch.broadcast_to(beta, log_partition.shape)
-    thermo = EnsembleThermodynamics(
+    return EnsembleThermodynamics(
         log_partition=log_partition,
         free_energy=-log_partition / beta_b,
         energy=-mean_logit / beta_b,
@@ -114,50 +143,6 @@ def boltzmann_rows(
         heat_capacity=variance,
         beta=beta_b,
     )
-    return weights, thermo
-
-
-def boltzmann_attention(
-    logits: Tensor, bias: Tensor | None, beta: Tensor, values: Tensor
-) -> tuple[Tensor, EnsembleThermodynamics]:
-    """Magnetizations Σ_j α_ij v_j and thermodynamics, with two score-sized buffers and no graph.
-
-    Same inputs as :func:`boltzmann_rows` plus ``values`` (*batch, num_keys, d_v). For the
-    inference path of :class:`spinformer.nn.BoltzmannAttention`: it works in place on
-    ``logits`` (which it consumes) and never forms the normalized weights, so it must not be
-    used where gradients are needed (it raises if any input requires grad). With
-    ℓ = logits − max (per row), e = exp ℓ and Z' = Σ e: ln Z = max + ln Z',
-    ⟨βω⟩ − max = Σ e(ℓ − a)/Z', and Var(βω) = Σ e(ℓ − a)²/Z' − (Σ e(ℓ − a)/Z')²; all sums
-    are centred on the row maximum, so no large terms cancel.
-    """
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (logits, bias, beta, values)
-    ):
-        raise ValueError("boltzmann_attention is for inference; use boltzmann_rows with autograd")
-    if bias is not None:
-        logits.add_(bias)
-    row_max = logits.amax(dim=-1, keepdim=True)
-    shifted = logits.sub_(row_max)  # ℓ, in place
-    boltzmann = torch.exp(shifted)  # e (second buffer)
-    partition = boltzmann.sum(dim=-1, keepdim=True)  # Z'
-    output = (boltzmann @ values).div_(partition)
-    if bias is not None:  # ℓ − a = βω − max; NaN where a = −inf (there e = 0), set to 0
-        shifted.sub_(bias).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    first = boltzmann.mul_(shifted).sum(dim=-1, keepdim=True).div_(partition)
-    second = boltzmann.mul_(shifted).sum(dim=-1, keepdim=True).div_(partition)
-    log_z_shift = partition.log_()
-    log_partition = (row_max + log_z_shift).squeeze(-1)
-    mean_logit = (row_max + first).squeeze(-1)
-    beta_b = torch.broadcast_to(beta, log_partition.shape)
-    thermo = EnsembleThermodynamics(
-        log_partition=log_partition,
-        free_energy=-log_partition / beta_b,
-        energy=-mean_logit / beta_b,
-        entropy=(log_z_shift - first).squeeze(-1),
-        heat_capacity=(second - first * first).clamp_min_(0.0).squeeze(-1),
-        beta=beta_b,
-    )
-    return output, thermo
 
 
 def _row_dot(a: Tensor, b: Tensor) -> Tensor:

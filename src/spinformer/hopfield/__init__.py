@@ -1,8 +1,10 @@
 """Hopfield networks: classical (±1 spins, Hebb couplings) and modern (continuous, attention).
 
 Both are spin systems of :mod:`spinformer.physics`: the classical net is an Ising model whose
-zero-temperature dynamics descends its energy into attractors (seed 000's "the physics is the
-hash function"); the modern net's update is one step of value-free attention (seed 003).
+zero-temperature dynamics descends its energy into attractors (Hopfield, "Neural networks and
+physical systems with emergent collective computational abilities", PNAS 79, 2554, 1982); the
+modern net's update is one step of value-free attention (Ramsauer et al., "Hopfield networks is
+all you need", 2020; Bal, "Transformers are secretly collectives of spin systems", 2021).
 """
 
 from spinformer.hopfield.capacity import (

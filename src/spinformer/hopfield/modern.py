@@ -12,8 +12,10 @@ Ramsauer et al., *Hopfield Networks is All You Need* (ICLR 2021), store P patter
 with the update :math:`\xi \leftarrow X^\top\operatorname{softmax}(\beta X\xi)`. This is the
 concave–convex procedure for E, so E never increases along it (their Theorem 1), and it is
 exactly one step of value-free attention with query ξ, keys = values = the patterns and scale β
-(the softmax of seed 003, :math:`\partial\,\operatorname{lse}/\partial\xi`). In the dictionary of
-``DESIGN.md`` it is the mean-field self-consistency m ← Σ_j x_j softmax_j(β x_j·m) of seed 000:
+(the softmax :math:`\partial\,\operatorname{lse}/\partial\xi`). In the spin-system reading of
+attention (Bal, "Transformers are secretly collectives of spin systems", 2021) it is the
+mean-field self-consistency m ← Σ_j x_j softmax_j(β x_j·m) of
+:mod:`spinformer.attention.mean_field`:
 with the two patterns {+1, −1} in D = 1 the update is m ← tanh(βm), the Curie–Weiss equation.
 
 Fixed points come in three kinds (Ramsauer §2): near one pattern (β large, patterns well
@@ -33,6 +35,7 @@ import torch
 from torch import Tensor
 
 from spinformer._validation import as_tensor, check_finite, check_positive_int
+from spinformer.solvers import fixed_point
 
 __all__ = ["FIXED_POINT_KINDS", "ModernHopfield", "ModernRetrieval"]
 
@@ -118,30 +121,40 @@ class ModernHopfield:
         return torch.exp(-(log_p.exp() * log_p).sum(-1))
 
     def retrieve(self, xi0: Tensor, tol: float = 1e-10, max_iter: int = 100) -> ModernRetrieval:
-        """Iterate the update from ξ0 (..., D) until |Δξ| ≤ ``tol`` (per start) or ``max_iter``."""
+        """Iterate the update from ξ0 (..., D) until |Δξ| ≤ ``tol`` (per start) or ``max_iter``.
+
+        The iteration is :func:`spinformer.solvers.fixed_point` with the ``"picard_step"``
+        solver (the step that passes the test is taken; unrolled, no implicit backward); the
+        energy is recorded after every update.
+        """
         if not (math.isfinite(tol) and tol > 0):
             raise ValueError(f"tol must be a positive number, got {tol!r}")
         check_positive_int(max_iter, "max_iter")
         xi = self._check(xi0, "xi0")
-        converged = torch.zeros(xi.shape[:-1], dtype=torch.bool, device=xi.device)
-        iterations = torch.zeros(xi.shape[:-1], dtype=torch.long, device=xi.device)
         energies = [self.energy(xi)]
-        for step in range(max_iter):
-            new = self.update(xi)
-            active = ~converged
-            iterations = iterations + active.long()
-            done = (new - xi).norm(dim=-1) <= tol
-            xi = torch.where(active[..., None], new, xi)
-            converged = converged | done
-            energies.append(self.energy(xi))
-            if step % 8 == 7 and bool(converged.all()):  # a sync every 8 updates only
-                break
+
+        def record(z: Tensor) -> None:
+            energies.append(self.energy(z.reshape(xi.shape)))
+
+        result = fixed_point(
+            self.update,
+            xi,
+            method="picard_step",
+            tol=tol,
+            max_iter=max_iter,
+            batch_dims=xi.ndim - 1,
+            implicit=False,
+            check_every=8,
+            warn=False,
+            on_step=record,
+        )
+        state = result.solution
         return ModernRetrieval(
-            state=xi,
-            converged=converged,
-            iterations=iterations,
+            state=state,
+            converged=result.converged,
+            iterations=result.iterations,
             energy_trace=torch.stack(energies, dim=-1),
-            probabilities=self.probabilities(xi),
+            probabilities=self.probabilities(state),
         )
 
     def classify(self, xi: Tensor) -> str | list[str]:

@@ -4,21 +4,13 @@
 or Llama family, or a loaded ``transformers`` model), then ``analyze`` it on text: per layer and
 head, the couplings W_QK = W_Kᵀ W_Q, the head's β, the Boltzmann ensemble of every token, the
 self-consistent states of its mean-field map, β_c and a phase label (see
-:mod:`spinformer.lens.analysis`). ``transformers`` is imported only when a model is loaded
+:mod:`spinformer.lens.analysis` and :mod:`spinformer.lens.phases`). ``transformers`` is imported only when a model is loaded
 (install the ``lens`` extra: ``pip install 'spinformer[lens]'``).
 """
 
-from spinformer.lens.analysis import (
-    PHASES,
-    RAMSAUER_CLASSES,
-    HeadPhases,
-    LensConfig,
-    LensResult,
-    analyze,
-    head_phases,
-    relative_coupling,
-)
+from spinformer.lens.analysis import RAMSAUER_CLASSES, LensResult, analyze, relative_coupling
 from spinformer.lens.loaders import FAMILIES, SOURCES, FamilyAdapter, LensModel, load
+from spinformer.lens.phases import PHASES, HeadPhases, LensConfig, head_phases
 
 __all__ = [
     "FAMILIES",

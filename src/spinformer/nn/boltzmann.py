@@ -1,6 +1,7 @@
 r"""``BoltzmannAttention``: ``nn.MultiheadAttention`` whose temperature and thermodynamics are visible.
 
-Each head h and query i is a Boltzmann ensemble over the keys (``DESIGN.md``; seed 000):
+Each head h and query i is a Boltzmann ensemble over the keys (Bal, "Transformers are secretly
+collectives of spin systems", 2021; :mod:`spinformer.attention.ensemble`):
 :math:`\alpha_{ij} = e^{\beta_h q_i\cdot k_j + a_{ij}}/Z_i` with masks :math:`a_{ij}`, and the
 output is the out-projection of the magnetizations :math:`z_i = \sum_j \alpha_{ij} v_j =
 W_V\langle x\rangle_i` (+ bias). The scale of the dot products is the inverse temperature

@@ -2,8 +2,9 @@ r"""Attention as the response of a vector-spin system: mean field and steepest-d
 
 The module's inputs are routed to the external fields of a vector-spin system, one system per
 head, and the module returns its magnetizations (Bal, "Deep implicit attention", 2021;
-"Transformers are secretly collectives of spin systems", 2021 — seed 003). With per-head fields
-h_i = (x W_F)_i, couplings J and the large-D response φ (R² = d/2 − 1, d the head dimension):
+"Transformers are secretly collectives of spin systems", 2021). With per-head fields
+h_i = (x W_F)_i, couplings J and the large-D response φ (R² = d/2 − 1, d the head dimension;
+:func:`spinformer.physics.vmf.phi`):
 
 * :class:`MeanFieldAttention` solves the mean-field self-consistency as a deep implicit layer
 
@@ -12,8 +13,8 @@ h_i = (x W_F)_i, couplings J and the large-D response φ (R² = d/2 − 1, d the
   with J the softmax couplings (queries·keys) or a learned N_max × N_max matrix, and the Onsager
   reaction Ω either absent, explicit (``"tap"``: the vector TAP reaction with isotropic
   covariance, Ω_i = β (d/2R²) m_i Σ_j J_ij² b_j, b_j = (R² − |m_j|²)/2R² the tangential variance
-  of spin j under φ), or learned (``"learned"``: Ω_i = (Σ_j J_ij²) W_Ω m_i, a channel-mixing
-  map). ``steps=K`` unrolls K iterations from m = φ(h); ``steps=None`` solves the fixed point
+  of spin j under φ: :func:`spinformer.physics.onsager.large_d_reaction`), or learned
+  (``"learned"``: Ω_i = (Σ_j J_ij²) W_Ω m_i, a channel-mixing map). ``steps=K`` unrolls K iterations from m = φ(h); ``steps=None`` solves the fixed point
   with :mod:`spinformer.solvers` and differentiates it implicitly (memory independent of the
   number of iterations).
 
@@ -50,17 +51,30 @@ from spinformer.nn._spin import (
     softmax_couplings,
     split_heads,
 )
-from spinformer.physics.meanfield import transformer_radius
+from spinformer.physics import onsager, vmf
 from spinformer.physics.saddle import saddle_log_partition, solve_saddle
+from spinformer.physics.vmf import transformer_radius
 
 __all__ = ["FreeEnergyAttention", "MeanFieldAttention"]
 
 
-def _phi(theta: Tensor, beta: Tensor, radius: float) -> Tensor:
-    """Large-D response φ with per-head β (H,) broadcast over (B, H, N, d)."""
-    b = beta[:, None, None]
-    norm2 = (theta * theta).sum(-1, keepdim=True)
-    return b * theta / (1.0 + torch.sqrt(1.0 + b * b * norm2 / radius**2))
+def _fields(
+    module: MeanFieldAttention | FreeEnergyAttention, x: Tensor, padding_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Validate the tokens; return the per-head β (H,) and fields h = x W_F (B, H, N, d)."""
+    check_tokens(x, module.d_model, padding_mask, module.field.weight.dtype)
+    return module.beta(), split_heads(module.field(x), module.n_heads)
+
+
+def _check_ranges(x: Tensor, field: Tensor, beta: Tensor, radius: float, couplings: Tensor) -> None:
+    """Name the input when the fields β|W_F x|/R or the couplings overflow the dtype."""
+    check_overflow(
+        x,
+        {
+            "the fields β|W_F x|/R": field_scale(field, beta, radius),
+            "the couplings softmax(q·k)": couplings,
+        },
+    )
 
 
 class MeanFieldAttention(nn.Module):
@@ -140,19 +154,17 @@ class MeanFieldAttention(nn.Module):
         return matrix if allowed is None else matrix * allowed
 
     def _update(self, field: Tensor, couplings: Tensor, beta: Tensor):
-        radius, head_dim = self.radius, self.head_dim
-        squared = couplings**2 if self.onsager != "none" else None
+        radius = self.radius
+        site = onsager.SiteCouplings(couplings) if self.onsager != "none" else None
         b = beta[:, None, None]
 
         def update(m: Tensor) -> Tensor:
             theta = field + couplings @ m
             if self.onsager == "tap":
-                tangential = (radius**2 - (m * m).sum(-1, keepdim=True)) / (2.0 * radius**2)
-                scale = head_dim / (2.0 * radius**2)
-                theta = theta - b * scale * m * (squared @ tangential)
+                theta = theta - onsager.large_d_reaction(m, b, radius, site)
             elif self.onsager == "learned":
-                theta = theta - squared.sum(-1, keepdim=True) * (m @ self.reaction)
-            return _phi(theta, beta, radius)
+                theta = theta - site.squared.sum(-1, keepdim=True) * (m @ self.reaction)
+            return vmf.phi(theta, b, radius)
 
         return update
 
@@ -160,21 +172,13 @@ class MeanFieldAttention(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
         """Magnetizations of the per-head spin systems probed by x, projected by W_O."""
-        check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
-        beta = self.beta()
-        field = split_heads(self.field(x), self.n_heads)
+        beta, field = _fields(self, x, padding_mask)
         couplings = self.couplings(x, padding_mask)
-        check_overflow(
-            x,
-            {
-                "the fields β|W_F x|/R": field_scale(field, beta, self.radius),
-                "the couplings softmax(q·k)": couplings,
-            },
-        )
+        _check_ranges(x, field, beta, self.radius, couplings)
         update = self._update(field, couplings, beta)
         m, converged, iterations, residual = relax(
             update,
-            _phi(field, beta, self.radius),
+            vmf.phi(field, beta[:, None, None], self.radius),
             self.steps,
             self.solver,
             self.tol,
@@ -237,19 +241,11 @@ class FreeEnergyAttention(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
         """Autograd magnetizations of the per-head saddle-point free energies, projected by W_O."""
-        check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
-        beta = self.beta()
-        field = split_heads(self.field(x), self.n_heads)
+        beta, field = _fields(self, x, padding_mask)
         if padding_mask is not None:
             field = field * padding_mask[:, None, :, None]
         couplings = self.couplings(x, padding_mask)
-        check_overflow(
-            x,
-            {
-                "the fields β|W_F x|/R": field_scale(field, beta, self.radius),
-                "the couplings softmax(q·k)": couplings,
-            },
-        )
+        _check_ranges(x, field, beta, self.radius, couplings)
         n = x.shape[1]
         if self.causal:  # one system per prefix: sites > t decouple and feel no field
             prefix = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()  # (t, site)

@@ -249,7 +249,7 @@ class ResidualOperator:
 
     def solve(self, rhs: Tensor) -> Tensor:
         """K⁻¹ rhs, differentiable in rhs (the adjoint is a solve with Kᵀ)."""
-        return _Solve.apply(rhs, self)
+        return _Solve.apply(rhs, self, False)
 
     def smallest_eigenvalue(self, iters: int = 24) -> Tensor:
         """Smallest real part among the Ritz values of K (*batch), from a fixed start vector."""
@@ -263,22 +263,15 @@ class ResidualOperator:
 
 
 class _Solve(torch.autograd.Function):
+    """K⁻¹ rhs (``transposed``: K⁻ᵀ rhs); the adjoint of either is a solve with the other."""
+
     @staticmethod
-    def forward(ctx, rhs: Tensor, op: ResidualOperator) -> Tensor:  # type: ignore[override]
-        ctx.op = op
-        return op._gmres(op.matvec, rhs)
+    def forward(  # type: ignore[override]
+        ctx, rhs: Tensor, op: ResidualOperator, transposed: bool
+    ) -> Tensor:
+        ctx.op, ctx.transposed = op, transposed
+        return op._gmres(op.rmatvec if transposed else op.matvec, rhs)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return _SolveTransposed.apply(grad, ctx.op), None
-
-
-class _SolveTransposed(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, rhs: Tensor, op: ResidualOperator) -> Tensor:  # type: ignore[override]
-        ctx.op = op
-        return op._gmres(op.rmatvec, rhs)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return _Solve.apply(grad, ctx.op), None
+        return _Solve.apply(grad, ctx.op, not ctx.transposed), None, None

@@ -15,14 +15,16 @@ K_i = Σ_j J_ij² C_j the covariance of the field fluctuation,
     \;+\; O(J^3).
 
 Order 1 ("naive") keeps the first term; order 2 adds the Onsager-like correction. For Ising
-spins m = tanh(βθ) and the correction is −β² tanh(βθ̄)(1 − tanh²βθ̄) Σ_j J_ij²(1 − m_j²), which
-agrees to O(J²) with the dynamical TAP equations of Roudi & Hertz (2011).
+spins m = tanh(βθ) and the correction is −β² tanh(βθ̄)(1 − tanh²βθ̄) Σ_j J_ij²(1 − m_j²) =
+−β(1 − m_i²) Ω_i, with Ω_i = β m_i Σ_j J_ij²(1 − m_j(t−1)²) the Onsager reaction field
+(:func:`~spinformer.physics.onsager.ising_reaction`): the dynamical TAP equations of Roudi &
+Hertz (2011), m_i = tanh(β(θ̄_i − Ω_i)), to O(J²).
 
 For vector spins the response is the large-D φ(θ) = g(|θ|) θ, g = β/(1 + u),
-u = √(1 + β²|θ|²/R²) (:func:`~spinformer.physics.meanfield.large_d_response`). Its previous-time
+u = √(1 + β²|θ|²/R²) (:func:`~spinformer.physics.vmf.phi`). Its previous-time
 covariance is the one consistent with φ, C = β⁻¹ ∂φ/∂θ, written in terms of m alone
-(s = |m|): tangential b = (R² − s²)/(2R²), radial − tangential = w s² with
-w = −(R² − s²)/(R²(R² + s²)). For a radial map the Hessian contraction is
+(s = |m|, :func:`~spinformer.physics.vmf.large_d_covariance`): tangential b = (R² − s²)/(2R²),
+radial − tangential = w s² with w = −(R² − s²)/(R²(R² + s²)). For a radial map the Hessian contraction is
 
 .. math::
 
@@ -44,6 +46,7 @@ import torch
 from torch import Tensor
 
 from spinformer._validation import as_tensor, check_beta, check_finite, check_positive_int
+from spinformer.physics import onsager, vmf
 from spinformer.solvers import FixedPointResult, fixed_point
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "kinetic_ising_step",
     "kinetic_vector_step",
     "stationary_dynamical_mean_field",
+    "vector_step",
 ]
 
 Spin = Literal["ising", "vector"]
@@ -85,9 +89,9 @@ def kinetic_ising_step(
 def _ising_step(m_prev: Tensor, couplings: Tensor, field, beta, order: int) -> Tensor:
     theta = field + torch.einsum("...ij,...j->...i", couplings, m_prev)
     m = torch.tanh(beta * theta)
-    if order == 2:
-        spread = torch.einsum("...ij,...j->...i", couplings**2, 1.0 - m_prev**2)
-        m = m - beta**2 * m * (1.0 - m * m) * spread
+    if order == 2:  # tanh(β(θ̄ − Ω)) to first order in the reaction field Ω
+        reaction = onsager.ising_reaction(m, beta, onsager.SiteCouplings(couplings), others=m_prev)
+        m = m - beta * (1.0 - m * m) * reaction
     return m
 
 
@@ -120,14 +124,11 @@ def vector_step(
     dim = m_prev.shape[-1]
     r2 = radius**2
     theta = field + couplings @ m_prev
-    norm2 = (theta * theta).sum(-1, keepdim=True)
-    u = torch.sqrt(1.0 + beta * beta * norm2 / r2)
-    m = beta * theta / (1.0 + u)
+    m, norm2, u = vmf.phi_terms(theta, beta, radius)
     if order == 1:
         return m
     s2 = (m_prev * m_prev).sum(-1)  # (..., N)
-    tangential = (r2 - s2) / (2.0 * r2)
-    weight = -(r2 - s2) / (r2 * (r2 + s2))
+    tangential, weight = vmf.large_d_covariance(m_prev, radius)
     squared = couplings**2
     overlap = theta @ m_prev.transpose(-1, -2)  # θ_i · m_j
     k_scalar = squared @ tangential[..., None]  # Σ_j J² b_j, (..., N, 1)

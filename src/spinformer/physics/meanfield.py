@@ -1,23 +1,11 @@
 r"""Mean-field responses and the naive mean-field and TAP free energies (Ising and vector spins).
 
-**Single-site responses.** A vector spin on the sphere of radius R in D dimensions in an
-effective field θ is von Mises–Fisher; its mean is exactly (``bessel_response``)
-
-.. math::
-
-    m(\theta) = R\,A_D(\beta R|\theta|)\,\hat\theta = \beta R^2 q(\kappa)\,\theta,\qquad
-    A_D = I_{D/2}/I_{D/2-1},\ \kappa = \beta R|\theta|,\ q = A_D/\kappa .
-
-The leading uniform (Debye) asymptotics A_D(κ) ≈ κ/(ν + √(ν² + κ²)), ν = D/2 − 1, with the
-spin-model-transformer radius convention R² = ν turns it into the parameter-free large-D
-response (``large_d_response``; Bal, "Spin-model transformers", 2023)
-
-.. math::
-
-    \varphi(\theta) = \frac{\beta\theta}{1 + \sqrt{1 + \beta^2|\theta|^2/R^2}},\qquad R^2 = D/2 - 1,
-
-whose relative error against the Bessel form falls like 1/D. Ising spins respond with
-m = tanh(βθ).
+**Single-site responses.** Ising spins respond with m = tanh(βθ); a vector spin on the sphere
+of radius R in D dimensions is von Mises–Fisher, with its exact mean, covariance and
+log-normalizer and the parameter-free large-D response
+φ(θ) = βθ/(1 + √(1 + β²|θ|²/R²)) (R² = D/2 − 1; Bal, "Spin-model transformers", 2023) all in
+:mod:`spinformer.physics.vmf` (``bessel_response``, ``large_d_response``,
+``vector_covariance`` and ``transformer_radius`` are re-exported here).
 
 **Free energies.** Naive mean field and TAP (Thouless, Anderson & Palmer 1977; Plefka 1982) are
 stationary points of a variational ln Z written here in the effective fields θ (so that no
@@ -33,7 +21,7 @@ ln z is ln 2cosh βθ (Ising) or the normalized log Bessel function (vector, uni
 measure on the sphere, as in ``method="exact"``). Stationarity gives θ = h + Jm (naive) and, for
 Ising TAP, the textbook θ_i = h_i + Σ_j J_ij m_j − β m_i Σ_j J_ij²(1 − m_j²). For vector TAP the
 reaction term is θ_i ← h_i + Σ_j J_ij m_j + β⁻² C_i⁻¹ ∂O/∂θ_i (O the Onsager term), because
-∂m_i/∂θ_i = βC_i. The fixed point is solved by :mod:`spinformer.solvers`; every observable then
+∂m_i/∂θ_i = βC_i; the Onsager term and both reaction fields are :mod:`spinformer.physics.onsager`. The fixed point is solved by :mod:`spinformer.solvers`; every observable then
 follows from Φ by autodiff (:mod:`spinformer.physics._variational`). Plefka's expansion makes
 naive mean field exact to first order in J and TAP to second: at couplings scaled by ε the
 magnetization errors scale as ε² and ε³.
@@ -65,89 +53,39 @@ import torch
 from torch import Tensor
 
 from spinformer._validation import as_tensor, check_beta, check_finite, check_positive_int
+from spinformer.physics import onsager, vmf
 from spinformer.physics._variational import (
     ResidualOperator,
     fixed_point_log_partition,
     map_jacobian,
 )
 from spinformer.physics.models import CompleteGraph, IsingModel, VectorSpinModel
-from spinformer.physics.special import vmf_moments
+from spinformer.physics.onsager import SiteCouplings
 from spinformer.physics.thermo import (
     Thermodynamics,
     register_method,
     thermodynamics_from_log_partition,
 )
+from spinformer.physics.vmf import (  # re-exported: the single-spin responses live in vmf
+    bessel_response as bessel_response,
+)
+from spinformer.physics.vmf import large_d_response as large_d_response
+from spinformer.physics.vmf import transformer_radius as transformer_radius
+from spinformer.physics.vmf import vector_covariance as vector_covariance
 from spinformer.solvers import SolverWarning, fixed_point
 
 __all__ = [
+    "DENSE_JACOBIAN",
     "STARTS",
-    "bessel_response",
     "ising_response",
-    "large_d_response",
     "mean_field_thermodynamics",
-    "transformer_radius",
-    "vector_covariance",
 ]
-
-
-def transformer_radius(dim: int) -> float:
-    """R = √(D/2 − 1), the radius that makes the large-D response parameter-free (needs D > 2)."""
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 2:
-        raise ValueError(
-            f"dim (the spin/head dimension D) must be an integer > 2 for the radius convention "
-            f"R^2 = D/2 - 1, got {dim!r}"
-        )
-    return math.sqrt(dim / 2.0 - 1.0)
 
 
 def _beta_tensor(beta: Tensor | float, like: Tensor) -> Tensor:
     beta = as_tensor(beta, "beta", dtype=like.dtype, device=like.device)
     check_beta(beta)
     return beta
-
-
-def large_d_response(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
-    """φ(θ) = βθ / (1 + √(1 + β²|θ|²/R²)) for effective fields θ (..., D).
-
-    ``beta`` broadcasts against ``theta.shape[:-1]``. The map is smooth everywhere (slope β/2
-    at θ = 0) and |φ| < R.
-    """
-    check_finite(theta, "theta")
-    beta = _beta_tensor(beta, theta)
-    if not radius > 0:
-        raise ValueError(f"radius must be positive, got {radius!r}")
-    return _large_d(theta, beta[..., None] if beta.ndim else beta, radius)
-
-
-def _large_d(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
-    """Unchecked φ; ``beta`` already broadcastable against ``theta``."""
-    norm2 = (theta * theta).sum(-1, keepdim=True)
-    return beta * theta / (1.0 + torch.sqrt(1.0 + beta * beta * norm2 / radius**2))
-
-
-def _large_d_inverse(m: Tensor, beta: Tensor | float, radius: float) -> Tensor:
-    """θ = φ⁻¹(m) = 2R² m / (β (R² − |m|²)) for |m| < R (closed form of the inverse)."""
-    norm2 = (m * m).sum(-1, keepdim=True)
-    return 2.0 * radius**2 * m / (beta * (radius**2 - norm2))
-
-
-def bessel_response(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
-    """Exact mean of a von Mises–Fisher spin: R A_D(βR|θ|) θ̂ = βR² q(κ) θ, θ (..., D).
-
-    Uses the stable Bessel ratio of :mod:`spinformer.physics.special` (finite at θ = 0).
-    """
-    check_finite(theta, "theta")
-    beta = _beta_tensor(beta, theta)
-    if not radius > 0:
-        raise ValueError(f"radius must be positive, got {radius!r}")
-    return _bessel(theta, beta[..., None] if beta.ndim else beta, radius)
-
-
-def _bessel(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
-    nu = theta.shape[-1] / 2.0 - 1.0
-    x2 = (beta * radius) ** 2 * (theta * theta).sum(-1, keepdim=True)
-    _, q, _, _ = vmf_moments(nu, x2)
-    return beta * radius**2 * q * theta
 
 
 def ising_response(theta: Tensor, beta: Tensor | float) -> Tensor:
@@ -157,74 +95,17 @@ def ising_response(theta: Tensor, beta: Tensor | float) -> Tensor:
     return torch.tanh(beta * theta)
 
 
-def vector_covariance(
-    theta: Tensor, beta: Tensor | float, radius: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Covariance C = a θ̂θ̂ᵀ + b(1 − θ̂θ̂ᵀ) of a von Mises–Fisher spin: returns (a, b, θ̂).
-
-    a = R²A'(κ) (radial variance, A' = 1 − A² − (D−1)A/κ, evaluated without cancellation by
-    :func:`~spinformer.physics.special.vmf_moments`) and b = R²A/κ (each tangential
-    direction); a = b = R²/D at θ = 0. Shapes: a, b (...), θ̂ (..., D).
-    """
-    beta = as_tensor(beta, "beta", dtype=theta.dtype, device=theta.device)
-    radial, tangential, _ = _covariance(theta, beta, radius)
-    norm = theta.norm(dim=-1)
-    direction = theta / norm.clamp_min(torch.finfo(theta.dtype).tiny)[..., None]
-    return radial, tangential, direction
-
-
-def _covariance(
-    theta: Tensor, beta: Tensor | float, radius: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(a, b, e) with C = b·1 + e θθᵀ: e = (a − b)/|θ|², smooth at θ = 0 (a function of |θ|²).
-
-    From a − b = R²(A' − A/κ) = 2R²κ² q'(κ²) with q' = dq/d(κ²): e = 2β²R⁴ q'.
-    """
-    nu = theta.shape[-1] / 2.0 - 1.0
-    scale = (beta * radius) ** 2
-    _, q, slope, q_slope = vmf_moments(nu, scale * (theta * theta).sum(-1))
-    r2 = radius**2
-    return r2 * slope, r2 * q, 2.0 * scale * r2 * q_slope
-
-
-# -- couplings: dense matrices or the complete graph (O(N)) --------------------------------------
-
-
-class _Couplings:
-    """J applied to site vectors: a dense (..., N, N) matrix or the complete graph J_ij = c."""
-
-    def __init__(self, model: IsingModel | VectorSpinModel) -> None:
-        self.complete = isinstance(model.lattice, CompleteGraph)
-        if self.complete:
-            self.strength = model.bond
-        else:
-            self.matrix = model.coupling_matrix
-            self.squared = self.matrix**2
-
-    def apply(self, x: Tensor, vector: bool, squared: bool = False) -> Tensor:
-        """Σ_j J_ij x_j (or Σ_j J_ij² x_j) for x (..., N) or, if ``vector``, (..., N, D)."""
-        if self.complete:
-            c = self.strength**2 if squared else self.strength
-            c = c.reshape(*c.shape, *([1] * (2 if vector else 1)))
-            return c * (x.sum(dim=-2 if vector else -1, keepdim=True) - x)
-        matrix = self.squared if squared else self.matrix
-        return matrix @ x if vector else (matrix @ x[..., None])[..., 0]
-
-    def overlap_squared(self, weight: Tensor, theta: Tensor) -> Tensor:
-        """Σ_ij J_ij² w_i w_j (θ_i·θ_j)² for w (..., N), θ (..., N, D)."""
-        if self.complete:
-            weighted = weight[..., None, None] * theta[..., :, None] * theta[..., None, :]
-            total = weighted.sum(-3)
-            diagonal = (weight * (theta * theta).sum(-1)) ** 2
-            return self.strength**2 * ((total * total).sum((-1, -2)) - diagonal.sum(-1))
-        gram = (theta @ theta.transpose(-1, -2)) ** 2
-        return (self.squared * gram * weight[..., :, None] * weight[..., None, :]).sum((-1, -2))
+def _site_couplings(model: IsingModel | VectorSpinModel) -> SiteCouplings:
+    """The model's couplings as a dense matrix or, for the complete graph, its bond (O(N))."""
+    if isinstance(model.lattice, CompleteGraph):
+        return SiteCouplings.complete_graph(model.bond)
+    return SiteCouplings(model.coupling_matrix)
 
 
 # -- variational potentials Φ(θ; h, β) and fixed-point maps F(θ; h, β) -----------------------------
 
 
-def _ising_potential(couplings: _Couplings, tap: bool):
+def _ising_potential(couplings: SiteCouplings, tap: bool):
     def potential(theta: Tensor, field: Tensor, beta: Tensor) -> Tensor:
         b = beta[..., None]
         x = b * theta
@@ -232,70 +113,42 @@ def _ising_potential(couplings: _Couplings, tap: bool):
         phi = (x + torch.nn.functional.softplus(-2.0 * x) - x * m).sum(-1)  # ln 2cosh x − x m
         phi = phi + beta * (m * (0.5 * couplings.apply(m, False) + field)).sum(-1)
         if tap:
-            var = 1.0 - m * m
-            phi = phi + 0.25 * beta**2 * (var * couplings.apply(var, False, squared=True)).sum(-1)
+            phi = phi + onsager.onsager_term(beta, couplings, 1.0 - m * m)
         return phi
 
     return potential
 
 
-def _ising_map(couplings: _Couplings, tap: bool):
+def _ising_map(couplings: SiteCouplings, tap: bool):
     def update(theta: Tensor, field: Tensor, beta: Tensor) -> Tensor:
         b = beta[..., None]
         m = torch.tanh(b * theta)
         new = field + couplings.apply(m, False)
         if tap:
-            new = new - b * m * couplings.apply(1.0 - m * m, False, squared=True)
+            new = new - onsager.ising_reaction(m, b, couplings)
         return new
 
     return update
 
 
-def _onsager_vector(theta: Tensor, beta: Tensor, radius: float, couplings: _Couplings) -> Tensor:
-    """(β²/4) Σ_ij J_ij² tr(C_i C_j) with vMF covariances C_i = b_i 1 + e_i θ_iθ_iᵀ (J_ii = 0).
-
-    tr(C_iC_j) = D b_i b_j + d_i b_j + b_i d_j + e_i e_j (θ_i·θ_j)², d = e|θ|² = a − b.
-    """
-    dim = theta.shape[-1]
-    _, b, e = _covariance(theta, beta[..., None], radius)
-    d = e * (theta * theta).sum(-1)
-    spread = couplings.apply(b, False, squared=True)
-    trace = ((dim * b + 2.0 * d) * spread).sum(-1) + couplings.overlap_squared(e, theta)
-    return 0.25 * beta**2 * trace
-
-
-def _vector_potential(couplings: _Couplings, radius: float, tap: bool):
+def _vector_potential(couplings: SiteCouplings, radius: float, tap: bool):
     def potential(theta: Tensor, field: Tensor, beta: Tensor) -> Tensor:
-        nu = theta.shape[-1] / 2.0 - 1.0
-        b = beta[..., None, None]
-        x2 = (beta[..., None] * radius) ** 2 * (theta * theta).sum(-1)
-        log_z, q, _, _ = vmf_moments(nu, x2)
-        m = b * radius**2 * q[..., None] * theta
+        log_z, m = vmf.log_normalizer_and_mean(theta, beta[..., None, None], radius)
         phi = log_z.sum(-1) - beta * (theta * m).sum((-1, -2))
         phi = phi + beta * (m * (0.5 * couplings.apply(m, True) + field)).sum((-1, -2))
         if tap:
-            phi = phi + _onsager_vector(theta, beta, radius, couplings)
+            phi = phi + onsager.vector_onsager(theta, beta, radius, couplings)
         return phi
 
     return potential
 
 
-def _vector_map(couplings: _Couplings, radius: float, tap: bool):
+def _vector_map(couplings: SiteCouplings, radius: float, tap: bool):
     def update(theta: Tensor, field: Tensor, beta: Tensor) -> Tensor:
         b = beta[..., None, None]
-        new = field + couplings.apply(_bessel(theta, b, radius), True)
+        new = field + couplings.apply(vmf.mean(theta, b, radius), True)
         if tap:
-            # θ ← h + Jm + β⁻² C⁻¹ ∂O/∂θ; differentiable (create_graph) whenever grad is on.
-            differentiable = torch.is_grad_enabled()
-            with torch.enable_grad():
-                leaf = theta if theta.requires_grad else theta.detach().requires_grad_(True)
-                onsager = _onsager_vector(leaf, beta, radius, couplings)
-                (grad,) = torch.autograd.grad(onsager.sum(), leaf, create_graph=differentiable)
-            a, t, e = _covariance(leaf if differentiable else theta, beta[..., None], radius)
-            along = (theta * grad).sum(-1, keepdim=True)
-            # C⁻¹ g = g/b − e/(ab) θ(θ·g), since 1/a − 1/b = −e|θ|²/(ab)
-            inverse = grad / t[..., None] - (e / (a * t))[..., None] * theta * along
-            new = new + inverse / b**2
+            new = new - onsager.vector_reaction(theta, beta, radius, couplings)
         return new
 
     return update
@@ -308,7 +161,9 @@ STARTS = ("field", "ordered_up", "ordered_down", "paramagnet")
 """Starting effective fields of the stationary-point search, in this order (see below)."""
 
 
-def _starting_fields(couplings: _Couplings, field: Tensor, vector: bool, radius: float) -> Tensor:
+def _starting_fields(
+    couplings: SiteCouplings, field: Tensor, vector: bool, radius: float
+) -> Tensor:
     """θ₀ for each of ``STARTS``, stacked in front: (4, *batch, N[, D]).
 
     The field start is θ = h; the ordered starts are one mean-field step from the saturated
@@ -401,7 +256,7 @@ def mean_field_thermodynamics(
             f"model this large (more than {DENSE_JACOBIAN} spin components) pass "
             "susceptibility=False"
         )
-    couplings = _Couplings(model)
+    couplings = _site_couplings(model)
     field = model.expanded_field()
     beta = model.expanded_beta()
     batch_ndim = len(model.batch_shape)

@@ -55,6 +55,7 @@ __all__ = [
     "saddle_log_partition",
     "saddle_magnetization",
     "saddle_potential",
+    "saddle_thermodynamics",
     "solve_saddle",
 ]
 

@@ -1,6 +1,6 @@
 """Fixed-point solvers with per-sample diagnostics and implicit differentiation.
 
-The only place in spinformer that iterates to a fixed point (DESIGN.md). See
+The only place in spinformer that iterates to a fixed point. See
 :func:`fixed_point`; solvers register by name (:func:`register_solver`).
 """
 

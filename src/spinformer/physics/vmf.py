@@ -1,0 +1,204 @@
+r"""The single vector spin: a von Mises–Fisher spin on the sphere of radius R in D dimensions.
+
+Every single-vector-spin quantity of the library lives here, once: mean-field methods, the
+dynamical mean field and the transformer modules import these functions rather than re-typing
+the formulas.
+
+A spin σ with |σ| = R in an effective field θ at inverse temperature β has the density
+∝ e^{βθ·σ} on the sphere (uniform probability measure), i.e. von Mises–Fisher with concentration
+κ = βR|θ| about θ̂ and Bessel order ν = D/2 − 1 (:func:`bessel_order`). Its log-normalizer,
+mean and covariance are (:func:`site_moments`, :func:`mean`, :func:`covariance`)
+
+.. math::
+
+    \ln z(\theta) = \ln\big[\Gamma(\nu+1)(2/\kappa)^{\nu} I_\nu(\kappa)\big],\qquad
+    m(\theta) = R\,A_D(\kappa)\,\hat\theta = \beta R^2 q\,\theta,\qquad
+    C = R^2 A'(\kappa)\,\hat\theta\hat\theta^{\mathsf T} + R^2 q\,(1 - \hat\theta\hat\theta^{\mathsf T}),
+
+with A_D = I_{ν+1}/I_ν and q = A_D/κ, all evaluated as smooth functions of κ² by
+:func:`spinformer.physics.special.vmf_moments` (stable at large order and argument).
+
+The leading uniform (Debye) asymptotics A_D(κ) ≈ κ/(ν + √(ν² + κ²)) with the radius convention
+of spin-model transformers, R² = ν (:func:`transformer_radius`), turn the mean into the
+parameter-free large-D response (Bal, "Spin-model transformers", 2023)
+
+.. math::
+
+    \varphi(\theta) = \frac{\beta\theta}{1 + \sqrt{1 + \beta^2|\theta|^2/R^2}},\qquad
+    \varphi^{-1}(m) = \frac{2R^2\,m}{\beta\,(R^2 - |m|^2)}\quad(|m| < R),
+
+(:func:`phi`, :func:`phi_inverse`) whose relative error against the Bessel form falls like 1/D.
+The covariance consistent with φ, C = β⁻¹∂φ/∂θ, written in terms of m alone (s = |m|), is
+C = b 1 + w m mᵀ with tangential variance b = (R² − s²)/(2R²) and w = −(R² − s²)/(R²(R² + s²))
+(:func:`large_d_covariance`).
+
+Exact samples come from Wood's rejection algorithm (Wood, "Simulation of the von Mises Fisher
+distribution", Commun. Stat. Simul. Comput. 23, 157, 1994), :func:`von_mises_fisher`, which the
+Monte Carlo heat bath uses for vector spins.
+
+The lower-case functions (:func:`phi`, :func:`mean`, ...) are the kernels: they trust their
+inputs, and ``beta`` must already broadcast against the field (e.g. shape (..., 1)). The
+``*_response`` and :func:`vector_covariance` entry points validate their arguments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from spinformer._validation import as_tensor, check_beta, check_finite
+from spinformer.physics.montecarlo import von_mises_fisher
+from spinformer.physics.special import vmf_moments
+
+__all__ = [
+    "bessel_order",
+    "bessel_response",
+    "covariance",
+    "large_d_covariance",
+    "large_d_response",
+    "log_normalizer_and_mean",
+    "mean",
+    "phi",
+    "phi_inverse",
+    "phi_terms",
+    "site_moments",
+    "transformer_radius",
+    "vector_covariance",
+    "von_mises_fisher",
+]
+
+
+def bessel_order(dim: int) -> float:
+    """ν = D/2 − 1, the Bessel order of a spin in D dimensions."""
+    return dim / 2.0 - 1.0
+
+
+def transformer_radius(dim: int) -> float:
+    """R = √(D/2 − 1), the radius that makes the large-D response parameter-free (needs D > 2)."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 2:
+        raise ValueError(
+            f"dim (the spin/head dimension D) must be an integer > 2 for the radius convention "
+            f"R^2 = D/2 - 1, got {dim!r}"
+        )
+    return math.sqrt(bessel_order(dim))
+
+
+# -- kernels (inputs trusted; beta broadcastable against theta) -----------------------------------
+
+
+def site_moments(
+    theta: Tensor, beta: Tensor | float, radius: float, keepdim: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(ln z, q, A', q') of spins in fields θ (..., D) at κ² = β²R²|θ|² (see ``vmf_moments``).
+
+    ``beta`` broadcasts against ``theta.shape[:-1]`` (or against ``theta`` with ``keepdim``,
+    which keeps the reduced component axis as size one).
+    """
+    nu = bessel_order(theta.shape[-1])
+    x2 = (beta * radius) ** 2 * (theta * theta).sum(-1, keepdim=keepdim)
+    return vmf_moments(nu, x2)
+
+
+def log_normalizer_and_mean(
+    theta: Tensor, beta: Tensor | float, radius: float
+) -> tuple[Tensor, Tensor]:
+    """(ln z(θ) (...), m(θ) (..., D)): the log-normalizer and the exact mean βR² q(κ) θ.
+
+    ``beta`` broadcasts against θ (e.g. shape (..., 1)); one Bessel evaluation serves both.
+    """
+    log_z, q, _, _ = site_moments(theta, beta, radius, keepdim=True)
+    return log_z[..., 0], beta * radius**2 * q * theta
+
+
+def mean(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
+    """m(θ) = R A_D(βR|θ|) θ̂ = βR² q(κ) θ, the exact mean (``beta`` broadcast against θ)."""
+    return log_normalizer_and_mean(theta, beta, radius)[1]
+
+
+def covariance(theta: Tensor, beta: Tensor | float, radius: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(a, b, e) with C = b·1 + e θθᵀ and a = b + e|θ|² the radial variance (``beta`` (...)).
+
+    a = R²A'(κ), b = R²q(κ), and e = (a − b)/|θ|² = 2β²R⁴ q'(κ²) is smooth at θ = 0 (q' = dq/dκ²).
+    """
+    nu = bessel_order(theta.shape[-1])
+    scale = (beta * radius) ** 2
+    _, q, slope, q_slope = vmf_moments(nu, scale * (theta * theta).sum(-1))
+    r2 = radius**2
+    return r2 * slope, r2 * q, 2.0 * scale * r2 * q_slope
+
+
+def phi_terms(theta: Tensor, beta: Tensor | float, radius: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(φ(θ), |θ|², u) with u = √(1 + β²|θ|²/R²), so φ = βθ/(1 + u) (``beta`` broadcast)."""
+    norm2 = (theta * theta).sum(-1, keepdim=True)
+    u = torch.sqrt(1.0 + beta * beta * norm2 / radius**2)
+    return beta * theta / (1.0 + u), norm2, u
+
+
+def phi(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
+    """φ(θ) = βθ / (1 + √(1 + β²|θ|²/R²)), the large-D response (``beta`` broadcast against θ)."""
+    return phi_terms(theta, beta, radius)[0]
+
+
+def phi_inverse(m: Tensor, beta: Tensor | float, radius: float) -> Tensor:
+    """θ = φ⁻¹(m) = 2R² m / (β (R² − |m|²)) for |m| < R (closed form of the inverse)."""
+    norm2 = (m * m).sum(-1, keepdim=True)
+    return 2.0 * radius**2 * m / (beta * (radius**2 - norm2))
+
+
+def large_d_covariance(m: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+    """(b, w) with β⁻¹∂φ/∂θ = b·1 + w m mᵀ at m = φ(θ), m (..., D) → b, w (...).
+
+    b = (R² − |m|²)/(2R²) is the variance of each tangential component and w|m|² =
+    −|m|²(R² − |m|²)/(R²(R² + |m|²)) the radial minus the tangential variance.
+    """
+    r2 = radius**2
+    s2 = (m * m).sum(-1)
+    return (r2 - s2) / (2.0 * r2), -(r2 - s2) / (r2 * (r2 + s2))
+
+
+# -- validated entry points --------------------------------------------------------------------
+
+
+def _checked(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor | float:
+    """Validate a field, β and R; return β broadcastable against θ (a trailing unit axis)."""
+    check_finite(theta, "theta")
+    beta = as_tensor(beta, "beta", dtype=theta.dtype, device=theta.device)
+    check_beta(beta)
+    if not radius > 0:
+        raise ValueError(f"radius must be positive, got {radius!r}")
+    return beta[..., None] if beta.ndim else beta
+
+
+def large_d_response(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
+    """φ(θ) = βθ / (1 + √(1 + β²|θ|²/R²)) for effective fields θ (..., D).
+
+    ``beta`` broadcasts against ``theta.shape[:-1]``. The map is smooth everywhere (slope β/2
+    at θ = 0) and |φ| < R.
+    """
+    return phi(theta, _checked(theta, beta, radius), radius)
+
+
+def bessel_response(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
+    """Exact mean of a von Mises–Fisher spin: R A_D(βR|θ|) θ̂ = βR² q(κ) θ, θ (..., D).
+
+    Uses the stable Bessel ratio of :mod:`spinformer.physics.special` (finite at θ = 0).
+    """
+    return mean(theta, _checked(theta, beta, radius), radius)
+
+
+def vector_covariance(
+    theta: Tensor, beta: Tensor | float, radius: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Covariance C = a θ̂θ̂ᵀ + b(1 − θ̂θ̂ᵀ) of a von Mises–Fisher spin: returns (a, b, θ̂).
+
+    a = R²A'(κ) (radial variance, A' = 1 − A² − (D−1)A/κ, evaluated without cancellation by
+    :func:`~spinformer.physics.special.vmf_moments`) and b = R²A/κ (each tangential
+    direction); a = b = R²/D at θ = 0. Shapes: a, b (...), θ̂ (..., D).
+    """
+    beta = as_tensor(beta, "beta", dtype=theta.dtype, device=theta.device)
+    radial, tangential, _ = covariance(theta, beta, radius)
+    norm = theta.norm(dim=-1)
+    direction = theta / norm.clamp_min(torch.finfo(theta.dtype).tiny)[..., None]
+    return radial, tangential, direction

@@ -15,10 +15,14 @@ every elementwise pass (scale, max, exp, sums, moments) and a fresh allocation p
 SDPA kernel never leaves the cache. Here the score rows are produced a block at a time
 (whole batch entries, groups of heads, or groups of query rows, so that one block holds about
 ``block_elements`` scores) into buffers reused from block to block; every pass runs on data
-in cache. Each block holds complete rows, so nothing is rescaled online: the exponent is
-shifted by the exact row maximum and the moments are centred two-pass sums, as in
-:func:`~spinformer.attention.boltzmann_rows` (finite and accurate from β = 1e-6 to 1e6), and
-turned into ln Z, U, S and C by the same :func:`~spinformer.attention.ensemble.row_terms`.
+in cache. Each block holds complete rows, so nothing is rescaled online. Per block: the weights
+:math:`\alpha` come from one fused softmax pass (shifted by the exact row maximum), and since the
+maximum's weight is :math:`e^0/Z'`, :math:`\ln Z' = -\ln\max_j\alpha_{ij}`; the output is
+:math:`\alpha v`; the moments are centred two-pass sums of :math:`\ell = c - \max` and
+:math:`t = \ell - \langle\ell\rangle`, as in :func:`~spinformer.attention.boltzmann_rows`
+(finite and accurate from β = 1e-6 to 1e6), turned into ln Z, U, S and C by the same
+:func:`~spinformer.attention.ensemble.row_terms`. Heads that lie strided in a fused projection
+are multiplied where they lie (no contiguous copies of q, k, v).
 
 Backward (the flash-attention idea, Dao et al. 2022, arXiv:2205.14135): nothing of size L×S is
 stored; the block scores are recomputed from q, k and the saved row statistics

@@ -11,8 +11,9 @@ Times (median of interleaved repeats) and peak memory of
 
 in inference (eval, ``torch.inference_mode``; torch uses its fused native kernel there) and in
 training (forward + backward). Ratios are against ``torch`` of the same mode. Targets: ≤ 1.05x
-without thermodynamics, ≤ 1.3x with them. Repeats are interleaved case by case so that load from
-other processes affects all cases alike; the medians are still noisy on a shared machine.
+without thermodynamics, ≤ 1.2x with them (inference and training). Repeats are interleaved case
+by case so that load from other processes affects all cases alike; the medians are still noisy
+on a shared machine.
 
     python benchmarks/attention.py                      # B=8, N=512, D=512, H=8, fp32, CPU
     python benchmarks/attention.py --device cuda        # on a GPU

@@ -15,10 +15,14 @@ every elementwise pass (scale, max, exp, sums, moments) and a fresh allocation p
 SDPA kernel never leaves the cache. Here the score rows are produced a block at a time
 (whole batch entries, groups of heads, or groups of query rows, so that one block holds about
 ``block_elements`` scores) into buffers reused from block to block; every pass runs on data
-in cache. Each block holds complete rows, so nothing is rescaled online: the exponent is
-shifted by the exact row maximum and the moments are centred two-pass sums, as in
-:func:`~spinformer.attention.boltzmann_rows` (finite and accurate from β = 1e-6 to 1e6), and
-turned into ln Z, U, S and C by the same :func:`~spinformer.attention.ensemble.row_terms`.
+in cache. Each block holds complete rows, so nothing is rescaled online. Per block: the weights
+:math:`\alpha` come from one fused softmax pass (shifted by the exact row maximum), and since the
+maximum's weight is :math:`e^0/Z'`, :math:`\ln Z' = -\ln\max_j\alpha_{ij}`; the output is
+:math:`\alpha v`; the moments are centred two-pass sums of :math:`\ell = c - \max` and
+:math:`t = \ell - \langle\ell\rangle`, as in :func:`~spinformer.attention.boltzmann_rows`
+(finite and accurate from β = 1e-6 to 1e6), turned into ln Z, U, S and C by the same
+:func:`~spinformer.attention.ensemble.row_terms`. Heads that lie strided in a fused projection
+are multiplied where they lie (no contiguous copies of q, k, v).
 
 Backward (the flash-attention idea, Dao et al. 2022, arXiv:2205.14135): nothing of size L×S is
 stored; the block scores are recomputed from q, k and the saved row statistics
@@ -98,9 +102,9 @@ def blocked_boltzmann_attention(
 class _Blocks:
     """The block plan: (batch entries, heads, query rows) per block, and the mask per block.
 
-    The batch is viewed as (outer, inner) = (prod(batch[:-1]), batch[-1]); a block covers a
-    contiguous range of the flattened batch: several whole outer entries, or one outer entry
-    and a range of inner ones, or one (outer, inner) pair and a range of query rows.
+    The batch is viewed as (outer, inner) = (prod(batch[:-1]), batch[-1]); a block covers
+    several whole outer entries, or one outer entry and a range of inner ones, or one
+    (outer, inner) pair and a range of query rows.
     """
 
     def __init__(self, batch: torch.Size, tgt: int, src: int, bias: Tensor | None, budget: int):
@@ -131,26 +135,37 @@ class _Blocks:
         return b * h * r * self.src
 
     def __iter__(self):
-        """Yield (flat slice, row slice, mask block of shape (b, h, r|1, S) or None)."""
+        """Yield (index, mask block of shape (b, h, r|1, S) or None).
+
+        ``index`` = (outer slice, inner slice, row slice) selects the block of a tensor of
+        shape (outer, inner, rows, ·); :func:`_flat` turns that into a 3-D (n, r, ·) tensor.
+        """
         per_b, per_h, per_r = self.per
         for b0 in range(0, self.outer, per_b):
-            b1 = min(b0 + per_b, self.outer)
+            outer = slice(b0, min(b0 + per_b, self.outer))
             for h0 in range(0, self.inner, per_h):
-                h1 = min(h0 + per_h, self.inner)
-                flat = slice(b0 * self.inner + h0, (b1 - 1) * self.inner + h1)
+                inner = slice(h0, min(h0 + per_h, self.inner))
                 for r0 in range(0, self.tgt, per_r):
                     rows = slice(r0, min(r0 + per_r, self.tgt))
                     mask = None
                     if self.bias is not None:
-                        mask = self.bias[b0:b1, h0:h1]
+                        mask = self.bias[outer, inner]
                         mask = mask[:, :, rows] if mask.shape[-2] > 1 else mask
-                    yield flat, rows, mask
+                    yield (outer, inner, rows), mask
 
 
-def _row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_j a_ij b_ij per row of (n, r, S) tensors, as one batched matrix-vector product."""
-    n, r, s = a.shape
-    return torch.bmm(a.view(n * r, 1, s), b.view(n * r, s, 1)).view(n, r, 1)
+def _flat(tensor: Tensor, index: tuple[slice, slice, slice]) -> Tensor:
+    """The block ``index`` of an (outer, inner, rows, ·) tensor as (n, r, ·).
+
+    A view whenever the block is one outer entry (strided heads, as from a fused projection,
+    stay in place) or a contiguous range; a copy only for several outer entries of a strided
+    tensor. Output buffers are contiguous, so their blocks are always views.
+    """
+    outer, inner, rows = index
+    if outer.stop - outer.start == 1:
+        return tensor[outer.start, inner, rows]
+    block = tensor[outer, inner, rows]
+    return block.reshape(-1, block.shape[-2], block.shape[-1])
 
 
 def _view(buffer: Tensor, n: int, r: int, s: int) -> Tensor:
@@ -170,54 +185,46 @@ class _BlockedAttention(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         batch = queries.shape[:-2]
         tgt, src, dim_v = queries.shape[-2], keys.shape[-2], values.shape[-1]
-        flat = batch.numel()  # explicit: reshape(-1, ...) fails on 0 elements
-        q = (queries * scale if scale != 1.0 else queries).reshape(flat, tgt, queries.shape[-1])
-        q = q.contiguous()
-        k = keys.reshape(flat, src, keys.shape[-1])
-        v = values.reshape(flat, src, dim_v)
         blocks = _Blocks(batch, tgt, src, bias, budget)
+        shape = (blocks.outer, blocks.inner)
+        # (outer, inner, ·, ·) views: the heads of a fused projection are used where they lie
+        q = (queries * scale if scale != 1.0 else queries).reshape(*shape, tgt, queries.shape[-1])
+        k = keys.reshape(*shape, src, keys.shape[-1])
+        v = values.reshape(*shape, src, dim_v)
         dtype, device = q.dtype, q.device
-        output = torch.empty(flat, tgt, dim_v, dtype=dtype, device=device)
-        stats = torch.empty(4, flat, tgt, 1, dtype=dtype, device=device)
-        row_max, partition, first, second = stats.unbind(0)
-        logit_buf = torch.empty(blocks.size, dtype=dtype, device=device)
-        boltz_buf = torch.empty(blocks.size, dtype=dtype, device=device)
-        work_buf = torch.empty(blocks.size, dtype=dtype, device=device)
-        k_t = k.transpose(-1, -2)
-        # values with a column of ones: one product gives Σ_j e_ij v_j and Z'_i = Σ_j e_ij
-        v_ones = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-        for sl, rows, mask in blocks:
-            q_b = q[sl, rows]
+        output = torch.empty(*shape, tgt, dim_v, dtype=dtype, device=device)
+        stats = torch.empty(4, *shape, tgt, 1, dtype=dtype, device=device)
+        row_max, peak, first, second = stats.unbind(0)
+        buffers = torch.empty(3, blocks.size, dtype=dtype, device=device)
+        logit_buf, weight_buf, work_buf = buffers.unbind(0)
+        for index, mask in blocks:
+            keys_index = (index[0], index[1], slice(None))
+            q_b = _flat(q, index)
             n, r = q_b.shape[0], q_b.shape[1]
             logits = _view(logit_buf, n, r, src)  # c = βω
-            boltz = _view(boltz_buf, n, r, src)
+            weights = _view(weight_buf, n, r, src)
             work = _view(work_buf, n, r, src)
-            mx = row_max[sl, rows]
-            torch.bmm(q_b, k_t[sl], out=logits)
-            if mask is None:
-                torch.amax(logits, dim=-1, keepdim=True, out=mx)
-                logits.sub_(mx)  # ℓ = c − max
-                torch.exp(logits, out=boltz)
-            else:
+            mx = _flat(row_max, index)
+            torch.bmm(q_b, _flat(k, keys_index).transpose(-1, -2), out=logits)
+            scores = logits
+            if mask is not None:
                 block = (mask.shape[0], -1, r, src)
-                torch.add(logits.view(block), mask, out=boltz.view(block))
-                torch.amax(boltz, dim=-1, keepdim=True, out=mx)
-                boltz.sub_(mx).exp_()
-                logits.sub_(mx)  # ℓ = c − max, finite where the mask is −inf
-            summed = torch.bmm(boltz, v_ones[sl])
-            output[sl, rows] = summed[..., :dim_v]
-            z = summed[..., dim_v:]
-            partition[sl, rows] = z
-            moment = _row_dot(boltz, logits)  # Σ e ℓ
-            first[sl, rows] = moment
-            logits.sub_(moment / z)  # t = c − ⟨c⟩
-            torch.mul(boltz, logits, out=work)
-            second[sl, rows] = _row_dot(work, logits)  # Σ e t²
-        del logit_buf, boltz_buf, work_buf
-        output.div_(partition)
-        log_z_shift = partition.log().squeeze(-1)  # ln Z' = ln Z − max
-        mean_centred = first.div_(partition).squeeze(-1)  # ⟨c⟩ − max
-        variance = second.div_(partition).squeeze(-1)
+                scores = torch.add(logits.view(block), mask, out=work.view(block)).view(n, r, src)
+            torch.amax(scores, dim=-1, keepdim=True, out=mx)
+            torch.softmax(scores, dim=-1, out=weights)  # α, one fused pass per row
+            torch.bmm(weights, _flat(v, keys_index), out=_flat(output, index))
+            # the weight of the maximum is e^0/Z' = 1/Z'
+            torch.amax(weights, dim=-1, keepdim=True, out=_flat(peak, index))
+            logits.sub_(mx)  # ℓ = c − max, finite where the mask is −inf
+            mean = _flat(first, index)
+            torch.sum(torch.mul(weights, logits, out=work), dim=-1, keepdim=True, out=mean)
+            logits.sub_(mean)  # t = c − ⟨c⟩
+            torch.mul(weights, logits, out=work).mul_(logits)
+            torch.sum(work, dim=-1, keepdim=True, out=_flat(second, index))  # Var(c)
+        del buffers, logit_buf, weight_buf, work_buf
+        log_z_shift = peak.log_().neg_().squeeze(-1)  # ln Z' = ln Z − max
+        mean_centred = first.squeeze(-1)  # ⟨c⟩ − max
+        variance = second.squeeze(-1)
         row_max = row_max.squeeze(-1)
         log_partition, mean_logit, entropy = row_terms(row_max, log_z_shift, mean_centred)
         ctx.save_for_backward(q, k, v, bias, output, row_max, log_z_shift, mean_centred, variance)
@@ -235,10 +242,10 @@ class _BlockedAttention(torch.autograd.Function):
         grad_variance: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         q, k, v, bias, output, row_max, log_z_shift, mean_centred, variance = ctx.saved_tensors
-        flat, tgt = q.shape[0], q.shape[1]
-        src = k.shape[1]
+        outer, inner, tgt = q.shape[0], q.shape[1], q.shape[2]
+        src = k.shape[2]
         dtype, device = q.dtype, q.device
-        zeros = torch.zeros(flat, tgt, dtype=dtype, device=device)
+        zeros = torch.zeros(outer, inner, tgt, dtype=dtype, device=device)
         d_log_z = zeros if grad_log_partition is None else grad_log_partition
         d_mean = zeros if grad_mean_logit is None else grad_mean_logit
         if grad_entropy is not None:
@@ -248,7 +255,7 @@ class _BlockedAttention(torch.autograd.Function):
         delta = -(d_log_z + d_mean)
         linear = d_mean
         if grad_output is not None:
-            grad_output = grad_output.reshape(flat, tgt, -1).contiguous()
+            grad_output = grad_output.contiguous()
             delta = delta + (grad_output * output).sum(-1)
         if d_var is not None:
             delta = delta + grad_variance * variance
@@ -258,43 +265,43 @@ class _BlockedAttention(torch.autograd.Function):
         mean_centred = mean_centred.unsqueeze(-1)
 
         blocks = _Blocks(ctx.batch, tgt, src, bias, ctx.budget)
-        grad_q = torch.empty_like(q)
-        grad_k = torch.zeros_like(k)
-        grad_v = torch.zeros_like(v)
-        logit_buf = torch.empty(blocks.size, dtype=dtype, device=device)
-        boltz_buf = torch.empty(blocks.size, dtype=dtype, device=device)
-        work_buf = torch.empty(blocks.size, dtype=dtype, device=device)
-        k_t = k.transpose(-1, -2)
-        v_t = v.transpose(-1, -2)
-        for sl, rows, mask in blocks:
-            q_b = q[sl, rows]
+        grad_q = torch.empty(q.shape, dtype=dtype, device=device)
+        grad_k = torch.zeros(k.shape, dtype=dtype, device=device)
+        grad_v = torch.zeros(v.shape, dtype=dtype, device=device)
+        buffers = torch.empty(3, blocks.size, dtype=dtype, device=device)
+        logit_buf, weight_buf, work_buf = buffers.unbind(0)
+        for index, mask in blocks:
+            keys_index = (index[0], index[1], slice(None))
+            q_b = _flat(q, index)
+            k_b = _flat(k, keys_index)
             n, r = q_b.shape[0], q_b.shape[1]
             logits = _view(logit_buf, n, r, src)
-            weights = _view(boltz_buf, n, r, src)
+            weights = _view(weight_buf, n, r, src)
             work = _view(work_buf, n, r, src)
-            torch.bmm(q_b, k_t[sl], out=logits)
-            logits.sub_(row_max[sl, rows])  # c − max
+            torch.bmm(q_b, k_b.transpose(-1, -2), out=logits)
+            logits.sub_(_flat(row_max, index))  # c − max
             if mask is None:
-                torch.sub(logits, log_z_shift[sl, rows], out=weights)
+                torch.sub(logits, _flat(log_z_shift, index), out=weights)
             else:
                 block = (mask.shape[0], -1, r, src)
                 torch.add(logits.view(block), mask, out=weights.view(block))
-                weights.sub_(log_z_shift[sl, rows])
+                weights.sub_(_flat(log_z_shift, index))
             weights.exp_()  # α
-            logits.sub_(mean_centred[sl, rows])  # t = c − ⟨c⟩
+            logits.sub_(_flat(mean_centred, index))  # t = c − ⟨c⟩
             if grad_output is not None:
-                torch.bmm(grad_output[sl, rows], v_t[sl], out=work)
-                work.sub_(delta[sl, rows])
+                grad_out_b = _flat(grad_output, index)
+                torch.bmm(grad_out_b, _flat(v, keys_index).transpose(-1, -2), out=work)
+                work.sub_(_flat(delta, index))
             else:
-                work.copy_(delta[sl, rows].expand_as(work)).neg_()
-            work.addcmul_(logits, linear[sl, rows])
+                work.copy_(_flat(delta, index).expand_as(work)).neg_()
+            work.addcmul_(logits, _flat(linear, index))
             if d_var is not None:
-                work.addcmul_(logits.square_(), d_var[sl, rows])
+                work.addcmul_(logits.square_(), _flat(d_var, index))
             work.mul_(weights)  # ∂L/∂c
-            torch.bmm(work, k[sl], out=grad_q[sl, rows])
-            grad_k[sl].baddbmm_(work.transpose(-1, -2), q_b)
+            torch.bmm(work, k_b, out=_flat(grad_q, index))
+            _flat(grad_k, keys_index).baddbmm_(work.transpose(-1, -2), q_b)
             if grad_output is not None:
-                grad_v[sl].baddbmm_(weights.transpose(-1, -2), grad_output[sl, rows])
+                _flat(grad_v, keys_index).baddbmm_(weights.transpose(-1, -2), grad_out_b)
         scale = ctx.scale
         if scale != 1.0:
             grad_q.mul_(scale)

@@ -6,8 +6,7 @@ collectives of spin systems", 2021; :mod:`spinformer.attention.ensemble`):
 output is the out-projection of the magnetizations :math:`z_i = \sum_j \alpha_{ij} v_j =
 W_V\langle x\rangle_i` (+ bias). The scale of the dot products is the inverse temperature
 :math:`\beta` -- by default torch's :math:`1/\sqrt{d_\text{head}}` -- and here it is a value of its
-own: a float, one per head, or learnable (``learn_beta``, parametrized as :math:`\ln\beta` so it
-stays positive).
+own: a float, one per head, or learnable (``learn_beta``, as :math:`\ln\beta`: stays positive).
 
 Drop-in. Parameter names, shapes, initialization, call signature, masks (boolean ``True`` =
 excluded, or additive), ``need_weights``/``average_attn_weights``, ``is_causal``, unbatched

@@ -31,6 +31,9 @@ _SLOTS = 8
 class NativeMultispin(MultispinEngine):
     """The multi-spin engine on the fused native kernel (CPU only)."""
 
+    # sample() unpacks the final state and the site means only when they are read
+    deferred_results = True
+
     def __init__(
         self,
         model: IsingModel,

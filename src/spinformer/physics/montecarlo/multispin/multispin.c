@@ -403,13 +403,13 @@ done:
  * (continued only while a carry is left). */
 #define SLOTS 8
 #define COUNTER 16
+/* slot j of site word i is slots[j * (n + SLOT_PAD) + i]: a stride that is no multiple of the
+ * page size, so that the eight slots of a word do not compete for one cache set */
+#define SLOT_PAD 8
 
 static inline void fold(u64 *slots, i64 n, u64 *c) {
     u64 d[SLOTS];
-    for (int j = 0; j < SLOTS; ++j) {
-        d[j] = slots[j * n];
-        slots[j * n] = 0;
-    }
+    for (int j = 0; j < SLOTS; ++j) d[j] = slots[j * n]; /* each rewritten before the next fold */
     u64 t1, o1, t2, o2, t3, o3, f1, w1;
     CSA(t1, o1, d[0], d[1], d[2]);
     CSA(t2, o2, o1, d[3], d[4]);
@@ -431,9 +431,12 @@ static inline void fold(u64 *slots, i64 n, u64 *c) {
     }
 }
 
-/* Fold the slots of all n site words into their planes (the unused slots must be zero). */
+/* Fold the slots of all n site words into their planes (the unused slots must be zero), one
+ * word after the other: nine sequential streams (folding inside the measurement's row loop,
+ * 36 interleaved streams, cost four times as much). */
 void spf_multispin_fold(i64 *slots, i64 *counter, i64 n) {
-    for (i64 i = 0; i < n; ++i) fold((u64 *)slots + i, n, (u64 *)counter + i * COUNTER);
+    for (i64 i = 0; i < n; ++i)
+        fold((u64 *)slots + i, n + SLOT_PAD, (u64 *)counter + i * COUNTER);
 }
 
 typedef struct {
@@ -492,16 +495,14 @@ static void *measure_rows(void *arg) {
         }
         hs_many(&bonds, bond_words, 8 * w);
         hs_many(&down, spin_words, 4 * w);
-        for (i64 k = 0; k < w; ++k)
-            for (int q = 0; q < 4; ++q) {
-                if (m->slots) {
-                    i64 at = q * quarter_words + base + k;
-                    m->slots[m->slot * 4 * quarter_words + at] = spin_words[4 * k + q];
-                    if (m->slot == SLOTS - 1)
-                        fold(m->slots + at, 4 * quarter_words, m->counter + at * COUNTER);
-                }
-                if (m->flips[0]) hs_add(&flips, m->flips[q][base + k]);
-            }
+        if (m->slots) { /* folded after the pass (spf_multispin_fold) */
+            u64 *slot = m->slots + m->slot * (4 * quarter_words + SLOT_PAD) + base;
+            for (int q = 0; q < 4; ++q)
+                for (i64 k = 0; k < w; ++k) slot[q * quarter_words + k] = spin_words[4 * k + q];
+        }
+        if (m->flips[0])
+            for (i64 k = 0; k < w; ++k)
+                for (int q = 0; q < 4; ++q) hs_add(&flips, m->flips[q][base + k]);
     }
     if (m->end > m->begin) {
         hs_flush(&bonds);
@@ -560,6 +561,7 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
     for (i64 j = 0; j < size; ++j) counts[j] = 0;
     for (i64 t = 0; t < threads; ++t)
         for (i64 j = 0; j < size; ++j) counts[j] += partial[t * size + j];
+    if (slots && slot == SLOTS - 1) spf_multispin_fold(slots, counter, 4 * planes * h * w);
     i64 lanes = size / 3;
     double sites = 4.0 * (double)(h * w);
     for (i64 j = 0; j < lanes; ++j) {

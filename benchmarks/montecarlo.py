@@ -186,7 +186,7 @@ def main() -> None:
     )
     unavailable = native_unavailable_reason()
     print(f"native multispin kernel: {'available' if unavailable is None else unavailable}")
-    print(f"{'L':>6} {'variant':<44} {'flips/ns':>10} {'x numpy':>9}")
+    print(f"{'L':>6} {'variant':<54} {'flips/ns':>10} {'x numpy':>9}")
     summary: list[str] = []
     for size in args.sizes:
         flips = 1 << 24  # per repeat for the baseline and the one-chain runs
@@ -258,7 +258,7 @@ def main() -> None:
         median = {name: statistics.median(values) for name, values in rates.items()}
         for name, _ in variants:
             print(
-                f"{size:>6} {name:<44} {median[name]:>10.4f} {median[name] / median[baseline]:>9.2f}"
+                f"{size:>6} {name:<54} {median[name]:>10.4f} {median[name] / median[baseline]:>9.2f}"
             )
         if kernel in median:
             for every, suffix in ((1, ""), (8, ""), (8, ", results read")):

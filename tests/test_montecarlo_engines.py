@@ -172,6 +172,22 @@ def test_checkerboard_records_are_consistent_with_the_states() -> None:
     assert torch.allclose(run.mean_state, run.snapshots.mean(0))
 
 
+def test_checkerboard_site_means_survive_the_flushes_of_their_byte_counters() -> None:
+    # The per-site sums are kept in int8 and moved into float64 totals every 127
+    # measurements: 300 measurements of spins that stay up (β → ∞, field up) sum to 300
+    # exactly, and a hot run's means equal its snapshots' means.
+    _require_native()
+    frozen = square_lattice((4, 6), beta=1e6, field=1.0)
+    run = sample(frozen, 300, burn_in=0, initial="up", generator=_gen(5), engine="checkerboard")
+    assert torch.equal(run.mean_state, torch.ones(1, 24, dtype=run.mean_state.dtype))
+    model = square_lattice((4, 6), beta=0.3)
+    hot = sample(
+        model, 300, burn_in=0, chains=2, snapshot_every=1, generator=_gen(6), engine="checkerboard"
+    )
+    assert hot.snapshots is not None
+    assert torch.allclose(hot.mean_state, hot.snapshots.mean(0), rtol=0, atol=1e-12)
+
+
 # -- the multi-spin engine's bit counts --------------------------------------------------------
 
 

@@ -324,3 +324,27 @@ def test_long_critical_8x8_run_has_no_bias_at_the_per_mille_level() -> None:
     m2, err = float(mc.extras["magnetization_squared"]), float(mc.stderr["magnetization_squared"])
     assert abs(m2 - m2_exact) < 3.5 * err
     assert err < 1e-3
+
+
+def test_results_unpacked_on_first_access_match_snapshots_and_survive_pickling() -> None:
+    # The native engine unpacks final_state and mean_state when first read; reading them
+    # directly, after pickling, or in either order gives the same values as the snapshots.
+    import pickle
+
+    _require_native()
+    model = square_lattice((4, 6), beta=0.4)
+    runs = [
+        sample(model, 40, chains=70, generator=_gen(15), snapshot_every=1, engine="multispin")
+        for _ in range(3)
+    ]
+    direct = runs[0]
+    restored = pickle.loads(pickle.dumps(runs[1]))
+    reverse = runs[2]
+    mean_first = reverse.mean_state
+    assert direct.snapshots is not None
+    for run in (direct, restored):
+        assert torch.equal(run.final_state, direct.snapshots[-1])
+        assert torch.allclose(run.mean_state, direct.snapshots.mean(0))
+    assert torch.equal(restored.mean_state, direct.mean_state)
+    assert torch.equal(mean_first, direct.mean_state)
+    assert torch.equal(reverse.final_state, direct.final_state)

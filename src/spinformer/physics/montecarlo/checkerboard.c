@@ -114,11 +114,12 @@ int spf_checkerboard_sweeps(i8 *black, i8 *white, i64 planes, i64 h, i64 w, i64 
 
 /* Per plane p (batch entry p % batch): out[p] = E = -J B - h M and out[planes + p] = M / N,
  * with B = sum over bonds of s_i s_j (each bond once, from its white end) and M = sum of s,
- * both exact integers; when sum_black / sum_white are not NULL the spins are added to them.
+ * both exact integers; when sum_black / sum_white (int8, emptied by the caller at least every
+ * 127 additions) are not NULL the spins are added to them.
  * Returns 0, or -1 when memory runs out. */
 int spf_checkerboard_measure(const i8 *black, const i8 *white, i64 planes, i64 h, i64 w,
                              i64 batch, const double *coupling, const double *field, double *out,
-                             int32_t *sum_black, int32_t *sum_white) {
+                             i8 *sum_black, i8 *sum_white) {
     i8 *ext = malloc((size_t)(w + 2));
     if (!ext) return -1;
     for (i64 p = 0; p < planes; ++p) {
@@ -144,8 +145,8 @@ int spf_checkerboard_measure(const i8 *black, const i8 *white, i64 planes, i64 h
         out[planes + p] = (double)total / (double)(2 * h * w);
         if (sum_black) {
             i64 n = h * w, offset = p * h * w;
-            for (i64 j = 0; j < n; ++j) sum_black[offset + j] += b[j];
-            for (i64 j = 0; j < n; ++j) sum_white[offset + j] += wh[j];
+            for (i64 j = 0; j < n; ++j) sum_black[offset + j] = (i8)(sum_black[offset + j] + b[j]);
+            for (i64 j = 0; j < n; ++j) sum_white[offset + j] = (i8)(sum_white[offset + j] + wh[j]);
         }
     }
     free(ext);

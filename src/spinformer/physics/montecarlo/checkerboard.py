@@ -94,10 +94,10 @@ class CheckerboardSweeper:
         self.rng_pos = torch.full((self.planes,), _LAG, dtype=torch.int64)  # refill first
         self.flips = torch.zeros(self.planes, dtype=torch.int64)
         self.recorded = 0
-        # per-site sums as int32 (4 bytes a site per measurement), moved into ``totals``
-        # before they could overflow
-        self.sum_black = torch.zeros(self.black.shape, dtype=torch.int32)
-        self.sum_white = torch.zeros(self.white.shape, dtype=torch.int32)
+        # per-site sums as int8 (one byte a site per measurement: the pass that adds them is
+        # memory-bound), moved into ``totals`` every 127 measurements, before they could overflow
+        self.sum_black = torch.zeros(self.black.shape, dtype=torch.int8)
+        self.sum_white = torch.zeros(self.white.shape, dtype=torch.int8)
         self.pending = 0
         self.totals = torch.zeros(*self.lead, self.n, dtype=torch.float64)
         self.values = torch.zeros(2, self.planes, dtype=torch.float64)  # E, mean spin
@@ -139,7 +139,7 @@ class CheckerboardSweeper:
         if accumulate:
             self.counted_state = True
             self.pending += 1
-            if self.pending == 2**31 - 1:
+            if self.pending == 127:
                 self._flush()
 
     def _flush(self) -> None:

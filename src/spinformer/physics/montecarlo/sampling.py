@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,15 @@ from spinformer.physics.montecarlo.engines import select_engine
 __all__ = ["ALGORITHMS", "MonteCarloSamples", "sample"]
 
 ALGORITHMS = ("metropolis", "heat_bath", "wolff")
+
+
+class _Deferred:
+    """A result computed on first access (large unpacked arrays that a caller may not read)."""
+
+    __slots__ = ("compute",)
+
+    def __init__(self, compute: Callable[[], Tensor]):
+        self.compute = compute
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,10 @@ class MonteCarloSamples:
         burn_in: discarded sweeps.
         measure_every: sweeps between measurements.
         extras: ``"engine"``: the engine that ran.
+
+    Engines that keep their state packed (the native multi-spin engine) unpack ``final_state``
+    and ``mean_state`` on first access, so a caller who reads only the series does not pay
+    for two (chains, N) arrays; the values do not depend on when they are read.
     """
 
     energy: Tensor
@@ -54,6 +68,17 @@ class MonteCarloSamples:
     burn_in: int
     measure_every: int
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if type(value) is _Deferred:
+            value = value.compute()
+            object.__setattr__(self, name, value)
+        return value
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with every result unpacked (the deferred ones hold the engine)."""
+        return {name: getattr(self, name) for name in self.__dict__}
 
     @property
     def algorithm(self) -> str:
@@ -301,7 +326,13 @@ def sample(
                 snapshots.append(current.clone())
     if sweeps % measure_every:  # the sweeps after the last measurement
         sweeper.sweep(sweeps % measure_every, True)
-    final = sweeper.full_state()
+    final: Tensor | _Deferred
+    site_mean: Tensor | _Deferred
+    if getattr(sweeper, "deferred_results", False):  # nothing changes the sweeper any more
+        final = _Deferred(sweeper.full_state)
+        site_mean = _Deferred(lambda: sweeper.site_mean(records))
+    else:
+        final, site_mean = sweeper.full_state(), sweeper.site_mean(records)
     mean_correlation = None
     if correlation_sum is not None:
         mean_correlation = correlation_sum / (records * chains)
@@ -311,8 +342,8 @@ def sample(
     return MonteCarloSamples(
         energy=energy,
         magnetization=magnetization,
-        final_state=final,
-        mean_state=sweeper.site_mean(records),
+        final_state=final,  # type: ignore[arg-type]
+        mean_state=site_mean,  # type: ignore[arg-type]
         acceptance=sweeper.acceptance(),
         snapshots=torch.stack(snapshots) if snapshots else None,
         mean_correlation=mean_correlation,

@@ -113,6 +113,43 @@ static inline void hs_add(hs_t *s, u64 x) {
     if (s->n == 16) hs_block(s);
 }
 
+/* hs_add of the n words d[0..n), the blocks of 16 with the running words in registers (the
+ * same sums as word by word). */
+static void hs_many(hs_t *s, const u64 *d, i64 n) {
+    for (; n > 0 && s->n; --n) hs_add(s, *d++);
+    u64 ones = s->ones, twos = s->twos, fours = s->fours, eights = s->eights;
+    vcount_t *v = &s->sixteens;
+    for (; n >= 16; n -= 16, d += 16) {
+        u64 twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
+        CSA(twos_a, ones, ones, d[0], d[1]);
+        CSA(twos_b, ones, ones, d[2], d[3]);
+        CSA(fours_a, twos, twos, twos_a, twos_b);
+        CSA(twos_a, ones, ones, d[4], d[5]);
+        CSA(twos_b, ones, ones, d[6], d[7]);
+        CSA(fours_b, twos, twos, twos_a, twos_b);
+        CSA(eights_a, fours, fours, fours_a, fours_b);
+        CSA(twos_a, ones, ones, d[8], d[9]);
+        CSA(twos_b, ones, ones, d[10], d[11]);
+        CSA(fours_a, twos, twos, twos_a, twos_b);
+        CSA(twos_a, ones, ones, d[12], d[13]);
+        CSA(twos_b, ones, ones, d[14], d[15]);
+        CSA(fours_b, twos, twos, twos_a, twos_b);
+        CSA(eights_b, fours, fours, fours_a, fours_b);
+        CSA(sixteens, eights, eights, eights_a, eights_b);
+        for (int j = 0; j < PLANES; ++j) {
+            u64 carry = v->c[j] & sixteens;
+            v->c[j] ^= sixteens;
+            sixteens = carry;
+        }
+        if (++v->n == 255) vc_flush(v, s->out, s->stride, 4);
+    }
+    s->ones = ones;
+    s->twos = twos;
+    s->fours = fours;
+    s->eights = eights;
+    for (; n > 0; --n) hs_add(s, *d++);
+}
+
 static void hs_flush(hs_t *s) {
     for (int i = 0; i < s->n; ++i) lanes_add(s->out, s->stride, s->buf[i], 0);
     lanes_add(s->out, s->stride, s->ones, 0);
@@ -255,8 +292,7 @@ static void half_sweep(job_t *job, int colour, int record, int count) {
             u64 *flips = record ? sh->flips[target] + p * plane_words + i * w : job->scratch;
             update_row(row, v + i * w, v + i2 * w, s, SSTEP[colour][half], w,
                        sh->rng_state + task * LAG_R, sh->rng_pos + task, job->rnd, acc, flips);
-            if (count) /* the row's masks are still in L1 */
-                for (i64 k = 0; k < w; ++k) hs_add(&job->flips, flips[k]);
+            if (count) hs_many(&job->flips, flips, w); /* the row's masks are still in L1 */
         }
     }
     if (count && job->end > job->begin) hs_flush(&job->flips);
@@ -367,13 +403,13 @@ done:
  * (continued only while a carry is left). */
 #define SLOTS 8
 #define COUNTER 16
+/* slot j of site word i is slots[j * (n + SLOT_PAD) + i]: a stride that is no multiple of the
+ * page size, so that the eight slots of a word do not compete for one cache set */
+#define SLOT_PAD 8
 
 static inline void fold(u64 *slots, i64 n, u64 *c) {
     u64 d[SLOTS];
-    for (int j = 0; j < SLOTS; ++j) {
-        d[j] = slots[j * n];
-        slots[j * n] = 0;
-    }
+    for (int j = 0; j < SLOTS; ++j) d[j] = slots[j * n]; /* each rewritten before the next fold */
     u64 t1, o1, t2, o2, t3, o3, f1, w1;
     CSA(t1, o1, d[0], d[1], d[2]);
     CSA(t2, o2, o1, d[3], d[4]);
@@ -395,9 +431,12 @@ static inline void fold(u64 *slots, i64 n, u64 *c) {
     }
 }
 
-/* Fold the slots of all n site words into their planes (the unused slots must be zero). */
+/* Fold the slots of all n site words into their planes (the unused slots must be zero), one
+ * word after the other: nine sequential streams (folding inside the measurement's row loop,
+ * 36 interleaved streams, cost four times as much). */
 void spf_multispin_fold(i64 *slots, i64 *counter, i64 n) {
-    for (i64 i = 0; i < n; ++i) fold((u64 *)slots + i, n, (u64 *)counter + i * COUNTER);
+    for (i64 i = 0; i < n; ++i)
+        fold((u64 *)slots + i, n + SLOT_PAD, (u64 *)counter + i * COUNTER);
 }
 
 typedef struct {
@@ -408,6 +447,7 @@ typedef struct {
     i64 planes, h, w, batch, slot;
     i64 begin, end; /* task range, task = p * h + i */
     i64 *counts;    /* (3, groups * 64, batch): unsatisfied bonds, down spins, flips */
+    u64 *row;       /* 12 w words: a row's bond and spin words, counted in blocks */
 } measure_t;
 
 static void *measure_rows(void *arg) {
@@ -435,30 +475,34 @@ static void *measure_rows(void *arg) {
         const u64 *we = m->q[WE] + base, *wo = m->q[WO] + base;
         const u64 *wo_up = m->q[WO] + p * plane_words + up * w;
         const u64 *we_dn = m->q[WE] + p * plane_words + dn * w;
+        u64 *bond_words = m->row, *spin_words = m->row + 8 * w;
         for (i64 k = 0; k < w; ++k) {
             i64 left = k ? k - 1 : w - 1, right = k + 1 < w ? k + 1 : 0;
-            u64 s = be[k]; /* BE[i,k]: WO[i], WO[i-1], WE[i,k], WE[i,k-1] */
-            hs_add(&bonds, s ^ wo[k]);
-            hs_add(&bonds, s ^ wo_up[k]);
-            hs_add(&bonds, s ^ we[k]);
-            hs_add(&bonds, s ^ we[left]);
+            u64 s = be[k], *b = bond_words + 8 * k; /* BE[i,k]: WO[i], WO[i-1], WE[i,k], WE[i,k-1] */
+            b[0] = s ^ wo[k];
+            b[1] = s ^ wo_up[k];
+            b[2] = s ^ we[k];
+            b[3] = s ^ we[left];
             s = bo[k]; /* BO[i,k]: WE[i], WE[i+1], WO[i,k], WO[i,k+1] */
-            hs_add(&bonds, s ^ we[k]);
-            hs_add(&bonds, s ^ we_dn[k]);
-            hs_add(&bonds, s ^ wo[k]);
-            hs_add(&bonds, s ^ wo[right]);
-            u64 spins[4] = {be[k], bo[k], we[k] ^ gauge, wo[k] ^ gauge};
-            for (int q = 0; q < 4; ++q) {
-                hs_add(&down, spins[q]);
-                if (m->slots) {
-                    i64 at = q * quarter_words + base + k;
-                    m->slots[m->slot * 4 * quarter_words + at] = spins[q];
-                    if (m->slot == SLOTS - 1)
-                        fold(m->slots + at, 4 * quarter_words, m->counter + at * COUNTER);
-                }
-                if (m->flips[0]) hs_add(&flips, m->flips[q][base + k]);
-            }
+            b[4] = s ^ we[k];
+            b[5] = s ^ we_dn[k];
+            b[6] = s ^ wo[k];
+            b[7] = s ^ wo[right];
+            spin_words[4 * k] = be[k];
+            spin_words[4 * k + 1] = bo[k];
+            spin_words[4 * k + 2] = we[k] ^ gauge;
+            spin_words[4 * k + 3] = wo[k] ^ gauge;
         }
+        hs_many(&bonds, bond_words, 8 * w);
+        hs_many(&down, spin_words, 4 * w);
+        if (m->slots) { /* folded after the pass (spf_multispin_fold) */
+            u64 *slot = m->slots + m->slot * (4 * quarter_words + SLOT_PAD) + base;
+            for (int q = 0; q < 4; ++q)
+                for (i64 k = 0; k < w; ++k) slot[q * quarter_words + k] = spin_words[4 * k + q];
+        }
+        if (m->flips[0])
+            for (i64 k = 0; k < w; ++k)
+                for (int q = 0; q < 4; ++q) hs_add(&flips, m->flips[q][base + k]);
     }
     if (m->end > m->begin) {
         hs_flush(&bonds);
@@ -490,10 +534,12 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
     measure_t *jobs = malloc(sizeof(measure_t) * (size_t)threads);
     pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
     i64 *partial = calloc((size_t)(threads * size), sizeof(i64));
-    if (!jobs || !ids || !partial) {
+    u64 *rows = malloc(sizeof(u64) * (size_t)(threads * 12 * w));
+    if (!jobs || !ids || !partial || !rows) {
         free(jobs);
         free(ids);
         free(partial);
+        free(rows);
         return -1;
     }
     for (i64 t = 0; t < threads; ++t) {
@@ -503,7 +549,7 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
             .slots = (u64 *)slots, .counter = (u64 *)counter, .gauge = (const u64 *)gauge, .planes = planes, .h = h,
             .w = w, .batch = batch, .slot = slot,
             .begin = tasks * t / threads, .end = tasks * (t + 1) / threads,
-            .counts = partial + t * size,
+            .counts = partial + t * size, .row = rows + t * 12 * w,
         };
     }
     i64 running = 1; /* this thread is worker 0 */
@@ -515,6 +561,7 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
     for (i64 j = 0; j < size; ++j) counts[j] = 0;
     for (i64 t = 0; t < threads; ++t)
         for (i64 j = 0; j < size; ++j) counts[j] += partial[t * size + j];
+    if (slots && slot == SLOTS - 1) spf_multispin_fold(slots, counter, 4 * planes * h * w);
     i64 lanes = size / 3;
     double sites = 4.0 * (double)(h * w);
     for (i64 j = 0; j < lanes; ++j) {
@@ -528,6 +575,7 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
     free(jobs);
     free(ids);
     free(partial);
+    free(rows);
     return 0;
 }
 

@@ -26,10 +26,14 @@ __all__ = ["NativeMultispin"]
 
 _NATIVE_COUNTER_PLANES = 16
 _SLOTS = 8
+_SLOT_PAD = 8  # must match SLOT_PAD in multispin.c
 
 
 class NativeMultispin(MultispinEngine):
     """The multi-spin engine on the fused native kernel (CPU only)."""
+
+    # sample() unpacks the final state and the site means only when they are read
+    deferred_results = True
 
     def __init__(
         self,
@@ -128,11 +132,12 @@ class NativeMultispin(MultispinEngine):
         return (flipped / max(self.accepted_sweeps, 1)).to(self.model.dtype)
 
     def _new_counter(self) -> Tensor:
-        """(4, *quarter, 16) counter planes per site, and (8, 4, *quarter) slots of recent
+        """(4, *quarter, 16) counter planes per site, and 8 slots of (4, *quarter) recent
         states (see ``multispin.c``); flushed every 65528 measurements (in practice once)."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
         # every slot is written before it is folded (unused ones zeroed at the end)
-        self.slots = torch.empty(_SLOTS, 4, *self.be.shape, dtype=torch.int64)
+        # slot-major, each slot padded by _SLOT_PAD words (a stride off the page size)
+        self.slots = torch.empty(_SLOTS, 4 * self.be.numel() + _SLOT_PAD, dtype=torch.int64)
         shape = (4, *self.be.shape, self.counter_planes)
         return torch.zeros(shape, dtype=torch.int64, device=self.be.device)
 
@@ -219,7 +224,7 @@ class NativeMultispin(MultispinEngine):
         if self.pending % _SLOTS:  # fold the partly filled slots, the unused ones zero
             self.slots[self.pending % _SLOTS :].zero_()
             self.native.spf_multispin_fold(
-                self.slots.data_ptr(), self.counter.data_ptr(), self.slots[0].numel()
+                self.slots.data_ptr(), self.counter.data_ptr(), 4 * self.be.numel()
             )
         zero = torch.zeros_like(self.gauge_words)
         planes = max(1, self.pending.bit_length())  # the planes above hold zeros

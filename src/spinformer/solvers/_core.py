@@ -31,7 +31,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -84,18 +84,8 @@ class SolverOutput:
     residual: Tensor
 
 
-class Solver(Protocol):
-    def __call__(
-        self,
-        g: Callable[[Tensor], Tensor],
-        z0: Tensor,
-        *,
-        tol: float,
-        max_iter: int,
-        damping: float,
-        check_every: int,
-        **options: Any,
-    ) -> SolverOutput: ...
+Solver = Callable[..., SolverOutput]
+"""``solver(g, z0, *, tol, max_iter, damping, check_every, **options)``; see :func:`register_solver`."""
 
 
 _SOLVERS: dict[str, Solver] = {}

@@ -1,6 +1,7 @@
 """Experiments: the single source of every number and figure (CLI, report, docs).
 
-Importing this package registers every experiment module listed below.
+Importing this package registers every experiment module listed below. It offers the
+registry's API (:mod:`spinformer.experiments._registry`), the config limits included.
 """
 
 from spinformer.experiments import attention as _attention  # noqa: F401
@@ -14,26 +15,5 @@ from spinformer.experiments import sweep_report as _sweep_report  # noqa: F401
 from spinformer.experiments import sweeps as _sweeps  # noqa: F401
 from spinformer.experiments import thermo as _thermo  # noqa: F401
 from spinformer.experiments import training as _training  # noqa: F401
-from spinformer.experiments._registry import (
-    CliCommand,
-    ConfigError,
-    Experiment,
-    ExperimentResult,
-    Limit,
-    get_experiment,
-    list_experiments,
-    register_experiment,
-    run_experiment,
-)
-
-__all__ = [
-    "CliCommand",
-    "ConfigError",
-    "Experiment",
-    "ExperimentResult",
-    "Limit",
-    "get_experiment",
-    "list_experiments",
-    "register_experiment",
-    "run_experiment",
-]
+from spinformer.experiments._registry import *  # noqa: F403  (the public API is the registry's)
+from spinformer.experiments._registry import __all__ as __all__

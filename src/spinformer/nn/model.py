@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,16 @@ def _boltzmann(c: SpinTransformerConfig, layer: int) -> nn.Module:
     return AttentionBlock(attention, c.d_model, c.ffn_mult)
 
 
+#: Config fields every fixed-point block takes under the same name: the solve and the
+#: temperature.
+_RELAX = ("steps", "solver", "tol", "max_iter", "beta", "learn_beta", "causal")
+
+
+def _same_named(c: SpinTransformerConfig, *names: str) -> dict[str, Any]:
+    """The config's values of ``names``, as keyword arguments of the same names."""
+    return {name: getattr(c, name) for name in names}
+
+
 def _spin(c: SpinTransformerConfig, layer: int) -> nn.Module:
     # a stream carried in magnetization coordinates: the embeddings enter the first block as a
     # field, every later block receives the magnetizations of the one before
@@ -52,37 +62,14 @@ def _spin(c: SpinTransformerConfig, layer: int) -> nn.Module:
     return SpinTransformerBlock(
         c.d_model,
         c.n_heads,
-        order=c.order,
-        steps=c.steps,
-        causal=c.causal,
-        beta=c.beta,
-        learn_beta=c.learn_beta,
-        ffn_field=c.ffn_field,
-        ffn_mult=c.ffn_mult,
-        coupling=c.coupling,
-        norm=c.norm,
-        start=c.start,
         residual=residual,
         rope=c.position == "rotary",
-        solver=c.solver,
-        tol=c.tol,
-        max_iter=c.max_iter,
+        **_same_named(c, *_RELAX, "order", "ffn_field", "ffn_mult", "coupling", "norm", "start"),
     )
 
 
 def _mean_field(c: SpinTransformerConfig, layer: int) -> nn.Module:
-    attention = MeanFieldAttention(
-        c.d_model,
-        c.n_heads,
-        onsager=c.onsager,
-        beta=c.beta,
-        learn_beta=c.learn_beta,
-        causal=c.causal,
-        steps=c.steps,
-        solver=c.solver,
-        tol=c.tol,
-        max_iter=c.max_iter,
-    )
+    attention = MeanFieldAttention(c.d_model, c.n_heads, **_same_named(c, *_RELAX, "onsager"))
     return AttentionBlock(attention, c.d_model, c.ffn_mult if c.ffn_field else None)
 
 

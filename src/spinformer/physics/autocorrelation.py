@@ -1,17 +1,4 @@
 """Autocorrelation estimators moved to :mod:`spinformer.physics.montecarlo.autocorrelation`."""
 
-from spinformer.physics.montecarlo.autocorrelation import (
-    SeriesEstimate,
-    autocorrelation_function,
-    blocking_standard_error,
-    estimate_mean,
-    integrated_autocorrelation_time,
-)
-
-__all__ = [
-    "SeriesEstimate",
-    "autocorrelation_function",
-    "blocking_standard_error",
-    "estimate_mean",
-    "integrated_autocorrelation_time",
-]
+from spinformer.physics.montecarlo.autocorrelation import *  # noqa: F403
+from spinformer.physics.montecarlo.autocorrelation import __all__ as __all__

@@ -220,6 +220,22 @@ class _SpinModel:
         check_zero_diagonal(couplings, "couplings")
         return couplings, n
 
+    def _finish(self, couplings: Tensor, field: Tensor, n: int, **extra: Any) -> None:
+        """Check beta, broadcast the batch shapes and store the normalized fields (and ``extra``)."""
+        beta = as_tensor(self.beta, "beta", dtype=couplings.dtype, device=couplings.device)
+        check_beta(beta)
+        coupling_batch = couplings.shape if self.lattice is not None else couplings.shape[:-2]
+        batch = _broadcast_batch(
+            {
+                "couplings": tuple(coupling_batch),
+                "field": tuple(field.shape[: -self._site_ndim]),  # type: ignore[attr-defined]
+                "beta": tuple(beta.shape),
+            }
+        )
+        self._set(
+            couplings=couplings, field=field, beta=beta, **extra, _num_spins=n, _batch_shape=batch
+        )
+
     def _set(self, **values: Any) -> None:
         for key, value in values.items():
             object.__setattr__(self, key, value)
@@ -330,17 +346,7 @@ class IsingModel(_SpinModel):
                 f"field must have shape (..., {n}) to match couplings, got {tuple(field.shape)}"
             )
         check_finite(field, "field")
-        beta = as_tensor(self.beta, "beta", dtype=dtype, device=couplings.device)
-        check_beta(beta)
-        coupling_batch = couplings.shape if self.lattice is not None else couplings.shape[:-2]
-        batch = _broadcast_batch(
-            {
-                "couplings": tuple(coupling_batch),
-                "field": tuple(field.shape[:-1]),
-                "beta": tuple(beta.shape),
-            }
-        )
-        self._set(couplings=couplings, field=field, beta=beta, _num_spins=n, _batch_shape=batch)
+        self._finish(couplings, field, n)
 
     def local_field(self, spins: Tensor) -> Tensor:
         """h_i + Σ_j J_ij σ_j for spins (..., N)."""
@@ -391,25 +397,7 @@ class VectorSpinModel(_SpinModel):
             isinstance(self.radius, int | float) and math.isfinite(self.radius) and self.radius > 0
         ):
             raise ValueError(f"radius must be a positive finite number, got {self.radius!r}")
-        beta = as_tensor(self.beta, "beta", dtype=dtype, device=couplings.device)
-        check_beta(beta)
-        coupling_batch = couplings.shape if self.lattice is not None else couplings.shape[:-2]
-        batch = _broadcast_batch(
-            {
-                "couplings": tuple(coupling_batch),
-                "field": tuple(field.shape[:-2]),
-                "beta": tuple(beta.shape),
-            }
-        )
-        self._set(
-            couplings=couplings,
-            field=field,
-            beta=beta,
-            dim=field.shape[-1],
-            radius=float(self.radius),
-            _num_spins=n,
-            _batch_shape=batch,
-        )
+        self._finish(couplings, field, n, dim=field.shape[-1], radius=float(self.radius))
 
     def local_field(self, spins: Tensor) -> Tensor:
         """h_i + Σ_j J_ij σ_j for spins (..., N, D)."""

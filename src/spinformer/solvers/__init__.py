@@ -6,22 +6,5 @@ The only place in spinformer that iterates to a fixed point. See
 
 from spinformer.solvers import _methods as _methods
 from spinformer.solvers import broyden as _broyden  # noqa: F401  (registers "broyden")
-from spinformer.solvers._core import (
-    FixedPointResult,
-    SolverOutput,
-    SolverWarning,
-    available_solvers,
-    fixed_point,
-    register_solver,
-    relative_residual,
-)
-
-__all__ = [
-    "FixedPointResult",
-    "SolverOutput",
-    "SolverWarning",
-    "available_solvers",
-    "fixed_point",
-    "register_solver",
-    "relative_residual",
-]
+from spinformer.solvers._core import *  # noqa: F403  (the public API is _core's)
+from spinformer.solvers._core import __all__ as __all__

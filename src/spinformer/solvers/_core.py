@@ -31,7 +31,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -84,18 +84,8 @@ class SolverOutput:
     residual: Tensor
 
 
-class Solver(Protocol):
-    def __call__(
-        self,
-        g: Callable[[Tensor], Tensor],
-        z0: Tensor,
-        *,
-        tol: float,
-        max_iter: int,
-        damping: float,
-        check_every: int,
-        **options: Any,
-    ) -> SolverOutput: ...
+Solver = Callable[..., SolverOutput]
+"""``solver(g, z0, *, tol, max_iter, damping, check_every, **options)``; see :func:`register_solver`."""
 
 
 _SOLVERS: dict[str, Solver] = {}
@@ -245,20 +235,32 @@ def fixed_point(
                     },
                     warn,
                 )
-    residual = out.residual.detach()
-    finite = torch.isfinite(residual) & torch.isfinite(out.solution.detach()).all(dim=-1)
+    finite, converged = _verdict(
+        out, warn, f"fixed_point({method})", f" (tol={tol:g}, max_iter={max_iter})"
+    )
     residual = torch.where(finite, out.residual, torch.full_like(out.residual, math.inf))
-    converged = (out.converged & finite).reshape(batch_shape)
-    if warn and not bool(converged.all()):
-        warnings.warn(
-            f"fixed_point({method}): {_failures(converged, finite, residual)} (tol={tol:g},"
-            f" max_iter={max_iter})",
-            SolverWarning,
-            stacklevel=2,
-        )
+    converged = converged.reshape(batch_shape)
     return FixedPointResult(
         solution, converged, out.iterations.reshape(batch_shape), residual.reshape(batch_shape)
     )
+
+
+def _verdict(out: SolverOutput, warn: bool, what: str, suffix: str = "") -> tuple[Tensor, Tensor]:
+    """(finite, converged) per flattened sample; warns ``what: failures suffix`` when one failed.
+
+    A sample is finite when its residual and its whole solution are; converged also needs the
+    solver's own verdict.
+    """
+    residual = out.residual.detach()
+    finite = torch.isfinite(residual) & torch.isfinite(out.solution.detach()).all(dim=-1)
+    converged = out.converged & finite
+    if warn and not bool(converged.all()):
+        warnings.warn(
+            f"{what}: {_failures(converged, finite, residual)}{suffix}",
+            SolverWarning,
+            stacklevel=3,
+        )
+    return finite, converged
 
 
 def _failures(converged: Tensor, finite: Tensor, residual: Tensor) -> str:
@@ -304,15 +306,7 @@ def _attach_adjoint(
 
             with torch.no_grad():
                 out = solver(adjoint, grad.reshape(flat_shape), **settings)
-        finite = torch.isfinite(out.residual) & torch.isfinite(out.solution).all(dim=-1)
-        converged = out.converged & finite
-        if warn and not bool(converged.all()):
-            warnings.warn(
-                f"fixed_point backward: the adjoint solve failed:"
-                f" {_failures(converged, finite, out.residual)}",
-                SolverWarning,
-                stacklevel=2,
-            )
+        _verdict(out, warn, "fixed_point backward: the adjoint solve failed")
         return out.solution.reshape(shape)
 
     output.register_hook(hook)

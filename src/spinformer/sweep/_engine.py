@@ -38,6 +38,7 @@ from spinformer._io import (
     check_output_dir,
     write_output_dir,
 )
+from spinformer._progress import counted_progress
 from spinformer.sweep._executors import Task, make_executor
 
 __all__ = ["RESULT_FILES", "SweepResult", "config_hash", "expand_grid", "sweep"]
@@ -308,22 +309,7 @@ def sweep(
 def _progress(enabled: bool, total: int, completed: int, name: str) -> Any:
     if not enabled:
         return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn(f"sweep {name}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
+    bar = counted_progress(f"sweep {name}")
     task = bar.add_task(name, total=total, completed=completed)
     bar.start()
     return bar, task

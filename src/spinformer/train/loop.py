@@ -44,17 +44,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch import Tensor, nn
 
 from spinformer._io import atomic_write
+from spinformer._progress import counted_progress
 from spinformer.train import models
 from spinformer.train.checkpoint import (
     CheckpointError,
@@ -369,14 +362,10 @@ def _run(
     tokens_per_step = 0
     window_start, window_steps = time.perf_counter(), 0
     metrics_file = metrics_path.open("a") if main else None
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[speed]} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
+    progress = counted_progress(
+        "[bold]{task.description}",
+        "loss {task.fields[loss]}",
+        "{task.fields[speed]} tok/s",
         console=console,
         disable=not (show_progress and main),
         transient=False,

@@ -38,29 +38,23 @@ def build_model(config: TrainConfig, task: Task) -> SpinTransformer:
         ) from err
 
 
+#: Training-config fields that configure the model under the same name.
+_MODEL_FIELDS = (
+    "d_model", "n_heads", "n_layers", "beta", "learn_beta", "order", "ffn_field", "ffn_mult",
+    "onsager", "coupling", "norm", "start", "residual", "position",
+)  # fmt: skip
+
+
 def _build(config: TrainConfig, task: Task) -> SpinTransformer:
     model_config = SpinTransformerConfig(
         vocab_size=task.vocab_size,
         max_len=task.seq_len,
-        d_model=config.d_model,
-        n_heads=config.n_heads,
-        n_layers=config.n_layers,
         block=config.model,
         causal=task.head == "lm",
         head=task.head,
         num_classes=task.num_classes,
-        beta=config.beta,
-        learn_beta=config.learn_beta,
-        order=config.order,
         steps=config.steps or None,
-        ffn_field=config.ffn_field,
-        ffn_mult=config.ffn_mult,
-        onsager=config.onsager,
-        coupling=config.coupling,
-        norm=config.norm,
-        start=config.start,
-        residual=config.residual,
-        position=config.position,
+        **{name: getattr(config, name) for name in _MODEL_FIELDS},
     )
     return SpinTransformer(model_config)
 

@@ -19,20 +19,15 @@ import time
 
 import torch
 
+from spinformer.data import topic_text
 from spinformer.lens import analyze, load
-
-
-def _prose() -> str:
-    from pydoc_data.topics import topics
-
-    return topics["if"] + topics["while"] + topics["for"]
 
 
 def _bench(name: str, num_tokens: int) -> None:
     start = time.perf_counter()
     lens = load(name)
     load_s = time.perf_counter() - start
-    ids, _ = lens.encode(_prose())
+    ids, _ = lens.encode(topic_text(("if", "while", "for")))
     ids = ids[: min(num_tokens, lens.context_length)]
     batch = torch.tensor([ids])
     kwargs = {"input_ids": batch, "output_attentions": True}

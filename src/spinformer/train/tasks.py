@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from spinformer._io import atomic_write
+from spinformer.data import pydoc_prose
 from spinformer.train.config import ConfigError, TrainConfig
 
 __all__ = ["IGNORE", "TASKS", "Batch", "Task", "make_task", "register_task"]
@@ -225,13 +226,6 @@ class Digits(Task):
         for split in ("train", "val", "test"):
             digest.update(self.splits[split].astype(np.int64).tobytes())
         return {**super().fingerprint(), "patch": self.patch, "split_sha256": digest.hexdigest()}
-
-
-def pydoc_prose() -> str:
-    """The English prose of CPython's ``pydoc_data.topics`` (topics in sorted order)."""
-    from pydoc_data.topics import topics
-
-    return "\n".join(topics[name] for name in sorted(topics))
 
 
 @register_task("charlm")

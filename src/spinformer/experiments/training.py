@@ -92,6 +92,9 @@ MODEL_VARIANTS: dict[str, dict[str, Any]] = {
     "spin_fixed_point": {"model": "spin", "steps": 0, **_FIRST_DESIGN},
     "spin_tap": {"model": "spin", "steps": 2, "order": 2, **_FIRST_DESIGN},
     "spin_best": {"model": "spin", "steps": 1, **_BEST_DESIGN},
+    "spin_best_k2": {"model": "spin", "steps": 2, **_BEST_DESIGN},
+    "spin_best_fixed_point": {"model": "spin", "steps": 0, **_BEST_DESIGN},
+    "spin_best_tap": {"model": "spin", "steps": 2, "order": 2, **_BEST_DESIGN},
     "peer": {"model": "transformer"},  # config of the loop only; the model is the peer's
 }
 MODEL_LABELS = {
@@ -104,6 +107,9 @@ MODEL_LABELS = {
     "spin_fixed_point": "spin block, first design, fixed point",
     "spin_tap": "spin block, first design, TAP (order 2), K=2",
     "spin_best": "spin block, best design, K=1",
+    "spin_best_k2": "spin block, best design, K=2",
+    "spin_best_fixed_point": "spin block, best design, fixed point",
+    "spin_best_tap": "spin block, best design, TAP (order 2), K=2",
     "peer": "peer recipe (neqnn, Bal)",
 }
 
@@ -117,7 +123,7 @@ def _train_config(task: str, model: str, seed: int, max_steps: int, overrides: M
     from spinformer.train import TrainConfig
 
     values: dict[str, Any] = {**TASK_SETTINGS[task], **MODEL_VARIANTS[model]}
-    if model == "spin_best":
+    if model.startswith("spin_best"):
         values["position"] = _best_position(task)
     values.update(
         seed=seed,
@@ -326,6 +332,9 @@ def training_comparison(
         "spin_fixed_point",
         "spin_tap",
         "spin_best",
+        "spin_best_k2",
+        "spin_best_fixed_point",
+        "spin_best_tap",
         "peer",
     ),
     seeds: int = 3,

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spinformer._validation import Limit
+from spinformer._validation import Limit, lookup
 
 __all__ = [
     "NON_NEGATIVE",
@@ -359,9 +359,7 @@ def list_experiments() -> list[Experiment]:
 
 
 def get_experiment(name: str) -> Experiment:
-    if name not in _EXPERIMENTS:
-        raise ValueError(f"name must be one of {sorted(_EXPERIMENTS)}, got {name!r}")
-    return _EXPERIMENTS[name]
+    return lookup(_EXPERIMENTS, name, "name")
 
 
 def run_experiment(name: str, **config: Any) -> ExperimentResult:

@@ -16,7 +16,9 @@ The registry owns what is *about* an experiment, so the function holds only its 
 - the **command line**: ``cli="GROUP COMMAND"`` generates ``spinformer GROUP COMMAND`` (with
   ``--set key=value`` and ``--out DIR``), the same command ``spinformer run NAME`` is;
 - the **report**: ``section=`` puts the experiment in ``spinformer report`` with its
-  ``report_config`` (CPU-sized, so the whole report builds in minutes).
+  ``report_config`` (CPU-sized, so the whole report builds in minutes); a module whose
+  experiments share a section names it once, and their order follows the module
+  (:class:`SectionExperiments`).
 
 A config is checked before anything runs (:meth:`Experiment.bind`), by one generic mechanism:
 the keys must be parameters of the function; each value must match the parameter's annotation
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import math
 import types
 import typing
@@ -50,6 +53,7 @@ __all__ = [
     "Experiment",
     "ExperimentResult",
     "Limit",
+    "SectionExperiments",
     "get_experiment",
     "list_experiments",
     "ordered",
@@ -351,6 +355,22 @@ def register_experiment(
         return fn
 
     return decorate
+
+
+class SectionExperiments:
+    """The decorator of a module whose experiments all join one report section, in page order.
+
+    ``experiment = SectionExperiments(SECTION, first_order=20)``, then each
+    ``@experiment(title=..., ...)`` is :func:`register_experiment` with that ``section`` and the
+    next ``order`` (20, 21, ... in the order the module defines its experiments).
+    """
+
+    def __init__(self, section: str, first_order: int) -> None:
+        self.section = section
+        self._orders = itertools.count(first_order)
+
+    def __call__(self, **options: Any) -> Any:
+        return register_experiment(section=self.section, order=next(self._orders), **options)
 
 
 def list_experiments() -> list[Experiment]:

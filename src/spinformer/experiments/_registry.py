@@ -369,7 +369,10 @@ class SectionExperiments:
         self.section = section
         self._orders = itertools.count(first_order)
 
-    def __call__(self, **options: Any) -> Any:
+    def __call__(
+        self, **options: Any
+    ) -> Callable[[Callable[..., ExperimentResult]], Callable[..., ExperimentResult]]:
+        """:func:`register_experiment`'s decorator for the next experiment (its ``options``)."""
         return register_experiment(section=self.section, order=next(self._orders), **options)
 
 

@@ -38,4 +38,6 @@ class AxisLength:
         return int(getattr(obj, self.tensor).shape[self.axis])
 
     def __set__(self, obj: object, value: object) -> None:
-        raise AttributeError(f"{self.name} is read-only: it is the length of {self.tensor}'s axis")
+        raise AttributeError(
+            f"{self.name} is read-only (the length of axis {self.axis} of {self.tensor})"
+        )

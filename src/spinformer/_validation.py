@@ -7,7 +7,9 @@ done. Internals trust their inputs; only public functions call these.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -22,7 +24,10 @@ __all__ = [
     "check_symmetric",
     "check_zero_diagonal",
     "describe",
+    "lookup",
 ]
+
+_T = TypeVar("_T")
 
 
 def as_tensor(
@@ -107,6 +112,13 @@ def check_positive_int(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def lookup(table: Mapping[str, _T], key: str, name: str) -> _T:
+    """``table[key]``, or a ``ValueError`` naming ``name`` and the valid keys."""
+    if key not in table:
+        raise ValueError(f"{name} must be one of {sorted(table)}, got {key!r}")
+    return table[key]
 
 
 @dataclass(frozen=True)

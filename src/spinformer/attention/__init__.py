@@ -13,6 +13,7 @@ Hopfield retrieval (Ramsauer et al., "Hopfield networks is all you need", 2020).
 from spinformer.attention.blocked import blocked_boltzmann_attention
 from spinformer.attention.couplings import Couplings, couplings
 from spinformer.attention.critical import (
+    Continuation,
     CriticalBeta,
     PhaseDiagram,
     critical_beta,
@@ -40,6 +41,7 @@ from spinformer.attention.mean_field import (
 
 __all__ = [
     "AttentionEnsemble",
+    "Continuation",
     "Couplings",
     "CriticalBeta",
     "EnsembleThermodynamics",

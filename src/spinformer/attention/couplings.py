@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spinformer._shapes import AxisLength
 from spinformer._validation import as_tensor, check_beta, check_finite, describe
 from spinformer.attention.ensemble import AttentionEnsemble, ensemble
 
@@ -59,23 +60,10 @@ class Couplings:
     b_q: Tensor | None = None
     b_k: Tensor | None = None
 
-    @property
-    def num_heads(self) -> int:
-        return self.w_q.shape[0]
-
-    @property
-    def head_dim(self) -> int:
-        return self.w_q.shape[1]
-
-    @property
-    def embed_dim(self) -> int:
-        """D, the dimension of the query spins."""
-        return self.w_q.shape[2]
-
-    @property
-    def key_dim(self) -> int:
-        """D_k, the dimension of the key spins."""
-        return self.w_k.shape[2]
+    num_heads = AxisLength("w_q", 0, "H, the number of heads.")
+    head_dim = AxisLength("w_q", 1, "d_head, the dimension of a head's queries and keys.")
+    embed_dim = AxisLength("w_q", 2, "D, the dimension of the query spins.")
+    key_dim = AxisLength("w_k", 2, "D_k, the dimension of the key spins.")
 
     @property
     def w_qk(self) -> Tensor:

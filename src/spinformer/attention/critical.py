@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import torch
 from torch import Tensor
@@ -45,6 +46,7 @@ from spinformer.attention.mean_field import (
 )
 
 __all__ = [
+    "Continuation",
     "CriticalBeta",
     "PhaseDiagram",
     "critical_beta",
@@ -82,18 +84,30 @@ class CriticalBeta:
     branch_spectral_radius: Tensor
 
 
-def critical_beta(
-    x: Tensor,
-    w_qk: Tensor,
-    *,
-    beta_min: float | None = None,
-    beta_max: float | None = None,
-    num_betas: int = 64,
-    bisection_steps: int = 40,
-    tol: float | None = None,
-    max_iter: int = 2000,
-    jump_tol: float = 0.25,
-) -> CriticalBeta:
+class Continuation(TypedDict, total=False):
+    """The keyword options of :func:`critical_beta` and :func:`critical_beta_qk` (defaults).
+
+    Attributes:
+        beta_min, beta_max: ends of the geometric β grid (10⁻³ and 10 times β₀ = 1/ρ(C W_QK),
+            per system).
+        num_betas: points of the grid (64, at least 2).
+        bisection_steps: bisections of the bracket around β_c (40).
+        tol: the solver's residual tolerance (the dtype's default).
+        max_iter: solver iterations at each β (2000).
+        jump_tol: a step of the branch longer than ``jump_tol`` times the token radius is a jump,
+            the end of the branch (0.25).
+    """
+
+    beta_min: float | None
+    beta_max: float | None
+    num_betas: int
+    bisection_steps: int
+    tol: float | None
+    max_iter: int
+    jump_tol: float
+
+
+def critical_beta(x: Tensor, w_qk: Tensor, **continuation: Unpack[Continuation]) -> CriticalBeta:
     """β_c of the high-temperature solution by continuation in β, then bisection.
 
     The branch starts at the token mean at ``beta_min`` and is followed on a geometric grid up to
@@ -104,6 +118,7 @@ def critical_beta(
 
     Args:
         x: tokens (*batch, N, D); w_qk: couplings (*batch, D, D).
+        continuation: the grid, bisection and solver settings (:class:`Continuation`).
     """
     batch = _check_system(x, w_qk)
     if x.shape[-2] == 0:
@@ -122,25 +137,10 @@ def critical_beta(
         raise ValueError(
             f"w_qk is outside the {dtype} range: Cov(x) W_QK overflows; rescale w_qk or use float64"
         )
-    return _follow_branch(
-        x_b, x_b @ w_b, cov_w, size**2, beta_min=beta_min, beta_max=beta_max,
-        num_betas=num_betas, bisection_steps=bisection_steps, tol=tol, max_iter=max_iter,
-        jump_tol=jump_tol,
-    )  # fmt: skip
+    return _follow_branch(x_b, x_b @ w_b, cov_w, size**2, **continuation)
 
 
-def critical_beta_qk(
-    q: Tensor,
-    k: Tensor,
-    *,
-    beta_min: float | None = None,
-    beta_max: float | None = None,
-    num_betas: int = 64,
-    bisection_steps: int = 40,
-    tol: float | None = None,
-    max_iter: int = 2000,
-    jump_tol: float = 0.25,
-) -> CriticalBeta:
+def critical_beta_qk(q: Tensor, k: Tensor, **continuation: Unpack[Continuation]) -> CriticalBeta:
     r""":func:`critical_beta` of heads given by their tokens' queries and keys (d-dimensional).
 
     The map sees m only through the query :math:`q(m) = W_Q m + b_Q`, and
@@ -165,7 +165,7 @@ def critical_beta_qk(
 
     Args:
         q: the tokens' queries (*batch, N, d); k: their keys (*batch, N, d).
-        The other arguments are :func:`critical_beta`'s.
+        continuation: :func:`critical_beta`'s settings (:class:`Continuation`).
     """
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim < 2:
@@ -197,11 +197,7 @@ def critical_beta_qk(
     q_c = q_c - q_c.mean(dim=-2, keepdim=True)
     k_c = k_c - k_c.mean(dim=-2, keepdim=True)
     cov_qk = q_c.transpose(-1, -2) @ k_c / q.shape[-2]
-    return _follow_branch(
-        q_b, k_b, cov_qk, size_q * size_k, track=k_b, beta_min=beta_min, beta_max=beta_max,
-        num_betas=num_betas, bisection_steps=bisection_steps, tol=tol, max_iter=max_iter,
-        jump_tol=jump_tol,
-    )  # fmt: skip
+    return _follow_branch(q_b, k_b, cov_qk, size_q * size_k, k_b, **continuation)
 
 
 def _cross_jacobian(m: Tensor, values: Tensor, keys: Tensor, beta: Tensor) -> Tensor:
@@ -222,15 +218,16 @@ def _follow_branch(
     keys: Tensor,
     cov_scaled: Tensor,
     cov_scale: Tensor,
-    *,
     track: Tensor | None = None,
-    beta_min: float | None,
-    beta_max: float | None,
-    num_betas: int,
-    bisection_steps: int,
-    tol: float | None,
-    max_iter: int,
-    jump_tol: float,
+    /,
+    *,
+    beta_min: float | None = None,
+    beta_max: float | None = None,
+    num_betas: int = 64,
+    bisection_steps: int = 40,
+    tol: float | None = None,
+    max_iter: int = 2000,
+    jump_tol: float = 0.25,
 ) -> CriticalBeta:
     """Continuation and bisection of :func:`critical_beta` for the map m ↦ Σ_j v_j α_j(β k_j·m).
 

@@ -218,6 +218,22 @@ def mask_bias(
     return bias
 
 
+class _RowObservable:
+    """A field of the rows' :class:`EnsembleThermodynamics`, read as an attribute of the ensemble."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, ensemble: AttentionEnsemble | None, owner: type | None = None) -> Tensor:
+        if ensemble is None:  # looked up on the class: the descriptor itself (its docstring)
+            return self  # type: ignore[return-value]
+        return getattr(ensemble._rows[1], self.name)
+
+
 @dataclass(frozen=True)
 class AttentionEnsemble:
     """The Boltzmann ensembles of a batch of attention rows (see the module docstring).
@@ -249,30 +265,11 @@ class AttentionEnsemble:
         """α_ij, the Boltzmann probabilities (= attention weights)."""
         return self._rows[0]
 
-    @property
-    def log_partition(self) -> Tensor:
-        """ln Z_i, shape (*batch, num_queries)."""
-        return self._rows[1].log_partition
-
-    @property
-    def free_energy(self) -> Tensor:
-        """F_i = −ln Z_i / β."""
-        return self._rows[1].free_energy
-
-    @property
-    def energy(self) -> Tensor:
-        """U_i = Σ_j α_ij E_ij."""
-        return self._rows[1].energy
-
-    @property
-    def entropy(self) -> Tensor:
-        """S_i = β(U_i − F_i)."""
-        return self._rows[1].entropy
-
-    @property
-    def heat_capacity(self) -> Tensor:
-        """C_i = β² Var_α(E)."""
-        return self._rows[1].heat_capacity
+    log_partition = _RowObservable("ln Z_i, shape (*batch, num_queries).")
+    free_energy = _RowObservable("F_i = −ln Z_i / β.")
+    energy = _RowObservable("U_i = Σ_j α_ij E_ij.")
+    entropy = _RowObservable("S_i = β(U_i − F_i).")
+    heat_capacity = _RowObservable("C_i = β² Var_α(E).")
 
     def thermodynamics(self) -> EnsembleThermodynamics:
         """All row observables in one result."""

@@ -16,7 +16,9 @@ The registry owns what is *about* an experiment, so the function holds only its 
 - the **command line**: ``cli="GROUP COMMAND"`` generates ``spinformer GROUP COMMAND`` (with
   ``--set key=value`` and ``--out DIR``), the same command ``spinformer run NAME`` is;
 - the **report**: ``section=`` puts the experiment in ``spinformer report`` with its
-  ``report_config`` (CPU-sized, so the whole report builds in minutes).
+  ``report_config`` (CPU-sized, so the whole report builds in minutes); a module whose
+  experiments share a section names it once, and their order follows the module
+  (:class:`SectionExperiments`).
 
 A config is checked before anything runs (:meth:`Experiment.bind`), by one generic mechanism:
 the keys must be parameters of the function; each value must match the parameter's annotation
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import math
 import types
 import typing
@@ -39,7 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spinformer._validation import Limit
+from spinformer._validation import Limit, lookup
 
 __all__ = [
     "NON_NEGATIVE",
@@ -50,6 +53,7 @@ __all__ = [
     "Experiment",
     "ExperimentResult",
     "Limit",
+    "SectionExperiments",
     "get_experiment",
     "list_experiments",
     "ordered",
@@ -353,15 +357,32 @@ def register_experiment(
     return decorate
 
 
+class SectionExperiments:
+    """The decorator of a module whose experiments all join one report section, in page order.
+
+    ``experiment = SectionExperiments(SECTION, first_order=20)``, then each
+    ``@experiment(title=..., ...)`` is :func:`register_experiment` with that ``section`` and the
+    next ``order`` (20, 21, ... in the order the module defines its experiments).
+    """
+
+    def __init__(self, section: str, first_order: int) -> None:
+        self.section = section
+        self._orders = itertools.count(first_order)
+
+    def __call__(
+        self, **options: Any
+    ) -> Callable[[Callable[..., ExperimentResult]], Callable[..., ExperimentResult]]:
+        """:func:`register_experiment`'s decorator for the next experiment (its ``options``)."""
+        return register_experiment(section=self.section, order=next(self._orders), **options)
+
+
 def list_experiments() -> list[Experiment]:
     """All registered experiments, in report order."""
     return sorted(_EXPERIMENTS.values(), key=lambda e: (e.order, e.name))
 
 
 def get_experiment(name: str) -> Experiment:
-    if name not in _EXPERIMENTS:
-        raise ValueError(f"name must be one of {sorted(_EXPERIMENTS)}, got {name!r}")
-    return _EXPERIMENTS[name]
+    return lookup(_EXPERIMENTS, name, "name")
 
 
 def run_experiment(name: str, **config: Any) -> ExperimentResult:

@@ -35,8 +35,8 @@ from spinformer.experiments._registry import (
     POSITIVE,
     CliCommand,
     ExperimentResult,
+    SectionExperiments,
     ordered,
-    register_experiment,
 )
 from spinformer.nn import BoltzmannAttention
 
@@ -49,18 +49,16 @@ __all__ = [
     "text_tokens",
 ]
 
-SECTION = "Attention as a spin system"
+experiment = SectionExperiments("Attention as a spin system", first_order=20)
 
 
-@register_experiment(
+@experiment(
     title="The transformer's equations, three ways",
     cli=CliCommand(
         "attention",
         "table",
         "The transformer's equations in index notation, compact notation and our module.",
     ),
-    section=SECTION,
-    order=20,
 )
 def attention_seed_table(
     num_tokens: Annotated[int, POSITIVE] = 5, dim: Annotated[int, POSITIVE] = 4, seed: int = 0
@@ -164,15 +162,13 @@ def attention_seed_table(
     )
 
 
-@register_experiment(
+@experiment(
     title="Extensivity: non-interacting ensembles add",
     cli=CliCommand(
         "attention",
         "extensivity",
         "ln Z, F, U, S, C of two non-interacting attention ensembles add.",
     ),
-    section=SECTION,
-    order=21,
 )
 def attention_extensivity(
     num_keys_a: Annotated[int, POSITIVE] = 6,
@@ -239,15 +235,13 @@ def attention_extensivity(
     )
 
 
-@register_experiment(
+@experiment(
     title="Entropy and heat capacity of an attention layer against β",
     cli=CliCommand(
         "attention",
         "sweep",
         "Entropy and heat capacity of each head of an attention layer against β (real text).",
     ),
-    section=SECTION,
-    order=22,
     report_config={"num_betas": 49},
     check=ordered("beta_factor_min", "beta_factor_max"),
 )
@@ -351,15 +345,13 @@ def pitchfork_tokens(dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return torch.stack([v, -v])
 
 
-@register_experiment(
+@experiment(
     title="Bifurcation diagram of the self-consistency equation",
     cli=CliCommand(
         "attention",
         "bifurcation",
         "Fixed points of the mean-field self-consistency equation against β, with β_c.",
     ),
-    section=SECTION,
-    order=23,
     report_config={"num_betas": 25},
 )
 def attention_bifurcation(
@@ -461,15 +453,13 @@ def attention_bifurcation(
     )
 
 
-@register_experiment(
+@experiment(
     title="Pitchfork and Curie–Weiss numbers",
     cli=CliCommand(
         "attention",
         "bridges",
         "Pitchfork (β_c = 1/2, s = tanh(2βs)) and Curie–Weiss (m = tanh(βm)) numbers.",
     ),
-    section=SECTION,
-    order=24,
 )
 def attention_mean_field_bridges() -> ExperimentResult:
     """The mean-field equation of attention against closed forms and published numbers.

@@ -22,7 +22,7 @@ from spinformer.experiments._registry import (
     UNIT_INTERVAL,
     ExperimentResult,
     Limit,
-    register_experiment,
+    SectionExperiments,
 )
 from spinformer.hopfield import (
     FIXED_POINT_KINDS,
@@ -42,15 +42,13 @@ __all__ = [
     "modern_hopfield_capacity",
 ]
 
-SECTION = "Hopfield memories"
+experiment = SectionExperiments("Hopfield memories", first_order=30)
 AGS_CRITICAL_LOAD = 0.138
 
 
-@register_experiment(
+@experiment(
     title="Classical Hopfield capacity: the retrieval cliff near alpha_c = 0.138",
     cli="hopfield capacity",
-    section=SECTION,
-    order=30,
     report_config={"loads": (0.05, 0.1, 0.13, 0.16, 0.2), "starts": 10},
 )
 def hopfield_capacity(
@@ -124,11 +122,9 @@ def hopfield_capacity(
     )
 
 
-@register_experiment(
+@experiment(
     title="Modern Hopfield capacity and its three regimes",
     cli="hopfield modern-capacity",
-    section=SECTION,
-    order=31,
     report_config={"counts": (2, 16, 128, 1024), "queries": 32, "dims": (4, 8, 12)},
 )
 def modern_hopfield_capacity(
@@ -215,11 +211,9 @@ def modern_hopfield_capacity(
     )
 
 
-@register_experiment(
+@experiment(
     title="Energy landscapes: modern plane through patterns, classical paths between attractors",
     cli="hopfield landscapes",
-    section=SECTION,
-    order=32,
     report_config={"grid": 61},
 )
 def hopfield_landscapes(

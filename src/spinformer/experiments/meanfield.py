@@ -31,8 +31,8 @@ from spinformer.experiments._registry import (
     CliCommand,
     ExperimentResult,
     Limit,
+    SectionExperiments,
     ordered,
-    register_experiment,
 )
 from spinformer.physics import IsingModel, sherrington_kirkpatrick, thermodynamics
 
@@ -44,18 +44,16 @@ __all__ = [
     "spin_transformer_recall",
 ]
 
-SECTION = "Spin-model transformer modules"
+experiment = SectionExperiments("Spin-model transformer modules", first_order=50)
 
 
-@register_experiment(
+@experiment(
     title="Large-D response vs exact Bessel response",
     cli=CliCommand(
         "spin",
         "response",
         "Large-D response φ vs the exact Bessel response: error and its 1/D slope.",
     ),
-    section=SECTION,
-    order=50,
 )
 def large_d_response(
     dims: Annotated[tuple[int, ...], Limit(3)] = (8, 16, 32, 64, 128, 256, 512, 1024),
@@ -102,15 +100,13 @@ def large_d_response(
     )
 
 
-@register_experiment(
+@experiment(
     title="Naive mean field and TAP vs exact enumeration (SK, couplings × ε)",
     cli=CliCommand(
         "spin",
         "tap",
         "Naive mean field and TAP vs exact enumeration as the couplings shrink (ε², ε³).",
     ),
-    section=SECTION,
-    order=51,
 )
 def mean_field_tap_scaling(
     num_spins: Annotated[int, POSITIVE] = 12,
@@ -178,7 +174,7 @@ def associative_recall_batch(
     return torch.cat([tokens, query[:, None]], dim=1), values[rows, pick]
 
 
-@register_experiment(
+@experiment(
     title="Training a SpinTransformer vs a Transformer on associative recall",
     cli=CliCommand(
         "spin",
@@ -186,8 +182,6 @@ def associative_recall_batch(
         "Train SpinTransformer and the Transformer reference on associative recall.\n\n"
         "Example: spinformer spin train --set steps=100 --set \"blocks=('spin','mean_field')\"",
     ),
-    section=SECTION,
-    order=52,
     report_config={"steps": 120},
     check=ordered("num_pairs", "num_keys"),
 )

@@ -33,7 +33,7 @@ from spinformer.experiments._registry import (
     POSITIVE,
     ExperimentResult,
     Limit,
-    register_experiment,
+    SectionExperiments,
 )
 from spinformer.hopfield import ClassicalHopfield, random_patterns
 from spinformer.physics import (
@@ -55,14 +55,12 @@ __all__ = [
     "monte_carlo_published_values",
 ]
 
-SECTION = "Monte Carlo and ergodicity"
+experiment = SectionExperiments("Monte Carlo and ergodicity", first_order=40)
 
 
-@register_experiment(
+@experiment(
     title="Monte Carlo against published finite-lattice values",
     cli="mc published",
-    section=SECTION,
-    order=40,
     report_config={"sweeps": 400, "chains": 8},
 )
 def mc_published_values(
@@ -126,11 +124,9 @@ def mc_published_values(
     )
 
 
-@register_experiment(
+@experiment(
     title="Critical slowing down: Wolff vs Metropolis at beta_c",
     cli="mc slowing-down",
-    section=SECTION,
-    order=41,
     report_config={"sizes": (8, 16), "sweeps": 800, "clusters": 200, "chains": 8},
 )
 def mc_critical_slowing_down(
@@ -269,11 +265,9 @@ def _basin_mixture(
     }
 
 
-@register_experiment(
+@experiment(
     title="Ergodicity and its breaking: time vs ensemble averages, the mixture of basins",
     cli="mc ergodicity",
-    section=SECTION,
-    order=42,
     report_config={"size": 10, "sweeps": 1500, "chains": 8},
 )
 def ergodicity(

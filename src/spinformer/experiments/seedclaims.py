@@ -27,7 +27,7 @@ from torch import Tensor
 
 from spinformer.data import sentence_words, sinusoidal_positions
 from spinformer.experiments._plot import new_figure
-from spinformer.experiments._registry import POSITIVE, ExperimentResult, Limit, register_experiment
+from spinformer.experiments._registry import POSITIVE, ExperimentResult, Limit, SectionExperiments
 from spinformer.nn import FreeEnergyAttention
 from spinformer.physics import IsingModel
 from spinformer.physics.exact import all_states, enumeration_log_partition
@@ -35,7 +35,9 @@ from spinformer.physics.saddle import saddle_log_partition, saddle_magnetization
 
 __all__ = ["input_dependent_magnetization", "module_anatomy", "softmax_field_couplings"]
 
-SECTION = "Magnetizations with input-dependent couplings and the transformer module"
+experiment = SectionExperiments(
+    "Magnetizations with input-dependent couplings and the transformer module", first_order=60
+)
 
 
 def softmax_field_couplings(field: Tensor, scores: Tensor, gain: float) -> Tensor:
@@ -67,10 +69,8 @@ def _correlation_route(field: Tensor, scores: Tensor, gain: float, beta: float) 
     return mean + 0.5 * torch.einsum("mn,mni->i", correlation, jacobian)
 
 
-@register_experiment(
-    title="Magnetization with field-dependent couplings: autodiff of ln Z against correlations",
-    section=SECTION,
-    order=60,
+@experiment(
+    title="Magnetization with field-dependent couplings: autodiff of ln Z against correlations"
 )
 def input_dependent_magnetization(
     num_spins: Annotated[int, Limit(2, 16)] = 8,
@@ -155,11 +155,7 @@ def _embed(tokens: list[str], dim: int, seed: int) -> Tensor:
     return torch.nn.functional.layer_norm(x, (dim,))
 
 
-@register_experiment(
-    title="Recognising the transformer module in a free-energy block",
-    section=SECTION,
-    order=61,
-)
+@experiment(title="Recognising the transformer module in a free-energy block")
 def module_anatomy(
     num_tokens: Annotated[int, Limit(2, 64)] = 12,
     dim: Annotated[int, Limit(3, 256)] = 16,

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import numpy as np
 
 from spinformer.experiments._plot import new_figure
-from spinformer.experiments._registry import POSITIVE, ExperimentResult, register_experiment
+from spinformer.experiments._registry import POSITIVE, ExperimentResult, SectionExperiments
 from spinformer.experiments.sweeps import phase_figure
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 SECTION = "Sweeps and phase diagrams"
+experiment = SectionExperiments(SECTION, first_order=10)
 AGS_CAPACITY = 0.138
 """Classical Hopfield capacity of Amit, Gutfreund and Sompolinsky (1985), α_c ≈ 0.138."""
 
@@ -99,10 +100,8 @@ def crossing_load(
     return None
 
 
-@register_experiment(
+@experiment(
     title="Phase diagram of attention's mean-field equation over β × coupling scale",
-    section=SECTION,
-    order=10,
     report_config={
         "betas": (0.1, 0.2, 0.4, 0.8, 1.6, 3.2),
         "coupling_scales": (0.5, 1.0, 2.0),
@@ -160,10 +159,8 @@ def sweep_phase_diagram(
     )
 
 
-@register_experiment(
+@experiment(
     title="Mean field becomes exact as the spin dimension D grows",
-    section=SECTION,
-    order=11,
     report_config={
         "dims": (2, 4, 8, 16),
         "seeds": 3,
@@ -241,10 +238,8 @@ def sweep_mean_field_dimension(
     )
 
 
-@register_experiment(
+@experiment(
     title="Hopfield retrieval overlap against load for growing N, crossing near α_c",
-    section=SECTION,
-    order=12,
     report_config={
         "sizes": (200, 400, 800),
         "loads": (0.1, 0.12, 0.14, 0.16, 0.18),

@@ -19,8 +19,8 @@ from spinformer.experiments._registry import (
     POSITIVE,
     ExperimentResult,
     Limit,
+    SectionExperiments,
     ordered,
-    register_experiment,
 )
 from spinformer.physics import chain, curie_weiss, square_lattice, thermodynamics
 from spinformer.physics.reference import (
@@ -40,12 +40,10 @@ __all__ = [
 BETA_CRITICAL = ONSAGER_BETA_C
 """Deprecated alias of :data:`spinformer.physics.ONSAGER_BETA_C`."""
 
+experiment = SectionExperiments("Exact spin-model physics", first_order=10)
 
-@register_experiment(
-    title="Exact Ising values by independent routes",
-    section="Exact spin-model physics",
-    order=10,
-)
+
+@experiment(title="Exact Ising values by independent routes")
 def ising_exact_checks() -> ExperimentResult:
     """Published exact values, each reproduced by two independent routes.
 
@@ -102,10 +100,8 @@ def ising_exact_checks() -> ExperimentResult:
     )
 
 
-@register_experiment(
+@experiment(
     title="Square-lattice Ising tori against Onsager",
-    section="Exact spin-model physics",
-    order=11,
     report_config={"sizes": (4, 6, 8), "num_betas": 61},
     check=ordered("beta_min", "beta_max"),
 )

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from spinformer._shapes import AxisLength
 from spinformer._validation import as_tensor, check_positive_int
 from spinformer.physics import IsingModel, hopfield_couplings
 
@@ -108,6 +109,9 @@ class AttractorCensus:
 class ClassicalHopfield:
     """Hopfield network with Hebb couplings (zero diagonal) storing ±1 ``patterns`` (P, N)."""
 
+    num_patterns = AxisLength("patterns", 0, "P, the number of stored patterns.")
+    num_spins = AxisLength("patterns", 1, "N, the number of spins.")
+
     def __init__(self, patterns: Tensor) -> None:
         patterns = as_tensor(patterns, "patterns")
         if patterns.ndim != 2 or patterns.shape[0] == 0 or patterns.shape[1] < 2:
@@ -118,14 +122,6 @@ class ClassicalHopfield:
             raise ValueError("patterns must contain only +1 and -1 entries (classical Hopfield)")
         self.patterns = patterns
         self.couplings = hopfield_couplings(patterns)
-
-    @property
-    def num_patterns(self) -> int:
-        return self.patterns.shape[0]
-
-    @property
-    def num_spins(self) -> int:
-        return self.patterns.shape[1]
 
     @property
     def load(self) -> float:

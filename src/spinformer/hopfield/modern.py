@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from spinformer._shapes import AxisLength
 from spinformer._validation import as_tensor, check_finite, check_positive_int
 from spinformer.solvers import fixed_point
 
@@ -64,6 +65,9 @@ class ModernRetrieval:
 class ModernHopfield:
     """Continuous Hopfield network storing ``patterns`` (P, D) at inverse temperature ``beta``."""
 
+    num_patterns = AxisLength("patterns", 0, "P, the number of stored patterns.")
+    dim = AxisLength("patterns", 1, "D, the dimension of the patterns and states.")
+
     def __init__(self, patterns: Tensor, beta: float) -> None:
         patterns = as_tensor(patterns, "patterns")
         if patterns.ndim != 2 or patterns.shape[0] == 0 or patterns.shape[1] == 0:
@@ -75,14 +79,6 @@ class ModernHopfield:
             raise ValueError(f"beta must be a positive finite number, got {beta!r}")
         self.patterns = patterns
         self.beta = float(beta)
-
-    @property
-    def num_patterns(self) -> int:
-        return self.patterns.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.patterns.shape[1]
 
     def _check(self, xi: Tensor, name: str = "xi") -> Tensor:
         xi = as_tensor(xi, name, dtype=self.patterns.dtype, device=self.patterns.device)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from spinformer._validation import lookup
+
 __all__ = ["ReportSection", "get_section", "list_sections", "register_section"]
 
 
@@ -72,9 +74,7 @@ def list_sections() -> list[ReportSection]:
 
 
 def get_section(name: str) -> ReportSection:
-    if name not in _SECTIONS:
-        raise ValueError(f"section must be one of {sorted(_SECTIONS)}, got {name!r}")
-    return _SECTIONS[name]
+    return lookup(_SECTIONS, name, "section")
 
 
 for _section in (

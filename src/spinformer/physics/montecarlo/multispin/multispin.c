@@ -397,17 +397,19 @@ done:
 }
 
 /* Per-site sums of down spins: SLOTS recent states, slot-major (slot j of all n site words
- * contiguous, so a measurement writes one stream), and 16 bit-sliced counter planes per site
- * word, adjacent. Every SLOTS measurements the slots of a site are folded into its planes: a
- * carry-save tree makes the four bit planes of their sum, added with ripple carries
- * (continued only while a carry is left). */
+ * contiguous, so a measurement writes one stream), and COUNTER bit-sliced counter planes per
+ * site word, adjacent (one cache line). Every SLOTS measurements the slots of a site are folded
+ * into its planes: a carry-save tree makes the four bit planes of their sum, added with ripple
+ * carries (continued only while a carry is left), or stored as they are into an empty counter
+ * (which then needs no clearing pass). The caller empties the counter before its count could
+ * pass 2^COUNTER - 1. */
 #define SLOTS 8
-#define COUNTER 16
+#define COUNTER 8
 /* slot j of site word i is slots[j * (n + SLOT_PAD) + i]: a stride that is no multiple of the
  * page size, so that the eight slots of a word do not compete for one cache set */
 #define SLOT_PAD 8
 
-static inline void fold(u64 *slots, i64 n, u64 *c) {
+static inline void fold(u64 *slots, i64 n, u64 *c, int empty) {
     u64 d[SLOTS];
     for (int j = 0; j < SLOTS; ++j) d[j] = slots[j * n]; /* each rewritten before the next fold */
     u64 t1, o1, t2, o2, t3, o3, f1, w1;
@@ -421,6 +423,10 @@ static inline void fold(u64 *slots, i64 n, u64 *c) {
     u64 f2 = w1 & t4;
     add[2] = f1 ^ f2;
     add[3] = f1 & f2;
+    if (empty) {
+        for (int j = 0; j < COUNTER; ++j) c[j] = j < 4 ? add[j] : 0;
+        return;
+    }
     u64 carry = 0;
     for (int j = 0; j < COUNTER; ++j) {
         u64 a = j < 4 ? add[j] : 0, x = c[j] ^ a;
@@ -431,18 +437,18 @@ static inline void fold(u64 *slots, i64 n, u64 *c) {
     }
 }
 
-/* Fold the slots of all n site words into their planes (the unused slots must be zero), one
- * word after the other: nine sequential streams (folding inside the measurement's row loop,
- * 36 interleaved streams, cost four times as much). */
-void spf_multispin_fold(i64 *slots, i64 *counter, i64 n) {
+/* Fold the slots of all n site words into their planes (the unused slots must be zero; empty:
+ * the counter holds nothing yet, its contents are ignored), one word after the other: nine
+ * sequential streams (folding inside the measurement's row loop, 36 interleaved streams, cost
+ * four times as much). */
+void spf_multispin_fold(i64 *slots, i64 *counter, i64 n, i64 empty) {
     for (i64 i = 0; i < n; ++i)
-        fold((u64 *)slots + i, n + SLOT_PAD, (u64 *)counter + i * COUNTER);
+        fold((u64 *)slots + i, n + SLOT_PAD, (u64 *)counter + i * COUNTER, (int)empty);
 }
 
 typedef struct {
     const u64 *q[4], *flips[4];
     u64 *slots;   /* (SLOTS, 4, planes, h, w), or NULL */
-    u64 *counter; /* (4, planes, h, w, COUNTER) */
     const u64 *gauge;
     i64 planes, h, w, batch, slot;
     i64 begin, end; /* task range, task = p * h + i */
@@ -519,13 +525,14 @@ static void *measure_rows(void *arg) {
  * unsatisfied bonds (each bond once, from its black end; stored spins, so the gauge keeps
  * every bond ferromagnetic), down spins (white spins with the gauge of batch entry p % batch
  * undone) and the flip masks fbe..fwo (all NULL: none). slots, when not NULL, receive the
- * down spins in slot `slot` of the per-site sums (slots, counter: see fold).
+ * down spins in slot `slot` of the per-site sums (see fold, which the caller runs after
+ * every SLOTS of them).
  * Threads split the rows, each with its own totals, summed at the end. Returns 0, or -1 when
  * memory runs out (nothing is changed then). */
 int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo, i64 planes,
                           i64 h, i64 w, i64 batch, const i64 *gauge, const i64 *fbe,
                           const i64 *fbo, const i64 *fwe, const i64 *fwo, i64 *slots,
-                          i64 *counter, i64 slot, i64 *counts, const double *scale,
+                          i64 slot, i64 *counts, const double *scale,
                           double *out, const i64 *flip_counts, i64 threads) {
     i64 tasks = planes * h, size = 3 * planes * 64; /* = 3 * groups * 64 * batch */
     if (slots && (slot < 0 || slot >= SLOTS)) return -2;
@@ -546,7 +553,7 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
         jobs[t] = (measure_t){
             .q = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo},
             .flips = {(const u64 *)fbe, (const u64 *)fbo, (const u64 *)fwe, (const u64 *)fwo},
-            .slots = (u64 *)slots, .counter = (u64 *)counter, .gauge = (const u64 *)gauge, .planes = planes, .h = h,
+            .slots = (u64 *)slots, .gauge = (const u64 *)gauge, .planes = planes, .h = h,
             .w = w, .batch = batch, .slot = slot,
             .begin = tasks * t / threads, .end = tasks * (t + 1) / threads,
             .counts = partial + t * size, .row = rows + t * 12 * w,
@@ -561,7 +568,6 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
     for (i64 j = 0; j < size; ++j) counts[j] = 0;
     for (i64 t = 0; t < threads; ++t)
         for (i64 j = 0; j < size; ++j) counts[j] += partial[t * size + j];
-    if (slots && slot == SLOTS - 1) spf_multispin_fold(slots, counter, 4 * planes * h * w);
     i64 lanes = size / 3;
     double sites = 4.0 * (double)(h * w);
     for (i64 j = 0; j < lanes; ++j) {
@@ -585,18 +591,53 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
  * words, plane j of element (p, i, k) of quarter q at
  * src[q][((p * h + i) * w + k) * stride + offset + j], after XOR with gauge[b] (white quarters
  * only). Writes doubles when is_double, else floats. The two quarters of a lattice row (BE and
- * WE for even rows, WO and BO for odd ones) are copied plane-major, then each replica's row is
- * assembled with loops over contiguous words (vectorised by the compiler) and written in
- * order. Returns 0, or -1 when memory runs out. */
-static void plane_major(const u64 *row, i64 w, i64 stride, i64 nplanes, u64 flip, u64 *out) {
-    for (i64 j = 0; j < nplanes; ++j)
-        for (i64 k = 0; k < w; ++k) out[j * w + k] = row[k * stride + j] ^ flip;
+ * WE for even rows, WO and BO for odd ones) are read in blocks of 64 site words per plane, each
+ * block transposed as a 64 x 64 bit matrix (word lane of the result holds the bits of the 64
+ * sites for replica lane), then each replica's row is assembled from its words with loops the
+ * compiler vectorises, and written in order. Returns 0, or -1 when memory runs out. */
+
+/* In place: bit c of a[r] <-> bit r of a[c] (recursive block swaps, Warren, Hacker's Delight,
+ * 2nd ed., 2013, section 7-3). */
+static void transpose64(u64 *a) {
+    u64 m = 0x00000000FFFFFFFFULL;
+    for (int j = 32; j; j >>= 1, m ^= m << j)
+        for (int k = 0; k < 64; k = ((k | j) + 1) & ~j) {
+            u64 t = ((a[k] >> j) ^ a[k | j]) & m;
+            a[k] ^= t << j;
+            a[k | j] ^= t;
+        }
 }
 
-static void lane_counts(const u64 *planes, i64 w, i64 nplanes, int lane, uint32_t *c) {
-    for (i64 k = 0; k < w; ++k) c[k] = 0;
-    for (i64 j = 0; j < nplanes; ++j)
-        for (i64 k = 0; k < w; ++k) c[k] |= (uint32_t)((planes[j * w + k] >> lane) & 1) << j;
+/* The row of quarter words row[k * stride + j] (k < w, j < nplanes), XOR flip, as transposed
+ * blocks: out[(j * blocks + kb) * 64 + lane] bit kk = bit lane of plane j of word 64 kb + kk. */
+static void transpose_row(const u64 *row, i64 w, i64 stride, i64 nplanes, u64 flip, u64 *out) {
+    i64 blocks = (w + 63) / 64;
+    for (i64 kb = 0; kb < blocks; ++kb) {
+        i64 n = w - 64 * kb < 64 ? w - 64 * kb : 64;
+        for (i64 j = 0; j < nplanes; ++j) {
+            u64 *block = out + (j * blocks + kb) * 64;
+            for (i64 k = 0; k < n; ++k) block[k] = row[(64 * kb + k) * stride + j] ^ flip;
+            for (i64 k = n; k < 64; ++k) block[k] = 0;
+        }
+        for (i64 j = 0; j < nplanes; ++j) transpose64(out + (j * blocks + kb) * 64);
+    }
+}
+
+/* c[k] = count of site k (k < 64 * blocks) for replica lane, from transpose_row's blocks (in
+ * 32-bit halves, so that the shifts vectorise). */
+static void lane_counts(const u64 *t, i64 blocks, i64 nplanes, int lane, uint32_t *c) {
+    for (i64 kb = 0; kb < blocks; ++kb) {
+        uint32_t *ck = c + 64 * kb;
+        for (int k = 0; k < 64; ++k) ck[k] = 0;
+        for (i64 j = 0; j < nplanes; ++j) {
+            u64 x = t[(j * blocks + kb) * 64 + lane];
+            uint32_t lo = (uint32_t)x, hi = (uint32_t)(x >> 32);
+            for (uint32_t k = 0; k < 32; ++k) {
+                ck[k] |= ((lo >> k) & 1u) << j;
+                ck[k + 32] |= ((hi >> k) & 1u) << j;
+            }
+        }
+    }
 }
 
 int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo,
@@ -605,16 +646,16 @@ int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 
                          i64 is_double) {
     const u64 *src[4] = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo};
     static const int LEFT[2] = {BE, WO}, RIGHT[2] = {WE, BO}; /* columns 2k, 2k + 1 */
-    i64 width = 2 * w, sites = 2 * h * width;
-    u64 *planes = malloc(sizeof(u64) * (size_t)(2 * nplanes * w));
-    uint32_t *counts = malloc(sizeof(uint32_t) * (size_t)(2 * w));
+    i64 width = 2 * w, sites = 2 * h * width, blocks = (w + 63) / 64;
+    u64 *planes = malloc(sizeof(u64) * (size_t)(2 * nplanes * blocks * 64));
+    uint32_t *counts = malloc(sizeof(uint32_t) * (size_t)(2 * blocks * 64));
     if (!planes || !counts) {
         free(planes);
         free(counts);
         return -1;
     }
-    u64 *pl = planes, *pr = planes + nplanes * w;
-    uint32_t *cl = counts, *cr = counts + w;
+    u64 *pl = planes, *pr = planes + nplanes * blocks * 64;
+    uint32_t *cl = counts, *cr = counts + blocks * 64;
     for (i64 g = 0; g < groups; ++g) {
         i64 lanes = chains - 64 * g < 64 ? chains - 64 * g : 64;
         for (i64 b = 0; b < batch; ++b) {
@@ -624,11 +665,11 @@ int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 
                 int left = LEFT[r % 2], right = RIGHT[r % 2];
                 u64 flip_left = left >= WE ? (u64)gauge[b] : 0;
                 u64 flip_right = right >= WE ? (u64)gauge[b] : 0;
-                plane_major(src[left] + base, w, stride, nplanes, flip_left, pl);
-                plane_major(src[right] + base, w, stride, nplanes, flip_right, pr);
+                transpose_row(src[left] + base, w, stride, nplanes, flip_left, pl);
+                transpose_row(src[right] + base, w, stride, nplanes, flip_right, pr);
                 for (int lane = 0; lane < lanes; ++lane) {
-                    lane_counts(pl, w, nplanes, lane, cl);
-                    lane_counts(pr, w, nplanes, lane, cr);
+                    lane_counts(pl, blocks, nplanes, lane, cl);
+                    lane_counts(pr, blocks, nplanes, lane, cr);
                     i64 at = ((64 * g + lane) * batch + b) * sites + r * width;
                     if (is_double) {
                         double *o = (double *)out + at;

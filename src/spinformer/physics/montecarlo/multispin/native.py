@@ -24,7 +24,7 @@ from spinformer.physics.montecarlo.multispin.common import (
 
 __all__ = ["NativeMultispin"]
 
-_NATIVE_COUNTER_PLANES = 16
+_NATIVE_COUNTER_PLANES = 8  # must match COUNTER in multispin.c
 _SLOTS = 8
 _SLOT_PAD = 8  # must match SLOT_PAD in multispin.c
 
@@ -132,14 +132,23 @@ class NativeMultispin(MultispinEngine):
         return (flipped / max(self.accepted_sweeps, 1)).to(self.model.dtype)
 
     def _new_counter(self) -> Tensor:
-        """(4, *quarter, 16) counter planes per site, and 8 slots of (4, *quarter) recent
-        states (see ``multispin.c``); flushed every 65528 measurements (in practice once)."""
+        """(4, *quarter, 8) counter planes per site (one cache line), and 8 slots of
+        (4, *quarter) recent states (see ``multispin.c``); moved into ``totals`` every 248
+        measurements. Neither is cleared: every slot is written before it is folded (unused
+        ones zeroed at the end), and the first fold into an empty counter overwrites it."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
-        # every slot is written before it is folded (unused ones zeroed at the end)
+        self.counter_empty = True
         # slot-major, each slot padded by _SLOT_PAD words (a stride off the page size)
         self.slots = torch.empty(_SLOTS, 4 * self.be.numel() + _SLOT_PAD, dtype=torch.int64)
         shape = (4, *self.be.shape, self.counter_planes)
-        return torch.zeros(shape, dtype=torch.int64, device=self.be.device)
+        return torch.empty(shape, dtype=torch.int64, device=self.be.device)
+
+    def _fold(self) -> None:
+        """Fold the slots into the per-site counters (the unused slots must be zero)."""
+        self.native.spf_multispin_fold(
+            self.slots.data_ptr(), self.counter.data_ptr(), 4 * self.be.numel(), self.counter_empty
+        )
+        self.counter_empty = False
 
     def _count(self, counters: bool, flips: bool = True) -> None:
         """One kernel pass: energy and magnetization per replica into ``values`` (and the
@@ -156,7 +165,6 @@ class NativeMultispin(MultispinEngine):
             self.gauge_words.data_ptr(),
             *(None,) * 4,
             self.slots.data_ptr() if counters else None,
-            self.counter.data_ptr(),
             self.pending % _SLOTS,
             self.counts.data_ptr(),
             self.scale.data_ptr(),
@@ -223,22 +231,24 @@ class NativeMultispin(MultispinEngine):
         """(Σ σ_i over the measurements since the last flush) / divisor; empties the counters."""
         if self.pending % _SLOTS:  # fold the partly filled slots, the unused ones zero
             self.slots[self.pending % _SLOTS :].zero_()
-            self.native.spf_multispin_fold(
-                self.slots.data_ptr(), self.counter.data_ptr(), 4 * self.be.numel()
-            )
+            self._fold()
+        if self.counter_empty:  # no measurement since the last flush
+            return torch.zeros(self.chains, *self.batch_shape, self.n, dtype=self.model.dtype)
         zero = torch.zeros_like(self.gauge_words)
         planes = max(1, self.pending.bit_length())  # the planes above hold zeros
         sums = self._unpack(
             tuple(self.counter), planes, self.counter_planes, 0, zero, self.pending / divisor,
             -2.0 / divisor,
         )  # fmt: skip
-        self.counter.zero_()
+        self.counter_empty = True
         self.pending = 0
         return sums
 
     def _counted(self) -> None:
         self.pending += 1
         self.measurements += 1
+        if self.pending % _SLOTS == 0:
+            self._fold()
         if self.pending == 2**self.counter_planes - _SLOTS:  # a multiple of the slots
             sums = self._site_sums(1.0)
             self.totals = sums if self.totals is None else self.totals + sums

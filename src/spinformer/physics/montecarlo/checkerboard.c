@@ -115,7 +115,7 @@ int spf_checkerboard_sweeps(i8 *black, i8 *white, i64 planes, i64 h, i64 w, i64 
 /* Per plane p (batch entry p % batch): out[p] = E = -J B - h M and out[planes + p] = M / N,
  * with B = sum over bonds of s_i s_j (each bond once, from its white end) and M = sum of s,
  * both exact integers; when sum_black / sum_white (int8, emptied by the caller at least every
- * 127 additions) are not NULL the spins are added to them.
+ * 127 additions) are not NULL the spins are added to them in the same pass.
  * Returns 0, or -1 when memory runs out. */
 int spf_checkerboard_measure(const i8 *black, const i8 *white, i64 planes, i64 h, i64 w,
                              i64 batch, const double *coupling, const double *field, double *out,
@@ -139,16 +139,51 @@ int spf_checkerboard_measure(const i8 *black, const i8 *white, i64 planes, i64 h
             }
             bond += row_bond;
             total += row_total;
+            if (sum_black) { /* the two rows are still in L1 */
+                i8 *sb = sum_black + (p * h + r) * w, *sw = sum_white + (p * h + r) * w;
+                for (i64 k = 0; k < w; ++k) sb[k] = (i8)(sb[k] + mid[k]);
+                for (i64 k = 0; k < w; ++k) sw[k] = (i8)(sw[k] + row[k]);
+            }
         }
         double j = coupling[p % batch], f = field[p % batch];
         out[p] = -j * (double)bond - f * (double)total;
         out[planes + p] = (double)total / (double)(2 * h * w);
-        if (sum_black) {
-            i64 n = h * w, offset = p * h * w;
-            for (i64 j = 0; j < n; ++j) sum_black[offset + j] = (i8)(sum_black[offset + j] + b[j]);
-            for (i64 j = 0; j < n; ++j) sum_white[offset + j] = (i8)(sum_white[offset + j] + wh[j]);
-        }
     }
     free(ext);
+    return 0;
+}
+
+/* The compact int8 arrays black / white (planes, h, w) as values on the (planes, h, 2 w) grid
+ * in row-major site order: out = (add + s) / divisor per site (add: NULL for 0, else doubles
+ * in the order of out; it may be out itself), in double precision, written as doubles when
+ * is_double, else as floats. Each row goes through a buffer of doubles, one simple
+ * (vectorised) loop per step. Returns 0, or -1 when memory runs out. */
+int spf_checkerboard_grid(const i8 *black, const i8 *white, i64 planes, i64 h, i64 w,
+                          const double *add, double divisor, void *out, i64 is_double) {
+    i64 width = 2 * w;
+    double *row = malloc(sizeof(double) * (size_t)width);
+    if (!row) return -1;
+    for (i64 p = 0; p < planes; ++p)
+        for (i64 r = 0; r < h; ++r) {
+            const i8 *b = black + (p * h + r) * w, *wh = white + (p * h + r) * w;
+            const i8 *even = r % 2 ? wh : b, *odd = r % 2 ? b : wh; /* columns 2k, 2k + 1 */
+            i64 at = (p * h + r) * width;
+            for (i64 k = 0; k < w; ++k) {
+                row[2 * k] = (double)even[k];
+                row[2 * k + 1] = (double)odd[k];
+            }
+            if (add)
+                for (i64 k = 0; k < width; ++k) row[k] += add[at + k];
+            if (divisor != 1.0)
+                for (i64 k = 0; k < width; ++k) row[k] /= divisor;
+            if (is_double) {
+                double *o = (double *)out + at;
+                for (i64 k = 0; k < width; ++k) o[k] = row[k];
+            } else {
+                float *o = (float *)out + at;
+                for (i64 k = 0; k < width; ++k) o[k] = (float)row[k];
+            }
+        }
+    free(row);
     return 0;
 }

@@ -68,6 +68,7 @@ import torch
 from torch import Tensor
 
 from spinformer.physics.models import IsingModel
+from spinformer.physics.montecarlo.colourings import even_periodic_reason
 from spinformer.physics.montecarlo.updates import lazy_digits
 
 __all__ = ["DIGITS", "MultispinEngine", "multispin_supported"]
@@ -80,12 +81,9 @@ COUNTER_PLANES = 8  # per-site bit-sliced counters flush every 2^8 - 1 measureme
 
 def multispin_supported(model: IsingModel) -> str | None:
     """``None`` if the multi-spin engine can sample ``model``, else the reason it cannot."""
-    lattice = model.lattice
-    if lattice is None:
-        return "a SquareLattice model (got dense couplings)"
-    rows, cols = lattice.shape
-    if not lattice.periodic or rows % 2 or cols % 2:
-        return f"a periodic lattice with even sides (got shape {lattice.shape}, periodic={lattice.periodic})"
+    reason = even_periodic_reason(model.lattice)
+    if reason is not None:
+        return reason
     if bool((model.field != 0).any()):
         return "zero field (h = 0)"
     return None

@@ -8,53 +8,43 @@
  * per batch entry (plane p uses entry p % batch), floor(2^32 P(flip)) for the five values of n
  * and both s (capped at 2^32 - 1: exact except for P(flip) > 1 - 2^-32, which lazy Metropolis
  * never has), so Metropolis and the heat bath differ only in the table. u is a 32-bit half of
- * a tempered additive lagged Fibonacci word, x_n = x_{n-607} + x_{n-273} mod 2^64,
- * y = x ^ (x >> 32) (Knuth, TAOCP vol. 2, 3.2.2), one stream per plane. A row is done in
+ * a tempered additive lagged Fibonacci word (lfg.h), one stream per plane. A row is done in
  * two passes: neighbour sums and table indices (vectorised by the compiler), then look-up,
  * compare and flip, applied arithmetically so that no branch follows the random decision.
  */
 #include <stdint.h>
 #include <stdlib.h>
 
-#define LAG_R 607
-#define LAG_S 273
+#include "lfg.h"
 
 typedef uint64_t u64;
 typedef int64_t i64;
 typedef int8_t i8;
 
-static void refill(u64 *x) {
-    for (int j = 0; j < LAG_S; ++j) x[j] += x[j + LAG_R - LAG_S];
-    for (int j = LAG_S; j < LAG_R; ++j) x[j] += x[j - LAG_S];
+/* n uniforms (32-bit halves of tempered words, low half first) of stream (x, *pos) into out
+ * (n even), through words (n / 2 of them). */
+static void draw(u64 *x, i64 *pos, uint32_t *out, u64 *words, i64 n) {
+    lfg_draw(x, pos, words, n / 2);
+    for (i64 j = 0; j < n / 2; ++j) {
+        out[2 * j] = (uint32_t)words[j];
+        out[2 * j + 1] = (uint32_t)(words[j] >> 32);
+    }
 }
 
-/* n uniforms (32-bit halves of tempered words) of stream (x, *pos) into out; n even. */
-static void draw(u64 *x, i64 *pos, uint32_t *out, i64 n) {
-    n /= 2;
-    i64 p = *pos;
-    while (n > 0) {
-        if (p >= LAG_R) {
-            refill(x);
-            p = 0;
-        }
-        i64 m = LAG_R - p < n ? LAG_R - p : n;
-        for (i64 j = 0; j < m; ++j) {
-            u64 v = x[p + j];
-            v ^= v >> 32;
-            out[2 * j] = (uint32_t)v;
-            out[2 * j + 1] = (uint32_t)(v >> 32);
-        }
-        out += 2 * m;
-        p += m;
-        n -= m;
-    }
-    *pos = p;
-}
+typedef struct {
+    uint32_t *u;  /* w + 1 uniforms */
+    u64 *words;   /* (w + 1) / 2 random words */
+    i8 *ext;      /* w + 2: a row with its periodic neighbours */
+    uint8_t *idx; /* w table indices */
+} scratch_t;
 
 /* Half-sweep of one plane: target sites from the other sublattice. black: 1 for the black
  * sublattice. Returns the number of flips. */
 static i64 half_sweep(i8 *t, const i8 *o, i64 h, i64 w, int black, const u64 *thr, u64 *x,
-                      i64 *pos, uint32_t *u, i8 *ext, uint8_t *idx) {
+                      i64 *pos, const scratch_t *sc) {
+    uint32_t *u = sc->u;
+    i8 *ext = sc->ext;
+    uint8_t *idx = sc->idx;
     uint32_t table[10]; /* local: the int8 stores below cannot alias it; 2^32 -> 2^32 - 1 */
     for (int j = 0; j < 10; ++j) table[j] = thr[j] > 0xFFFFFFFFu ? 0xFFFFFFFFu : (uint32_t)thr[j];
     i64 flips = 0;
@@ -66,7 +56,7 @@ static i64 half_sweep(i8 *t, const i8 *o, i64 h, i64 w, int black, const u64 *th
         for (i64 k = 0; k < w; ++k) ext[k + 1] = mid[k];
         ext[w + 1] = mid[0];
         const i8 *side = ext + (left ? 0 : 2);
-        draw(x, pos, u, w + (w & 1));
+        draw(x, pos, u, sc->words, w + (w & 1));
         for (i64 k = 0; k < w; ++k) /* index s = -1: 0..4, s = +1: 5..9 */
             idx[k] = (uint8_t)(((up[k] + dn[k] + mid[k] + side[k] + 4) >> 1) + 5 * (row[k] > 0));
         i64 count = 0;
@@ -86,30 +76,26 @@ static i64 half_sweep(i8 *t, const i8 *o, i64 h, i64 w, int black, const u64 *th
 int spf_checkerboard_sweeps(i8 *black, i8 *white, i64 planes, i64 h, i64 w, i64 batch,
                             const i64 *thresholds, i64 *rng_state, i64 *rng_pos, i64 *flips,
                             i64 sweeps) {
-    uint32_t *u = malloc(sizeof(uint32_t) * (size_t)(w + 1));
-    i8 *ext = malloc((size_t)(w + 2));
-    uint8_t *idx = malloc((size_t)w);
-    if (!u || !ext || !idx) {
-        free(u);
-        free(ext);
-        free(idx);
-        return -1;
-    }
-    for (i64 p = 0; p < planes; ++p) {
+    scratch_t sc = {malloc(sizeof(uint32_t) * (size_t)(w + 1)),
+                    malloc(sizeof(u64) * (size_t)((w + 1) / 2)), malloc((size_t)(w + 2)),
+                    malloc((size_t)w)};
+    int status = sc.u && sc.words && sc.ext && sc.idx ? 0 : -1;
+    for (i64 p = 0; p < planes && !status; ++p) {
         const u64 *thr = (const u64 *)thresholds + (p % batch) * 10;
         i8 *b = black + p * h * w, *wh = white + p * h * w;
         u64 *x = (u64 *)rng_state + p * LAG_R;
         i64 count = 0;
         for (i64 s = 0; s < sweeps; ++s) {
-            count += half_sweep(b, wh, h, w, 1, thr, x, rng_pos + p, u, ext, idx);
-            count += half_sweep(wh, b, h, w, 0, thr, x, rng_pos + p, u, ext, idx);
+            count += half_sweep(b, wh, h, w, 1, thr, x, rng_pos + p, &sc);
+            count += half_sweep(wh, b, h, w, 0, thr, x, rng_pos + p, &sc);
         }
         if (flips) flips[p] += count;
     }
-    free(u);
-    free(ext);
-    free(idx);
-    return 0;
+    free(sc.u);
+    free(sc.words);
+    free(sc.ext);
+    free(sc.idx);
+    return status;
 }
 
 /* Per plane p (batch entry p % batch): out[p] = E = -J B - h M and out[planes + p] = M / N,

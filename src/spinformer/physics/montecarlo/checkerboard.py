@@ -122,39 +122,29 @@ class CheckerboardSweeper:
         self.values = torch.zeros(2, self.planes, dtype=torch.float64)  # E, mean spin
         self.counted_state = False
 
-    def _run(self, kernel: str, *args: object) -> None:
-        """``kernel``(black, white, planes, rows, half, batch, *args) of ``checkerboard.c``."""
-        status = getattr(self.native, kernel)(
+    def _run(self, kernel: str, *args: Tensor | int | None) -> None:
+        """``spf_checkerboard_<kernel>``(black, white, planes, rows, half, batch, *args) of
+        ``checkerboard.c``, tensors passed as pointers."""
+        pointers = (a.data_ptr() if isinstance(a, Tensor) else a for a in args)
+        status = getattr(self.native, f"spf_checkerboard_{kernel}")(
             self.black.data_ptr(),
             self.white.data_ptr(),
             self.planes,
             *self.black.shape[1:],
             self.batch,
-            *args,
+            *pointers,
         )
         _check(status)
 
     def sweep(self, count: int = 1, record: bool = True) -> None:
-        self._run(
-            "spf_checkerboard_sweeps",
-            self.thresholds.data_ptr(),
-            self.rng_state.data_ptr(),
-            self.rng_pos.data_ptr(),
-            self.flips.data_ptr() if record else None,
-            count,
-        )
+        flips = self.flips if record else None
+        self._run("sweeps", self.thresholds, self.rng_state, self.rng_pos, flips, count)
         self.recorded += count if record else 0
         self.counted_state = False
 
     def _count(self, accumulate: bool) -> None:
-        self._run(
-            "spf_checkerboard_measure",
-            self.bond.data_ptr(),
-            self.field.data_ptr(),
-            self.values.data_ptr(),
-            self.sum_black.data_ptr() if accumulate else None,
-            self.sum_white.data_ptr() if accumulate else None,
-        )
+        sums = (self.sum_black, self.sum_white) if accumulate else (None, None)
+        self._run("measure", self.bond, self.field, self.values, *sums)
         if accumulate:
             self.counted_state = True
             self.pending += 1

@@ -14,11 +14,11 @@ import math
 import torch
 from torch import Tensor
 
-from spinformer.physics.models import IsingModel
 from spinformer.physics.montecarlo.build import native_library, native_unavailable_reason
 from spinformer.physics.montecarlo.multispin.common import (
     DIGITS,
     LAGS,
+    Acceptance,
     MultispinEngine,
 )
 
@@ -35,24 +35,9 @@ class NativeMultispin(MultispinEngine):
     # sample() unpacks the final state and the site means only when they are read
     deferred_results = True
 
-    def __init__(
-        self,
-        model: IsingModel,
-        state: Tensor | str,
-        generator: torch.Generator | None,
-        chains: int | None = None,
-        lazy: int | None = None,
-    ):
-        library = native_library() if model.device.type == "cpu" else None
-        if library is None:
-            reason = (
-                f"device {model.device}"
-                if model.device.type != "cpu"
-                else native_unavailable_reason()
-            )
-            raise RuntimeError(f"the native multispin kernel cannot run: {reason}")
-        self.native = library
-        super().__init__(model, state, generator, chains, lazy)
+    def _ready(self) -> None:
+        """The measurements' state and the kernel's buffers."""
+        super()._ready()
         self.totals: Tensor | None = None  # (chains, *batch, N): Σ σ_i of flushed counters
         batch = max(1, math.prod(self.batch_shape))
         # per replica: unsatisfied bonds, down spins, flips of the last sweep
@@ -70,21 +55,26 @@ class NativeMultispin(MultispinEngine):
         self.flip_counts = torch.zeros(self.groups * batch * 64, dtype=torch.int64)
         self.flips_counted = False
         self.keep_flip_masks = False
+        self.measured = False  # the last sweep counted the state and wrote its slot
 
-    def _setup(
-        self,
-        d1: list[Tensor],
-        q1: Tensor,
-        d0: list[Tensor],
-        q0: Tensor,
-        generator: torch.Generator | None,
-    ) -> None:
-        """Per-batch acceptance digits and one generator stream per (plane, quarter row)."""
+    def _setup(self, acceptance: Acceptance, generator: torch.Generator | None) -> None:
+        """Per-batch acceptance digits and one generator stream per (plane, quarter row);
+        refused (RuntimeError) where the kernel cannot run."""
+        model = self.model
+        library = native_library() if model.device.type == "cpu" else None
+        if library is None:
+            reason = (
+                f"device {model.device}"
+                if model.device.type != "cpu"
+                else native_unavailable_reason()
+            )
+            raise RuntimeError(f"the native multispin kernel cannot run: {reason}")
+        self.native = library
         self.native_digits = (
-            torch.stack(d1, -1).reshape(-1, DIGITS).contiguous(),
-            torch.stack(d0, -1).reshape(-1, DIGITS).contiguous(),
-            q1.reshape(-1).contiguous(),
-            q0.reshape(-1).contiguous(),
+            torch.stack(acceptance.d1, -1).reshape(-1, DIGITS).contiguous(),
+            torch.stack(acceptance.d0, -1).reshape(-1, DIGITS).contiguous(),
+            acceptance.q1.reshape(-1).contiguous(),
+            acceptance.q0.reshape(-1).contiguous(),
         )
         streams = self.groups * math.prod(self.batch_shape) * (self.rows // 2)
         r, _ = LAGS
@@ -96,7 +86,11 @@ class NativeMultispin(MultispinEngine):
         self.native_position = torch.full((streams,), r, dtype=torch.int64)  # refill first
 
     def sweep(self, count: int = 1, record: bool = True) -> None:
+        """``count`` sweeps; with ``record`` the last one also counts its flips and measures
+        the state it leaves (bit counts and the slot of the per-site sums, see
+        :meth:`measure`) while its rows are in cache."""
         quarters = (self.be, self.bo, self.we, self.wo)
+        measure = record and count > 0
         keep = record and self.keep_flip_masks
         if keep and self.flip_buffers is None:
             self.flip_buffers = tuple(torch.empty_like(q) for q in quarters)
@@ -119,12 +113,16 @@ class NativeMultispin(MultispinEngine):
             self.flip_counts.data_ptr() if record else None,
             count,
             torch.get_num_threads(),
+            self.counts.data_ptr() if measure else None,
+            self.gauge_words.data_ptr(),
+            self.slots[self.pending % _SLOTS].data_ptr() if measure else None,
         )
         if status:
             raise MemoryError("the native multispin kernel could not allocate its buffers")
         self.last_flips = flips
         self.flips_counted = record
         self.counted_state = False
+        self.measured = measure
 
     def acceptance(self) -> Tensor:
         """Mean flipped fraction per chain, estimated on the sweeps that preceded measurements."""
@@ -177,8 +175,22 @@ class NativeMultispin(MultispinEngine):
 
     def measure(self) -> tuple[Tensor, Tensor]:
         """Energy E = −|J|(2N − 2·unsatisfied) and magnetization 1 − 2·down/N from bit counts;
-        the same pass adds the state to the per-site counters (see :meth:`accumulate`)."""
-        self._count(counters=not self.counted_state)
+        the same pass adds the state to the per-site counters (see :meth:`accumulate`). After
+        a recorded sweep the counts are the sweep's own, so no pass is needed."""
+        if self.measured:
+            flips = self.flip_counts.data_ptr() if self.flips_counted else None
+            self.native.spf_multispin_values(
+                self.counts.data_ptr(),
+                self.counts.shape[2] * self.groups,
+                self.be.shape[-2],
+                self.be.shape[-1],
+                self.gauge_words.numel(),
+                self.scale.data_ptr(),
+                self.values.data_ptr(),
+                flips,
+            )
+        else:
+            self._count(counters=not self.counted_state)
         if not self.counted_state:
             self.counted_state = True
             self._counted()
@@ -192,7 +204,8 @@ class NativeMultispin(MultispinEngine):
         """Add the current spins to the per-site counters, once per state (:meth:`measure`
         already does it in its pass)."""
         if not self.counted_state:
-            self._count(counters=True, flips=False)
+            if not self.measured:  # else the sweep wrote the state's slot
+                self._count(counters=True, flips=False)
             self.counted_state = True
             self._counted()
 

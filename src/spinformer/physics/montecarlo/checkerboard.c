@@ -154,6 +154,14 @@ int spf_checkerboard_grid(const i8 *black, const i8 *white, i64 planes, i64 h, i
             const i8 *b = black + (p * h + r) * w, *wh = white + (p * h + r) * w;
             const i8 *even = r % 2 ? wh : b, *odd = r % 2 ? b : wh; /* columns 2k, 2k + 1 */
             i64 at = (p * h + r) * width;
+            if (!add && divisor == 1.0 && !is_double) { /* the state: straight to floats */
+                float *o = (float *)out + at;
+                for (i64 k = 0; k < w; ++k) {
+                    o[2 * k] = (float)even[k];
+                    o[2 * k + 1] = (float)odd[k];
+                }
+                continue;
+            }
             for (i64 k = 0; k < w; ++k) {
                 row[2 * k] = (double)even[k];
                 row[2 * k + 1] = (double)odd[k];

@@ -422,19 +422,18 @@ done:
 }
 
 /* Per-site sums of down spins: SLOTS recent states, slot-major (slot j of all n site words
- * contiguous, so a measurement writes one stream), and COUNTER bit-sliced counter planes per
- * site word, adjacent (one cache line). Every SLOTS measurements the slots of a site are folded
- * into its planes: a carry-save tree makes the four bit planes of their sum, added with ripple
- * carries (continued only while a carry is left), or stored as they are into an empty counter
- * (which then needs no clearing pass). The caller empties the counter before its count could
- * pass 2^COUNTER - 1. */
+ * contiguous, so a measurement writes one stream), and `planes` (at least 4) bit-sliced counter
+ * planes per site word, adjacent (8 of them: one cache line). Every SLOTS measurements the
+ * slots of a site are folded into its planes: a carry-save tree makes the four bit planes of
+ * their sum, added with ripple carries (continued only while a carry is left), or stored as
+ * they are into an empty counter (which then needs no clearing pass). The caller widens or
+ * empties the counter before its count could pass 2^planes - 1. */
 #define SLOTS 8
-#define COUNTER 8
 /* slot j of site word i is slots[j * (n + SLOT_PAD) + i]: a stride that is no multiple of the
  * page size, so that the eight slots of a word do not compete for one cache set */
 #define SLOT_PAD 8
 
-static inline void fold(u64 *slots, i64 n, u64 *c, int empty) {
+static inline void fold(u64 *slots, i64 n, u64 *c, i64 planes, int empty) {
     u64 d[SLOTS];
     for (int j = 0; j < SLOTS; ++j) d[j] = slots[j * n]; /* each rewritten before the next fold */
     u64 t1, o1, t2, o2, t3, o3, f1, w1;
@@ -449,11 +448,11 @@ static inline void fold(u64 *slots, i64 n, u64 *c, int empty) {
     add[2] = f1 ^ f2;
     add[3] = f1 & f2;
     if (empty) {
-        for (int j = 0; j < COUNTER; ++j) c[j] = j < 4 ? add[j] : 0;
+        for (i64 j = 0; j < planes; ++j) c[j] = j < 4 ? add[j] : 0;
         return;
     }
     u64 carry = 0;
-    for (int j = 0; j < COUNTER; ++j) {
+    for (i64 j = 0; j < planes; ++j) {
         u64 a = j < 4 ? add[j] : 0, x = c[j] ^ a;
         u64 next = (c[j] & a) | (carry & x);
         c[j] = x ^ carry;
@@ -466,9 +465,9 @@ static inline void fold(u64 *slots, i64 n, u64 *c, int empty) {
  * the counter holds nothing yet, its contents are ignored), one word after the other: nine
  * sequential streams (folding inside the measurement's row loop, 36 interleaved streams, cost
  * four times as much). */
-void spf_multispin_fold(i64 *slots, i64 *counter, i64 n, i64 empty) {
+void spf_multispin_fold(i64 *slots, i64 *counter, i64 n, i64 planes, i64 empty) {
     for (i64 i = 0; i < n; ++i)
-        fold((u64 *)slots + i, n + SLOT_PAD, (u64 *)counter + i * COUNTER, (int)empty);
+        fold((u64 *)slots + i, n + SLOT_PAD, (u64 *)counter + i * planes, planes, (int)empty);
 }
 
 typedef struct {

@@ -24,7 +24,8 @@ from spinformer.physics.montecarlo.multispin.common import (
 
 __all__ = ["NativeMultispin"]
 
-_NATIVE_COUNTER_PLANES = 8  # must match COUNTER in multispin.c
+_NATIVE_COUNTER_PLANES = 8  # one cache line per site word; 16 once 248 measurements are in
+_WIDE_COUNTER_PLANES = 16
 _SLOTS = 8
 _SLOT_PAD = 8  # must match SLOT_PAD in multispin.c
 
@@ -131,9 +132,10 @@ class NativeMultispin(MultispinEngine):
 
     def _new_counter(self) -> Tensor:
         """(4, *quarter, 8) counter planes per site (one cache line), and 8 slots of
-        (4, *quarter) recent states (see ``multispin.c``); moved into ``totals`` every 248
-        measurements. Neither is cleared: every slot is written before it is folded (unused
-        ones zeroed at the end), and the first fold into an empty counter overwrites it."""
+        (4, *quarter) recent states (see ``multispin.c``); after 248 measurements the counter
+        is widened to 16 planes, moved into ``totals`` every 65528. Neither is cleared: every
+        slot is written before it is folded (unused ones zeroed at the end), and the first
+        fold into an empty counter overwrites it."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
         self.counter_empty = True
         # slot-major, each slot padded by _SLOT_PAD words (a stride off the page size)
@@ -144,7 +146,11 @@ class NativeMultispin(MultispinEngine):
     def _fold(self) -> None:
         """Fold the slots into the per-site counters (the unused slots must be zero)."""
         self.native.spf_multispin_fold(
-            self.slots.data_ptr(), self.counter.data_ptr(), 4 * self.be.numel(), self.counter_empty
+            self.slots.data_ptr(),
+            self.counter.data_ptr(),
+            4 * self.be.numel(),
+            self.counter_planes,
+            self.counter_empty,
         )
         self.counter_empty = False
 
@@ -262,7 +268,13 @@ class NativeMultispin(MultispinEngine):
         self.measurements += 1
         if self.pending % _SLOTS == 0:
             self._fold()
-        if self.pending == 2**self.counter_planes - _SLOTS:  # a multiple of the slots
+        if self.pending < 2**self.counter_planes - _SLOTS:  # (a multiple of the slots)
+            return
+        if self.counter_planes < _WIDE_COUNTER_PLANES:  # a long run: wider, not unpacked
+            wide = self.counter.new_zeros(*self.counter.shape[:-1], _WIDE_COUNTER_PLANES)
+            wide[..., : self.counter_planes] = self.counter
+            self.counter, self.counter_planes = wide, _WIDE_COUNTER_PLANES
+        else:
             sums = self._site_sums(1.0)
             self.totals = sums if self.totals is None else self.totals + sums
 

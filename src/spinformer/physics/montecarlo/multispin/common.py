@@ -49,7 +49,7 @@ kernel (``multispin.c``, built once with the system C compiler and cached; see
 quarter row) and POSIX threads over rows (``torch.get_num_threads()`` of them, results
 independent of the count). Each word then stays in registers for its whole update instead of
 passing through ~60 separate tensor operations, and measurements (energy from the unsatisfied
-bonds, magnetization, per-site sums, flip counts) are one more pass of the kernel. Elsewhere
+bonds, magnetization, per-site sums, flip counts) are taken in the last sweep. Elsewhere
 (CUDA), or when no compiler is available or ``SPINFORMER_NATIVE=0``, :class:`TorchMultispin`
 runs the same word logic, acceptance digits and generator recurrence as torch operations. Both
 are deterministic given the torch generator, agree bit for bit where no random bit is used,

@@ -1,10 +1,12 @@
 """The multi-spin engine's fused native kernel (``multispin.c``): sweeps and measurements in C.
 
 Sweeps run with POSIX threads over (word plane, quarter row) tasks, one generator stream per
-task, so results do not depend on the thread count. A measurement is one pass over the packed
-words: per replica the number of unsatisfied bonds (four per black site, so every bond once),
-of down spins (white spins through the gauge) and of flipped spins in the last sweep, counted
-with bit-sliced counters; the same pass adds the down spins to per-site bit-sliced counters.
+task, so results do not depend on the thread count. A measurement counts per replica the
+unsatisfied bonds (every bond once), the down spins (white spins through the gauge) and the
+flipped spins of the last sweep with bit-sliced counters, and stores the down spins for the
+per-site bit-sliced counters. After recorded sweeps (those that precede measurements) all of it
+happens in the white half of the last sweep, row by row while the rows are in cache; otherwise
+it is one pass over the packed words.
 """
 
 from __future__ import annotations

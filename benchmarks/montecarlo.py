@@ -185,7 +185,7 @@ def main() -> None:
     unavailable = native_unavailable_reason()
     print(f"native multispin kernel: {'available' if unavailable is None else unavailable}")
     print(f"{'L':>6} {'variant':<54} {'flips/ns':>10} {'x numpy':>9}")
-    summary: list[str] = []
+    summary: list[tuple[str, float, float | None]] = []
     for size in args.sizes:
         flips = 1 << 24  # per repeat for the baseline and the one-chain runs
         multispin_sweeps = max(8, (1 << 32) // (64 * size**2))
@@ -259,21 +259,30 @@ def main() -> None:
                 f"{size:>6} {name:<54} {median[name]:>10.4f} {median[name] / median[baseline]:>9.2f}"
             )
         if kernel in median:
-            for every, suffix in ((1, ""), (8, ""), (8, ", results read")):
+            for every, suffix, target in ((1, "", 0.5), (8, "", 0.8), (8, ", results read", None)):
                 name = f"multispin x64 sample(), measure_every={every}{suffix}"
                 summary.append(
-                    f"L={size}: sample(engine='multispin', measure_every={every}){suffix} / "
-                    f"native kernel = {median[name] / median[kernel]:.2f}"
+                    (
+                        f"L={size}: sample(engine='multispin', measure_every={every}){suffix} / "
+                        "native kernel",
+                        median[name] / median[kernel],
+                        target,
+                    )
                 )
         for algorithm in ("metropolis", "heat_bath"):
             name = f"x1 sample() default engine, {algorithm}"
             summary.append(
-                f"L={size}: one chain, default engine, {algorithm} / numpy baseline "
-                f"= {median[name] / median[baseline]:.2f}"
+                (
+                    f"L={size}: one chain, default engine, {algorithm} / numpy baseline",
+                    median[name] / median[baseline],
+                    3.0,
+                )
             )
-    print("\nratios (medians of the same run):")
-    for line in summary:
-        print("  " + line)
+    print("\nratios (medians of the same run) and the targets of the performance issue:")
+    for what, ratio, target in summary:
+        verdict = "" if target is None else f"  (target >= {target:.2f}: "
+        verdict += "" if target is None else ("met)" if ratio >= target else "missed)")
+        print(f"  {what} = {ratio:.2f}{verdict}")
 
 
 if __name__ == "__main__":

@@ -215,3 +215,19 @@ def test_bit_count_measurements_equal_the_unpacked_state(backend: str) -> None:
         assert torch.allclose(magnetization, state.mean(-1), rtol=0, atol=1e-15)
     total = torch.stack(states).sum(0)
     assert torch.equal((sweeper.site_mean(21) * 21).round(), total)
+
+
+def test_checkerboard_draws_the_random_start_that_sample_would() -> None:
+    # The compiled checkerboard draws its "random" start itself, as int8 from the same
+    # generator calls as sample's own start: the run equals one started from that tensor.
+    _require_native()
+    model = square_lattice((6, 4), beta=torch.tensor([0.3, 0.5]))
+    drawn = sample(model, 6, burn_in=2, chains=3, generator=_gen(4), engine="checkerboard")
+    generator = _gen(4)
+    start = 2 * torch.randint(0, 2, (3, 2, 24), generator=generator) - 1
+    given = sample(
+        model, 6, burn_in=2, chains=3, generator=generator, initial=start.to(model.dtype),
+        engine="checkerboard",
+    )  # fmt: skip
+    assert torch.equal(drawn.final_state, given.final_state)
+    assert torch.equal(drawn.energy, given.energy)

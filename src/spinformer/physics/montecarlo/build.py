@@ -1,8 +1,9 @@
 """Build, cache and load the native Monte Carlo kernels with the system C compiler.
 
 One shared library holds the multi-spin engine's kernel (``multispin/multispin.c``) and the
-compiled checkerboard (``checkerboard.c``). The kernels are plain C11/POSIX (no Python or torch headers), so building it takes well under a
-second. The shared library is cached per source, compiler, flags and CPU under
+compiled checkerboard (``checkerboard.c``), which share their random number generator
+(``lfg.h``). The kernels are plain C11/POSIX (no Python or torch headers), so building it takes well under a
+second. The shared library is cached per source and header text, compiler, flags and CPU under
 ``$SPINFORMER_CACHE_DIR`` (default ``$XDG_CACHE_HOME/spinformer``, else
 ``~/.cache/spinformer``), written to a temporary name and renamed into place, so concurrent
 processes never load a half-written file. ``SPINFORMER_NATIVE=0`` switches the native path off
@@ -19,7 +20,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 
@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 _SOURCES = ("multispin/multispin.c", "checkerboard.c")
+_HEADERS = ("lfg.h",)  # shared by the sources, found through -I
 _BASE_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-pthread")
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
@@ -68,29 +69,36 @@ def _cpu_signature() -> str:
     return platform.processor()
 
 
-def _compile(cc: str, sources: list[Path], target: Path) -> str | None:
-    """Compile to ``target`` atomically; ``None`` on success, else the compiler's complaint."""
+def _compile(cc: str, files: dict[str, bytes], target: Path) -> str | None:
+    """Compile the ``files`` (package-relative name → text; headers in the top folder) to
+    ``target`` atomically; ``None`` on success, else the compiler's complaint."""
     target.parent.mkdir(parents=True, exist_ok=True)
     error = ""
-    for extra in (("-march=native",), ()):  # the portable build if the native one fails
-        fd, staging = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            done = subprocess.run(
-                [cc, *_BASE_FLAGS, *extra, "-o", staging, *map(str, sources)],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            if done.returncode == 0:
-                os.replace(staging, target)
-                return None
-            error = done.stderr.strip()[-500:]
-        except (OSError, subprocess.SubprocessError) as exc:
-            error = str(exc)
-        finally:
-            if os.path.exists(staging):
-                os.unlink(staging)
+    with tempfile.TemporaryDirectory(prefix="spinformer-build-") as folder:
+        for name, text in files.items():  # a copy: works from any installed layout
+            path = Path(folder, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(text)
+        sources = [str(Path(folder, name)) for name in _SOURCES]
+        for extra in (("-march=native",), ()):  # the portable build if the native one fails
+            fd, staging = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(fd)
+            try:
+                done = subprocess.run(
+                    [cc, *_BASE_FLAGS, *extra, "-I", folder, "-o", staging, *sources],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+                if done.returncode == 0:
+                    os.replace(staging, target)
+                    return None
+                error = done.stderr.strip()[-500:]
+            except (OSError, subprocess.SubprocessError) as exc:
+                error = str(exc)
+            finally:
+                if os.path.exists(staging):
+                    os.unlink(staging)
     return error or "the compiler failed"
 
 
@@ -100,29 +108,27 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     if cc is None:
         return None, "no C compiler found (set CC, or install cc/gcc/clang)"
     package = resources.files("spinformer.physics.montecarlo")
-    with ExitStack() as stack:
-        sources = [stack.enter_context(resources.as_file(package / name)) for name in _SOURCES]
-        code = b"\0".join(source.read_bytes() for source in sources)
-        key = hashlib.sha256(
-            b"\0".join(
-                [
-                    code,
-                    cc.encode(),
-                    " ".join(_BASE_FLAGS).encode(),
-                    platform.machine().encode(),
-                    _cpu_signature().encode(),
-                ]
-            )
-        ).hexdigest()[:20]
-        target = _cache_dir() / f"montecarlo-{key}.so"
-        if not target.exists():
-            try:
-                error = _compile(cc, sources, target)
-            except OSError:  # cache directory not writable: build in a private temp dir
-                target = Path(tempfile.mkdtemp(prefix="spinformer-")) / target.name
-                error = _compile(cc, sources, target)
-            if error is not None:
-                return None, f"compiling {', '.join(_SOURCES)} with {cc} failed: {error}"
+    files = {name: (package / name).read_bytes() for name in (*_SOURCES, *_HEADERS)}
+    key = hashlib.sha256(
+        b"\0".join(
+            [
+                *(name.encode() + b"\0" + text for name, text in files.items()),
+                cc.encode(),
+                " ".join(_BASE_FLAGS).encode(),
+                platform.machine().encode(),
+                _cpu_signature().encode(),
+            ]
+        )
+    ).hexdigest()[:20]
+    target = _cache_dir() / f"montecarlo-{key}.so"
+    if not target.exists():
+        try:
+            error = _compile(cc, files, target)
+        except OSError:  # cache directory not writable: build in a private temp dir
+            target = Path(tempfile.mkdtemp(prefix="spinformer-")) / target.name
+            error = _compile(cc, files, target)
+        if error is not None:
+            return None, f"compiling {', '.join(_SOURCES)} with {cc} failed: {error}"
     try:
         library = ctypes.CDLL(str(target))
     except OSError as exc:
@@ -130,21 +136,28 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     sweeps = library.spf_multispin_sweeps
     sweeps.restype = ctypes.c_int
     sweeps.argtypes = [*[_PTR] * 4, *[_I64] * 3, *[_PTR] * 4, _I64, _I64, *[_PTR] * 7, _I64, _I64]
+    sweeps.argtypes += [_PTR] * 3
     measure = library.spf_multispin_measure
     measure.restype = ctypes.c_int
-    measure.argtypes = [*[_PTR] * 4, *[_I64] * 4, *[_PTR] * 7, _I64, *[_PTR] * 4, _I64]
+    measure.argtypes = [*[_PTR] * 4, *[_I64] * 4, *[_PTR] * 6, _I64, *[_PTR] * 4, _I64]
+    values = library.spf_multispin_values
+    values.restype = None
+    values.argtypes = [_PTR, *[_I64] * 4, _PTR, _PTR, _PTR]
     unpack = library.spf_multispin_unpack
     unpack.restype = ctypes.c_int
     unpack.argtypes = [*[_PTR] * 4, *[_I64] * 8, _PTR, ctypes.c_double, ctypes.c_double, _PTR]
     unpack.argtypes += [_I64]
     library.spf_multispin_fold.restype = None
-    library.spf_multispin_fold.argtypes = [_PTR, _PTR, _I64]
+    library.spf_multispin_fold.argtypes = [_PTR, _PTR, _I64, _I64, _I64]
     single = library.spf_checkerboard_sweeps
     single.restype = ctypes.c_int
     single.argtypes = [_PTR, _PTR, *[_I64] * 4, *[_PTR] * 4, _I64]
     single_measure = library.spf_checkerboard_measure
     single_measure.restype = ctypes.c_int
     single_measure.argtypes = [_PTR, _PTR, *[_I64] * 4, *[_PTR] * 5]
+    grid = library.spf_checkerboard_grid
+    grid.restype = ctypes.c_int
+    grid.argtypes = [_PTR, _PTR, *[_I64] * 3, _PTR, ctypes.c_double, _PTR, _I64]
     return library, None
 
 

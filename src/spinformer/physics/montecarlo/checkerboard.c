@@ -8,53 +8,43 @@
  * per batch entry (plane p uses entry p % batch), floor(2^32 P(flip)) for the five values of n
  * and both s (capped at 2^32 - 1: exact except for P(flip) > 1 - 2^-32, which lazy Metropolis
  * never has), so Metropolis and the heat bath differ only in the table. u is a 32-bit half of
- * a tempered additive lagged Fibonacci word, x_n = x_{n-607} + x_{n-273} mod 2^64,
- * y = x ^ (x >> 32) (Knuth, TAOCP vol. 2, 3.2.2), one stream per plane. A row is done in
+ * a tempered additive lagged Fibonacci word (lfg.h), one stream per plane. A row is done in
  * two passes: neighbour sums and table indices (vectorised by the compiler), then look-up,
  * compare and flip, applied arithmetically so that no branch follows the random decision.
  */
 #include <stdint.h>
 #include <stdlib.h>
 
-#define LAG_R 607
-#define LAG_S 273
+#include "lfg.h"
 
 typedef uint64_t u64;
 typedef int64_t i64;
 typedef int8_t i8;
 
-static void refill(u64 *x) {
-    for (int j = 0; j < LAG_S; ++j) x[j] += x[j + LAG_R - LAG_S];
-    for (int j = LAG_S; j < LAG_R; ++j) x[j] += x[j - LAG_S];
+/* n uniforms (32-bit halves of tempered words, low half first) of stream (x, *pos) into out
+ * (n even), through words (n / 2 of them). */
+static void draw(u64 *x, i64 *pos, uint32_t *out, u64 *words, i64 n) {
+    lfg_draw(x, pos, words, n / 2);
+    for (i64 j = 0; j < n / 2; ++j) {
+        out[2 * j] = (uint32_t)words[j];
+        out[2 * j + 1] = (uint32_t)(words[j] >> 32);
+    }
 }
 
-/* n uniforms (32-bit halves of tempered words) of stream (x, *pos) into out; n even. */
-static void draw(u64 *x, i64 *pos, uint32_t *out, i64 n) {
-    n /= 2;
-    i64 p = *pos;
-    while (n > 0) {
-        if (p >= LAG_R) {
-            refill(x);
-            p = 0;
-        }
-        i64 m = LAG_R - p < n ? LAG_R - p : n;
-        for (i64 j = 0; j < m; ++j) {
-            u64 v = x[p + j];
-            v ^= v >> 32;
-            out[2 * j] = (uint32_t)v;
-            out[2 * j + 1] = (uint32_t)(v >> 32);
-        }
-        out += 2 * m;
-        p += m;
-        n -= m;
-    }
-    *pos = p;
-}
+typedef struct {
+    uint32_t *u;  /* w + 1 uniforms */
+    u64 *words;   /* (w + 1) / 2 random words */
+    i8 *ext;      /* w + 2: a row with its periodic neighbours */
+    uint8_t *idx; /* w table indices */
+} scratch_t;
 
 /* Half-sweep of one plane: target sites from the other sublattice. black: 1 for the black
  * sublattice. Returns the number of flips. */
 static i64 half_sweep(i8 *t, const i8 *o, i64 h, i64 w, int black, const u64 *thr, u64 *x,
-                      i64 *pos, uint32_t *u, i8 *ext, uint8_t *idx) {
+                      i64 *pos, const scratch_t *sc) {
+    uint32_t *u = sc->u;
+    i8 *ext = sc->ext;
+    uint8_t *idx = sc->idx;
     uint32_t table[10]; /* local: the int8 stores below cannot alias it; 2^32 -> 2^32 - 1 */
     for (int j = 0; j < 10; ++j) table[j] = thr[j] > 0xFFFFFFFFu ? 0xFFFFFFFFu : (uint32_t)thr[j];
     i64 flips = 0;
@@ -66,7 +56,7 @@ static i64 half_sweep(i8 *t, const i8 *o, i64 h, i64 w, int black, const u64 *th
         for (i64 k = 0; k < w; ++k) ext[k + 1] = mid[k];
         ext[w + 1] = mid[0];
         const i8 *side = ext + (left ? 0 : 2);
-        draw(x, pos, u, w + (w & 1));
+        draw(x, pos, u, sc->words, w + (w & 1));
         for (i64 k = 0; k < w; ++k) /* index s = -1: 0..4, s = +1: 5..9 */
             idx[k] = (uint8_t)(((up[k] + dn[k] + mid[k] + side[k] + 4) >> 1) + 5 * (row[k] > 0));
         i64 count = 0;
@@ -86,36 +76,32 @@ static i64 half_sweep(i8 *t, const i8 *o, i64 h, i64 w, int black, const u64 *th
 int spf_checkerboard_sweeps(i8 *black, i8 *white, i64 planes, i64 h, i64 w, i64 batch,
                             const i64 *thresholds, i64 *rng_state, i64 *rng_pos, i64 *flips,
                             i64 sweeps) {
-    uint32_t *u = malloc(sizeof(uint32_t) * (size_t)(w + 1));
-    i8 *ext = malloc((size_t)(w + 2));
-    uint8_t *idx = malloc((size_t)w);
-    if (!u || !ext || !idx) {
-        free(u);
-        free(ext);
-        free(idx);
-        return -1;
-    }
-    for (i64 p = 0; p < planes; ++p) {
+    scratch_t sc = {malloc(sizeof(uint32_t) * (size_t)(w + 1)),
+                    malloc(sizeof(u64) * (size_t)((w + 1) / 2)), malloc((size_t)(w + 2)),
+                    malloc((size_t)w)};
+    int status = sc.u && sc.words && sc.ext && sc.idx ? 0 : -1;
+    for (i64 p = 0; p < planes && !status; ++p) {
         const u64 *thr = (const u64 *)thresholds + (p % batch) * 10;
         i8 *b = black + p * h * w, *wh = white + p * h * w;
         u64 *x = (u64 *)rng_state + p * LAG_R;
         i64 count = 0;
         for (i64 s = 0; s < sweeps; ++s) {
-            count += half_sweep(b, wh, h, w, 1, thr, x, rng_pos + p, u, ext, idx);
-            count += half_sweep(wh, b, h, w, 0, thr, x, rng_pos + p, u, ext, idx);
+            count += half_sweep(b, wh, h, w, 1, thr, x, rng_pos + p, &sc);
+            count += half_sweep(wh, b, h, w, 0, thr, x, rng_pos + p, &sc);
         }
         if (flips) flips[p] += count;
     }
-    free(u);
-    free(ext);
-    free(idx);
-    return 0;
+    free(sc.u);
+    free(sc.words);
+    free(sc.ext);
+    free(sc.idx);
+    return status;
 }
 
 /* Per plane p (batch entry p % batch): out[p] = E = -J B - h M and out[planes + p] = M / N,
  * with B = sum over bonds of s_i s_j (each bond once, from its white end) and M = sum of s,
  * both exact integers; when sum_black / sum_white (int8, emptied by the caller at least every
- * 127 additions) are not NULL the spins are added to them.
+ * 127 additions) are not NULL the spins are added to them in the same pass.
  * Returns 0, or -1 when memory runs out. */
 int spf_checkerboard_measure(const i8 *black, const i8 *white, i64 planes, i64 h, i64 w,
                              i64 batch, const double *coupling, const double *field, double *out,
@@ -139,16 +125,59 @@ int spf_checkerboard_measure(const i8 *black, const i8 *white, i64 planes, i64 h
             }
             bond += row_bond;
             total += row_total;
+            if (sum_black) { /* the two rows are still in L1 */
+                i8 *sb = sum_black + (p * h + r) * w, *sw = sum_white + (p * h + r) * w;
+                for (i64 k = 0; k < w; ++k) sb[k] = (i8)(sb[k] + mid[k]);
+                for (i64 k = 0; k < w; ++k) sw[k] = (i8)(sw[k] + row[k]);
+            }
         }
         double j = coupling[p % batch], f = field[p % batch];
         out[p] = -j * (double)bond - f * (double)total;
         out[planes + p] = (double)total / (double)(2 * h * w);
-        if (sum_black) {
-            i64 n = h * w, offset = p * h * w;
-            for (i64 j = 0; j < n; ++j) sum_black[offset + j] = (i8)(sum_black[offset + j] + b[j]);
-            for (i64 j = 0; j < n; ++j) sum_white[offset + j] = (i8)(sum_white[offset + j] + wh[j]);
-        }
     }
     free(ext);
+    return 0;
+}
+
+/* The compact int8 arrays black / white (planes, h, w) as values on the (planes, h, 2 w) grid
+ * in row-major site order: out = (add + s) / divisor per site (add: NULL for 0, else doubles
+ * in the order of out; it may be out itself), in double precision, written as doubles when
+ * is_double, else as floats. Each row goes through a buffer of doubles, one simple
+ * (vectorised) loop per step. Returns 0, or -1 when memory runs out. */
+int spf_checkerboard_grid(const i8 *black, const i8 *white, i64 planes, i64 h, i64 w,
+                          const double *add, double divisor, void *out, i64 is_double) {
+    i64 width = 2 * w;
+    double *row = malloc(sizeof(double) * (size_t)width);
+    if (!row) return -1;
+    for (i64 p = 0; p < planes; ++p)
+        for (i64 r = 0; r < h; ++r) {
+            const i8 *b = black + (p * h + r) * w, *wh = white + (p * h + r) * w;
+            const i8 *even = r % 2 ? wh : b, *odd = r % 2 ? b : wh; /* columns 2k, 2k + 1 */
+            i64 at = (p * h + r) * width;
+            if (!add && divisor == 1.0 && !is_double) { /* the state: straight to floats */
+                float *o = (float *)out + at;
+                for (i64 k = 0; k < w; ++k) {
+                    o[2 * k] = (float)even[k];
+                    o[2 * k + 1] = (float)odd[k];
+                }
+                continue;
+            }
+            for (i64 k = 0; k < w; ++k) {
+                row[2 * k] = (double)even[k];
+                row[2 * k + 1] = (double)odd[k];
+            }
+            if (add)
+                for (i64 k = 0; k < width; ++k) row[k] += add[at + k];
+            if (divisor != 1.0)
+                for (i64 k = 0; k < width; ++k) row[k] /= divisor;
+            if (is_double) {
+                double *o = (double *)out + at;
+                for (i64 k = 0; k < width; ++k) o[k] = row[k];
+            } else {
+                float *o = (float *)out + at;
+                for (i64 k = 0; k < width; ++k) o[k] = (float)row[k];
+            }
+        }
+    free(row);
     return 0;
 }

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from spinformer.physics.models import IsingModel
 from spinformer.physics.montecarlo.build import native_library, native_unavailable_reason
-from spinformer.physics.montecarlo.colourings import from_compact, to_compact
+from spinformer.physics.montecarlo.colourings import even_periodic_reason, to_compact
 from spinformer.physics.montecarlo.updates import lazy_digits
 
 __all__ = ["CheckerboardSweeper", "checkerboard_supported"]
@@ -37,39 +37,58 @@ def checkerboard_supported(model: object, algorithm: str) -> str | None:
         return "algorithm 'metropolis' or 'heat_bath'"
     if not isinstance(model, IsingModel):
         return "an IsingModel"
-    lattice = model.lattice
-    if lattice is None:
-        return "a SquareLattice model (got dense couplings)"
-    rows, cols = lattice.shape
-    if not lattice.periodic or rows % 2 or cols % 2:
-        return f"a periodic lattice with even sides (got shape {lattice.shape})"
+    reason = even_periodic_reason(model.lattice)
+    if reason is not None:
+        return reason
     if model.device.type != "cpu":
         return f"a CPU model (got device {model.device})"
-    if bool((model.field != model.field[..., :1]).any()):
+    field = model.field  # amin / amax: the fastest of the CPU reductions
+    if bool((field.amin(-1) != field.amax(-1)).any()):
         return "a uniform field"
     if native_library() is None:
         return f"the native kernel ({native_unavailable_reason()})"
     return None
 
 
+def _check(status: int) -> None:
+    if status:
+        raise MemoryError("the native checkerboard kernel could not allocate its buffers")
+
+
 class CheckerboardSweeper:
     """Sweeper of the compiled checkerboard (chains × batch entries as independent planes)."""
 
     def __init__(
-        self, model: IsingModel, state: Tensor, algorithm: str, generator: torch.Generator | None
+        self,
+        model: IsingModel,
+        state: Tensor | str,
+        algorithm: str,
+        generator: torch.Generator | None,
+        chains: int | None = None,
     ):
+        """``state``: spins (chains, *batch, N), or ``"random"`` / ``"up"`` with ``chains`` (drawn
+        as int8, the same draws as :func:`spinformer.physics.montecarlo.sampling.sample`'s)."""
         library = native_library()
         assert library is not None and model.lattice is not None
         self.native, self.model = library, model
         self.shape = model.lattice.shape
         self.n = model.num_spins
+        if isinstance(state, str):
+            lead = (int(chains or 1), *model.batch_shape)
+            if state == "random":
+                bits = torch.randint(0, 2, (*lead, self.n), dtype=torch.int8, generator=generator)
+                state = bits.mul_(2).sub_(1)
+            elif state == "up":
+                state = torch.ones(*lead, self.n, dtype=torch.int8)
+            else:
+                raise ValueError(f"initial must be 'random', 'up' or a tensor, got {state!r}")
         self.chains = state.shape[0]
         self.lead = state.shape[:-1]  # (chains, *batch)
-        black, white = to_compact(state.reshape(*self.lead, *self.shape))
+        black, white = to_compact(state.reshape(*self.lead, *self.shape).to(torch.int8))
         self.planes = math.prod(self.lead)
         rows, half = black.shape[-2:]
-        self.black = black.to(torch.int8).reshape(self.planes, rows, half).contiguous()
-        self.white = white.to(torch.int8).reshape(self.planes, rows, half).contiguous()
+        self.black = black.reshape(self.planes, rows, half).contiguous()
+        self.white = white.reshape(self.planes, rows, half).contiguous()
         batch = model.batch_shape
         beta = model.beta.expand(batch).to(torch.float64).reshape(-1)
         bond = model.couplings.expand(batch).to(torch.float64).reshape(-1)
@@ -94,48 +113,39 @@ class CheckerboardSweeper:
         self.rng_pos = torch.full((self.planes,), _LAG, dtype=torch.int64)  # refill first
         self.flips = torch.zeros(self.planes, dtype=torch.int64)
         self.recorded = 0
-        # per-site sums as int8 (one byte a site per measurement: the pass that adds them is
-        # memory-bound), moved into ``totals`` every 127 measurements, before they could overflow
+        # per-site sums as int8 (one byte a site per measurement, added in the measuring pass),
+        # moved into float64 ``totals`` (allocated then) every 127 measurements, before they
+        # could overflow
         self.sum_black = torch.zeros(self.black.shape, dtype=torch.int8)
         self.sum_white = torch.zeros(self.white.shape, dtype=torch.int8)
         self.pending = 0
-        self.totals = torch.zeros(*self.lead, self.n, dtype=torch.float64)
+        self.totals: Tensor | None = None  # (planes, N) float64 in site order
         self.values = torch.zeros(2, self.planes, dtype=torch.float64)  # E, mean spin
         self.counted_state = False
 
-    def sweep(self, count: int = 1, record: bool = True) -> None:
-        status = self.native.spf_checkerboard_sweeps(
+    def _run(self, kernel: str, *args: Tensor | int | None) -> None:
+        """``spf_checkerboard_<kernel>``(black, white, planes, rows, half, batch, *args) of
+        ``checkerboard.c``, tensors passed as pointers."""
+        pointers = (a.data_ptr() if isinstance(a, Tensor) else a for a in args)
+        status = getattr(self.native, f"spf_checkerboard_{kernel}")(
             self.black.data_ptr(),
             self.white.data_ptr(),
             self.planes,
             *self.black.shape[1:],
             self.batch,
-            self.thresholds.data_ptr(),
-            self.rng_state.data_ptr(),
-            self.rng_pos.data_ptr(),
-            self.flips.data_ptr() if record else None,
-            count,
+            *pointers,
         )
-        if status:
-            raise MemoryError("the native checkerboard kernel could not allocate its buffers")
+        _check(status)
+
+    def sweep(self, count: int = 1, record: bool = True) -> None:
+        flips = self.flips if record else None
+        self._run("sweeps", self.thresholds, self.rng_state, self.rng_pos, flips, count)
         self.recorded += count if record else 0
         self.counted_state = False
 
     def _count(self, accumulate: bool) -> None:
-        status = self.native.spf_checkerboard_measure(
-            self.black.data_ptr(),
-            self.white.data_ptr(),
-            self.planes,
-            *self.black.shape[1:],
-            self.batch,
-            self.bond.data_ptr(),
-            self.field.data_ptr(),
-            self.values.data_ptr(),
-            self.sum_black.data_ptr() if accumulate else None,
-            self.sum_white.data_ptr() if accumulate else None,
-        )
-        if status:
-            raise MemoryError("the native checkerboard kernel could not allocate its buffers")
+        sums = (self.sum_black, self.sum_white) if accumulate else (None, None)
+        self._run("measure", self.bond, self.field, self.values, *sums)
         if accumulate:
             self.counted_state = True
             self.pending += 1
@@ -143,7 +153,11 @@ class CheckerboardSweeper:
                 self._flush()
 
     def _flush(self) -> None:
-        self.totals += self._grid(self.sum_black, self.sum_white).to(torch.float64)
+        if self.totals is None:
+            self.totals = torch.empty(self.planes, self.n, dtype=torch.float64)
+            self._grid(self.sum_black, self.sum_white, self.totals)
+        else:
+            self._grid(self.sum_black, self.sum_white, self.totals, self.totals)
         self.sum_black.zero_()
         self.sum_white.zero_()
         self.pending = 0
@@ -160,19 +174,37 @@ class CheckerboardSweeper:
         if not self.counted_state:
             self._count(accumulate=True)
 
-    def _grid(self, black: Tensor, white: Tensor) -> Tensor:
-        rows, half = black.shape[-2:]
-        grid = from_compact(
-            black.reshape(*self.lead, rows, half), white.reshape(*self.lead, rows, half)
+    def _grid(
+        self,
+        black: Tensor,
+        white: Tensor,
+        out: Tensor | None = None,
+        add: Tensor | None = None,
+        divisor: float = 1.0,
+    ) -> Tensor:
+        """(add + compact int8 values) / divisor as (chains, *batch, N) in site order, into
+        ``out`` (float64 or float32; default: a new tensor of the model's dtype)."""
+        if out is None:
+            dtype = self.model.dtype if self.model.dtype == torch.float64 else torch.float32
+            out = torch.empty(self.planes, self.n, dtype=dtype)
+        status = self.native.spf_checkerboard_grid(
+            black.data_ptr(),
+            white.data_ptr(),
+            self.planes,
+            *black.shape[1:],
+            None if add is None else add.data_ptr(),
+            divisor,
+            out.data_ptr(),
+            out.dtype == torch.float64,
         )
-        return grid.reshape(*self.lead, self.n).to(self.model.dtype)
+        _check(status)
+        return out.reshape(*self.lead, self.n).to(self.model.dtype)
 
     def full_state(self) -> Tensor:
         return self._grid(self.black, self.white)
 
     def site_mean(self, measurements: int) -> Tensor:
-        self._flush()
-        return (self.totals / measurements).to(self.model.dtype)
+        return self._grid(self.sum_black, self.sum_white, add=self.totals, divisor=measurements)
 
     def acceptance(self) -> Tensor:
         flips = self.flips.reshape(self.lead).to(torch.float64)

@@ -17,6 +17,7 @@ from spinformer.physics.models import SquareLattice
 
 __all__ = [
     "compact_neighbours",
+    "even_periodic_reason",
     "from_compact",
     "greedy_colour_classes",
     "lattice_colour_masks",
@@ -58,6 +59,17 @@ def greedy_colour_classes(couplings: Tensor) -> list[Tensor]:
 
 
 # -- compact checkerboard for even periodic lattices ------------------------------------------
+
+
+def even_periodic_reason(lattice: SquareLattice | None) -> str | None:
+    """``None`` for a periodic square lattice with even sides (two compact sublattices), else
+    what is missing."""
+    if lattice is None:
+        return "a SquareLattice model (got dense couplings)"
+    rows, cols = lattice.shape
+    if not lattice.periodic or rows % 2 or cols % 2:
+        return f"a periodic lattice with even sides (got shape {lattice.shape}, periodic={lattice.periodic})"
+    return None
 
 
 def to_compact(grid: Tensor) -> tuple[Tensor, Tensor]:

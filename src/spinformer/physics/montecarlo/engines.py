@@ -160,10 +160,10 @@ def _checkerboard_cost(model: _SpinModel, algorithm: str, chains: int) -> float:
 
 
 def _build_checkerboard(
-    model: _SpinModel, initial: Tensor, chains: int, algorithm: str, generator: Any,
+    model: _SpinModel, initial: Tensor | str, chains: int, algorithm: str, generator: Any,
     step_size: float | None, backend: str,
 ) -> Sweeper:  # fmt: skip
-    return CheckerboardSweeper(model, initial, algorithm, generator)  # type: ignore[arg-type]
+    return CheckerboardSweeper(model, initial, algorithm, generator, chains)  # type: ignore[arg-type]
 
 
 register_engine(
@@ -185,5 +185,6 @@ register_engine(
         lambda model, algorithm, chains: checkerboard_supported(model, algorithm),
         _checkerboard_cost,
         _build_checkerboard,
+        draws_initial=True,
     )
 )

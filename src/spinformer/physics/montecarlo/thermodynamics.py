@@ -82,19 +82,22 @@ def monte_carlo_thermodynamics(
         raise ValueError(
             f"integration_points must be a non-negative integer, got {integration_points!r}"
         )
+    options: dict[str, Any] = {  # shared with the thermodynamic integration
+        "burn_in": burn_in,
+        "chains": chains,
+        "algorithm": algorithm,
+        "generator": generator,
+        "initial": initial,
+        "step_size": step_size,
+        "engine": engine,
+        "backend": backend,
+    }
     samples = sample(
         model,  # type: ignore[arg-type]
         sweeps,
-        burn_in=burn_in,
-        chains=chains,
-        algorithm=algorithm,
-        generator=generator,
-        initial=initial,
         correlations=susceptibility,
-        step_size=step_size,
         progress=progress,
-        engine=engine,
-        backend=backend,
+        **options,
     )
     vector = isinstance(model, VectorSpinModel)
     beta = model.expanded_beta()
@@ -137,10 +140,7 @@ def monte_carlo_thermodynamics(
     nan = torch.full_like(energy.mean, math.nan)
     log_z, free_energy, entropy = nan, nan, nan
     if integration_points:
-        log_z, log_z_err = integrate_log_partition(
-            model, integration_points, sweeps, burn_in, chains, algorithm, generator, initial,
-            step_size, engine, backend,
-        )  # fmt: skip
+        log_z, log_z_err = integrate_log_partition(model, integration_points, sweeps, **options)
         free_energy = -log_z / beta
         entropy = beta * energy.mean + log_z
         stderr["log_partition"] = log_z_err
@@ -182,19 +182,13 @@ def monte_carlo_thermodynamics(
 
 
 def integrate_log_partition(
-    model: _SpinModel,
-    points: int,
-    sweeps: int,
-    burn_in: int | None,
-    chains: int,
-    algorithm: str,
-    generator: torch.Generator | None,
-    initial: Tensor | str,
-    step_size: float | None,
-    engine: str = "auto",
-    backend: str = "auto",
+    model: _SpinModel, points: int, sweeps: int, **options: Any
 ) -> tuple[Tensor, Tensor]:
-    """ln Z(β) = ln Z(0) − β ∫₀¹ U(sβ) ds by Gauss–Legendre on ``points`` nodes, with its se."""
+    """ln Z(β) = ln Z(0) − β ∫₀¹ U(sβ) ds by Gauss–Legendre on ``points`` nodes, with its se.
+
+    ``options``: keyword arguments of :func:`sample` for the one batched run over the nodes
+    (``burn_in``, ``chains``, ``algorithm``, ``generator``, ``initial``, ``step_size``,
+    ``engine``, ``backend``)."""
     import numpy as np
 
     nodes, weights = np.polynomial.legendre.leggauss(points)
@@ -205,18 +199,7 @@ def integrate_log_partition(
     node_shape = (points, *([1] * beta.ndim))
     betas = s.reshape(node_shape) * beta  # (K, *batch)
     node_model = model.with_beta(betas)  # (K, *batch): one batched run over the nodes
-    run = sample(
-        node_model,  # type: ignore[arg-type]
-        sweeps,
-        burn_in=burn_in,
-        chains=chains,
-        algorithm=algorithm,
-        generator=generator,
-        initial=initial,
-        step_size=step_size,
-        engine=engine,
-        backend=backend,
-    )
+    run = sample(node_model, sweeps, **options)  # type: ignore[arg-type]
     est = estimate_mean(run.energy)  # (K, *batch)
     w_b = w.reshape(node_shape)
     integral = (w_b * est.mean).sum(0)

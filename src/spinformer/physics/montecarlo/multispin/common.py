@@ -49,7 +49,7 @@ kernel (``multispin.c``, built once with the system C compiler and cached; see
 quarter row) and POSIX threads over rows (``torch.get_num_threads()`` of them, results
 independent of the count). Each word then stays in registers for its whole update instead of
 passing through ~60 separate tensor operations, and measurements (energy from the unsatisfied
-bonds, magnetization, per-site sums, flip counts) are one more pass of the kernel. Elsewhere
+bonds, magnetization, per-site sums, flip counts) are taken in the last sweep. Elsewhere
 (CUDA), or when no compiler is available or ``SPINFORMER_NATIVE=0``, :class:`TorchMultispin`
 runs the same word logic, acceptance digits and generator recurrence as torch operations. Both
 are deterministic given the torch generator, agree bit for bit where no random bit is used,
@@ -63,14 +63,16 @@ and a flush every few hundred words), so it costs a few word operations per site
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from spinformer.physics.models import IsingModel
+from spinformer.physics.montecarlo.colourings import even_periodic_reason
 from spinformer.physics.montecarlo.updates import lazy_digits
 
-__all__ = ["DIGITS", "MultispinEngine", "multispin_supported"]
+__all__ = ["DIGITS", "Acceptance", "MultispinEngine", "multispin_supported"]
 
 DIGITS = 12  # bit-sliced digits of each replica's uniform before the shared 63-bit tail
 LAGS = (607, 273)
@@ -80,13 +82,11 @@ COUNTER_PLANES = 8  # per-site bit-sliced counters flush every 2^8 - 1 measureme
 
 def multispin_supported(model: IsingModel) -> str | None:
     """``None`` if the multi-spin engine can sample ``model``, else the reason it cannot."""
-    lattice = model.lattice
-    if lattice is None:
-        return "a SquareLattice model (got dense couplings)"
-    rows, cols = lattice.shape
-    if not lattice.periodic or rows % 2 or cols % 2:
-        return f"a periodic lattice with even sides (got shape {lattice.shape}, periodic={lattice.periodic})"
-    if bool((model.field != 0).any()):
+    reason = even_periodic_reason(model.lattice)
+    if reason is not None:
+        return reason
+    field = model.field  # amin / amax: the fastest of the CPU reductions
+    if bool(field.amin() != 0) or bool(field.amax() != 0):
         return "zero field (h = 0)"
     return None
 
@@ -106,6 +106,15 @@ def _digits(p: Tensor, digits: int) -> tuple[list[Tensor], Tensor]:
     tail = torch.clamp(torch.floor(frac * 2.0**63), max=float(2**63 - 1024)).to(torch.int64)
     tail = torch.where(one, torch.full_like(tail, MAX63), tail)
     return masks, tail
+
+
+class Acceptance(NamedTuple):
+    """The binary digits of p₁ and p₀ (see :func:`_digits`): digit masks and tails."""
+
+    d1: list[Tensor]
+    q1: Tensor
+    d0: list[Tensor]
+    q0: Tensor
 
 
 def _bit_counts(words: Tensor, lead: int) -> Tensor:
@@ -207,7 +216,6 @@ class MultispinEngine(ABC):
         self.rows, self.cols = lattice.shape
         self.n = lattice.num_sites
         self.groups = -(-self.chains // 64)
-        device = model.device
         batch = model.batch_shape
         self.batch_shape = batch
         bond = model.couplings.expand(batch) if batch else model.couplings
@@ -218,12 +226,17 @@ class MultispinEngine(ABC):
         boltzmann = torch.exp(-4.0 * beta.to(torch.float64) * self.abs_bond.to(torch.float64))
         keep = 1.0 - 2.0**-lazy if lazy else 1.0
         p1, p0 = keep * boltzmann, keep * boltzmann * boltzmann  # keep = 0.11…1 in binary
-        d1, q1 = _digits(p1, DIGITS)
-        d0, q0 = _digits(p0, DIGITS)
-        self._setup(d1, q1, d0, q0, generator)
+        self._setup(Acceptance(*_digits(p1, DIGITS), *_digits(p0, DIGITS)), generator)
         self._load(state, generator)
+        self._ready()
+
+    def _ready(self) -> None:
+        """The measurements' state, once the layout is known (last step of ``__init__``;
+        backends add their buffers)."""
         self.last_flips: tuple[Tensor, ...] | None = None
-        self.accepted = torch.zeros(self.chains, *batch, dtype=torch.float64, device=device)
+        self.accepted = torch.zeros(
+            self.chains, *self.batch_shape, dtype=torch.float64, device=self.model.device
+        )
         self.accepted_sweeps = 0
         self.counter_planes = COUNTER_PLANES
         self.counter = self._new_counter()
@@ -237,14 +250,7 @@ class MultispinEngine(ABC):
         return torch.zeros(shape, dtype=torch.int64, device=self.be.device)
 
     @abstractmethod
-    def _setup(
-        self,
-        d1: list[Tensor],
-        q1: Tensor,
-        d0: list[Tensor],
-        q0: Tensor,
-        generator: torch.Generator | None,
-    ) -> None:
+    def _setup(self, acceptance: Acceptance, generator: torch.Generator | None) -> None:
         """Prepare the acceptance digits and the random streams of the backend."""
 
     @abstractmethod

@@ -7,8 +7,8 @@
  * [k >= 1] by full-adder logic, and each replica's exact Metropolis test from 12 bit-sliced
  * random digits plus a 63-bit tail shared by the word.
  *
- * Random words come from additive lagged Fibonacci streams x_n = x_{n-607} + x_{n-273}
- * mod 2^64, tempered y = x ^ (x >> 32), one stream per (plane, row) of the quarters: row i of
+ * Random words come from tempered additive lagged Fibonacci streams (lfg.h), one stream per
+ * (plane, row) of the quarters: row i of
  * BE and BO (black half-sweep) and of WE and WO (white half-sweep) draw from stream (p, i),
  * so the result does not depend on the number of threads. The block recurrence is the one of
  * _LaggedFibonacci in torch_backend.py.
@@ -21,8 +21,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define LAG_R 607
-#define LAG_S 273
+#include "lfg.h"
+
 #define DIGITS 12
 #define DRAWS (DIGITS + 1)
 #define MAX63 0x7FFFFFFFFFFFFFFFULL
@@ -80,24 +80,29 @@ static void vc_flush(vcount_t *v, i64 *out, i64 stride, int shift) {
     v->n = 0;
 }
 
-static void hs_block(hs_t *s) {
-    const u64 *d = s->buf;
-    u64 twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
-    CSA(twos_a, s->ones, s->ones, d[0], d[1]);
-    CSA(twos_b, s->ones, s->ones, d[2], d[3]);
-    CSA(fours_a, s->twos, s->twos, twos_a, twos_b);
-    CSA(twos_a, s->ones, s->ones, d[4], d[5]);
-    CSA(twos_b, s->ones, s->ones, d[6], d[7]);
-    CSA(fours_b, s->twos, s->twos, twos_a, twos_b);
-    CSA(eights_a, s->fours, s->fours, fours_a, fours_b);
-    CSA(twos_a, s->ones, s->ones, d[8], d[9]);
-    CSA(twos_b, s->ones, s->ones, d[10], d[11]);
-    CSA(fours_a, s->twos, s->twos, twos_a, twos_b);
-    CSA(twos_a, s->ones, s->ones, d[12], d[13]);
-    CSA(twos_b, s->ones, s->ones, d[14], d[15]);
-    CSA(fours_b, s->twos, s->twos, twos_a, twos_b);
-    CSA(eights_b, s->fours, s->fours, fours_a, fours_b);
-    CSA(sixteens, s->eights, s->eights, eights_a, eights_b);
+/* Four words into the running ones and twos; returns the carry into the fours. */
+static inline u64 csa4(u64 *ones, u64 *twos, const u64 *d) {
+    u64 twos_a, twos_b, fours;
+    CSA(twos_a, *ones, *ones, d[0], d[1]);
+    CSA(twos_b, *ones, *ones, d[2], d[3]);
+    CSA(fours, *twos, *twos, twos_a, twos_b);
+    return fours;
+}
+
+/* Eight words into the running ones, twos and fours; returns the carry into the eights. */
+static inline u64 csa8(u64 *ones, u64 *twos, u64 *fours, const u64 *d) {
+    u64 fours_a = csa4(ones, twos, d), fours_b = csa4(ones, twos, d + 4), eights;
+    CSA(eights, *fours, *fours, fours_a, fours_b);
+    return eights;
+}
+
+/* Sixteen words d into the running words of s (passed apart, so that a caller may keep them in
+ * registers); the carry into the sixteens enters the bit-sliced counter. */
+static inline void csa16(hs_t *s, u64 *ones, u64 *twos, u64 *fours, u64 *eights,
+                         const u64 *d) {
+    u64 eights_a = csa8(ones, twos, fours, d), eights_b = csa8(ones, twos, fours, d + 8);
+    u64 sixteens;
+    CSA(sixteens, *eights, *eights, eights_a, eights_b);
     vcount_t *v = &s->sixteens;
     for (int j = 0; j < PLANES; ++j) { /* ripple-carry increment, fixed length */
         u64 carry = v->c[j] & sixteens;
@@ -105,6 +110,10 @@ static void hs_block(hs_t *s) {
         sixteens = carry;
     }
     if (++v->n == 255) vc_flush(v, s->out, s->stride, 4);
+}
+
+static void hs_block(hs_t *s) {
+    csa16(s, &s->ones, &s->twos, &s->fours, &s->eights, s->buf);
     s->n = 0;
 }
 
@@ -118,31 +127,7 @@ static inline void hs_add(hs_t *s, u64 x) {
 static void hs_many(hs_t *s, const u64 *d, i64 n) {
     for (; n > 0 && s->n; --n) hs_add(s, *d++);
     u64 ones = s->ones, twos = s->twos, fours = s->fours, eights = s->eights;
-    vcount_t *v = &s->sixteens;
-    for (; n >= 16; n -= 16, d += 16) {
-        u64 twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
-        CSA(twos_a, ones, ones, d[0], d[1]);
-        CSA(twos_b, ones, ones, d[2], d[3]);
-        CSA(fours_a, twos, twos, twos_a, twos_b);
-        CSA(twos_a, ones, ones, d[4], d[5]);
-        CSA(twos_b, ones, ones, d[6], d[7]);
-        CSA(fours_b, twos, twos, twos_a, twos_b);
-        CSA(eights_a, fours, fours, fours_a, fours_b);
-        CSA(twos_a, ones, ones, d[8], d[9]);
-        CSA(twos_b, ones, ones, d[10], d[11]);
-        CSA(fours_a, twos, twos, twos_a, twos_b);
-        CSA(twos_a, ones, ones, d[12], d[13]);
-        CSA(twos_b, ones, ones, d[14], d[15]);
-        CSA(fours_b, twos, twos, twos_a, twos_b);
-        CSA(eights_b, fours, fours, fours_a, fours_b);
-        CSA(sixteens, eights, eights, eights_a, eights_b);
-        for (int j = 0; j < PLANES; ++j) {
-            u64 carry = v->c[j] & sixteens;
-            v->c[j] ^= sixteens;
-            sixteens = carry;
-        }
-        if (++v->n == 255) vc_flush(v, s->out, s->stride, 4);
-    }
+    for (; n >= 16; n -= 16, d += 16) csa16(s, &ones, &twos, &fours, &eights, d);
     s->ones = ones;
     s->twos = twos;
     s->fours = fours;
@@ -159,31 +144,6 @@ static void hs_flush(hs_t *s) {
     vc_flush(&s->sixteens, s->out, s->stride, 4);
     s->ones = s->twos = s->fours = s->eights = 0;
     s->n = 0;
-}
-
-static void lfg_refill(u64 *x) {
-    for (int j = 0; j < LAG_S; ++j) x[j] += x[j + LAG_R - LAG_S];
-    for (int j = LAG_S; j < LAG_R; ++j) x[j] += x[j - LAG_S];
-}
-
-/* n tempered words of stream (x, *pos) into out; pos = words of the current block used. */
-static void lfg_draw(u64 *x, i64 *pos, u64 *out, i64 n) {
-    i64 p = *pos;
-    while (n > 0) {
-        if (p >= LAG_R) {
-            lfg_refill(x);
-            p = 0;
-        }
-        i64 m = LAG_R - p < n ? LAG_R - p : n;
-        for (i64 j = 0; j < m; ++j) {
-            u64 v = x[p + j];
-            out[j] = v ^ (v >> 32);
-        }
-        out += m;
-        p += m;
-        n -= m;
-    }
-    *pos = p;
 }
 
 /* Update t[k0:k1] in place; h2 is the side neighbour row already offset by +-1. Digit j of
@@ -241,6 +201,9 @@ typedef struct {
     u64 *q[4];     /* BE, BO, WE, WO */
     u64 *flips[4]; /* NULL, or where the last sweep's flip masks go */
     i64 *flip_counts; /* NULL, or (planes * 64) totals of the last sweep's flips */
+    i64 *measure;     /* NULL, or (2, groups * 64, batch) counts of the state after the sweeps */
+    const u64 *gauge; /* (batch) gauge words of the white quarters (with measure) */
+    u64 *slot;        /* NULL, or the slot of the per-site sums for that state (4, quarter) */
     i64 planes, h, w, batch;
     const accept_t *acc; /* one per batch entry; plane p uses acc[p % batch] */
     u64 *rng_state;      /* (planes * h, LAG_R) */
@@ -257,8 +220,10 @@ typedef struct {
     i64 begin, end; /* task range, task = p * h + i */
     u64 *rnd;       /* DRAWS * BLOCK words */
     u64 *scratch;   /* w words: flip masks not recorded */
-    i64 *partial;   /* (planes * 64) flip totals of this job */
+    i64 *partial;   /* (planes * 64) flip totals of this job, then (2, planes * 64) counts */
     hs_t flips;     /* counting the flips of the current plane */
+    hs_t bonds, down; /* counting unsatisfied bonds and down spins of the current plane */
+    u64 *row;       /* 6 w words: a row's bond and spin words */
 } job_t;
 
 /* Quarter indices and neighbour geometry (see MultispinEngine._neighbours):
@@ -271,9 +236,36 @@ static const int VSTEP[2][2] = {{-1, +1}, {-1, +1}};
 static const int SIDE[2][2] = {{WE, WO}, {BE, BO}};
 static const int SSTEP[2][2] = {{-1, +1}, {+1, -1}};
 
-static void half_sweep(job_t *job, int colour, int record, int count) {
+/* The measurement of a white row just updated (target, with vertical neighbours v1, v2 and
+ * side neighbours s[k], s[(k + dk) mod w], all final): its four bonds per site (each bond of
+ * the lattice has one white end), its down spins (gauge undone) and those of the black row v1
+ * (each black row is v1 of one white row), and both rows into the slot. */
+static void measure_row(job_t *job, const u64 *t, const u64 *v1, const u64 *v2, const u64 *s,
+                        int dk, u64 gauge, u64 *slot_t, u64 *slot_v) {
+    i64 w = job->sh->w;
+    u64 *b = job->row, *spins = job->row + 4 * w;
+    for (i64 k = 0; k < w; ++k) {
+        i64 side = k + dk < 0 ? w - 1 : k + dk >= w ? 0 : k + dk;
+        b[4 * k] = t[k] ^ v1[k];
+        b[4 * k + 1] = t[k] ^ v2[k];
+        b[4 * k + 2] = t[k] ^ s[k];
+        b[4 * k + 3] = t[k] ^ s[side];
+        spins[2 * k] = t[k] ^ gauge;
+        spins[2 * k + 1] = v1[k];
+    }
+    hs_many(&job->bonds, b, 4 * w);
+    hs_many(&job->down, spins, 2 * w);
+    if (slot_t)
+        for (i64 k = 0; k < w; ++k) {
+            slot_t[k] = spins[2 * k];
+            slot_v[k] = v1[k];
+        }
+}
+
+static void half_sweep(job_t *job, int colour, int record, int count, int measure) {
     const shared_t *sh = job->sh;
-    i64 h = sh->h, w = sh->w, plane_words = h * w;
+    i64 h = sh->h, w = sh->w, plane_words = h * w, quarter_words = sh->planes * plane_words;
+    i64 lanes = sh->planes * 64;
     for (i64 task = job->begin; task < job->end; ++task) {
         i64 p = task / h, i = task % h;
         const accept_t *acc = sh->acc + (p % sh->batch);
@@ -281,6 +273,16 @@ static void half_sweep(job_t *job, int colour, int record, int count) {
             if (task != job->begin) hs_flush(&job->flips);
             job->flips.out = job->partial + p * 64;
             job->flips.stride = 1;
+        }
+        if (measure && (task == job->begin || i == 0)) { /* lane 64 g, entry b of the counts */
+            if (task != job->begin) {
+                hs_flush(&job->bonds);
+                hs_flush(&job->down);
+            }
+            i64 first = (p / sh->batch) * 64 * sh->batch + p % sh->batch;
+            job->bonds.out = job->partial + lanes + first;
+            job->down.out = job->partial + 2 * lanes + first;
+            job->bonds.stride = job->down.stride = sh->batch;
         }
         for (int half = 0; half < 2; ++half) {
             int target = TARGET[colour][half], vert = VERT[colour][half];
@@ -293,9 +295,19 @@ static void half_sweep(job_t *job, int colour, int record, int count) {
             update_row(row, v + i * w, v + i2 * w, s, SSTEP[colour][half], w,
                        sh->rng_state + task * LAG_R, sh->rng_pos + task, job->rnd, acc, flips);
             if (count) hs_many(&job->flips, flips, w); /* the row's masks are still in L1 */
+            if (measure) { /* so are the rows */
+                u64 *slot = sh->slot ? sh->slot + p * plane_words + i * w : NULL;
+                measure_row(job, row, v + i * w, v + i2 * w, s, (int)SSTEP[colour][half],
+                            sh->gauge[p % sh->batch], slot ? slot + target * quarter_words : NULL,
+                            slot ? slot + vert * quarter_words : NULL);
+            }
         }
     }
     if (count && job->end > job->begin) hs_flush(&job->flips);
+    if (measure && job->end > job->begin) {
+        hs_flush(&job->bonds);
+        hs_flush(&job->down);
+    }
 }
 
 static void *worker(void *arg) {
@@ -307,8 +319,9 @@ static void *worker(void *arg) {
     for (i64 sweep = 0; sweep < sh->sweeps; ++sweep) {
         int last = sweep == sh->sweeps - 1;
         int record = sh->flips[0] != NULL && last, count = sh->flip_counts != NULL && last;
+        int measure = sh->measure != NULL && last;
         for (int colour = 0; colour < 2; ++colour) {
-            half_sweep(job, colour, record, count);
+            half_sweep(job, colour, record, count, measure && colour == 1);
             pthread_barrier_wait(&sh->barrier);
         }
     }
@@ -319,22 +332,27 @@ static void *worker(void *arg) {
  * and p0 = p1^2 (times 1 - 2^-lazy); tail1/tail0: (batch) 63-bit tails; lazy: digits whose
  * all-ones pattern declines a k >= 2 move (0: plain Metropolis). flips: four quarter-shaped
  * outputs for the last sweep's flip masks, or all NULL; flip_counts: (planes * 64) per-replica
- * numbers of flips in the last sweep (set here), or NULL. Threads that cannot be created are done without (the
- * tasks are split over those that exist). Returns 0, or -1 when memory runs out (nothing is
- * changed then). */
+ * numbers of flips in the last sweep (set here), or NULL. measure: NULL, or (2, groups * 64,
+ * batch) per-replica counts of the final state (set here; see spf_multispin_measure, which
+ * counts the same numbers in a pass of its own), counted in the white half of the last sweep
+ * while its rows are in cache, with gauge (batch) and slot: NULL, or where the final state's
+ * down spins go (slot `slot` of spf_multispin_measure's slots). Threads that cannot be created
+ * are done without (the tasks are split over those that exist). Returns 0, or -1 when memory
+ * runs out (nothing is changed then). */
 int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, i64 w,
                          const i64 *digits1, const i64 *digits0, const i64 *tail1,
                          const i64 *tail0, i64 batch, i64 lazy, i64 *rng_state, i64 *rng_pos, i64 *fbe,
                          i64 *fbo, i64 *fwe, i64 *fwo, i64 *flip_counts, i64 sweeps,
-                         i64 threads) {
+                         i64 threads, i64 *measure, const i64 *gauge, i64 *slot) {
     i64 tasks = planes * h;
     if (threads > tasks) threads = tasks;
     if (threads < 1) threads = 1;
     accept_t *acc = malloc(sizeof(accept_t) * (size_t)batch);
     job_t *jobs = malloc(sizeof(job_t) * (size_t)threads);
     pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
-    u64 *buffers = malloc(sizeof(u64) * (size_t)(threads * (DRAWS * BLOCK + w)));
-    i64 *partial = calloc((size_t)(threads * planes * 64), sizeof(i64));
+    i64 per_job = DRAWS * BLOCK + 7 * w, counted = 3 * planes * 64;
+    u64 *buffers = malloc(sizeof(u64) * (size_t)(threads * per_job));
+    i64 *partial = calloc((size_t)(threads * counted), sizeof(i64));
     shared_t *sh = malloc(sizeof(shared_t));
     int status = 0;
     if (!acc || !jobs || !ids || !buffers || !partial || !sh) {
@@ -354,15 +372,16 @@ int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, 
     *sh = (shared_t){
         .q = {(u64 *)be, (u64 *)bo, (u64 *)we, (u64 *)wo},
         .flips = {(u64 *)fbe, (u64 *)fbo, (u64 *)fwe, (u64 *)fwo},
-        .flip_counts = flip_counts, .planes = planes, .h = h, .w = w, .batch = batch, .acc = acc,
+        .flip_counts = flip_counts, .measure = measure, .gauge = (const u64 *)gauge,
+        .slot = (u64 *)slot, .planes = planes, .h = h, .w = w, .batch = batch, .acc = acc,
         .rng_state = (u64 *)rng_state, .rng_pos = rng_pos, .sweeps = sweeps, .open = 0,
     };
     pthread_mutex_init(&sh->lock, NULL);
     pthread_cond_init(&sh->opened, NULL);
     for (i64 t = 0; t < threads; ++t) {
-        u64 *buffer = buffers + t * (DRAWS * BLOCK + w);
-        jobs[t] = (job_t){sh, 0, 0, buffer, buffer + DRAWS * BLOCK, partial + t * planes * 64,
-                          {0}};
+        u64 *buffer = buffers + t * per_job;
+        jobs[t] = (job_t){.sh = sh, .rnd = buffer, .scratch = buffer + DRAWS * BLOCK,
+                          .partial = partial + t * counted, .row = buffer + DRAWS * BLOCK + w};
     }
     i64 running = 1; /* this thread is worker 0 */
     while (running < threads && !pthread_create(&ids[running], NULL, worker, &jobs[running]))
@@ -381,7 +400,13 @@ int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, 
     if (flip_counts) {
         for (i64 j = 0; j < planes * 64; ++j) flip_counts[j] = 0;
         for (i64 t = 0; t < running; ++t)
-            for (i64 j = 0; j < planes * 64; ++j) flip_counts[j] += partial[t * planes * 64 + j];
+            for (i64 j = 0; j < planes * 64; ++j) flip_counts[j] += partial[t * counted + j];
+    }
+    if (measure) {
+        for (i64 j = 0; j < 2 * planes * 64; ++j) measure[j] = 0;
+        for (i64 t = 0; t < running; ++t)
+            for (i64 j = 0; j < 2 * planes * 64; ++j)
+                measure[j] += partial[t * counted + planes * 64 + j];
     }
     pthread_barrier_destroy(&sh->barrier);
     pthread_cond_destroy(&sh->opened);
@@ -397,17 +422,18 @@ done:
 }
 
 /* Per-site sums of down spins: SLOTS recent states, slot-major (slot j of all n site words
- * contiguous, so a measurement writes one stream), and 16 bit-sliced counter planes per site
- * word, adjacent. Every SLOTS measurements the slots of a site are folded into its planes: a
- * carry-save tree makes the four bit planes of their sum, added with ripple carries
- * (continued only while a carry is left). */
+ * contiguous, so a measurement writes one stream), and `planes` (at least 4) bit-sliced counter
+ * planes per site word, adjacent (8 of them: one cache line). Every SLOTS measurements the
+ * slots of a site are folded into its planes: a carry-save tree makes the four bit planes of
+ * their sum, added with ripple carries (continued only while a carry is left), or stored as
+ * they are into an empty counter (which then needs no clearing pass). The caller widens or
+ * empties the counter before its count could pass 2^planes - 1. */
 #define SLOTS 8
-#define COUNTER 16
 /* slot j of site word i is slots[j * (n + SLOT_PAD) + i]: a stride that is no multiple of the
  * page size, so that the eight slots of a word do not compete for one cache set */
 #define SLOT_PAD 8
 
-static inline void fold(u64 *slots, i64 n, u64 *c) {
+static inline void fold(u64 *slots, i64 n, u64 *c, i64 planes, int empty) {
     u64 d[SLOTS];
     for (int j = 0; j < SLOTS; ++j) d[j] = slots[j * n]; /* each rewritten before the next fold */
     u64 t1, o1, t2, o2, t3, o3, f1, w1;
@@ -421,8 +447,12 @@ static inline void fold(u64 *slots, i64 n, u64 *c) {
     u64 f2 = w1 & t4;
     add[2] = f1 ^ f2;
     add[3] = f1 & f2;
+    if (empty) {
+        for (i64 j = 0; j < planes; ++j) c[j] = j < 4 ? add[j] : 0;
+        return;
+    }
     u64 carry = 0;
-    for (int j = 0; j < COUNTER; ++j) {
+    for (i64 j = 0; j < planes; ++j) {
         u64 a = j < 4 ? add[j] : 0, x = c[j] ^ a;
         u64 next = (c[j] & a) | (carry & x);
         c[j] = x ^ carry;
@@ -431,18 +461,18 @@ static inline void fold(u64 *slots, i64 n, u64 *c) {
     }
 }
 
-/* Fold the slots of all n site words into their planes (the unused slots must be zero), one
- * word after the other: nine sequential streams (folding inside the measurement's row loop,
- * 36 interleaved streams, cost four times as much). */
-void spf_multispin_fold(i64 *slots, i64 *counter, i64 n) {
+/* Fold the slots of all n site words into their planes (the unused slots must be zero; empty:
+ * the counter holds nothing yet, its contents are ignored), one word after the other: nine
+ * sequential streams (folding inside the measurement's row loop, 36 interleaved streams, cost
+ * four times as much). */
+void spf_multispin_fold(i64 *slots, i64 *counter, i64 n, i64 planes, i64 empty) {
     for (i64 i = 0; i < n; ++i)
-        fold((u64 *)slots + i, n + SLOT_PAD, (u64 *)counter + i * COUNTER);
+        fold((u64 *)slots + i, n + SLOT_PAD, (u64 *)counter + i * planes, planes, (int)empty);
 }
 
 typedef struct {
     const u64 *q[4], *flips[4];
     u64 *slots;   /* (SLOTS, 4, planes, h, w), or NULL */
-    u64 *counter; /* (4, planes, h, w, COUNTER) */
     const u64 *gauge;
     i64 planes, h, w, batch, slot;
     i64 begin, end; /* task range, task = p * h + i */
@@ -512,6 +542,23 @@ static void *measure_rows(void *arg) {
     return NULL;
 }
 
+/* From per-replica counts (3, groups * 64, batch) (see spf_multispin_measure) into out (same
+ * shape): the energy scale[b] (u - N), the magnetization 1 - 2 d / N and, added to out[2],
+ * the flipped fraction f / N of flip_counts (planes * 64; NULL: none). */
+void spf_multispin_values(const i64 *counts, i64 planes, i64 h, i64 w, i64 batch,
+                          const double *scale, double *out, const i64 *flip_counts) {
+    i64 lanes = planes * 64;
+    double sites = 4.0 * (double)(h * w);
+    for (i64 j = 0; j < lanes; ++j) {
+        out[j] = scale[j % batch] * (double)(counts[j] - 4 * h * w); /* -|J|(2N - 2u) */
+        out[lanes + j] = 1.0 - 2.0 * (double)counts[lanes + j] / sites;
+        if (flip_counts) {
+            i64 b = j % batch, lane = (j / batch) % 64, g = j / (batch * 64);
+            out[2 * lanes + j] += (double)flip_counts[(g * batch + b) * 64 + lane] / sites;
+        }
+    }
+}
+
 /* Per-replica counts of the current state into counts (3, groups * 64, batch) (replica
  * 64 g + i of batch entry b; plane p = g * batch + b), and from them into out (same shape)
  * the energy scale[b] (u - N) (scale = 2|J|), the magnetization 1 - 2 d / N and, added to
@@ -519,13 +566,14 @@ static void *measure_rows(void *arg) {
  * unsatisfied bonds (each bond once, from its black end; stored spins, so the gauge keeps
  * every bond ferromagnetic), down spins (white spins with the gauge of batch entry p % batch
  * undone) and the flip masks fbe..fwo (all NULL: none). slots, when not NULL, receive the
- * down spins in slot `slot` of the per-site sums (slots, counter: see fold).
+ * down spins in slot `slot` of the per-site sums (see fold, which the caller runs after
+ * every SLOTS of them).
  * Threads split the rows, each with its own totals, summed at the end. Returns 0, or -1 when
  * memory runs out (nothing is changed then). */
 int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo, i64 planes,
                           i64 h, i64 w, i64 batch, const i64 *gauge, const i64 *fbe,
                           const i64 *fbo, const i64 *fwe, const i64 *fwo, i64 *slots,
-                          i64 *counter, i64 slot, i64 *counts, const double *scale,
+                          i64 slot, i64 *counts, const double *scale,
                           double *out, const i64 *flip_counts, i64 threads) {
     i64 tasks = planes * h, size = 3 * planes * 64; /* = 3 * groups * 64 * batch */
     if (slots && (slot < 0 || slot >= SLOTS)) return -2;
@@ -546,7 +594,7 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
         jobs[t] = (measure_t){
             .q = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo},
             .flips = {(const u64 *)fbe, (const u64 *)fbo, (const u64 *)fwe, (const u64 *)fwo},
-            .slots = (u64 *)slots, .counter = (u64 *)counter, .gauge = (const u64 *)gauge, .planes = planes, .h = h,
+            .slots = (u64 *)slots, .gauge = (const u64 *)gauge, .planes = planes, .h = h,
             .w = w, .batch = batch, .slot = slot,
             .begin = tasks * t / threads, .end = tasks * (t + 1) / threads,
             .counts = partial + t * size, .row = rows + t * 12 * w,
@@ -561,17 +609,7 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
     for (i64 j = 0; j < size; ++j) counts[j] = 0;
     for (i64 t = 0; t < threads; ++t)
         for (i64 j = 0; j < size; ++j) counts[j] += partial[t * size + j];
-    if (slots && slot == SLOTS - 1) spf_multispin_fold(slots, counter, 4 * planes * h * w);
-    i64 lanes = size / 3;
-    double sites = 4.0 * (double)(h * w);
-    for (i64 j = 0; j < lanes; ++j) {
-        out[j] = scale[j % batch] * (double)(counts[j] - 4 * h * w); /* -|J|(2N - 2u) */
-        out[lanes + j] = 1.0 - 2.0 * (double)counts[lanes + j] / sites;
-        if (flip_counts) {
-            i64 b = j % batch, lane = (j / batch) % 64, g = j / (batch * 64);
-            out[2 * lanes + j] += (double)flip_counts[(g * batch + b) * 64 + lane] / sites;
-        }
-    }
+    spf_multispin_values(counts, planes, h, w, batch, scale, out, flip_counts);
     free(jobs);
     free(ids);
     free(partial);
@@ -585,18 +623,53 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
  * words, plane j of element (p, i, k) of quarter q at
  * src[q][((p * h + i) * w + k) * stride + offset + j], after XOR with gauge[b] (white quarters
  * only). Writes doubles when is_double, else floats. The two quarters of a lattice row (BE and
- * WE for even rows, WO and BO for odd ones) are copied plane-major, then each replica's row is
- * assembled with loops over contiguous words (vectorised by the compiler) and written in
- * order. Returns 0, or -1 when memory runs out. */
-static void plane_major(const u64 *row, i64 w, i64 stride, i64 nplanes, u64 flip, u64 *out) {
-    for (i64 j = 0; j < nplanes; ++j)
-        for (i64 k = 0; k < w; ++k) out[j * w + k] = row[k * stride + j] ^ flip;
+ * WE for even rows, WO and BO for odd ones) are read in blocks of 64 site words per plane, each
+ * block transposed as a 64 x 64 bit matrix (word lane of the result holds the bits of the 64
+ * sites for replica lane), then each replica's row is assembled from its words with loops the
+ * compiler vectorises, and written in order. Returns 0, or -1 when memory runs out. */
+
+/* In place: bit c of a[r] <-> bit r of a[c] (recursive block swaps, Warren, Hacker's Delight,
+ * 2nd ed., 2013, section 7-3). */
+static void transpose64(u64 *a) {
+    u64 m = 0x00000000FFFFFFFFULL;
+    for (int j = 32; j; j >>= 1, m ^= m << j)
+        for (int k = 0; k < 64; k = ((k | j) + 1) & ~j) {
+            u64 t = ((a[k] >> j) ^ a[k | j]) & m;
+            a[k] ^= t << j;
+            a[k | j] ^= t;
+        }
 }
 
-static void lane_counts(const u64 *planes, i64 w, i64 nplanes, int lane, uint32_t *c) {
-    for (i64 k = 0; k < w; ++k) c[k] = 0;
-    for (i64 j = 0; j < nplanes; ++j)
-        for (i64 k = 0; k < w; ++k) c[k] |= (uint32_t)((planes[j * w + k] >> lane) & 1) << j;
+/* The row of quarter words row[k * stride + j] (k < w, j < nplanes), XOR flip, as transposed
+ * blocks: out[(j * blocks + kb) * 64 + lane] bit kk = bit lane of plane j of word 64 kb + kk. */
+static void transpose_row(const u64 *row, i64 w, i64 stride, i64 nplanes, u64 flip, u64 *out) {
+    i64 blocks = (w + 63) / 64;
+    for (i64 kb = 0; kb < blocks; ++kb) {
+        i64 n = w - 64 * kb < 64 ? w - 64 * kb : 64;
+        for (i64 j = 0; j < nplanes; ++j) {
+            u64 *block = out + (j * blocks + kb) * 64;
+            for (i64 k = 0; k < n; ++k) block[k] = row[(64 * kb + k) * stride + j] ^ flip;
+            for (i64 k = n; k < 64; ++k) block[k] = 0;
+        }
+        for (i64 j = 0; j < nplanes; ++j) transpose64(out + (j * blocks + kb) * 64);
+    }
+}
+
+/* c[k] = count of site k (k < 64 * blocks) for replica lane, from transpose_row's blocks (in
+ * 32-bit halves, so that the shifts vectorise). */
+static void lane_counts(const u64 *t, i64 blocks, i64 nplanes, int lane, uint32_t *c) {
+    for (i64 kb = 0; kb < blocks; ++kb) {
+        uint32_t *ck = c + 64 * kb;
+        for (int k = 0; k < 64; ++k) ck[k] = 0;
+        for (i64 j = 0; j < nplanes; ++j) {
+            u64 x = t[(j * blocks + kb) * 64 + lane];
+            uint32_t lo = (uint32_t)x, hi = (uint32_t)(x >> 32);
+            for (uint32_t k = 0; k < 32; ++k) {
+                ck[k] |= ((lo >> k) & 1u) << j;
+                ck[k + 32] |= ((hi >> k) & 1u) << j;
+            }
+        }
+    }
 }
 
 int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo,
@@ -605,16 +678,16 @@ int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 
                          i64 is_double) {
     const u64 *src[4] = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo};
     static const int LEFT[2] = {BE, WO}, RIGHT[2] = {WE, BO}; /* columns 2k, 2k + 1 */
-    i64 width = 2 * w, sites = 2 * h * width;
-    u64 *planes = malloc(sizeof(u64) * (size_t)(2 * nplanes * w));
-    uint32_t *counts = malloc(sizeof(uint32_t) * (size_t)(2 * w));
+    i64 width = 2 * w, sites = 2 * h * width, blocks = (w + 63) / 64;
+    u64 *planes = malloc(sizeof(u64) * (size_t)(2 * nplanes * blocks * 64));
+    uint32_t *counts = malloc(sizeof(uint32_t) * (size_t)(2 * blocks * 64));
     if (!planes || !counts) {
         free(planes);
         free(counts);
         return -1;
     }
-    u64 *pl = planes, *pr = planes + nplanes * w;
-    uint32_t *cl = counts, *cr = counts + w;
+    u64 *pl = planes, *pr = planes + nplanes * blocks * 64;
+    uint32_t *cl = counts, *cr = counts + blocks * 64;
     for (i64 g = 0; g < groups; ++g) {
         i64 lanes = chains - 64 * g < 64 ? chains - 64 * g : 64;
         for (i64 b = 0; b < batch; ++b) {
@@ -624,11 +697,11 @@ int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 
                 int left = LEFT[r % 2], right = RIGHT[r % 2];
                 u64 flip_left = left >= WE ? (u64)gauge[b] : 0;
                 u64 flip_right = right >= WE ? (u64)gauge[b] : 0;
-                plane_major(src[left] + base, w, stride, nplanes, flip_left, pl);
-                plane_major(src[right] + base, w, stride, nplanes, flip_right, pr);
+                transpose_row(src[left] + base, w, stride, nplanes, flip_left, pl);
+                transpose_row(src[right] + base, w, stride, nplanes, flip_right, pr);
                 for (int lane = 0; lane < lanes; ++lane) {
-                    lane_counts(pl, w, nplanes, lane, cl);
-                    lane_counts(pr, w, nplanes, lane, cr);
+                    lane_counts(pl, blocks, nplanes, lane, cl);
+                    lane_counts(pr, blocks, nplanes, lane, cr);
                     i64 at = ((64 * g + lane) * batch + b) * sites + r * width;
                     if (is_double) {
                         double *o = (double *)out + at;

@@ -1,10 +1,12 @@
 """The multi-spin engine's fused native kernel (``multispin.c``): sweeps and measurements in C.
 
 Sweeps run with POSIX threads over (word plane, quarter row) tasks, one generator stream per
-task, so results do not depend on the thread count. A measurement is one pass over the packed
-words: per replica the number of unsatisfied bonds (four per black site, so every bond once),
-of down spins (white spins through the gauge) and of flipped spins in the last sweep, counted
-with bit-sliced counters; the same pass adds the down spins to per-site bit-sliced counters.
+task, so results do not depend on the thread count. A measurement counts per replica the
+unsatisfied bonds (every bond once), the down spins (white spins through the gauge) and the
+flipped spins of the last sweep with bit-sliced counters, and stores the down spins for the
+per-site bit-sliced counters. After recorded sweeps (those that precede measurements) all of it
+happens in the white half of the last sweep, row by row while the rows are in cache; otherwise
+it is one pass over the packed words.
 """
 
 from __future__ import annotations
@@ -14,17 +16,18 @@ import math
 import torch
 from torch import Tensor
 
-from spinformer.physics.models import IsingModel
 from spinformer.physics.montecarlo.build import native_library, native_unavailable_reason
 from spinformer.physics.montecarlo.multispin.common import (
     DIGITS,
     LAGS,
+    Acceptance,
     MultispinEngine,
 )
 
 __all__ = ["NativeMultispin"]
 
-_NATIVE_COUNTER_PLANES = 16
+_NATIVE_COUNTER_PLANES = 8  # one cache line per site word; 16 once 248 measurements are in
+_WIDE_COUNTER_PLANES = 16
 _SLOTS = 8
 _SLOT_PAD = 8  # must match SLOT_PAD in multispin.c
 
@@ -35,24 +38,9 @@ class NativeMultispin(MultispinEngine):
     # sample() unpacks the final state and the site means only when they are read
     deferred_results = True
 
-    def __init__(
-        self,
-        model: IsingModel,
-        state: Tensor | str,
-        generator: torch.Generator | None,
-        chains: int | None = None,
-        lazy: int | None = None,
-    ):
-        library = native_library() if model.device.type == "cpu" else None
-        if library is None:
-            reason = (
-                f"device {model.device}"
-                if model.device.type != "cpu"
-                else native_unavailable_reason()
-            )
-            raise RuntimeError(f"the native multispin kernel cannot run: {reason}")
-        self.native = library
-        super().__init__(model, state, generator, chains, lazy)
+    def _ready(self) -> None:
+        """The measurements' state and the kernel's buffers."""
+        super()._ready()
         self.totals: Tensor | None = None  # (chains, *batch, N): Σ σ_i of flushed counters
         batch = max(1, math.prod(self.batch_shape))
         # per replica: unsatisfied bonds, down spins, flips of the last sweep
@@ -70,21 +58,26 @@ class NativeMultispin(MultispinEngine):
         self.flip_counts = torch.zeros(self.groups * batch * 64, dtype=torch.int64)
         self.flips_counted = False
         self.keep_flip_masks = False
+        self.measured = False  # the last sweep counted the state and wrote its slot
 
-    def _setup(
-        self,
-        d1: list[Tensor],
-        q1: Tensor,
-        d0: list[Tensor],
-        q0: Tensor,
-        generator: torch.Generator | None,
-    ) -> None:
-        """Per-batch acceptance digits and one generator stream per (plane, quarter row)."""
+    def _setup(self, acceptance: Acceptance, generator: torch.Generator | None) -> None:
+        """Per-batch acceptance digits and one generator stream per (plane, quarter row);
+        refused (RuntimeError) where the kernel cannot run."""
+        model = self.model
+        library = native_library() if model.device.type == "cpu" else None
+        if library is None:
+            reason = (
+                f"device {model.device}"
+                if model.device.type != "cpu"
+                else native_unavailable_reason()
+            )
+            raise RuntimeError(f"the native multispin kernel cannot run: {reason}")
+        self.native = library
         self.native_digits = (
-            torch.stack(d1, -1).reshape(-1, DIGITS).contiguous(),
-            torch.stack(d0, -1).reshape(-1, DIGITS).contiguous(),
-            q1.reshape(-1).contiguous(),
-            q0.reshape(-1).contiguous(),
+            torch.stack(acceptance.d1, -1).reshape(-1, DIGITS).contiguous(),
+            torch.stack(acceptance.d0, -1).reshape(-1, DIGITS).contiguous(),
+            acceptance.q1.reshape(-1).contiguous(),
+            acceptance.q0.reshape(-1).contiguous(),
         )
         streams = self.groups * math.prod(self.batch_shape) * (self.rows // 2)
         r, _ = LAGS
@@ -96,7 +89,11 @@ class NativeMultispin(MultispinEngine):
         self.native_position = torch.full((streams,), r, dtype=torch.int64)  # refill first
 
     def sweep(self, count: int = 1, record: bool = True) -> None:
+        """``count`` sweeps; with ``record`` the last one also counts its flips and measures
+        the state it leaves (bit counts and the slot of the per-site sums, see
+        :meth:`measure`) while its rows are in cache."""
         quarters = (self.be, self.bo, self.we, self.wo)
+        measure = record and count > 0
         keep = record and self.keep_flip_masks
         if keep and self.flip_buffers is None:
             self.flip_buffers = tuple(torch.empty_like(q) for q in quarters)
@@ -119,12 +116,16 @@ class NativeMultispin(MultispinEngine):
             self.flip_counts.data_ptr() if record else None,
             count,
             torch.get_num_threads(),
+            self.counts.data_ptr() if measure else None,
+            self.gauge_words.data_ptr(),
+            self.slots[self.pending % _SLOTS].data_ptr() if measure else None,
         )
         if status:
             raise MemoryError("the native multispin kernel could not allocate its buffers")
         self.last_flips = flips
         self.flips_counted = record
         self.counted_state = False
+        self.measured = measure
 
     def acceptance(self) -> Tensor:
         """Mean flipped fraction per chain, estimated on the sweeps that preceded measurements."""
@@ -132,14 +133,28 @@ class NativeMultispin(MultispinEngine):
         return (flipped / max(self.accepted_sweeps, 1)).to(self.model.dtype)
 
     def _new_counter(self) -> Tensor:
-        """(4, *quarter, 16) counter planes per site, and 8 slots of (4, *quarter) recent
-        states (see ``multispin.c``); flushed every 65528 measurements (in practice once)."""
+        """(4, *quarter, 8) counter planes per site (one cache line), and 8 slots of
+        (4, *quarter) recent states (see ``multispin.c``); after 248 measurements the counter
+        is widened to 16 planes, moved into ``totals`` every 65528. Neither is cleared: every
+        slot is written before it is folded (unused ones zeroed at the end), and the first
+        fold into an empty counter overwrites it."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
-        # every slot is written before it is folded (unused ones zeroed at the end)
+        self.counter_empty = True
         # slot-major, each slot padded by _SLOT_PAD words (a stride off the page size)
         self.slots = torch.empty(_SLOTS, 4 * self.be.numel() + _SLOT_PAD, dtype=torch.int64)
         shape = (4, *self.be.shape, self.counter_planes)
-        return torch.zeros(shape, dtype=torch.int64, device=self.be.device)
+        return torch.empty(shape, dtype=torch.int64, device=self.be.device)
+
+    def _fold(self) -> None:
+        """Fold the slots into the per-site counters (the unused slots must be zero)."""
+        self.native.spf_multispin_fold(
+            self.slots.data_ptr(),
+            self.counter.data_ptr(),
+            4 * self.be.numel(),
+            self.counter_planes,
+            self.counter_empty,
+        )
+        self.counter_empty = False
 
     def _count(self, counters: bool, flips: bool = True) -> None:
         """One kernel pass: energy and magnetization per replica into ``values`` (and the
@@ -156,7 +171,6 @@ class NativeMultispin(MultispinEngine):
             self.gauge_words.data_ptr(),
             *(None,) * 4,
             self.slots.data_ptr() if counters else None,
-            self.counter.data_ptr(),
             self.pending % _SLOTS,
             self.counts.data_ptr(),
             self.scale.data_ptr(),
@@ -169,8 +183,22 @@ class NativeMultispin(MultispinEngine):
 
     def measure(self) -> tuple[Tensor, Tensor]:
         """Energy E = −|J|(2N − 2·unsatisfied) and magnetization 1 − 2·down/N from bit counts;
-        the same pass adds the state to the per-site counters (see :meth:`accumulate`)."""
-        self._count(counters=not self.counted_state)
+        the same pass adds the state to the per-site counters (see :meth:`accumulate`). After
+        a recorded sweep the counts are the sweep's own, so no pass is needed."""
+        if self.measured:
+            flips = self.flip_counts.data_ptr() if self.flips_counted else None
+            self.native.spf_multispin_values(
+                self.counts.data_ptr(),
+                self.counts.shape[2] * self.groups,
+                self.be.shape[-2],
+                self.be.shape[-1],
+                self.gauge_words.numel(),
+                self.scale.data_ptr(),
+                self.values.data_ptr(),
+                flips,
+            )
+        else:
+            self._count(counters=not self.counted_state)
         if not self.counted_state:
             self.counted_state = True
             self._counted()
@@ -184,7 +212,8 @@ class NativeMultispin(MultispinEngine):
         """Add the current spins to the per-site counters, once per state (:meth:`measure`
         already does it in its pass)."""
         if not self.counted_state:
-            self._count(counters=True, flips=False)
+            if not self.measured:  # else the sweep wrote the state's slot
+                self._count(counters=True, flips=False)
             self.counted_state = True
             self._counted()
 
@@ -223,23 +252,31 @@ class NativeMultispin(MultispinEngine):
         """(Σ σ_i over the measurements since the last flush) / divisor; empties the counters."""
         if self.pending % _SLOTS:  # fold the partly filled slots, the unused ones zero
             self.slots[self.pending % _SLOTS :].zero_()
-            self.native.spf_multispin_fold(
-                self.slots.data_ptr(), self.counter.data_ptr(), 4 * self.be.numel()
-            )
+            self._fold()
+        if self.counter_empty:  # no measurement since the last flush
+            return torch.zeros(self.chains, *self.batch_shape, self.n, dtype=self.model.dtype)
         zero = torch.zeros_like(self.gauge_words)
         planes = max(1, self.pending.bit_length())  # the planes above hold zeros
         sums = self._unpack(
             tuple(self.counter), planes, self.counter_planes, 0, zero, self.pending / divisor,
             -2.0 / divisor,
         )  # fmt: skip
-        self.counter.zero_()
+        self.counter_empty = True
         self.pending = 0
         return sums
 
     def _counted(self) -> None:
         self.pending += 1
         self.measurements += 1
-        if self.pending == 2**self.counter_planes - _SLOTS:  # a multiple of the slots
+        if self.pending % _SLOTS == 0:
+            self._fold()
+        if self.pending < 2**self.counter_planes - _SLOTS:  # (a multiple of the slots)
+            return
+        if self.counter_planes < _WIDE_COUNTER_PLANES:  # a long run: wider, not unpacked
+            wide = self.counter.new_zeros(*self.counter.shape[:-1], _WIDE_COUNTER_PLANES)
+            wide[..., : self.counter_planes] = self.counter
+            self.counter, self.counter_planes = wide, _WIDE_COUNTER_PLANES
+        else:
             sums = self._site_sums(1.0)
             self.totals = sums if self.totals is None else self.totals + sums
 

@@ -15,7 +15,13 @@ import math
 import torch
 from torch import Tensor
 
-from spinformer.physics.montecarlo.multispin.common import DIGITS, LAGS, MAX63, MultispinEngine
+from spinformer.physics.montecarlo.multispin.common import (
+    DIGITS,
+    LAGS,
+    MAX63,
+    Acceptance,
+    MultispinEngine,
+)
 
 __all__ = ["TorchMultispin"]
 
@@ -54,16 +60,10 @@ class _LaggedFibonacci:
 class TorchMultispin(MultispinEngine):
     """The multi-spin engine's sweeps as torch operations (any device)."""
 
-    def _setup(
-        self,
-        d1: list[Tensor],
-        q1: Tensor,
-        d0: list[Tensor],
-        q0: Tensor,
-        generator: torch.Generator | None,
-    ) -> None:
+    def _setup(self, acceptance: Acceptance, generator: torch.Generator | None) -> None:
         """Acceptance digits as operations or masks, and generator lanes for the row chunks."""
         batch = self.batch_shape
+        d1, q1, d0, q0 = acceptance
         self.uniform = q1.ndim == 0
         view = (*batch, 1, 1)
         if self.uniform:  # scalar β, J: the digits select the operation

@@ -141,8 +141,14 @@ def check_overflow(x: Tensor, quantities: dict[str, Tensor]) -> None:
     Finite tokens can still overflow inside a module (fields |W x|², scores q·k, LayerNorm of
     entries near the dtype's maximum). Unchecked, the output would be NaN -- or 0, where a
     response like φ(θ) = βθ/(1 + √(1 + β²|θ|²/R²)) divides by an infinite norm -- or a solver
-    would reject its own start point under an internal name. One host sync for all quantities.
+    would reject its own start point under an internal name. One host sync for all quantities,
+    and one pass over each: a finite sum means every entry is finite (a NaN or ±inf entry makes
+    the sum NaN or ±inf); only a non-finite sum, which finite entries can also give by
+    overflowing, looks at the entries.
     """
+    sums = torch.stack([t.sum(dtype=x.dtype) for t in quantities.values()])
+    if bool(torch.isfinite(sums).all()):
+        return
     flags = torch.stack([torch.isfinite(t).all() for t in quantities.values()])
     if bool(flags.all()):
         return
@@ -169,18 +175,23 @@ def allowed_keys(
 
     Raises if some query row would have no allowed key (an empty Boltzmann ensemble).
     """
-    allowed = None
+    if padding_mask is None:  # a causal row keeps its own token
+        return _causal_mask(n, device) if causal else None
+    allowed = padding_mask[:, None, None, :]
     if causal:
-        allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
-    if padding_mask is not None:
-        keys = padding_mask[:, None, None, :]
-        allowed = keys if allowed is None else allowed & keys
-    if allowed is not None and n > 0 and not bool(allowed.any(-1).all()):
+        allowed = _causal_mask(n, device) & allowed
+    if n > 0 and not bool(allowed.any(-1).all()):
         raise ValueError(
             "the masks leave some query row with no key to attend to (e.g. a padded first token "
             "under a causal mask); every row must keep at least one key"
         )
     return allowed
+
+
+@functools.lru_cache(maxsize=16)
+def _causal_mask(n: int, device: torch.device) -> Tensor:
+    """Bool (1, 1, N, N), True for key j ≤ query i (built once per length and device)."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
 
 
 def softmax_couplings(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
@@ -288,33 +299,35 @@ class _CosineQueriesKeys(torch.autograd.Function):
     that of v ↦ s v̂ is s (g − v̂ (g·v̂)/d)/rms(v)."""
 
     @staticmethod
-    def forward(
-        ctx, qk: Tensor, rotation: Tensor | None, temperature: Tensor
-    ) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, qk: Tensor, rotation: tuple[Tensor, Tensor] | None, temperature: Tensor
+    ) -> tuple[Tensor, Tensor]:
         n_heads, d = temperature.shape[0], qk.shape[-1]
         if rotation is not None:
-            qk = torch.view_as_real(_complex_pairs(qk) * rotation).flatten(-2)
+            qk = torch.view_as_real(_complex_pairs(qk) * rotation[0]).flatten(-2)
         inverse = _inverse_rms(qk)
-        scale = torch.cat([temperature / d, temperature.new_ones(n_heads)])[:, None, None]
-        out = qk * (inverse * scale)
-        ctx.save_for_backward(qk, inverse, scale, rotation)
-        return out[..., :n_heads, :, :], out[..., n_heads:, :, :]
+        scale = torch.cat([temperature / d, temperature.new_ones(n_heads)])[:, None]
+        coefficient = inverse * scale
+        q = qk[..., :n_heads, :] * coefficient[..., :n_heads, :]
+        k = qk[..., n_heads:, :] * coefficient[..., n_heads:, :]
+        ctx.save_for_backward(qk, inverse, coefficient)
+        ctx.rotation = rotation
+        return q, k
 
     @staticmethod
     def backward(ctx, grad_q: Tensor, grad_k: Tensor) -> tuple[Tensor | None, None, Tensor | None]:  # type: ignore[override]
-        rotated, inverse, scale, rotation = ctx.saved_tensors
-        grad = torch.cat([grad_q, grad_k], dim=-3)
-        coefficient = inverse * scale
+        rotated, inverse, coefficient = ctx.saved_tensors
+        grad = torch.cat([grad_q, grad_k], dim=-2)
         along = (rotated * grad).sum(-1, keepdim=True)
         grad_qk = grad_temperature = None
         if ctx.needs_input_grad[0]:
             radial = coefficient * inverse * inverse * along / rotated.shape[-1]
             grad_qk = torch.addcmul(grad * coefficient, rotated, radial, value=-1.0)
-            if rotation is not None:
-                grad_qk = torch.view_as_real(_complex_pairs(grad_qk) * rotation.conj()).flatten(-2)
+            if ctx.rotation is not None:
+                grad_qk = torch.view_as_real(_complex_pairs(grad_qk) * ctx.rotation[1]).flatten(-2)
         if ctx.needs_input_grad[2]:
-            n_heads = grad_q.shape[-3]
-            per_head = (along * inverse)[..., :n_heads, :, :].sum_to_size(n_heads, 1, 1)
+            n_heads = grad_q.shape[-2]
+            per_head = (along * inverse)[..., :n_heads, :].sum_to_size(n_heads, 1)
             grad_temperature = per_head.flatten() / rotated.shape[-1]
         return grad_qk, None, grad_temperature
 
@@ -329,19 +342,30 @@ def _complex_pairs(t: Tensor) -> Tensor:
     return torch.view_as_complex(pairs)
 
 
+@functools.lru_cache(maxsize=16)
+def _rotation_heads(
+    n: int, heads: int, d: int, base: float, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """The rotary phases e^{±i n θ_a} repeated over the heads, (N, heads, d/2) each, so that
+    a token-major (B, N, heads, d/2) product runs over contiguous rows."""
+    rotation = _rotation(n, d, base, device, dtype, True)[:, None].expand(n, heads, d // 2)
+    return rotation.contiguous(), rotation.conj().resolve_conj()
+
+
 def cosine_queries_keys(
     qk: Tensor, temperature: Tensor, rope: bool, base: float = 10_000.0
 ) -> tuple[Tensor, Tensor]:
-    """(q̂ τ/d, k̂) (B, H, N, d) from the queries and keys of H heads stacked as qk (B, 2H, N, d)
-    and the per-head τ (H,): their products are the scores τ cos(q_i, k_j) of
+    """(q̂ τ/d, k̂), each (B, N, H, d), from the queries and keys of H heads side by side, qk
+    (B, N, 2H, d), and the per-head τ (H,): their products are the scores τ cos(q_i, k_j) of
     :func:`cosine_couplings` (scale 1 in a fused attention call); ``rope`` rotates both first
     (:func:`rotary`). v̂ = v/rms(v) with torch's RMSNorm eps, so |v̂| = √d."""
     rotation = None
     if rope:
+        n, heads, d = qk.shape[-3:]
         if qk.dtype in (torch.float32, torch.float64):
-            rotation = _rotation(qk.shape[-2], qk.shape[-1], base, qk.device, qk.dtype, True)
+            rotation = _rotation_heads(n, heads, d, base, qk.device, qk.dtype)
         else:  # no complex type for half precision
-            qk = rotary(qk)
+            qk = rotary(qk.transpose(-3, -2)).transpose(-3, -2)
     return _CosineQueriesKeys.apply(qk, rotation, temperature)
 
 

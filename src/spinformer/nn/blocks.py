@@ -229,14 +229,16 @@ class SpinTransformerBlock(nn.Module):
         elif self.residual == "magnetization":
             stream = x.unflatten(-1, shape)
         if self.value is not None:
-            qk = split_heads(qk, 2 * self.n_heads)
+            qk = qk.unflatten(-1, (2 * self.n_heads, self.head_dim))
             if self.temperature is not None:
                 q, k = cosine_queries_keys(qk, self.temperature(), self.rope)
                 scale = 1.0
             else:
-                q, k = qk.chunk(2, dim=1)
-                q, k = (rotary(q), rotary(k)) if self.rope else (q, k)
+                q, k = qk.chunk(2, dim=-2)
                 scale = None  # 1/√d
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            if self.rope and self.temperature is None:
+                q, k = rotary(q), rotary(k)
             allowed = allowed_keys(x_norm.shape[1], self.causal, padding_mask, x_norm.device)
             start = vmf.phi_fused(v.unflatten(-1, shape), b, self.radius).transpose(1, 2)
             mixed = F.scaled_dot_product_attention(q, k, start, attn_mask=allowed, scale=scale)

@@ -326,10 +326,8 @@ class AttentionBlock(nn.Module):
         self.d_model = d_model
         self.attention = attention
         self.norm = nn.LayerNorm(d_model)
-        self.mlp = None
-        if ffn_mult:
-            self.norm2 = nn.LayerNorm(d_model)
-            self.mlp = feed_forward(d_model, ffn_mult)
+        mlp = (nn.LayerNorm(d_model), feed_forward(d_model, ffn_mult)) if ffn_mult else (None, None)
+        self.norm2, self.mlp = mlp
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False

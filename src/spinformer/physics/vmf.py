@@ -153,24 +153,24 @@ class _Phi(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, beta: Tensor, radius: float, stream: Tensor | None, *fields: Tensor) -> Tensor:  # type: ignore[override]
-        theta = fields[0]
-        for field in fields[1:]:
-            theta = theta + field
+        theta = fields[0] + fields[1] if len(fields) > 1 else fields[0]
+        for field in fields[2:]:
+            theta.add_(field)  # a fresh sum: accumulate in place
         scale = radial = None
         if stream is not None:
             carrier, gap, free = phi_inverse(stream, beta, radius, terms=True)
-            theta = theta + carrier
+            theta = theta.add_(carrier) if len(fields) > 1 else theta + carrier
             scale = 2.0 * radius**2 / (beta * gap)  # φ⁻¹(x) = scale·x
             # ∂scale/∂|x|² = scale/s, zero where the floor holds
             radial = torch.where(free, scale / gap, 0.0)
-        value, _, u = phi_terms(theta, beta, radius)
-        ctx.save_for_backward(theta, beta, u, stream, scale, radial)
+        value, norm2, u = phi_terms(theta, beta, radius)
+        ctx.save_for_backward(theta, beta, u, norm2, stream, scale, radial)
         ctx.radius, ctx.fields = radius, len(fields)
         return value
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        theta, beta, u, stream, scale, radial = ctx.saved_tensors
+        theta, beta, u, norm2, stream, scale, radial = ctx.saved_tensors
         r2 = ctx.radius**2
         one_u = 1.0 + u
         g = beta / one_u
@@ -180,7 +180,6 @@ class _Phi(torch.autograd.Function):
         grad_beta = grad_stream = None
         if ctx.needs_input_grad[0]:
             # ∂φ/∂β = θ/(1+u) − βθ (∂u/∂β)/(1+u)², ∂u/∂β = β|θ|²/(R² u)
-            norm2 = (theta * theta).sum(-1, keepdim=True)
             dphi = 1.0 / one_u - beta * beta * norm2 / (r2 * u * one_u * one_u)
             grad_beta = dphi * along
         if stream is not None:

@@ -146,7 +146,8 @@ class _Phi(torch.autograd.Function):
     products in closed form (fewer kernels and saved tensors than autograd's chain through the
     sums, the norms, the square root and the divisions).
 
-    φ: ∂φ/∂θ = g 1 + (g'/r) θθᵀ with g = β/(1 + u), g'/r = −β³/(R² u (1 + u)²).
+    φ: ∂φ/∂θ = g 1 + (g'/r) θθᵀ with g = β/(1 + u), g'/r = −β³/(R² u (1 + u)²), and
+    ∂φ/∂β = θ/(u (1 + u)).
     φ⁻¹(x) = a x with a = 2R²/(β s), s = R² − |x|² (floored): ∂/∂x = a 1 + (2a/s) x xᵀ (zero
     second term where the floor holds), ∂/∂β = −φ⁻¹(x)/β.
     """
@@ -163,25 +164,24 @@ class _Phi(torch.autograd.Function):
             scale = 2.0 * radius**2 / (beta * gap)  # φ⁻¹(x) = scale·x
             # ∂scale/∂|x|² = scale/s, zero where the floor holds
             radial = torch.where(free, scale / gap, 0.0)
-        value, norm2, u = phi_terms(theta, beta, radius)
-        ctx.save_for_backward(theta, beta, u, norm2, stream, scale, radial)
+        value, _, u = phi_terms(theta, beta, radius)
+        ctx.save_for_backward(theta, beta, u, stream, scale, radial)
         ctx.radius, ctx.fields = radius, len(fields)
         return value
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        theta, beta, u, norm2, stream, scale, radial = ctx.saved_tensors
-        r2 = ctx.radius**2
+        theta, beta, u, stream, scale, radial = ctx.saved_tensors
         one_u = 1.0 + u
+        # with β²|θ|²/R² = u² − 1: ∂φ/∂β = θ w and g'/r = −g w β²/R², w = 1/(u(1 + u))
+        w = torch.reciprocal(u * one_u)
         g = beta / one_u
-        gr = -(beta**3) / (r2 * u * one_u * one_u)
         along = (theta * grad).sum(-1, keepdim=True)
-        grad_theta = torch.addcmul(grad * g, theta, gr * along)
-        grad_beta = grad_stream = None
-        if ctx.needs_input_grad[0]:
-            # ∂φ/∂β = θ/(1+u) − βθ (∂u/∂β)/(1+u)², ∂u/∂β = β|θ|²/(R² u)
-            dphi = 1.0 / one_u - beta * beta * norm2 / (r2 * u * one_u * one_u)
-            grad_beta = dphi * along
+        grad_theta = torch.addcmul(
+            grad * g, theta, g * w * (beta * beta / -(ctx.radius**2)) * along
+        )
+        grad_beta = w * along if ctx.needs_input_grad[0] else None
+        grad_stream = None
         if stream is not None:
             across = (stream * grad_theta).sum(-1, keepdim=True)
             if ctx.needs_input_grad[2]:

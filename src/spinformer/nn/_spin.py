@@ -256,8 +256,8 @@ def _inverse_rms(x: Tensor) -> Tensor:
 
 class _HeadRMS(torch.autograd.Function):
     """y = g ⊙ x/rms(x) per head, x (..., H, d), g (H, d), with the closed-form backward
-    ∂L/∂x = (ĝ − x̂ (ĝ·x̂)/d)/rms(x), ĝ = g ⊙ ∂L/∂y, x̂ = x/rms(x) (one saved tensor, no chain
-    of autograd nodes through the mean, the root and the products)."""
+    ∂L/∂x = (ĝ − x̂ (ĝ·x̂)/d)/rms(x), ĝ = g ⊙ ∂L/∂y, x̂ = x/rms(x) (one autograd node instead of
+    a chain through the mean, the root and the products)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]

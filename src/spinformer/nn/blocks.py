@@ -207,11 +207,12 @@ class SpinTransformerBlock(nn.Module):
         self, x: Tensor, x_norm: Tensor, beta: Tensor, padding_mask: Tensor | None
     ) -> Tensor:
         """m(1) = φ(h + J m(0)) (B, N, H, d) without forming J: Σ_j J_ij m_j(0) is softmax
-        attention with m(0) as values (torch's fused scaled-dot-product attention); W_F, W_Q,
-        W_K, W_V act as one matrix product, every per-head quantity stays in the token-major
-        layout (B, N, H, d) of that product, and the field sum, the stream's carrier and φ are
-        one closed-form autograd node (:func:`~spinformer.physics.vmf.phi_fused`): the numbers
-        of the general path up to rounding."""
+        attention with m(0) as values (torch's fused scaled-dot-product attention). W_F, W_Q,
+        W_K, W_V act as one matrix product, whose token-major layout (B, N, H, d) every per-head
+        quantity keeps; the cosine queries and keys (:func:`cosine_queries_keys`) and the field
+        sum with the stream's carrier and φ (:func:`~spinformer.physics.vmf.phi_fused`) are
+        single autograd nodes with closed-form backwards. The numbers of the general path up
+        to rounding."""
         width, shape = self.d_model, (self.n_heads, self.head_dim)
         b = beta[:, None]  # per head, against (B, N, H, d)
         fields, stream = [], None

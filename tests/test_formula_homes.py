@@ -170,6 +170,30 @@ def test_phi_fused_backward_is_the_autograd_backward():
     torch.testing.assert_close(vmf.phi_fused(theta, beta, 2.0), vmf.phi(theta, beta, 2.0))
 
 
+def test_phi_fused_with_fields_and_stream_is_phi_of_the_summed_field():
+    # φ(θ + h + φ⁻¹(x)) with the closed-form backward, against autograd through vmf.phi
+    g = torch.Generator().manual_seed(4)
+    radius = vmf.transformer_radius(6)
+    theta, field = (torch.randn(2, 5, 3, 6, generator=g, dtype=F64) for _ in range(2))
+    stream = 0.9 * radius * torch.tanh(torch.randn(2, 5, 3, 6, generator=g, dtype=F64)) / 6**0.5
+    stream[0, 0, 0] *= radius / stream[0, 0, 0].norm()  # saturated: R² − |x|² at its floor
+    beta = torch.rand(3, 1, generator=g, dtype=F64).add(0.5)
+    inputs = [t.requires_grad_() for t in (theta, field, stream[1:], beta)]
+    torch.autograd.gradcheck(
+        lambda t, h, x, b: vmf.phi_fused(t, b, radius, h, stream=x),
+        [t[1:] for t in inputs[:2]] + inputs[2:],
+    )
+    stream.requires_grad_()
+    fused = vmf.phi_fused(theta, beta, radius, field, stream=stream)
+    plain = vmf.phi(theta + field + vmf.phi_inverse(stream, beta, radius), beta, radius)
+    torch.testing.assert_close(fused, plain, rtol=1e-14, atol=1e-14)
+    gy = torch.randn(plain.shape, generator=g, dtype=F64)
+    wrt = (theta, field, stream, beta)
+    torch.testing.assert_close(
+        torch.autograd.grad(fused, wrt, gy), torch.autograd.grad(plain, wrt, gy)
+    )
+
+
 def test_nn_tap_reaction_is_the_physics_reaction(monkeypatch):
     """MeanFieldAttention's TAP term is onsager.large_d_reaction: β(D/2R²) m Σ_j J² b_j."""
     torch.manual_seed(2)

@@ -16,7 +16,13 @@ from spinformer.experiments.training import (
     training_comparison,
 )
 from spinformer.nn import SpinTransformer, SpinTransformerBlock, SpinTransformerConfig
-from spinformer.nn._spin import HeadRMSNorm, cosine_couplings, split_heads
+from spinformer.nn._spin import (
+    HeadRMSNorm,
+    cosine_couplings,
+    cosine_queries_keys,
+    rotary,
+    split_heads,
+)
 from spinformer.nn.model import BLOCK_FACTORIES
 from spinformer.train import MODELS, TrainConfig, build_model, make_task, parameter_count
 
@@ -82,6 +88,60 @@ def test_one_step_fast_path_equals_the_general_relaxation(causal):
     general, state = block(x, mask, return_state=True)  # forms J and relaxes one step
     torch.testing.assert_close(fast, general, rtol=1e-12, atol=1e-12)
     assert state.couplings is not None and int(state.iterations.max()) == 1
+
+
+@pytest.mark.parametrize("residual", ["field", "magnetization"])
+def test_one_step_fast_path_gradients_equal_the_general_relaxation(residual):
+    # the closed-form backward of the fast path against autograd through the general path
+    torch.manual_seed(5)
+    block = SpinTransformerBlock(12, 2, steps=1, causal=True, rope=True, residual=residual)
+    block = block.double()
+    x = _tokens(7)
+    if residual == "magnetization":  # a stream of magnetizations, |x| < R per head
+        x = 0.5 * block.radius * torch.tanh(x)
+    x.requires_grad_()
+    grads = []
+    for return_state in (False, True):  # fast path, then the general path
+        out = block(x, return_state=return_state)
+        out = out[0] if return_state else out
+        params = [x, *block.parameters()]
+        grads.append(torch.autograd.grad(out.sin().sum(), params))
+    for fast, general in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, general, rtol=1e-10, atol=1e-12)
+
+
+def test_head_rms_norm_backward_is_the_autograd_backward():
+    g = torch.Generator().manual_seed(8)
+    norm = HeadRMSNorm(3, 4, 1.0).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(12, generator=g, dtype=F64))
+    x = torch.randn(2, 5, 12, generator=g, dtype=F64, requires_grad=True)
+    torch.autograd.gradcheck(norm, (x,))
+    # against torch's RMSNorm per head, times the gain
+    unfused = (
+        torch.nn.functional.rms_norm(
+            x.unflatten(-1, (3, 4)), (4,), eps=torch.finfo(F64).eps
+        ).flatten(-2)
+        * norm.weight
+    )
+    torch.testing.assert_close(norm(x), unfused, rtol=1e-14, atol=1e-14)
+    gy = torch.randn(2, 5, 12, generator=g, dtype=F64)
+    expected = torch.autograd.grad(unfused, (x, norm.weight), gy)
+    torch.testing.assert_close(torch.autograd.grad(norm(x), (x, norm.weight), gy), expected)
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_cosine_queries_keys_give_the_cosine_couplings_with_their_backward(rope):
+    g = torch.Generator().manual_seed(9)
+    qk = torch.randn(2, 5, 6, 4, generator=g, dtype=F64, requires_grad=True)  # (B, N, 2H, d)
+    tau = torch.rand(3, generator=g, dtype=F64).add(0.5).requires_grad_()
+    torch.autograd.gradcheck(lambda t, s: cosine_queries_keys(t, s, rope), (qk, tau))
+    q, k = (t.transpose(1, 2) for t in cosine_queries_keys(qk, tau, rope))
+    scores = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+    q0, k0 = (t.transpose(1, 2) for t in qk.chunk(2, dim=2))
+    if rope:
+        q0, k0 = rotary(q0), rotary(k0)
+    torch.testing.assert_close(scores, cosine_couplings(q0, k0, tau, None), rtol=1e-12, atol=0)
 
 
 def test_magnetization_stream_block_with_no_other_field_returns_its_input():

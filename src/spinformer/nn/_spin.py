@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinformer._validation import check_finite, check_positive_int, describe
@@ -27,6 +26,7 @@ __all__ = [
     "check_heads",
     "check_tokens",
     "cosine_couplings",
+    "cosine_queries_keys",
     "softmax_couplings",
 ]
 
@@ -141,8 +141,14 @@ def check_overflow(x: Tensor, quantities: dict[str, Tensor]) -> None:
     Finite tokens can still overflow inside a module (fields |W x|², scores q·k, LayerNorm of
     entries near the dtype's maximum). Unchecked, the output would be NaN -- or 0, where a
     response like φ(θ) = βθ/(1 + √(1 + β²|θ|²/R²)) divides by an infinite norm -- or a solver
-    would reject its own start point under an internal name. One host sync for all quantities.
+    would reject its own start point under an internal name. One host sync for all quantities,
+    and one pass over each: a finite sum means every entry is finite (a NaN or ±inf entry makes
+    the sum NaN or ±inf); only a non-finite sum, which finite entries can also give by
+    overflowing, looks at the entries.
     """
+    sums = torch.stack([t.sum(dtype=x.dtype) for t in quantities.values()])
+    if bool(torch.isfinite(sums).all()):
+        return
     flags = torch.stack([torch.isfinite(t).all() for t in quantities.values()])
     if bool(flags.all()):
         return
@@ -169,18 +175,23 @@ def allowed_keys(
 
     Raises if some query row would have no allowed key (an empty Boltzmann ensemble).
     """
-    allowed = None
+    if padding_mask is None:  # a causal row keeps its own token
+        return _causal_mask(n, device) if causal else None
+    allowed = padding_mask[:, None, None, :]
     if causal:
-        allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
-    if padding_mask is not None:
-        keys = padding_mask[:, None, None, :]
-        allowed = keys if allowed is None else allowed & keys
-    if allowed is not None and n > 0 and not bool(allowed.any(-1).all()):
+        allowed = _causal_mask(n, device) & allowed
+    if n > 0 and not bool(allowed.any(-1).all()):
         raise ValueError(
             "the masks leave some query row with no key to attend to (e.g. a padded first token "
             "under a causal mask); every row must keep at least one key"
         )
     return allowed
+
+
+@functools.lru_cache(maxsize=16)
+def _causal_mask(n: int, device: torch.device) -> Tensor:
+    """Bool (1, 1, N, N), True for key j ≤ query i (built once per length and device)."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
 
 
 def softmax_couplings(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
@@ -237,6 +248,37 @@ def _rotation(
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
+def _inverse_rms(x: Tensor) -> Tensor:
+    """1/rms(x) = 1/√(|x|²/d + eps) over the last axis of width d (eps of the dtype, as torch's
+    RMSNorm), keeping that axis as size one."""
+    return torch.rsqrt((x * x).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
+
+
+class _HeadRMS(torch.autograd.Function):
+    """y = g ⊙ x/rms(x) per head, x (..., H, d), g (H, d), with the closed-form backward
+    ∂L/∂x = (ĝ − x̂ (ĝ·x̂)/d)/rms(x), ĝ = g ⊙ ∂L/∂y, x̂ = x/rms(x) (one autograd node instead of
+    a chain through the mean, the root and the products)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+        inverse = _inverse_rms(x)
+        normed = x * inverse
+        ctx.save_for_backward(normed, inverse, weight)
+        return normed * weight
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        normed, inverse, weight = ctx.saved_tensors
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            scaled = grad * weight
+            along = (scaled * normed).mean(-1, keepdim=True)
+            grad_x = torch.addcmul(scaled, normed, along, value=-1.0) * inverse
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad * normed).sum_to_size(weight.shape)
+        return grad_x, grad_weight
+
+
 class HeadRMSNorm(nn.Module):
     """x̂ = g ⊙ x_h/rms(x_h) per head h of width d, the gain g starting at R/√d so |x̂_h| = R."""
 
@@ -246,9 +288,85 @@ class HeadRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.full((n_heads * head_dim,), radius / math.sqrt(head_dim)))
 
     def forward(self, x: Tensor) -> Tensor:
-        heads = x.unflatten(-1, (self.n_heads, self.head_dim))
-        normed = F.rms_norm(heads, (self.head_dim,), eps=torch.finfo(x.dtype).eps)
-        return normed.flatten(-2) * self.weight
+        shape = (self.n_heads, self.head_dim)
+        return _HeadRMS.apply(x.unflatten(-1, shape), self.weight.view(shape)).flatten(-2)
+
+
+class _CosineQueriesKeys(torch.autograd.Function):
+    """Queries and keys of cosine couplings for one fused attention call: per head q̂ τ/d and k̂
+    with v̂ = v/rms(v) = √d v/|v| (so q̂·k̂ τ/d = τ cos(q, k)), after an optional rotary rotation.
+    The vector-Jacobian products in closed form: the rotation's is the opposite rotation, and
+    that of v ↦ s v̂ is s (g − v̂ (g·v̂)/d)/rms(v)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, qk: Tensor, rotation: tuple[Tensor, Tensor] | None, temperature: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        n_heads, d = temperature.shape[0], qk.shape[-1]
+        if rotation is not None:
+            qk = torch.view_as_real(_complex_pairs(qk) * rotation[0]).flatten(-2)
+        inverse = _inverse_rms(qk)
+        scale = torch.cat([temperature / d, temperature.new_ones(n_heads)])[:, None]
+        coefficient = inverse * scale
+        q = qk[..., :n_heads, :] * coefficient[..., :n_heads, :]
+        k = qk[..., n_heads:, :] * coefficient[..., n_heads:, :]
+        ctx.save_for_backward(qk, inverse, coefficient)
+        ctx.rotation = rotation
+        return q, k
+
+    @staticmethod
+    def backward(ctx, grad_q: Tensor, grad_k: Tensor) -> tuple[Tensor | None, None, Tensor | None]:  # type: ignore[override]
+        rotated, inverse, coefficient = ctx.saved_tensors
+        grad = torch.cat([grad_q, grad_k], dim=-2)
+        along = (rotated * grad).sum(-1, keepdim=True)
+        grad_qk = grad_temperature = None
+        if ctx.needs_input_grad[0]:
+            radial = coefficient * inverse * inverse * along / rotated.shape[-1]
+            grad_qk = torch.addcmul(grad * coefficient, rotated, radial, value=-1.0)
+            if ctx.rotation is not None:
+                grad_qk = torch.view_as_real(_complex_pairs(grad_qk) * ctx.rotation[1]).flatten(-2)
+        if ctx.needs_input_grad[2]:
+            n_heads = grad_q.shape[-2]
+            per_head = (along * inverse)[..., :n_heads, :].sum_to_size(n_heads, 1)
+            grad_temperature = per_head.flatten() / rotated.shape[-1]
+        return grad_qk, None, grad_temperature
+
+
+def _complex_pairs(t: Tensor) -> Tensor:
+    """Channel pairs (2a, 2a+1) of t (..., d) as complex numbers (..., d/2), a view where the
+    layout allows."""
+    pairs = t.unflatten(-1, (-1, 2))
+    strides = pairs.stride()
+    if strides[-1] != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in strides[:-1]):
+        pairs = pairs.contiguous()
+    return torch.view_as_complex(pairs)
+
+
+@functools.lru_cache(maxsize=16)
+def _rotation_heads(
+    n: int, heads: int, d: int, base: float, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """The rotary phases e^{±i n θ_a} repeated over the heads, (N, heads, d/2) each, so that
+    a token-major (B, N, heads, d/2) product runs over contiguous rows."""
+    rotation = _rotation(n, d, base, device, dtype, True)[:, None].expand(n, heads, d // 2)
+    return rotation.contiguous(), rotation.conj().resolve_conj()
+
+
+def cosine_queries_keys(
+    qk: Tensor, temperature: Tensor, rope: bool, base: float = 10_000.0
+) -> tuple[Tensor, Tensor]:
+    """(q̂ τ/d, k̂), each (B, N, H, d), from the queries and keys of H heads side by side, qk
+    (B, N, 2H, d), and the per-head τ (H,): their products are the scores τ cos(q_i, k_j) of
+    :func:`cosine_couplings` (scale 1 in a fused attention call); ``rope`` rotates both first
+    (:func:`rotary`). v̂ = v/rms(v) with torch's RMSNorm eps, so |v̂| = √d."""
+    rotation = None
+    if rope:
+        n, heads, d = qk.shape[-3:]
+        if qk.dtype in (torch.float32, torch.float64):
+            rotation = _rotation_heads(n, heads, d, base, qk.device, qk.dtype)
+        else:  # no complex type for half precision
+            qk = rotary(qk.transpose(-3, -2)).transpose(-3, -2)
+    return _CosineQueriesKeys.apply(qk, rotation, temperature)
 
 
 def feed_forward(d_model: int, ffn_mult: int) -> nn.Sequential:

@@ -51,6 +51,7 @@ from spinformer.nn._spin import (
     check_steps,
     check_tokens,
     cosine_couplings,
+    cosine_queries_keys,
     feed_forward,
     field_scale,
     merge_heads,
@@ -203,31 +204,47 @@ class SpinTransformerBlock(nn.Module):
         return field if carrier is None else field + carrier
 
     def _one_step(
-        self, x: Tensor, x_norm: Tensor, b: Tensor, beta: Tensor, padding_mask: Tensor | None
+        self, x: Tensor, x_norm: Tensor, beta: Tensor, padding_mask: Tensor | None
     ) -> Tensor:
-        """m(1) = φ(h + J m(0)) without forming J: Σ_j J_ij m_j(0) is softmax attention with
-        m(0) as values (torch's fused scaled-dot-product attention), and W_F, W_Q, W_K, W_V act
-        as one matrix product; the numbers of the general path up to rounding."""
+        """m(1) = φ(h + J m(0)) (B, N, H, d) without forming J: Σ_j J_ij m_j(0) is softmax
+        attention with m(0) as values (torch's fused scaled-dot-product attention). W_F, W_Q,
+        W_K, W_V act as one matrix product, whose token-major layout (B, N, H, d) every per-head
+        quantity keeps; the cosine queries and keys (:func:`cosine_queries_keys`) and the field
+        sum with the stream's carrier and φ (:func:`~spinformer.physics.vmf.phi_fused`) are
+        single autograd nodes with closed-form backwards. The numbers of the general path up
+        to rounding."""
+        width, shape = self.d_model, (self.n_heads, self.head_dim)
+        b = beta[:, None]  # per head, against (B, N, H, d)
+        fields, stream = [], None
         if self.value is None:  # J m(0) = 0: the couplings drop out
-            return vmf.phi_fused(self._field(x, x_norm, self.field(x_norm), beta), b, self.radius)
-        weight = torch.cat([self.field.weight, self.query.weight, self.key.weight,
-                            self.value.weight])  # fmt: skip
-        linear, q, k, v = F.linear(x_norm, weight).chunk(4, dim=-1)
-        field = self._field(x, x_norm, linear, beta)
-        allowed = allowed_keys(x_norm.shape[1], self.causal, padding_mask, x_norm.device)
-        q, k = split_heads(q, self.n_heads), split_heads(k, self.n_heads)
-        if self.rope:
-            q, k = rotary(q), rotary(k)
-        scale = None  # 1/√d
-        if self.temperature is not None:
-            # cos(q, k) = rms(q)·rms(k)/d with rms(v) = v/√(|v|²/d) (torch's fused RMSNorm)
-            d, eps = self.head_dim, torch.finfo(q.dtype).eps
-            tau = self.temperature()[:, None, None] / d
-            q = F.rms_norm(q, (d,), eps=eps) * tau
-            k, scale = F.rms_norm(k, (d,), eps=eps), 1.0
-        start = vmf.phi_fused(split_heads(v, self.n_heads), b, self.radius)
-        mixed = F.scaled_dot_product_attention(q, k, start, attn_mask=allowed, scale=scale)
-        return vmf.phi_fused(field + mixed, b, self.radius)
+            fields.append(self.field(x_norm).unflatten(-1, shape))
+        else:
+            weight = torch.cat([self.field.weight, self.query.weight, self.key.weight,
+                                self.value.weight])  # fmt: skip
+            linear, qk, v = F.linear(x_norm, weight).split([width, 2 * width, width], dim=-1)
+            fields.append(linear.unflatten(-1, shape))
+        if self.ffn is not None:
+            fields.append(self.ffn(x_norm).unflatten(-1, shape))
+        if self.residual == "field":
+            fields.append(x.unflatten(-1, shape))
+        elif self.residual == "magnetization":
+            stream = x.unflatten(-1, shape)
+        if self.value is not None:
+            qk = qk.unflatten(-1, (2 * self.n_heads, self.head_dim))
+            if self.temperature is not None:
+                q, k = cosine_queries_keys(qk, self.temperature(), self.rope)
+                scale = 1.0
+            else:
+                q, k = qk.chunk(2, dim=-2)
+                scale = None  # 1/√d
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            if self.rope and self.temperature is None:
+                q, k = rotary(q), rotary(k)
+            allowed = allowed_keys(x_norm.shape[1], self.causal, padding_mask, x_norm.device)
+            start = vmf.phi_fused(v.unflatten(-1, shape), b, self.radius).transpose(1, 2)
+            mixed = F.scaled_dot_product_attention(q, k, start, attn_mask=allowed, scale=scale)
+            fields.append(mixed.transpose(1, 2))
+        return vmf.phi_fused(fields[0], b, self.radius, *fields[1:], stream=stream)
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
@@ -239,8 +256,8 @@ class SpinTransformerBlock(nn.Module):
         beta = self.beta()
         b = beta[:, None, None]
         if self.steps == 1 and self.order == 1 and not return_state:
-            m = self._one_step(x, x_norm, b, beta, padding_mask)
-            out = merge_heads(m) if self.out is None else x + self.out(merge_heads(m))
+            m = self._one_step(x, x_norm, beta, padding_mask).flatten(-2)
+            out = m if self.out is None else x + self.out(m)
             check_overflow(x, {"the block's output": out})
             return out
         field = self._field(x, x_norm, self.field(x_norm), beta)
@@ -310,10 +327,8 @@ class AttentionBlock(nn.Module):
         self.d_model = d_model
         self.attention = attention
         self.norm = nn.LayerNorm(d_model)
-        self.mlp = None
-        if ffn_mult:
-            self.norm2 = nn.LayerNorm(d_model)
-            self.mlp = feed_forward(d_model, ffn_mult)
+        mlp = (nn.LayerNorm(d_model), feed_forward(d_model, ffn_mult)) if ffn_mult else (None, None)
+        self.norm2, self.mlp = mlp
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False

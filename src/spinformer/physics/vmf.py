@@ -133,7 +133,7 @@ def phi_terms(theta: Tensor, beta: Tensor | float, radius: float) -> tuple[Tenso
     """(φ(θ), |θ|², u) with u = √(1 + β²|θ|²/R²), so φ = βθ/(1 + u) (``beta`` broadcast)."""
     norm2 = (theta * theta).sum(-1, keepdim=True)
     u = torch.sqrt(1.0 + beta * beta * norm2 / radius**2)
-    return beta * theta / (1.0 + u), norm2, u
+    return theta * (beta * torch.reciprocal(1.0 + u)), norm2, u
 
 
 def phi(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
@@ -142,49 +142,82 @@ def phi(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:
 
 
 class _Phi(torch.autograd.Function):
-    """φ with its vector-Jacobian product in closed form: ∂φ/∂θ = g 1 + (g'/r) θθᵀ with
-    g = β/(1 + u), g'/r = −β³/(R² u (1 + u)²) (fewer kernels than autograd's chain through the
-    norm, the square root and the division)."""
+    """φ(θ) of a summed local field θ = Σ fields [+ φ⁻¹(stream)], with the vector-Jacobian
+    products in closed form (fewer kernels and saved tensors than autograd's chain through the
+    sums, the norms, the square root and the divisions).
+
+    φ: ∂φ/∂θ = g 1 + (g'/r) θθᵀ with g = β/(1 + u), g'/r = −β³/(R² u (1 + u)²), and
+    ∂φ/∂β = θ/(u (1 + u)).
+    φ⁻¹(x) = a x with a = 2R²/(β s), s = R² − |x|² (floored): ∂/∂x = a 1 + (2a/s) x xᵀ (zero
+    second term where the floor holds), ∂/∂β = −φ⁻¹(x)/β.
+    """
 
     @staticmethod
-    def forward(ctx, theta: Tensor, beta: Tensor, radius: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, beta: Tensor, radius: float, stream: Tensor | None, *fields: Tensor) -> Tensor:  # type: ignore[override]
+        theta = fields[0] + fields[1] if len(fields) > 1 else fields[0]
+        for field in fields[2:]:
+            theta.add_(field)  # a fresh sum: accumulate in place
+        scale = radial = None
+        if stream is not None:
+            carrier, gap, free = phi_inverse(stream, beta, radius, terms=True)
+            theta = theta.add_(carrier) if len(fields) > 1 else theta + carrier
+            scale = 2.0 * radius**2 / (beta * gap)  # φ⁻¹(x) = scale·x
+            # ∂scale/∂|x|² = scale/s, zero where the floor holds
+            radial = torch.where(free, scale / gap, 0.0)
         value, _, u = phi_terms(theta, beta, radius)
-        ctx.save_for_backward(theta, beta, u)
-        ctx.radius = radius
+        ctx.save_for_backward(theta, beta, u, stream, scale, radial)
+        ctx.radius, ctx.fields = radius, len(fields)
         return value
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        theta, beta, u = ctx.saved_tensors
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        theta, beta, u, stream, scale, radial = ctx.saved_tensors
         one_u = 1.0 + u
+        # with β²|θ|²/R² = u² − 1: ∂φ/∂β = θ w and g'/r = −g w β²/R², w = 1/(u(1 + u))
+        w = torch.reciprocal(u * one_u)
         g = beta / one_u
-        gr = -(beta**3) / (ctx.radius**2 * u * one_u * one_u)
         along = (theta * grad).sum(-1, keepdim=True)
-        grad_theta = g * grad + (gr * along) * theta
-        grad_beta = None
-        if ctx.needs_input_grad[1]:
-            # ∂φ/∂β = θ/(1+u) − βθ (∂u/∂β)/(1+u)², ∂u/∂β = β|θ|²/(R² u)
-            norm2 = (theta * theta).sum(-1, keepdim=True)
-            dphi = 1.0 / one_u - beta * beta * norm2 / (ctx.radius**2 * u * one_u * one_u)
-            grad_beta = (dphi * along).sum_to_size(beta.shape)
-        return grad_theta, grad_beta, None
+        grad_theta = torch.addcmul(
+            grad * g, theta, g * w * (beta * beta / -(ctx.radius**2)) * along
+        )
+        grad_beta = w * along if ctx.needs_input_grad[0] else None
+        grad_stream = None
+        if stream is not None:
+            across = (stream * grad_theta).sum(-1, keepdim=True)
+            if ctx.needs_input_grad[2]:
+                grad_stream = torch.addcmul(grad_theta * scale, stream, 2.0 * radial * across)
+            if ctx.needs_input_grad[0]:
+                grad_beta = grad_beta - scale / beta * across
+        if grad_beta is not None:
+            grad_beta = grad_beta.sum_to_size(beta.shape)
+        return (grad_beta, None, grad_stream, *(grad_theta,) * ctx.fields)
 
 
-def phi_fused(theta: Tensor, beta: Tensor, radius: float) -> Tensor:
-    """φ(θ) (:func:`phi`) with a closed-form backward, for training: θ (..., D), ``beta`` a tensor
-    broadcastable against θ[..., :1]."""
-    return _Phi.apply(theta, beta, radius)
+def phi_fused(
+    theta: Tensor, beta: Tensor, radius: float, *fields: Tensor, stream: Tensor | None = None
+) -> Tensor:
+    """φ(θ + Σ fields + φ⁻¹(stream)) (:func:`phi`, :func:`phi_inverse`) with a closed-form
+    backward, for training: θ and the fields (..., D) (broadcasting to θ's shape), ``beta`` a
+    tensor broadcastable against θ[..., :1], ``stream`` magnetizations |x| < R (..., D) whose
+    conjugate field φ⁻¹(x) joins the local field."""
+    return _Phi.apply(beta, radius, stream, theta, *fields)
 
 
-def phi_inverse(m: Tensor, beta: Tensor | float, radius: float) -> Tensor:
+def phi_inverse(
+    m: Tensor, beta: Tensor | float, radius: float, terms: bool = False
+) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """θ = φ⁻¹(m) = 2R² m / (β (R² − |m|²)) for |m| < R (closed form of the inverse).
 
     A magnetization saturated to |m| = R by rounding keeps a finite field: R² − |m|² is floored
-    at R²·eps of the dtype (≈ 1e-7 relative in float32).
+    at R²·eps of the dtype (≈ 1e-7 relative in float32). ``terms=True`` returns (θ, the floored
+    R² − |m|², where it is above the floor), for a closed-form derivative.
     """
     r2 = radius**2
     norm2 = (m * m).sum(-1, keepdim=True)
-    return 2.0 * r2 * m / (beta * (r2 - norm2).clamp_min(r2 * torch.finfo(m.dtype).eps))
+    floor = r2 * torch.finfo(m.dtype).eps
+    gap = (r2 - norm2).clamp_min(floor)
+    theta = m * (2.0 * r2 / (beta * gap))
+    return (theta, gap, gap > floor) if terms else theta
 
 
 def large_d_covariance(m: Tensor, radius: float) -> tuple[Tensor, Tensor]:

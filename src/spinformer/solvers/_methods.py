@@ -69,6 +69,13 @@ def _put(buffer: Tensor, slot: int, value: Tensor) -> Tensor:
     return buffer
 
 
+def _select(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Rows of ``a`` where ``mask`` (B,), else of ``b``; written into ``b`` without autograd."""
+    if torch.is_grad_enabled():
+        return torch.where(mask[:, None], a, b)
+    return torch.where(mask[:, None], a, b, out=b)
+
+
 @register_solver("anderson")
 def anderson(
     g: Map,
@@ -79,23 +86,27 @@ def anderson(
 ) -> SolverOutput:
     """Anderson acceleration with ``memory`` past iterates (see the module docstring).
 
-    The last iterates live in ring buffers of f(z_k) and G_k = f(z_k) − z_k, written in place when
-    autograd is off, and the Gram matrix G Gᵀ gains one row per iteration, so an iteration costs
-    O(memory · n) per sample besides g.
+    The last iterates live in ring buffers of f(z_k) and G_k = f(z_k) − z_k, and the Gram matrix
+    G Gᵀ gains one row per iteration, so an iteration costs O(memory · n) per sample besides g.
+    Without autograd the buffers, the best iterate and the next iterate are written in place.
     """
     tol, damping = settings.tol, settings.damping
     batch, n = z0.shape
     size = max(memory, 2)
-    images = z0.new_zeros(batch, size, n)  # f(z_k)
-    gaps = z0.new_zeros(batch, size, n)  # G_k = f(z_k) − z_k
+    images = z0.new_empty(batch, size, n)  # f(z_k); slots are read once written
+    gaps = z0.new_empty(batch, size, n)  # G_k = f(z_k) − z_k
     gram = z0.new_zeros(batch, size, size)
 
     def record(slot: int, z: Tensor, fz: Tensor, filled: int) -> tuple[Tensor, Tensor, Tensor]:
         """Store (z, f(z)) at ``slot`` of a history with ``filled`` slots; return G, the residual
         and the Gram matrix."""
         nonlocal images, gaps, gram
-        gap = fz - z
-        images, gaps = _put(images, slot, fz), _put(gaps, slot, gap)
+        if torch.is_grad_enabled():
+            gap = fz - z
+            images, gaps = _put(images, slot, fz), _put(gaps, slot, gap)
+        else:  # no new (B, n) tensors: on the CPU each costs its page faults
+            gap = torch.sub(fz, z, out=gaps[:, slot])
+            images[:, slot] = fz
         row = (gaps[:, :filled] @ gap[:, :, None])[..., 0]  # G_j · G_slot, (B, filled)
         index = torch.tensor([slot], device=z0.device)
         gram = gram.index_copy(1, index, torch.nn.functional.pad(row, (0, size - filled))[:, None])
@@ -104,11 +115,12 @@ def anderson(
 
     f0 = g(z0)
     _, residual, gram = record(0, z0, f0, 1)
-    best, best_residual = z0, residual
+    best, best_residual = z0.clone(), residual  # a buffer of its own (updated in place)
     done = residual <= tol
     stopped = done | torch.isinf(residual)  # converged, or f(z) not finite
     iterations = (~stopped).long()
     z = torch.where(stopped[:, None], z0, f0)
+    mixed = torch.empty_like(z0)
     _, residual, gram = record(1, z, g(z), 2)
     slot, filled = 1, 2
     bordered = z0.new_zeros(batch, size + 1, size + 1)
@@ -119,7 +131,7 @@ def anderson(
     eye = torch.eye(size, dtype=z0.dtype, device=z0.device)
     for k in range(1, settings.max_iter):
         improved = (residual < best_residual) & ~done
-        best = torch.where(improved[:, None], z, best)
+        best = _select(improved, z, best)
         best_residual = torch.where(improved, residual, best_residual)
         done = done | (best_residual <= tol)
         stopped = stopped | done | torch.isinf(residual)
@@ -138,15 +150,18 @@ def anderson(
         last[:, slot] = 1.0
         alpha = torch.where(torch.isfinite(alpha).all(-1, keepdim=True), alpha, last)
         weights = alpha[:, None, :]
-        z = (weights @ images[:, :filled])[:, 0]  # Σ α_k f(z_k)
+        if torch.is_grad_enabled():
+            z = (weights @ images[:, :filled])[:, 0]  # Σ α_k f(z_k)
+        else:
+            z = torch.bmm(weights, images[:, :filled], out=mixed[:, None])[:, 0]
         if damping != 1.0:  # d Σ α f + (1 − d) Σ α z = Σ α f − (1 − d) Σ α G
             z = z - (1.0 - damping) * (weights @ gaps[:, :filled])[:, 0]
-        z = torch.where(stopped[:, None], best, z)
+        z = _select(stopped, best, z)
         slot = (slot + 1) % size
         filled = min(filled + 1, size)
         _, residual, gram = record(slot, z, g(z), filled)
     improved = (residual < best_residual) & ~done
-    best = torch.where(improved[:, None], z, best)
+    best = _select(improved, z, best)
     best_residual = torch.where(improved, residual, best_residual)
     return SolverOutput(best, best_residual <= tol, iterations, best_residual)
 

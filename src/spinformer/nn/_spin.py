@@ -141,8 +141,12 @@ def check_overflow(x: Tensor, quantities: dict[str, Tensor]) -> None:
     Finite tokens can still overflow inside a module (fields |W x|², scores q·k, LayerNorm of
     entries near the dtype's maximum). Unchecked, the output would be NaN -- or 0, where a
     response like φ(θ) = βθ/(1 + √(1 + β²|θ|²/R²)) divides by an infinite norm -- or a solver
-    would reject its own start point under an internal name. One host sync for all quantities.
+    would reject its own start point under an internal name. One host sync for all quantities,
+    on their sums (a sum propagates NaN/inf) unless one of those is not finite.
     """
+    sums = torch.stack([t.sum().to(torch.float32) for t in quantities.values()])
+    if bool(torch.isfinite(sums).all()):
+        return
     flags = torch.stack([torch.isfinite(t).all() for t in quantities.values()])
     if bool(flags.all()):
         return

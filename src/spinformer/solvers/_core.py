@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spinformer._validation import all_finite
+
 __all__ = [
     "FixedPointResult",
     "SolverOutput",
@@ -175,7 +177,7 @@ def _validate(
         raise ValueError(f"damping must be in (0, 1], got {damping!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
-    if not bool(torch.isfinite(z0).all()):
+    if not all_finite(z0):
         raise ValueError("z0 must be finite, got NaN or infinite entries")
 
 
@@ -268,8 +270,11 @@ def _verdict(out: SolverOutput, warn: bool, what: str, suffix: str = "") -> tupl
     A sample is finite when its residual and its whole solution are; converged also needs the
     solver's own verdict.
     """
-    residual = out.residual.detach()
-    finite = torch.isfinite(residual) & torch.isfinite(out.solution.detach()).all(dim=-1)
+    residual, solution = out.residual.detach(), out.solution.detach()
+    rows = torch.isfinite(solution.sum(-1))  # a sum propagates NaN/inf; exact check if not finite
+    if solution.device.type != "cpu" or not bool(rows.all()):
+        rows = torch.isfinite(solution).all(dim=-1)
+    finite = torch.isfinite(residual) & rows
     converged = out.converged & finite
     if warn and not bool(converged.all()):
         warnings.warn(

@@ -207,7 +207,8 @@ def fixed_point(
         damping: Picard mixing z ← (1 − d) z + d f(z); Anderson's mixing parameter.
         batch_dims: number of leading dims of ``z0`` that index independent samples.
         implicit: implicit-function backward (True) or unrolled autograd (False).
-        check_every: iterations between whole-batch convergence checks (host syncs).
+        check_every: iterations between whole-batch convergence checks (host syncs) of
+            iterates on an accelerator; CPU iterates are checked after every iteration.
         warn: emit :class:`SolverWarning` when a sample does not converge.
         backward_tol, backward_max_iter: adjoint solve settings (default: the forward ones).
         options: solver-specific options (e.g. ``memory`` for Anderson).

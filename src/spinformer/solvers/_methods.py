@@ -107,7 +107,9 @@ def anderson(
         else:  # no new (B, n) tensors: on the CPU each costs its page faults
             gap = torch.sub(fz, z, out=gaps[:, slot])
             images[:, slot] = fz
-        row = (gaps[:, :filled] @ gap[:, :, None])[..., 0]  # G_j · G_slot, (B, filled)
+        # G_slot · G_j, (B, filled): a row times the transposed history (4x faster on the CPU
+        # than history times a column)
+        row = (gap[:, None] @ gaps[:, :filled].transpose(1, 2))[:, 0]
         index = torch.tensor([slot], device=z0.device)
         gram = gram.index_copy(1, index, torch.nn.functional.pad(row, (0, size - filled))[:, None])
         gram = gram.index_copy(2, index, gram[:, slot, :, None])

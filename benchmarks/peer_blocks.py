@@ -7,6 +7,8 @@ Times forward+backward (float32 by default) of
 * ``SpinTransformerBlock``: K = 1 and K = 4 steps of the naive (first-order) dynamics from
   m = 0, the naive fixed point and the second-order (TAP) fixed point, each at its default
   solver settings;
+* ``FreeEnergyAttention``: the magnetizations −∂F/∂h of the steepest-descent free energy
+  (a saddle-point solve per head and sequence, no peer counterpart), at its defaults;
 * the peer: ``SpinModelTransformerModule`` of Bal's ``neqnn`` (the PyTorch spin-model
   transformer module accompanying Bal, "Spin-model transformers", 2023) at its defaults, with
   ``num_steps`` = 1, 4 and ``None`` (its fixed point; it has no second-order dynamics).
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spinformer.nn import SpinTransformerBlock
+from spinformer.nn import FreeEnergyAttention, SpinTransformerBlock
 
 PEER_ENV = "SPINFORMER_PEER_PATH"
 
@@ -48,7 +50,7 @@ class Case:
 
     build: Callable[[], nn.Module]
     output: Callable[[object], torch.Tensor]
-    steps: str  # "1", "4", "fixed point", "fixed point (2nd order)", or "" for the reference
+    steps: str  # "1", "4", "fixed point", "fixed point 2nd", "free energy"; "" for the reference
     peer: bool = False
 
 
@@ -68,6 +70,7 @@ def _ours(args: argparse.Namespace) -> dict[str, Case]:
         "ours fixed point 2nd order": Case(
             lambda: SpinTransformerBlock(d, h, order=2, **extra), tensor, "fixed point 2nd"
         ),
+        "ours free energy": Case(lambda: FreeEnergyAttention(d, h), tensor, "free energy"),
     }
 
 

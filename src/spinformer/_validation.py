@@ -16,6 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "Limit",
+    "all_finite",
     "as_tensor",
     "check_beta",
     "check_finite",
@@ -56,6 +57,11 @@ def _distinct_entries(tensor: Tensor) -> Tensor:
         if tensor.stride(dim) == 0 and tensor.shape[dim] > 1:
             tensor = tensor.narrow(dim, 0, 1)
     return tensor
+
+
+def all_finite(tensor: Tensor) -> bool:
+    """One reduction (a sum propagates NaN/inf); the exact check only if the sum is not finite."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def check_finite(tensor: Tensor, name: str) -> None:

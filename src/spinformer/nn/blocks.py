@@ -271,8 +271,10 @@ class SpinTransformerBlock(nn.Module):
             },
         )
 
+        squared = couplings * couplings if self.order == 2 else None  # J² once, not per step
+
         def step(m: Tensor) -> Tensor:
-            return vector_step(m, couplings, field, b, self.radius, self.order)
+            return vector_step(m, couplings, field, b, self.radius, self.order, squared)
 
         first = self._initial(x_norm, field, b)
         if self.steps is None:

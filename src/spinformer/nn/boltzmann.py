@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spinformer._validation import as_tensor, check_beta, check_finite, describe
+from spinformer._validation import all_finite, as_tensor, check_beta, check_finite, describe
 from spinformer.attention import (
     EnsembleThermodynamics,
     blocked_boltzmann_attention,
@@ -66,13 +66,8 @@ from spinformer.attention import (
 __all__ = ["BoltzmannAttention"]
 
 
-def _all_finite(tensor: Tensor) -> bool:
-    """One reduction (a sum propagates NaN/inf); the exact check only if the sum is not finite."""
-    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
-
-
 def _check_finite_fast(tensor: Tensor, name: str) -> None:
-    if not _all_finite(tensor):
+    if not all_finite(tensor):
         check_finite(tensor, name)
 
 
@@ -517,7 +512,7 @@ class BoltzmannAttention(nn.Module):
             out = self.out_proj(out)
         else:  # the float32 statistics path of a half-precision module
             out = F.linear(out, self.out_proj.weight.float(), _cast(self.out_proj.bias, out.dtype))
-        if not _all_finite(out.detach()):
+        if not all_finite(out.detach()):
             raise ValueError(
                 f"query, key and value are too large for {dtype}: the attention output overflows"
                 " (non-finite for finite inputs); rescale them or use a wider dtype"

@@ -164,7 +164,7 @@ class MeanFieldAttention(nn.Module):
                 theta = theta - onsager.large_d_reaction(m, b, radius, site)
             elif self.onsager == "learned":
                 theta = theta - site.squared.sum(-1, keepdim=True) * (m @ self.reaction)
-            return vmf.phi(theta, b, radius)
+            return vmf.phi_fused(theta, b, radius)  # closed-form derivative for the adjoint
 
         return update
 

@@ -118,24 +118,38 @@ def kinetic_vector_step(
 
 
 def vector_step(
-    m_prev: Tensor, couplings: Tensor, field: Tensor, beta, radius: float, order: int
+    m_prev: Tensor,
+    couplings: Tensor,
+    field: Tensor,
+    beta,
+    radius: float,
+    order: int,
+    squared: Tensor | None = None,
 ) -> Tensor:
-    """Unchecked :func:`kinetic_vector_step`; ``beta`` broadcastable against (..., N, D)."""
+    """Unchecked :func:`kinetic_vector_step`; ``beta`` broadcastable against (..., N, D).
+
+    ``squared`` is J² when the caller iterates with fixed couplings (computed here otherwise).
+    Order 1 with a tensor β uses φ with its closed-form derivative. At order 2 the weights w_j of
+    K are folded into the overlaps, w_j θ_i·m_j = θ_i·(w_j m_j), and θᵀKθ is θ·(Kθ), so a step
+    takes one elementwise pass over the N × N couplings besides the matrix products.
+    """
+    theta = field + couplings @ m_prev
+    if order == 1:
+        if isinstance(beta, Tensor):
+            return vmf.phi_fused(theta, beta, radius)
+        return vmf.phi(theta, beta, radius)
+    m, norm2, u = vmf.phi_terms(theta, beta, radius)
     dim = m_prev.shape[-1]
     r2 = radius**2
-    theta = field + couplings @ m_prev
-    m, norm2, u = vmf.phi_terms(theta, beta, radius)
-    if order == 1:
-        return m
     s2 = (m_prev * m_prev).sum(-1)  # (..., N)
     tangential, weight = vmf.large_d_covariance(m_prev, radius)
-    squared = couplings**2
-    overlap = theta @ m_prev.transpose(-1, -2)  # θ_i · m_j
-    k_scalar = squared @ tangential[..., None]  # Σ_j J² b_j, (..., N, 1)
-    weighted = squared * weight[..., None, :]
-    k_theta = k_scalar * theta + (weighted * overlap) @ m_prev  # K θ
-    quad = k_scalar * norm2 + (weighted * overlap**2).sum(-1, keepdim=True)  # θᵀKθ
-    trace = squared @ (dim * tangential + weight * s2)[..., None]
+    if squared is None:
+        squared = couplings * couplings
+    weighted = squared * (theta @ (weight[..., None] * m_prev).transpose(-1, -2))  # J² w_j θ_i·m_j
+    sums = squared @ torch.stack([tangential, dim * tangential + weight * s2], -1)
+    k_scalar, trace = sums[..., :1], sums[..., 1:]  # Σ_j J² b_j and tr K, (..., N, 1)
+    k_theta = k_scalar * theta + weighted @ m_prev  # K θ
+    quad = (theta * k_theta).sum(-1, keepdim=True)  # θᵀKθ
     b3 = beta**3 / r2
     g1 = -b3 / (u * (1.0 + u) ** 2)  # g'/r
     g2 = b3 * (2.0 * u * u - 2.0 * u - 1.0) / (u**3 * (1.0 + u) ** 2)  # g''

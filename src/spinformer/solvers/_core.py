@@ -8,7 +8,9 @@ same backward.
 Forward. The iteration runs without autograd. Samples (the leading ``batch_dims`` of ``z0``) are
 independent: each has its own residual ``|f(z) − z| / (|f(z)| + ε)`` and stops counting
 iterations once it is below ``tol``. Convergence of the whole batch is checked every
-``check_every`` iterations only, so a GPU is not synchronised on every step.
+``check_every`` iterations only, so a GPU is not synchronised on every step; iterates on the CPU,
+where the check is a plain read, are checked after every iteration (the per-sample results are
+the same, the solver just stops as soon as the last sample has).
 
 Backward (``implicit=True``). By the implicit function theorem, with J = ∂f/∂z at z*, the
 gradient of a loss L through z* = f(z*, θ) is ∂L/∂θ = (∂f/∂θ)ᵀ y with y solving the *adjoint*
@@ -27,18 +29,22 @@ empty diagnostics, without calling ``f``.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from spinformer._validation import all_finite
+
 __all__ = [
     "FixedPointResult",
     "SolverOutput",
+    "SolverSettings",
     "SolverWarning",
     "available_solvers",
     "fixed_point",
@@ -84,17 +90,35 @@ class SolverOutput:
     residual: Tensor
 
 
+@dataclass(frozen=True)
+class SolverSettings:
+    """The settings every registered solver takes (see :func:`fixed_point`)."""
+
+    tol: float
+    max_iter: int
+    damping: float
+    check_every: int
+
+    def all_stopped(self, iteration: int, stopped: Tensor) -> bool:
+        """Whether every sample has stopped, read at check points only: every ``check_every``
+        iterations, or every iteration for CPU tensors (no device to synchronise with)."""
+        if stopped.device.type != "cpu" and iteration % self.check_every:
+            return False
+        return bool(stopped.all())
+
+
 Solver = Callable[..., SolverOutput]
-"""``solver(g, z0, *, tol, max_iter, damping, check_every, **options)``; see :func:`register_solver`."""
+"""``solver(g, z0, settings, **options)``; see :func:`register_solver`."""
 
 
 _SOLVERS: dict[str, Solver] = {}
 
 
 def register_solver(name: str) -> Callable[[Solver], Solver]:
-    """Register ``solver(g, z0, *, tol, max_iter, damping, check_every, **options)`` as ``name``.
+    """Register ``solver(g, z0, settings, **options)`` as ``name``.
 
-    ``g`` maps flattened iterates (B, n) to (B, n); the solver returns a :class:`SolverOutput`.
+    ``g`` maps flattened iterates (B, n) to (B, n), ``settings`` is a :class:`SolverSettings`;
+    the solver returns a :class:`SolverOutput`.
     """
 
     def decorate(solver: Solver) -> Solver:
@@ -108,17 +132,26 @@ def available_solvers() -> tuple[str, ...]:
     return tuple(sorted(_SOLVERS))
 
 
-def relative_residual(z: Tensor, fz: Tensor) -> Tensor:
+def relative_residual(z: Tensor, fz: Tensor, difference: Tensor | None = None) -> Tensor:
     """|f(z) − z| / (|f(z)| + ε) per row of (B, n) tensors; ``inf`` for a row that is not finite.
 
     Both vectors are divided by their largest |entry| s before the norms are taken (the ratio is
     unchanged, with ε/s in place of ε), so the squares inside the norms cannot overflow: in
     float32 ‖f(z)‖ of four entries of 10¹⁹⁺ is already ``inf``, which made |f(z) − z|/‖f(z)‖ = 0
     and a diverging iteration look converged. A NaN or infinite entry gives ``inf``: such a
-    sample is never converged.
+    sample is never converged. On the CPU the plain norms are taken first and kept when every
+    row's are finite and ‖f(z)‖ is far from underflow (the same ratio, two passes instead of
+    nine); ``difference`` is f(z) − z when the caller has it.
     """
     if z.shape[-1] == 0:
         return z.new_zeros(z.shape[:-1])
+    if z.device.type == "cpu" and not z.requires_grad and not fz.requires_grad:
+        diff = fz - z if difference is None else difference
+        numerator, denominator = diff.norm(dim=-1), fz.norm(dim=-1)
+        floor = torch.finfo(z.dtype).tiny ** 0.25  # squares far above the underflow threshold
+        plain = torch.isfinite(numerator) & torch.isfinite(denominator) & (denominator >= floor)
+        if bool(plain.all()):
+            return numerator / (denominator + _EPS)
     scale = torch.maximum(z.detach().abs().amax(dim=-1), fz.detach().abs().amax(dim=-1))
     finite = torch.isfinite(scale)
     safe = torch.where(finite & (scale > 0), scale, torch.ones_like(scale))
@@ -144,7 +177,7 @@ def _validate(
         raise ValueError(f"damping must be in (0, 1], got {damping!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
-    if not bool(torch.isfinite(z0).all()):
+    if not all_finite(z0):
         raise ValueError("z0 must be finite, got NaN or infinite entries")
 
 
@@ -174,7 +207,8 @@ def fixed_point(
         damping: Picard mixing z ← (1 − d) z + d f(z); Anderson's mixing parameter.
         batch_dims: number of leading dims of ``z0`` that index independent samples.
         implicit: implicit-function backward (True) or unrolled autograd (False).
-        check_every: iterations between whole-batch convergence checks (host syncs).
+        check_every: iterations between whole-batch convergence checks (host syncs) of
+            iterates on an accelerator; CPU iterates are checked after every iteration.
         warn: emit :class:`SolverWarning` when a sample does not converge.
         backward_tol, backward_max_iter: adjoint solve settings (default: the forward ones).
         options: solver-specific options (e.g. ``memory`` for Anderson).
@@ -201,40 +235,26 @@ def fixed_point(
 
         return apply
 
-    settings = {
-        "tol": tol,
-        "max_iter": max_iter,
-        "damping": damping,
-        "check_every": check_every,
-        **options,
-    }
+    settings = SolverSettings(tol, max_iter, damping, check_every)
     if not implicit:
         with torch.enable_grad():
-            out = solver(flat(f), z0.reshape(flat_batch, event), **settings)
+            out = solver(flat(f), z0.reshape(flat_batch, event), settings, **options)
         solution = out.solution.reshape(shape)
     else:
         with torch.no_grad():
-            out = solver(flat(f), z0.detach().reshape(flat_batch, event), **settings)
+            out = solver(flat(f), z0.detach().reshape(flat_batch, event), settings, **options)
         z_star = out.solution.reshape(shape).detach()
         solution = z_star
         if torch.is_grad_enabled():
             solution = f(z_star)
             if solution.requires_grad:
-                _attach_adjoint(
-                    f,
-                    z_star,
-                    solution,
-                    solver,
-                    (flat_batch, event),
-                    {
-                        **settings,
-                        "tol": backward_tol if backward_tol is not None else tol,
-                        "max_iter": backward_max_iter
-                        if backward_max_iter is not None
-                        else max_iter,
-                    },
-                    warn,
+                backward = replace(
+                    settings,
+                    tol=tol if backward_tol is None else backward_tol,
+                    max_iter=max_iter if backward_max_iter is None else backward_max_iter,
                 )
+                adjoint = functools.partial(solver, settings=backward, **options)
+                _attach_adjoint(f, z_star, solution, adjoint, (flat_batch, event), warn)
     finite, converged = _verdict(
         out, warn, f"fixed_point({method})", f" (tol={tol:g}, max_iter={max_iter})"
     )
@@ -251,8 +271,11 @@ def _verdict(out: SolverOutput, warn: bool, what: str, suffix: str = "") -> tupl
     A sample is finite when its residual and its whole solution are; converged also needs the
     solver's own verdict.
     """
-    residual = out.residual.detach()
-    finite = torch.isfinite(residual) & torch.isfinite(out.solution.detach()).all(dim=-1)
+    residual, solution = out.residual.detach(), out.solution.detach()
+    rows = torch.isfinite(solution.sum(-1))  # a sum propagates NaN/inf; exact check if not finite
+    if solution.device.type != "cpu" or not bool(rows.all()):
+        rows = torch.isfinite(solution).all(dim=-1)
+    finite = torch.isfinite(residual) & rows
     converged = out.converged & finite
     if warn and not bool(converged.all()):
         warnings.warn(
@@ -285,9 +308,8 @@ def _attach_adjoint(
     f: Callable[[Tensor], Tensor],
     z_star: Tensor,
     output: Tensor,
-    solver: Solver,
+    solver: Callable[[Callable[[Tensor], Tensor], Tensor], SolverOutput],
     flat_shape: tuple[int, int],
-    settings: dict[str, Any],
     warn: bool,
 ) -> None:
     """Replace the gradient arriving at ``output`` = f(z*) by the adjoint fixed point y = g + Jᵀy."""
@@ -305,7 +327,7 @@ def _attach_adjoint(
                 return (vjp + grad).reshape(flat_shape)
 
             with torch.no_grad():
-                out = solver(adjoint, grad.reshape(flat_shape), **settings)
+                out = solver(adjoint, grad.reshape(flat_shape))
         _verdict(out, warn, "fixed_point backward: the adjoint solve failed")
         return out.solution.reshape(shape)
 

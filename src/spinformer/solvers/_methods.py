@@ -1,10 +1,11 @@
 r"""Picard (damped) iteration, its step-length variant and Anderson acceleration on (B, n) iterates.
 
-Both keep per-sample state: a sample whose residual is below ``tol`` keeps its solution and
+All keep per-sample state: a sample whose residual is below ``tol`` keeps its solution and
 stops counting iterations while the others go on, and so does a sample whose f(z) is no longer
-finite (it keeps its last finite iterate and is reported as not converged); the whole batch is checked for completion
-only every ``check_every`` iterations. Both are written without in-place updates of tensors
-that autograd needs, so ``implicit=False`` can differentiate through them.
+finite (it keeps its last finite iterate and is reported as not converged); the whole batch is
+checked for completion at the check points of :class:`~spinformer.solvers.SolverSettings`.
+Tensors that autograd needs are never updated in place, so ``implicit=False`` can
+differentiate through them.
 
 Anderson (type II, memory m; Walker & Ni 2011) extrapolates from the last m iterates:
 α = argmin ‖Σ_k α_k G_k‖ subject to Σ_k α_k = 1 with G_k = f(z_k) − z_k, solved as a small
@@ -19,34 +20,33 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from spinformer.solvers._core import SolverOutput, register_solver, relative_residual
+from spinformer.solvers._core import (
+    SolverOutput,
+    SolverSettings,
+    register_solver,
+    relative_residual,
+)
 
 __all__ = ["anderson", "picard", "picard_step"]
 
 
-def _finish(
-    g: Callable[[Tensor], Tensor], best: Tensor, tol: float, iterations: Tensor
-) -> SolverOutput:
+Map = Callable[[Tensor], Tensor]
+
+
+def _finish(g: Map, best: Tensor, tol: float, iterations: Tensor) -> SolverOutput:
     residual = relative_residual(best, g(best))
     return SolverOutput(best, residual <= tol, iterations, residual)
 
 
 @register_solver("picard")
-def picard(
-    g: Callable[[Tensor], Tensor],
-    z0: Tensor,
-    *,
-    tol: float,
-    max_iter: int,
-    damping: float,
-    check_every: int,
-) -> SolverOutput:
+def picard(g: Map, z0: Tensor, settings: SolverSettings) -> SolverOutput:
     """Damped fixed-point iteration z ← (1 − d) z + d g(z)."""
+    damping, tol = settings.damping, settings.tol
     z = z0
     done = torch.zeros(z0.shape[0], dtype=torch.bool, device=z0.device)
     iterations = torch.zeros(z0.shape[0], dtype=torch.long, device=z0.device)
     stopped = done  # converged, or diverged (f(z) not finite: z is the last finite iterate)
-    for k in range(max_iter):
+    for k in range(settings.max_iter):
         fz = g(z)
         residual = relative_residual(z, fz)
         done = done | (residual <= tol)
@@ -54,92 +54,123 @@ def picard(
         iterations = iterations + (~stopped).long()
         step = (1.0 - damping) * z + damping * fz if damping != 1.0 else fz
         z = torch.where(stopped[:, None], z, step)
-        if (k + 1) % check_every == 0 and bool(stopped.all()):
+        if settings.all_stopped(k + 1, stopped):
             break
     return _finish(g, z, tol, iterations)
 
 
+def _put(buffer: Tensor, slot: int, value: Tensor) -> Tensor:
+    """``buffer`` (B, m, ...) with ``buffer[:, slot] = value``: in place without autograd, a new
+    tensor with it (the old one may be saved for backward)."""
+    if torch.is_grad_enabled():
+        index = torch.tensor([slot], device=buffer.device)
+        return buffer.index_copy(1, index, value.unsqueeze(1))
+    buffer[:, slot] = value
+    return buffer
+
+
+def _select(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Rows of ``a`` where ``mask`` (B,), else of ``b``; written into ``b`` without autograd."""
+    if torch.is_grad_enabled():
+        return torch.where(mask[:, None], a, b)
+    return torch.where(mask[:, None], a, b, out=b)
+
+
 @register_solver("anderson")
 def anderson(
-    g: Callable[[Tensor], Tensor],
+    g: Map,
     z0: Tensor,
-    *,
-    tol: float,
-    max_iter: int,
-    damping: float,
-    check_every: int,
+    settings: SolverSettings,
     memory: int = 5,
     regularization: float = 1e-8,
 ) -> SolverOutput:
-    """Anderson acceleration with ``memory`` past iterates (see the module docstring)."""
-    batch = z0.shape[0]
-    xs, fs = [z0], [g(z0)]
-    residual = relative_residual(xs[0], fs[0])
-    best, best_residual = xs[0], residual
+    """Anderson acceleration with ``memory`` past iterates (see the module docstring).
+
+    The last iterates live in ring buffers of f(z_k) and G_k = f(z_k) − z_k, and the Gram matrix
+    G Gᵀ gains one row per iteration, so an iteration costs O(memory · n) per sample besides g.
+    Without autograd the buffers, the best iterate and the next iterate are written in place.
+    """
+    tol, damping = settings.tol, settings.damping
+    batch, n = z0.shape
+    size = max(memory, 2)
+    images = z0.new_empty(batch, size, n)  # f(z_k); slots are read once written
+    gaps = z0.new_empty(batch, size, n)  # G_k = f(z_k) − z_k
+    gram = z0.new_zeros(batch, size, size)
+
+    def record(slot: int, z: Tensor, fz: Tensor, filled: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Store (z, f(z)) at ``slot`` of a history with ``filled`` slots; return G, the residual
+        and the Gram matrix."""
+        nonlocal images, gaps, gram
+        if torch.is_grad_enabled():
+            gap = fz - z
+            images, gaps = _put(images, slot, fz), _put(gaps, slot, gap)
+        else:  # no new (B, n) tensors: on the CPU each costs its page faults
+            gap = torch.sub(fz, z, out=gaps[:, slot])
+            images[:, slot] = fz
+        # G_slot · G_j, (B, filled): a row times the transposed history (4x faster on the CPU
+        # than history times a column)
+        row = (gap[:, None] @ gaps[:, :filled].transpose(1, 2))[:, 0]
+        index = torch.tensor([slot], device=z0.device)
+        gram = gram.index_copy(1, index, torch.nn.functional.pad(row, (0, size - filled))[:, None])
+        gram = gram.index_copy(2, index, gram[:, slot, :, None])
+        return gap, relative_residual(z, fz, gap), gram
+
+    f0 = g(z0)
+    _, residual, gram = record(0, z0, f0, 1)
+    best, best_residual = z0.clone(), residual  # a buffer of its own (updated in place)
     done = residual <= tol
     stopped = done | torch.isinf(residual)  # converged, or f(z) not finite
     iterations = (~stopped).long()
-    xs.append(torch.where(stopped[:, None], xs[0], fs[0]))
-    fs.append(g(xs[-1]))
-    eye_cache: dict[int, Tensor] = {}
-    for k in range(1, max_iter):
-        residual = relative_residual(xs[-1], fs[-1])
-        improved = residual < best_residual
-        best = torch.where((improved & ~done)[:, None], xs[-1], best)
-        best_residual = torch.where(improved & ~done, residual, best_residual)
+    z = torch.where(stopped[:, None], z0, f0)
+    mixed = torch.empty_like(z0)
+    _, residual, gram = record(1, z, g(z), 2)
+    slot, filled = 1, 2
+    bordered = z0.new_zeros(batch, size + 1, size + 1)
+    bordered[:, 0, 1:] = 1.0
+    bordered[:, 1:, 0] = 1.0
+    rhs = z0.new_zeros(batch, size + 1, 1)
+    rhs[:, 0] = 1.0
+    eye = torch.eye(size, dtype=z0.dtype, device=z0.device)
+    for k in range(1, settings.max_iter):
+        improved = (residual < best_residual) & ~done
+        best = _select(improved, z, best)
+        best_residual = torch.where(improved, residual, best_residual)
         done = done | (best_residual <= tol)
         stopped = stopped | done | torch.isinf(residual)
-        if (k % check_every == 0 and bool(stopped.all())) or k == max_iter - 1:
+        if settings.all_stopped(k, stopped) or k == settings.max_iter - 1:
             break
         iterations = iterations + (~stopped).long()
-        x_hist, f_hist = torch.stack(xs, 1), torch.stack(fs, 1)  # (B, m, n)
-        m = x_hist.shape[1]
-        gram_g = f_hist - x_hist
-        gram = gram_g @ gram_g.transpose(1, 2)
-        scale = gram.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True)[..., None] + 1e-30
-        if m not in eye_cache:
-            eye_cache[m] = torch.eye(m, dtype=z0.dtype, device=z0.device)
-        system = torch.zeros(batch, m + 1, m + 1, dtype=z0.dtype, device=z0.device)
-        system = system + torch.nn.functional.pad(
-            gram / scale + regularization * eye_cache[m], (1, 0, 1, 0)
-        )
-        border = torch.zeros(m + 1, m + 1, dtype=z0.dtype, device=z0.device)
-        border[0, 1:] = 1.0
-        border[1:, 0] = 1.0
-        system = system + border
-        rhs = torch.zeros(batch, m + 1, 1, dtype=z0.dtype, device=z0.device)
-        rhs[:, 0] = 1.0
-        alpha = torch.linalg.solve_ex(system, rhs)[0][:, 1:, 0]  # (B, m)
+        window = gram[:, :filled, :filled]
+        scale = window.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] + 1e-30
+        inner = window / scale + regularization * eye[:filled, :filled]
+        system = bordered[:, : filled + 1, : filled + 1]
+        system = system + torch.nn.functional.pad(inner, (1, 0, 1, 0))
+        alpha = torch.linalg.solve_ex(system, rhs[:, : filled + 1])[0][:, 1:, 0]  # (B, filled)
         # a sample whose residuals vanished exactly (e.g. float32 at its fixed point) gives a
         # singular system: fall back to the plain step from the last iterate
         last = torch.zeros_like(alpha)
-        last[:, -1] = 1.0
+        last[:, slot] = 1.0
         alpha = torch.where(torch.isfinite(alpha).all(-1, keepdim=True), alpha, last)
-        mixed_f = (alpha[:, :, None] * f_hist).sum(1)
-        mixed_x = (alpha[:, :, None] * x_hist).sum(1)
-        new_x = damping * mixed_f + (1.0 - damping) * mixed_x if damping != 1.0 else mixed_f
-        new_x = torch.where(stopped[:, None], best, new_x)
-        xs.append(new_x)
-        fs.append(g(new_x))
-        if len(xs) > memory:
-            xs.pop(0)
-            fs.pop(0)
-    residual = relative_residual(xs[-1], fs[-1])
+        weights = alpha[:, None, :]
+        if torch.is_grad_enabled():
+            z = (weights @ images[:, :filled])[:, 0]  # Σ α_k f(z_k)
+        else:
+            z = torch.bmm(weights, images[:, :filled], out=mixed[:, None])[:, 0]
+        if damping != 1.0:  # d Σ α f + (1 − d) Σ α z = Σ α f − (1 − d) Σ α G
+            z = z - (1.0 - damping) * (weights @ gaps[:, :filled])[:, 0]
+        z = _select(stopped, best, z)
+        slot = (slot + 1) % size
+        filled = min(filled + 1, size)
+        _, residual, gram = record(slot, z, g(z), filled)
     improved = (residual < best_residual) & ~done
-    best = torch.where(improved[:, None], xs[-1], best)
-    return _finish(g, best, tol, iterations)
+    best = _select(improved, z, best)
+    best_residual = torch.where(improved, residual, best_residual)
+    return SolverOutput(best, best_residual <= tol, iterations, best_residual)
 
 
 @register_solver("picard_step")
 def picard_step(
-    g: Callable[[Tensor], Tensor],
-    z0: Tensor,
-    *,
-    on_step: Callable[[Tensor], None] | None = None,
-    tol: float,
-    max_iter: int,
-    damping: float,
-    check_every: int,
+    g: Map, z0: Tensor, settings: SolverSettings, on_step: Callable[[Tensor], None] | None = None
 ) -> SolverOutput:
     """Iteration z ← (1 − d) z + d g(z) that stops a sample once its step |g(z) − z| ≤ ``tol``.
 
@@ -150,12 +181,13 @@ def picard_step(
     energy trace). A sample whose g(z) is not finite stops at its last finite iterate. The
     residual reported is the relative residual of each sample's last step.
     """
+    damping, tol = settings.damping, settings.tol
     z = z0
     converged = torch.zeros(z0.shape[0], dtype=torch.bool, device=z0.device)
     stopped = converged
     iterations = torch.zeros(z0.shape[0], dtype=torch.long, device=z0.device)
     residual = torch.full((z0.shape[0],), torch.inf, dtype=z0.dtype, device=z0.device)
-    for k in range(max_iter):
+    for k in range(settings.max_iter):
         fz = g(z)
         finite = torch.isfinite(fz).all(dim=-1)
         active = ~stopped
@@ -168,6 +200,6 @@ def picard_step(
         stopped = stopped | converged | ~finite
         if on_step is not None:
             on_step(z)
-        if (k + 1) % check_every == 0 and bool(stopped.all()):
+        if (k + 1) % settings.check_every == 0 and bool(stopped.all()):  # on_step sees each
             break
     return SolverOutput(z, converged, iterations, residual)

@@ -14,7 +14,8 @@ H is never formed: it is stored as −I + Σ_k u_k v_kᵀ with at most ``memory`
 (the oldest pair is dropped when full), so one step costs O(memory · n) per sample -- the
 representation used by deep equilibrium models (Bai, Kolter & Koltun 2019). Every sample has its
 own H, residual and stopping; a converged sample keeps its iterate, and a sample whose f(z) is no
-longer finite stops there (reported as not converged). The best iterate seen is returned. Written without in-place updates, so ``implicit=False`` can differentiate through it.
+longer finite stops there (reported as not converged). The best iterate seen is returned with
+its residual. Written without in-place updates, so ``implicit=False`` can differentiate through it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from spinformer.solvers._core import SolverOutput, register_solver, relative_residual
+from spinformer.solvers._core import (
+    SolverOutput,
+    SolverSettings,
+    register_solver,
+    relative_residual,
+)
 
 __all__ = ["broyden"]
 
@@ -47,22 +53,16 @@ def _apply_transposed(us: list[Tensor], vs: list[Tensor], x: Tensor) -> Tensor:
 
 @register_solver("broyden")
 def broyden(
-    g: Callable[[Tensor], Tensor],
-    z0: Tensor,
-    *,
-    tol: float,
-    max_iter: int,
-    damping: float,
-    check_every: int,
-    memory: int = 20,
+    g: Callable[[Tensor], Tensor], z0: Tensor, settings: SolverSettings, memory: int = 20
 ) -> SolverOutput:
     """Good Broyden with ``memory`` rank-one pairs per sample (see the module docstring)."""
     if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
         raise ValueError(f"memory must be a positive integer, got {memory!r}")
+    tol, damping = settings.tol, settings.damping
     z = z0
     fz = g(z)
     residual_vec = fz - z
-    residual = relative_residual(z, fz)
+    residual = relative_residual(z, fz, residual_vec)
     best, best_residual = z, residual
     done = residual <= tol
     stopped = done | torch.isinf(residual)  # converged, or f(z) not finite
@@ -70,8 +70,8 @@ def broyden(
     us: list[Tensor] = []
     vs: list[Tensor] = []
     tiny = torch.finfo(z0.dtype).tiny
-    for k in range(max_iter):
-        if k % check_every == 0 and bool(stopped.all()):
+    for k in range(settings.max_iter):
+        if settings.all_stopped(k, stopped):
             break
         iterations = iterations + (~stopped).long()
         step = -damping * _apply(us, vs, residual_vec)
@@ -92,11 +92,10 @@ def broyden(
             us.pop(0)
             vs.pop(0)
         z, fz, residual_vec = z_new, f_new, residual_new
-        residual = relative_residual(z, fz)
+        residual = relative_residual(z, fz, residual_vec)
         improved = (residual < best_residual) & ~done
         best = torch.where(improved[:, None], z, best)
         best_residual = torch.where(improved, residual, best_residual)
         done = done | (best_residual <= tol)
         stopped = stopped | done | torch.isinf(residual)
-    residual = relative_residual(best, g(best))
-    return SolverOutput(best, residual <= tol, iterations, residual)
+    return SolverOutput(best, best_residual <= tol, iterations, best_residual)

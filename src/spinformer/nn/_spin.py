@@ -309,8 +309,8 @@ class _CosineQueriesKeys(torch.autograd.Function):
         inverse = _inverse_rms(qk)
         scale = torch.cat([temperature / d, temperature.new_ones(n_heads)])[:, None]
         coefficient = inverse * scale
-        q = qk[..., :n_heads, :] * coefficient[..., :n_heads, :]
-        k = qk[..., n_heads:, :] * coefficient[..., n_heads:, :]
+        # one product over both halves (contiguous rows), returned as two views
+        q, k = (qk * coefficient).split(n_heads, dim=-2)
         ctx.save_for_backward(qk, inverse, coefficient)
         ctx.rotation = rotation
         return q, k

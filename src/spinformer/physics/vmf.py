@@ -179,10 +179,11 @@ class _Phi(torch.autograd.Function):
         # each full-size product goes into a fresh buffer that is then reused in place
         product = theta * grad
         along = product.sum(-1, keepdim=True)
-        grad_theta = torch.mul(grad, g, out=product).addcmul_(
-            theta, g * w * (beta * beta / -(ctx.radius**2)) * along
-        )
-        grad_beta = w * along if ctx.needs_input_grad[0] else None
+        grad_beta = w * along  # per site; (g'/r) θ·grad below shares w·(θ·grad)
+        coefficient = g * grad_beta * (beta * beta / -(ctx.radius**2))
+        grad_theta = torch.mul(grad, g, out=product).addcmul_(theta, coefficient)
+        if not ctx.needs_input_grad[0]:
+            grad_beta = None
         grad_stream = None
         if stream is not None:
             product = stream * grad_theta

@@ -251,7 +251,8 @@ def _rotation(
 def _inverse_rms(x: Tensor) -> Tensor:
     """1/rms(x) = 1/√(|x|²/d + eps) over the last axis of width d (eps of the dtype, as torch's
     RMSNorm), keeping that axis as size one."""
-    return torch.rsqrt((x * x).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # one pass, no full-size buffer
+    return norm.square_().div_(x.shape[-1]).add_(torch.finfo(x.dtype).eps).rsqrt_()
 
 
 class _HeadRMS(torch.autograd.Function):

@@ -251,7 +251,8 @@ def _rotation(
 def _inverse_rms(x: Tensor) -> Tensor:
     """1/rms(x) = 1/√(|x|²/d + eps) over the last axis of width d (eps of the dtype, as torch's
     RMSNorm), keeping that axis as size one."""
-    return torch.rsqrt((x * x).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # one pass, no full-size buffer
+    return norm.square_().div_(x.shape[-1]).add_(torch.finfo(x.dtype).eps).rsqrt_()
 
 
 class _HeadRMS(torch.autograd.Function):
@@ -270,12 +271,13 @@ class _HeadRMS(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
         normed, inverse, weight = ctx.saved_tensors
         grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            scaled = grad * weight
-            along = (scaled * normed).mean(-1, keepdim=True)
-            grad_x = torch.addcmul(scaled, normed, along, value=-1.0) * inverse
+        # fresh buffers are reused in place: fewer allocations of full-size tensors
+        product = grad * normed
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad * normed).sum_to_size(weight.shape)
+            grad_weight = product.sum_to_size(weight.shape)
+        if ctx.needs_input_grad[0]:
+            along = product.mul_(weight).mean(-1, keepdim=True)  # ĝ·x̂/d
+            grad_x = (grad * weight).addcmul_(normed, along, value=-1.0).mul_(inverse)
         return grad_x, grad_weight
 
 
@@ -308,8 +310,8 @@ class _CosineQueriesKeys(torch.autograd.Function):
         inverse = _inverse_rms(qk)
         scale = torch.cat([temperature / d, temperature.new_ones(n_heads)])[:, None]
         coefficient = inverse * scale
-        q = qk[..., :n_heads, :] * coefficient[..., :n_heads, :]
-        k = qk[..., n_heads:, :] * coefficient[..., n_heads:, :]
+        # one product over both halves (contiguous rows), returned as two views
+        q, k = (qk * coefficient).split(n_heads, dim=-2)
         ctx.save_for_backward(qk, inverse, coefficient)
         ctx.rotation = rotation
         return q, k
@@ -317,14 +319,14 @@ class _CosineQueriesKeys(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_q: Tensor, grad_k: Tensor) -> tuple[Tensor | None, None, Tensor | None]:  # type: ignore[override]
         rotated, inverse, coefficient = ctx.saved_tensors
-        grad = torch.cat([grad_q, grad_k], dim=-2)
+        grad = torch.cat([grad_q, grad_k], dim=-2)  # fresh: the gradient is built in it in place
         along = (rotated * grad).sum(-1, keepdim=True)
         grad_qk = grad_temperature = None
         if ctx.needs_input_grad[0]:
             radial = coefficient * inverse * inverse * along / rotated.shape[-1]
-            grad_qk = torch.addcmul(grad * coefficient, rotated, radial, value=-1.0)
+            grad_qk = grad.mul_(coefficient).addcmul_(rotated, radial, value=-1.0)
             if ctx.rotation is not None:
-                grad_qk = torch.view_as_real(_complex_pairs(grad_qk) * ctx.rotation[1]).flatten(-2)
+                torch.view_as_complex(grad_qk.unflatten(-1, (-1, 2))).mul_(ctx.rotation[1])
         if ctx.needs_input_grad[2]:
             n_heads = grad_q.shape[-2]
             per_head = (along * inverse)[..., :n_heads, :].sum_to_size(n_heads, 1)

@@ -176,16 +176,22 @@ class _Phi(torch.autograd.Function):
         # with β²|θ|²/R² = u² − 1: ∂φ/∂β = θ w and g'/r = −g w β²/R², w = 1/(u(1 + u))
         w = torch.reciprocal(u * one_u)
         g = beta / one_u
-        along = (theta * grad).sum(-1, keepdim=True)
-        grad_theta = torch.addcmul(
-            grad * g, theta, g * w * (beta * beta / -(ctx.radius**2)) * along
-        )
-        grad_beta = w * along if ctx.needs_input_grad[0] else None
+        # each full-size product goes into a fresh buffer that is then reused in place
+        product = theta * grad
+        along = product.sum(-1, keepdim=True)
+        grad_beta = w * along  # per site; (g'/r) θ·grad below shares w·(θ·grad)
+        coefficient = g * grad_beta * (beta * beta / -(ctx.radius**2))
+        grad_theta = torch.mul(grad, g, out=product).addcmul_(theta, coefficient)
+        if not ctx.needs_input_grad[0]:
+            grad_beta = None
         grad_stream = None
         if stream is not None:
-            across = (stream * grad_theta).sum(-1, keepdim=True)
+            product = stream * grad_theta
+            across = product.sum(-1, keepdim=True)
             if ctx.needs_input_grad[2]:
-                grad_stream = torch.addcmul(grad_theta * scale, stream, 2.0 * radial * across)
+                grad_stream = torch.mul(grad_theta, scale, out=product).addcmul_(
+                    stream, 2.0 * radial * across
+                )
             if ctx.needs_input_grad[0]:
                 grad_beta = grad_beta - scale / beta * across
         if grad_beta is not None:

@@ -108,7 +108,7 @@ MODEL_LABELS = {
     "spin_tap": "spin block, first design, TAP (order 2), K=2",
     "spin_best": "spin block, best design, K=1",
     "spin_best_k2": "spin block, best design, K=2",
-    "spin_best_fixed_point": "spin block, best design, fixed point",
+    "spin_best_fixed_point": "spin block, best design, fixed point (no W_V, W_O: ~0.9× params)",
     "spin_best_tap": "spin block, best design, TAP (order 2), K=2",
     "peer": "peer recipe (neqnn, Bal)",
 }

@@ -194,21 +194,23 @@ def _peer_factory():
 
 
 def _activation_mib(model: nn.Module, batch: Any) -> float:
-    """MiB of the tensors one training step saves for backward (distinct storages): the
-    activation memory of a batch, independent of the allocator and of other processes."""
+    """MiB of the tensors one training step saves for backward and uses there (distinct
+    storages): the activation memory of a batch, independent of the allocator and of other
+    processes. Counted when backward unpacks them, so a branch of the graph that the forward
+    builds and drops (e.g. an overflow check) is not counted and no freed address is reused."""
     from spinformer.train.loop import task_loss
 
     seen: dict[int, int] = {}
 
-    def pack(t: Tensor) -> Tensor:
+    def unpack(t: Tensor) -> Tensor:
         if t.device.type != "meta":
             storage = t.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, unpack):
         loss = task_loss(model(batch.inputs), batch.targets)
-    loss.backward()
+    loss.backward()  # outside: what backward itself saves (an implicit adjoint) is not counted
     model.zero_grad(set_to_none=True)
     return sum(seen.values()) / 2**20
 

@@ -386,3 +386,23 @@ def test_metropolis_hot_starts_on_small_tori_match_enumeration(engine):
             generator=_gen(21), engine=engine,
         )  # fmt: skip
         assert abs(float(mc.energy - exact.energy)) < 3.5 * float(mc.stderr["energy"]), shape
+
+
+def test_integrate_log_partition_takes_sample_options_by_position_or_keyword():
+    from spinformer.physics import square_lattice
+    from spinformer.physics.montecarlo.thermodynamics import integrate_log_partition
+
+    model = square_lattice(4, beta=0.3)
+    settings = (5, 2, "metropolis")
+    by_position = integrate_log_partition(
+        model, 3, 20, *settings, torch.Generator().manual_seed(1), "random"
+    )
+    by_keyword = integrate_log_partition(
+        model, 3, 20, burn_in=5, chains=2, algorithm="metropolis",
+        generator=torch.Generator().manual_seed(1), initial="random",
+    )  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(by_position, by_keyword, strict=True))
+    with pytest.raises(TypeError, match="by position and by keyword"):
+        integrate_log_partition(model, 3, 20, 5, burn_in=5)
+    with pytest.raises(TypeError, match="at most 11 positional"):
+        integrate_log_partition(model, 3, 20, *range(9))

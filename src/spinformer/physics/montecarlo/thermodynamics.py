@@ -181,14 +181,28 @@ def monte_carlo_thermodynamics(
     )
 
 
+_SAMPLE_OPTIONS = (
+    "burn_in", "chains", "algorithm", "generator", "initial", "step_size", "engine", "backend"
+)  # fmt: skip
+
+
 def integrate_log_partition(
-    model: _SpinModel, points: int, sweeps: int, **options: Any
+    model: _SpinModel, points: int, sweeps: int, *args: Any, **options: Any
 ) -> tuple[Tensor, Tensor]:
     """ln Z(β) = ln Z(0) − β ∫₀¹ U(sβ) ds by Gauss–Legendre on ``points`` nodes, with its se.
 
-    ``options``: keyword arguments of :func:`sample` for the one batched run over the nodes
-    (``burn_in``, ``chains``, ``algorithm``, ``generator``, ``initial``, ``step_size``,
-    ``engine``, ``backend``)."""
+    ``options``: arguments of :func:`sample` for the one batched run over the nodes, by keyword
+    or, after ``sweeps``, by position in the order ``burn_in``, ``chains``, ``algorithm``,
+    ``generator``, ``initial``, ``step_size``, ``engine``, ``backend``."""
+    if len(args) > len(_SAMPLE_OPTIONS):
+        raise TypeError(
+            f"integrate_log_partition takes at most {3 + len(_SAMPLE_OPTIONS)} positional "
+            f"arguments, got {3 + len(args)}"
+        )
+    for name, value in zip(_SAMPLE_OPTIONS, args, strict=False):
+        if name in options:
+            raise TypeError(f"integrate_log_partition got {name!r} by position and by keyword")
+        options[name] = value
     import numpy as np
 
     nodes, weights = np.polynomial.legendre.leggauss(points)

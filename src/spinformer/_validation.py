@@ -68,10 +68,11 @@ def check_finite(tensor: Tensor, name: str) -> None:
     """Raise if ``tensor`` holds NaN or infinite entries.
 
     A broadcast view (a scalar field expanded over 10^8 sites) is checked on its distinct
-    entries, so the check allocates nothing proportional to the view's size.
+    entries, so the check allocates nothing proportional to the view's size; a finite sum
+    settles it in one reduction (:func:`all_finite`).
     """
     tensor = _distinct_entries(tensor)
-    if not bool(torch.isfinite(tensor).all()):
+    if not all_finite(tensor):
         bad = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
         raise ValueError(f"{name} must be finite, got {bad} entries")
 

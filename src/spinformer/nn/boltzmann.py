@@ -66,11 +66,6 @@ from spinformer.attention import (
 __all__ = ["BoltzmannAttention"]
 
 
-def _check_finite_fast(tensor: Tensor, name: str) -> None:
-    if not all_finite(tensor):
-        check_finite(tensor, name)
-
-
 class BoltzmannAttention(nn.Module):
     """Multi-head attention as per-head Boltzmann ensembles at inverse temperature β.
 
@@ -458,11 +453,11 @@ class BoltzmannAttention(nn.Module):
                 "key and value must hold at least one token: with S = 0 every query has no key to"
                 " attend to (a fully masked row; torch returns the output bias there)"
             )
-        _check_finite_fast(query, "query")
+        check_finite(query, "query")
         if key is not query:
-            _check_finite_fast(key, "key")
+            check_finite(key, "key")
         if value is not key and value is not query:
-            _check_finite_fast(value, "value")
+            check_finite(value, "value")
         if is_causal and attn_mask is not None:
             self._check_causal_hint(attn_mask, batch, tgt, src)
         # half precision: the statistics of need_thermo are accumulated in float32

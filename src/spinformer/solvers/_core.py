@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spinformer._validation import all_finite
+from spinformer._validation import check_finite
 
 __all__ = [
     "FixedPointResult",
@@ -177,8 +177,7 @@ def _validate(
         raise ValueError(f"damping must be in (0, 1], got {damping!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
-    if not all_finite(z0):
-        raise ValueError("z0 must be finite, got NaN or infinite entries")
+    check_finite(z0, "z0")
 
 
 def fixed_point(

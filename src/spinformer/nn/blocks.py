@@ -181,12 +181,18 @@ class SpinTransformerBlock(nn.Module):
         ``residual="field"``: x itself; ``"magnetization"``: φ⁻¹(x) = 2x/(β(1 − |x|²/R²)), the
         field whose response at this block's β is x (|x| < R per head).
         """
+        field, stream = self._stream(x)
+        if stream is not None:
+            return vmf.phi_inverse(stream.transpose(1, 2), beta[:, None, None], self.radius)
+        return None if field is None else field.transpose(1, 2)
+
+    def _stream(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The stream x per head, token-major (B, N, H, d), as (a field term, a magnetization
+        whose conjugate field φ⁻¹ joins the field), one of them or neither by ``residual``."""
         if self.residual == "add":
-            return None
-        stream = split_heads(x, self.n_heads)
-        if self.residual == "field":
-            return stream
-        return vmf.phi_inverse(stream, beta[:, None, None], self.radius)
+            return None, None
+        heads = x.unflatten(-1, (self.n_heads, self.head_dim))
+        return (heads, None) if self.residual == "field" else (None, heads)
 
     def _initial(self, x_norm: Tensor, field: Tensor, b: Tensor) -> Tensor:
         """m(0): zeros, or the learned start φ(W_V x̂) (B, H, N, d)."""
@@ -215,7 +221,7 @@ class SpinTransformerBlock(nn.Module):
         to rounding."""
         width, shape = self.d_model, (self.n_heads, self.head_dim)
         b = beta[:, None]  # per head, against (B, N, H, d)
-        fields, stream = [], None
+        fields = []
         if self.value is None:  # J m(0) = 0: the couplings drop out
             fields.append(self.field(x_norm).unflatten(-1, shape))
         else:
@@ -225,10 +231,9 @@ class SpinTransformerBlock(nn.Module):
             fields.append(linear.unflatten(-1, shape))
         if self.ffn is not None:
             fields.append(self.ffn(x_norm).unflatten(-1, shape))
-        if self.residual == "field":
-            fields.append(x.unflatten(-1, shape))
-        elif self.residual == "magnetization":
-            stream = x.unflatten(-1, shape)
+        extra, stream = self._stream(x)
+        if extra is not None:
+            fields.append(extra)
         if self.value is not None:
             qk = qk.unflatten(-1, (2 * self.n_heads, self.head_dim))
             if self.temperature is not None:

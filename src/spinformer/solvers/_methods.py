@@ -97,9 +97,9 @@ def anderson(
     gaps = z0.new_empty(batch, size, n)  # G_k = f(z_k) − z_k
     gram = z0.new_zeros(batch, size, size)
 
-    def record(slot: int, z: Tensor, fz: Tensor, filled: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Store (z, f(z)) at ``slot`` of a history with ``filled`` slots; return G, the residual
-        and the Gram matrix."""
+    def record(slot: int, z: Tensor, fz: Tensor, filled: int) -> Tensor:
+        """Store (z, f(z)) at ``slot`` of a history with ``filled`` slots, with its row and
+        column of the Gram matrix; return the residual."""
         nonlocal images, gaps, gram
         if torch.is_grad_enabled():
             gap = fz - z
@@ -113,17 +113,17 @@ def anderson(
         index = torch.tensor([slot], device=z0.device)
         gram = gram.index_copy(1, index, torch.nn.functional.pad(row, (0, size - filled))[:, None])
         gram = gram.index_copy(2, index, gram[:, slot, :, None])
-        return gap, relative_residual(z, fz, gap), gram
+        return relative_residual(z, fz, gap)
 
     f0 = g(z0)
-    _, residual, gram = record(0, z0, f0, 1)
+    residual = record(0, z0, f0, 1)
     best, best_residual = z0.clone(), residual  # a buffer of its own (updated in place)
     done = residual <= tol
     stopped = done | torch.isinf(residual)  # converged, or f(z) not finite
     iterations = (~stopped).long()
     z = torch.where(stopped[:, None], z0, f0)
     mixed = torch.empty_like(z0)
-    _, residual, gram = record(1, z, g(z), 2)
+    residual = record(1, z, g(z), 2)
     slot, filled = 1, 2
     bordered = z0.new_zeros(batch, size + 1, size + 1)
     bordered[:, 0, 1:] = 1.0
@@ -161,7 +161,7 @@ def anderson(
         z = _select(stopped, best, z)
         slot = (slot + 1) % size
         filled = min(filled + 1, size)
-        _, residual, gram = record(slot, z, g(z), filled)
+        residual = record(slot, z, g(z), filled)
     improved = (residual < best_residual) & ~done
     best = _select(improved, z, best)
     best_residual = torch.where(improved, residual, best_residual)

@@ -135,8 +135,8 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         return None, f"loading {target} failed: {exc}"
     sweeps = library.spf_multispin_sweeps
     sweeps.restype = ctypes.c_int
-    sweeps.argtypes = [*[_PTR] * 4, *[_I64] * 3, *[_PTR] * 4, _I64, _I64, *[_PTR] * 7, _I64, _I64]
-    sweeps.argtypes += [_PTR] * 3
+    sweeps.argtypes = [*[_PTR] * 4, *[_I64] * 3, *[_PTR] * 4, *[_I64] * 2, *[_PTR] * 7,
+                       *[_I64] * 2, *[_PTR] * 3]  # fmt: skip
     measure = library.spf_multispin_measure
     measure.restype = ctypes.c_int
     measure.argtypes = [*[_PTR] * 4, *[_I64] * 4, *[_PTR] * 6, _I64, *[_PTR] * 4, _I64]

@@ -46,11 +46,11 @@ typedef struct {
  * are reduced by carry-save adders into running "ones, twos, fours, eights" words and one
  * "sixteens" word, which goes into a bit-sliced counter (ripple-carry increment, flushed into
  * 64 per-replica totals every 255 additions). About five word operations per counted word,
- * and no branch on the data. */
+ * and no branch on the data; runs of words are counted four at a time as vectors (hs_many). */
 #define PLANES 8
 #define CSA(high, low, a, b, c)                                                                \
     do {                                                                                       \
-        u64 u_ = (a) ^ (b);                                                                    \
+        __typeof__(a) u_ = (a) ^ (b); /* u64 or v4 */                                          \
         high = ((a) & (b)) | (u_ & (c));                                                       \
         low = u_ ^ (c);                                                                        \
     } while (0)
@@ -60,10 +60,24 @@ typedef struct {
     int n;
 } vcount_t;
 
+/* Four words as one vector (GNU C vector extension: AVX2 registers where the CPU has them,
+ * pairs or single words otherwise), loaded from any 8-byte aligned address. */
+typedef u64 v4 __attribute__((vector_size(32), aligned(8)));
+#define VW 4 /* words per v4 */
+
+/* The same carry-save counter for four words at a time: lane l of each running vector counts
+ * the words at positions = l mod 4 of the blocks of 64 it was given; its lanes are summed when
+ * flushed. */
+typedef struct {
+    v4 ones, twos, fours, eights, c[PLANES];
+    int n;
+} hsv_t;
+
 typedef struct {
     u64 ones, twos, fours, eights, buf[16];
     int n;
     vcount_t sixteens;
+    hsv_t v; /* blocks of 64 words */
     i64 *out, stride; /* 64 totals, stride apart */
 } hs_t;
 
@@ -112,6 +126,30 @@ static inline void csa16(hs_t *s, u64 *ones, u64 *twos, u64 *fours, u64 *eights,
     if (++v->n == 255) vc_flush(v, s->out, s->stride, 4);
 }
 
+/* csa4 and csa8 of vectors. */
+static inline v4 csa4v(v4 *ones, v4 *twos, const v4 *d) {
+    v4 twos_a, twos_b, fours;
+    CSA(twos_a, *ones, *ones, d[0], d[1]);
+    CSA(twos_b, *ones, *ones, d[2], d[3]);
+    CSA(fours, *twos, *twos, twos_a, twos_b);
+    return fours;
+}
+
+static inline v4 csa8v(v4 *ones, v4 *twos, v4 *fours, const v4 *d) {
+    v4 fours_a = csa4v(ones, twos, d), fours_b = csa4v(ones, twos, d + 4), eights;
+    CSA(eights, *fours, *fours, fours_a, fours_b);
+    return eights;
+}
+
+/* The vector counter of sixteens into the totals (each lane), emptied. */
+static void hsv_flush_counter(hsv_t *v, i64 *out, i64 stride) {
+    for (int j = 0; j < PLANES; ++j) {
+        for (int l = 0; l < VW; ++l) lanes_add(out, stride, v->c[j][l], j + 4);
+        v->c[j] = (v4){0};
+    }
+    v->n = 0;
+}
+
 static void hs_block(hs_t *s) {
     csa16(s, &s->ones, &s->twos, &s->fours, &s->eights, s->buf);
     s->n = 0;
@@ -122,10 +160,32 @@ static inline void hs_add(hs_t *s, u64 x) {
     if (s->n == 16) hs_block(s);
 }
 
-/* hs_add of the n words d[0..n), the blocks of 16 with the running words in registers (the
- * same sums as word by word). */
+/* hs_add of the n words d[0..n) (the same totals as word by word): whole blocks of 64 words
+ * into the vector counter, four words per operation, the next blocks of 16 with the running
+ * words in registers, the rest one by one. */
 static void hs_many(hs_t *s, const u64 *d, i64 n) {
     for (; n > 0 && s->n; --n) hs_add(s, *d++);
+    if (n >= 16 * VW) { /* whole blocks of 16 vectors */
+        hsv_t *v = &s->v;
+        v4 ones = v->ones, twos = v->twos, fours = v->fours, eights = v->eights;
+        for (; n >= 16 * VW; n -= 16 * VW, d += 16 * VW) {
+            const v4 *x = (const v4 *)d;
+            v4 eights_a = csa8v(&ones, &twos, &fours, x);
+            v4 eights_b = csa8v(&ones, &twos, &fours, x + 8);
+            v4 sixteens;
+            CSA(sixteens, eights, eights, eights_a, eights_b);
+            for (int j = 0; j < PLANES; ++j) { /* ripple-carry increment, fixed length */
+                v4 carry = v->c[j] & sixteens;
+                v->c[j] ^= sixteens;
+                sixteens = carry;
+            }
+            if (++v->n == 255) hsv_flush_counter(v, s->out, s->stride);
+        }
+        v->ones = ones;
+        v->twos = twos;
+        v->fours = fours;
+        v->eights = eights;
+    }
     u64 ones = s->ones, twos = s->twos, fours = s->fours, eights = s->eights;
     for (; n >= 16; n -= 16, d += 16) csa16(s, &ones, &twos, &fours, &eights, d);
     s->ones = ones;
@@ -144,6 +204,15 @@ static void hs_flush(hs_t *s) {
     vc_flush(&s->sixteens, s->out, s->stride, 4);
     s->ones = s->twos = s->fours = s->eights = 0;
     s->n = 0;
+    hsv_t *v = &s->v;
+    for (int l = 0; l < VW; ++l) {
+        lanes_add(s->out, s->stride, v->ones[l], 0);
+        lanes_add(s->out, s->stride, v->twos[l], 1);
+        lanes_add(s->out, s->stride, v->fours[l], 2);
+        lanes_add(s->out, s->stride, v->eights[l], 3);
+    }
+    v->ones = v->twos = v->fours = v->eights = (v4){0};
+    hsv_flush_counter(v, s->out, s->stride);
 }
 
 /* Update t[k0:k1] in place; h2 is the side neighbour row already offset by +-1. Digit j of
@@ -223,7 +292,7 @@ typedef struct {
     i64 *partial;   /* (planes * 64) flip totals of this job, then (2, planes * 64) counts */
     hs_t flips;     /* counting the flips of the current plane */
     hs_t bonds, down; /* counting unsatisfied bonds and down spins of the current plane */
-    u64 *row;       /* 6 w words: a row's bond and spin words */
+    u64 *row;       /* 5 BLOCK words: a block's bond and spin words */
 } job_t;
 
 /* Quarter indices and neighbour geometry (see MultispinEngine._neighbours):
@@ -236,30 +305,55 @@ static const int VSTEP[2][2] = {{-1, +1}, {-1, +1}};
 static const int SIDE[2][2] = {{WE, WO}, {BE, BO}};
 static const int SSTEP[2][2] = {{-1, +1}, {+1, -1}};
 
+/* Stores of words that are not read again soon (the slots of the per-site sums): non-temporal
+ * where the CPU has them (x86-64: no read for ownership, no eviction of the lattice from the
+ * caches), plain stores elsewhere; store_fence orders them before later stores. */
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+static inline void store_stream(u64 *p, u64 x) { _mm_stream_si64((long long *)p, (long long)x); }
+static inline void store_fence(void) { _mm_sfence(); }
+#else
+static inline void store_stream(u64 *p, u64 x) { *p = x; }
+static inline void store_fence(void) {}
+#endif
+
 /* The measurement of a white row just updated (target, with vertical neighbours v1, v2 and
  * side neighbours s[k], s[(k + dk) mod w], all final): its four bonds per site (each bond of
  * the lattice has one white end), its down spins (gauge undone) and those of the black row v1
- * (each black row is v1 of one white row), and both rows into the slot. */
+ * (each black row is v1 of one white row), and both rows into the slot. The counts do not
+ * depend on the order of the words, so each kind of bond is one contiguous run of words
+ * (loops the compiler vectorises), in blocks of BLOCK sites that stay in L1. */
 static void measure_row(job_t *job, const u64 *t, const u64 *v1, const u64 *v2, const u64 *s,
                         int dk, u64 gauge, u64 *slot_t, u64 *slot_v) {
     i64 w = job->sh->w;
-    u64 *b = job->row, *spins = job->row + 4 * w;
-    for (i64 k = 0; k < w; ++k) {
-        i64 side = k + dk < 0 ? w - 1 : k + dk >= w ? 0 : k + dk;
-        b[4 * k] = t[k] ^ v1[k];
-        b[4 * k + 1] = t[k] ^ v2[k];
-        b[4 * k + 2] = t[k] ^ s[k];
-        b[4 * k + 3] = t[k] ^ s[side];
-        spins[2 * k] = t[k] ^ gauge;
-        spins[2 * k + 1] = v1[k];
-    }
-    hs_many(&job->bonds, b, 4 * w);
-    hs_many(&job->down, spins, 2 * w);
-    if (slot_t)
-        for (i64 k = 0; k < w; ++k) {
-            slot_t[k] = spins[2 * k];
-            slot_v[k] = v1[k];
+    u64 *b = job->row, *spins = job->row + 4 * BLOCK;
+    for (i64 k0 = 0; k0 < w; k0 += BLOCK) {
+        i64 n = w - k0 < BLOCK ? w - k0 : BLOCK;
+        const u64 *tk = t + k0, *v1k = v1 + k0, *v2k = v2 + k0, *sk = s + k0;
+        for (i64 k = 0; k < n; ++k) {
+            b[k] = tk[k] ^ v1k[k];
+            b[BLOCK + k] = tk[k] ^ v2k[k];
+            b[2 * BLOCK + k] = tk[k] ^ sk[k];
         }
+        /* the side neighbours s[k + dk], wrapped at the ends of the row */
+        i64 lo = k0 + dk < 0 ? 1 : 0, hi = k0 + n + dk > w ? n - 1 : n;
+        for (i64 k = lo; k < hi; ++k) b[3 * BLOCK + k] = tk[k] ^ sk[k + dk];
+        if (lo) b[3 * BLOCK] = tk[0] ^ s[w - 1];
+        if (hi < n) b[3 * BLOCK + n - 1] = tk[n - 1] ^ s[0];
+        for (i64 k = 0; k < n; ++k) spins[k] = tk[k] ^ gauge;
+        if (n == BLOCK) {
+            hs_many(&job->bonds, b, 4 * BLOCK);
+        } else {
+            for (int q = 0; q < 4; ++q) hs_many(&job->bonds, b + q * BLOCK, n);
+        }
+        hs_many(&job->down, spins, n);
+        hs_many(&job->down, v1k, n);
+        if (slot_t) { /* read only at the next fold: past the caches */
+            for (i64 k = 0; k < n; ++k) store_stream(slot_t + k0 + k, spins[k]);
+            for (i64 k = 0; k < n; ++k) store_stream(slot_v + k0 + k, v1k[k]);
+        }
+    }
+    if (slot_t) store_fence();
 }
 
 static void half_sweep(job_t *job, int colour, int record, int count, int measure) {
@@ -350,7 +444,7 @@ int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, 
     accept_t *acc = malloc(sizeof(accept_t) * (size_t)batch);
     job_t *jobs = malloc(sizeof(job_t) * (size_t)threads);
     pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
-    i64 per_job = DRAWS * BLOCK + 7 * w, counted = 3 * planes * 64;
+    i64 per_job = DRAWS * BLOCK + w + 5 * BLOCK, counted = 3 * planes * 64;
     u64 *buffers = malloc(sizeof(u64) * (size_t)(threads * per_job));
     i64 *partial = calloc((size_t)(threads * counted), sizeof(i64));
     shared_t *sh = malloc(sizeof(shared_t));

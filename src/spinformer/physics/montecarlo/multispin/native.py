@@ -16,7 +16,11 @@ import math
 import torch
 from torch import Tensor
 
-from spinformer.physics.montecarlo.build import native_library, native_unavailable_reason
+from spinformer.physics.montecarlo.build import (
+    advise_huge_pages,
+    native_library,
+    native_unavailable_reason,
+)
 from spinformer.physics.montecarlo.multispin.common import (
     DIGITS,
     LAGS,
@@ -30,6 +34,14 @@ _NATIVE_COUNTER_PLANES = 8  # one cache line per site word; 16 once 248 measurem
 _WIDE_COUNTER_PLANES = 16
 _SLOTS = 8
 _SLOT_PAD = 8  # must match SLOT_PAD in multispin.c
+
+
+def _empty(*shape: int, dtype: torch.dtype = torch.int64) -> Tensor:
+    """An uninitialised CPU tensor, on huge pages where it is large (see
+    :func:`~spinformer.physics.montecarlo.build.advise_huge_pages`)."""
+    out = torch.empty(shape, dtype=dtype)
+    advise_huge_pages(out.data_ptr(), out.nbytes)
+    return out
 
 
 class NativeMultispin(MultispinEngine):
@@ -118,7 +130,7 @@ class NativeMultispin(MultispinEngine):
             torch.get_num_threads(),
             self.counts.data_ptr() if measure else None,
             self.gauge_words.data_ptr(),
-            self.slots[self.pending % _SLOTS].data_ptr() if measure else None,
+            self._free_slot().data_ptr() if measure else None,
         )
         if status:
             raise MemoryError("the native multispin kernel could not allocate its buffers")
@@ -132,21 +144,44 @@ class NativeMultispin(MultispinEngine):
         flipped = self.value_view[2, : self.chains]
         return (flipped / max(self.accepted_sweeps, 1)).to(self.model.dtype)
 
-    def _new_counter(self) -> Tensor:
-        """(4, *quarter, 8) counter planes per site (one cache line), and 8 slots of
-        (4, *quarter) recent states (see ``multispin.c``); after 248 measurements the counter
-        is widened to 16 planes, moved into ``totals`` every 65528. Neither is cleared: every
-        slot is written before it is folded (unused ones zeroed at the end), and the first
-        fold into an empty counter overwrites it."""
+    def _new_counter(self) -> None:
+        """8 slots of (4, *quarter) recent states (see ``multispin.c``), and no counter yet:
+        the slots are folded into (4, *quarter, 8) counter planes per site (one cache line)
+        when a ninth state needs a slot, or when the sums are read, so that a run of at most
+        8 measurements never allocates or folds a counter. After 248 measurements the counter
+        is widened to 16 planes, moved into ``totals`` every 65528. Nothing is cleared: every
+        slot is written before it is folded (unused ones zeroed first), and the first fold
+        into an empty counter overwrites it. The slots are touched (page faults) only as
+        they are used."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
         self.counter_empty = True
+        self.folded = 0  # states in the counter
+        self.unfolded = 0  # states in the slots, which fill from slot 0
         # slot-major, each slot padded by _SLOT_PAD words (a stride off the page size)
-        self.slots = torch.empty(_SLOTS, 4 * self.be.numel() + _SLOT_PAD, dtype=torch.int64)
-        shape = (4, *self.be.shape, self.counter_planes)
-        return torch.empty(shape, dtype=torch.int64, device=self.be.device)
+        self.slots = _empty(_SLOTS, 4 * self.be.numel() + _SLOT_PAD)
+
+    def _free_slot(self) -> Tensor:
+        """The slot for the next state, the slots folded first when all are in use."""
+        if self.unfolded == _SLOTS:
+            self._fold()
+        return self.slots[self.unfolded]
 
     def _fold(self) -> None:
-        """Fold the slots into the per-site counters (the unused slots must be zero)."""
+        """Fold the states in the slots into the per-site counters (allocated at the first
+        fold; widened, or moved into ``totals``, before they could overflow)."""
+        if self.unfolded < _SLOTS:  # the fold adds all slots: the unused ones zero
+            self.slots[self.unfolded :].zero_()
+        if self.counter is None:
+            self.counter = _empty(4, *self.be.shape, self.counter_planes)
+            self.counter_empty = True
+        elif not self.counter_empty and self.folded + _SLOTS >= 2**self.counter_planes:
+            if self.counter_planes < _WIDE_COUNTER_PLANES:  # a long run: wider, not unpacked
+                wide = self.counter.new_zeros(*self.counter.shape[:-1], _WIDE_COUNTER_PLANES)
+                wide[..., : self.counter_planes] = self.counter
+                self.counter, self.counter_planes = wide, _WIDE_COUNTER_PLANES
+            else:
+                sums = self._counter_sums(1.0)
+                self.totals = sums if self.totals is None else self.totals + sums
         self.native.spf_multispin_fold(
             self.slots.data_ptr(),
             self.counter.data_ptr(),
@@ -155,6 +190,8 @@ class NativeMultispin(MultispinEngine):
             self.counter_empty,
         )
         self.counter_empty = False
+        self.folded += self.unfolded
+        self.unfolded = 0
 
     def _count(self, counters: bool, flips: bool = True) -> None:
         """One kernel pass: energy and magnetization per replica into ``values`` (and the
@@ -162,6 +199,8 @@ class NativeMultispin(MultispinEngine):
         with ``counters`` the down spins also enter the per-site sums."""
         quarters = (self.be, self.bo, self.we, self.wo)
         flips = flips and self.flips_counted
+        if counters:
+            self._free_slot()
         status = self.native.spf_multispin_measure(
             *(q.data_ptr() for q in quarters),
             self.counts.shape[2] * self.groups,
@@ -171,7 +210,7 @@ class NativeMultispin(MultispinEngine):
             self.gauge_words.data_ptr(),
             *(None,) * 4,
             self.slots.data_ptr() if counters else None,
-            self.pending % _SLOTS,
+            self.unfolded,
             self.counts.data_ptr(),
             self.scale.data_ptr(),
             self.values.data_ptr(),
@@ -222,7 +261,7 @@ class NativeMultispin(MultispinEngine):
         """(chains, *batch, N): a + scale·count, count from ``planes`` bit planes per site
         (site words ``stride`` apart, the planes from ``offset``)."""
         dtype = self.model.dtype if self.model.dtype == torch.float64 else torch.float32
-        out = torch.empty(self.chains, *self.batch_shape, self.n, dtype=dtype)
+        out = _empty(self.chains, *self.batch_shape, self.n, dtype=dtype)
         status = self.native.spf_multispin_unpack(
             *(q.data_ptr() for q in words),
             planes,
@@ -248,39 +287,27 @@ class NativeMultispin(MultispinEngine):
         quarters = (self.be, self.bo, self.we, self.wo)
         return self._unpack(quarters, 1, 1, 0, self.gauge_words, 1.0, -2.0)
 
-    def _site_sums(self, divisor: float) -> Tensor:
-        """(Σ σ_i over the measurements since the last flush) / divisor; empties the counters."""
-        if self.pending % _SLOTS:  # fold the partly filled slots, the unused ones zero
-            self.slots[self.pending % _SLOTS :].zero_()
-            self._fold()
-        if self.counter_empty:  # no measurement since the last flush
+    def _counter_sums(self, divisor: float) -> Tensor:
+        """(Σ σ_i over the states in the counter) / divisor; empties the counter."""
+        if self.counter is None or self.counter_empty:
             return torch.zeros(self.chains, *self.batch_shape, self.n, dtype=self.model.dtype)
         zero = torch.zeros_like(self.gauge_words)
-        planes = max(1, self.pending.bit_length())  # the planes above hold zeros
+        planes = max(1, self.folded.bit_length())  # the planes above hold zeros
         sums = self._unpack(
-            tuple(self.counter), planes, self.counter_planes, 0, zero, self.pending / divisor,
+            tuple(self.counter), planes, self.counter_planes, 0, zero, self.folded / divisor,
             -2.0 / divisor,
         )  # fmt: skip
         self.counter_empty = True
-        self.pending = 0
+        self.folded = 0
         return sums
 
     def _counted(self) -> None:
-        self.pending += 1
+        self.unfolded += 1
         self.measurements += 1
-        if self.pending % _SLOTS == 0:
-            self._fold()
-        if self.pending < 2**self.counter_planes - _SLOTS:  # (a multiple of the slots)
-            return
-        if self.counter_planes < _WIDE_COUNTER_PLANES:  # a long run: wider, not unpacked
-            wide = self.counter.new_zeros(*self.counter.shape[:-1], _WIDE_COUNTER_PLANES)
-            wide[..., : self.counter_planes] = self.counter
-            self.counter, self.counter_planes = wide, _WIDE_COUNTER_PLANES
-        else:
-            sums = self._site_sums(1.0)
-            self.totals = sums if self.totals is None else self.totals + sums
 
     def site_mean(self, measurements: int) -> Tensor:
+        if self.unfolded:
+            self._fold()
         if self.totals is None:  # the usual case: unpacked straight into the mean
-            return self._site_sums(float(measurements))
-        return (self.totals + self._site_sums(1.0)) / measurements
+            return self._counter_sums(float(measurements))
+        return (self.totals + self._counter_sums(1.0)) / measurements

@@ -181,3 +181,32 @@ int spf_checkerboard_grid(const i8 *black, const i8 *white, i64 planes, i64 h, i
     free(row);
     return 0;
 }
+
+/* The sampling loop of `records` measurements: each is `every` sweeps (flips counted as in
+ * spf_checkerboard_sweeps) and a measurement of the state they leave, written to
+ * out + 2 t planes (see spf_checkerboard_measure) and added to the int8 per-site sums. *pending
+ * counts the states in those sums; when it reaches 127 they are added to the doubles totals
+ * (planes, h, 2 w) in site order (see spf_checkerboard_grid) and emptied. The same arithmetic
+ * as the separate calls, without a return to the caller per measurement. Returns 0, or -1 when
+ * memory runs out. */
+int spf_checkerboard_run(i8 *black, i8 *white, i64 planes, i64 h, i64 w, i64 batch,
+                         const i64 *thresholds, i64 *rng_state, i64 *rng_pos, i64 *flips,
+                         i64 every, i64 records, const double *coupling, const double *field,
+                         double *out, i8 *sum_black, i8 *sum_white, i64 *pending,
+                         double *totals) {
+    for (i64 t = 0; t < records; ++t) {
+        int status = spf_checkerboard_sweeps(black, white, planes, h, w, batch, thresholds,
+                                             rng_state, rng_pos, flips, every);
+        if (!status)
+            status = spf_checkerboard_measure(black, white, planes, h, w, batch, coupling, field,
+                                              out + 2 * t * planes, sum_black, sum_white);
+        if (!status && ++*pending == 127) {
+            status = spf_checkerboard_grid(sum_black, sum_white, planes, h, w, totals, 1.0,
+                                           totals, 1);
+            for (i64 j = 0; j < planes * h * w; ++j) sum_black[j] = sum_white[j] = 0;
+            *pending = 0;
+        }
+        if (status) return status;
+    }
+    return 0;
+}

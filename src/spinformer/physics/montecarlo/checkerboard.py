@@ -169,6 +169,28 @@ class CheckerboardSweeper:
         values = self.values.view(2, *self.lead).to(self.model.dtype)
         return values[0], values[1]
 
+    def run(self, records: int, every: int, energy: Tensor, magnetization: Tensor) -> None:
+        """The sampling loop in one kernel call: ``records`` times ``every`` recorded sweeps,
+        then :meth:`measure` and :meth:`accumulate`, the series written to ``energy`` and
+        ``magnetization`` ``(records, chains, *batch)``; the same states and numbers as the
+        calls one by one."""
+        if self.counted_state:  # the loop's states are new ones; this one is in the sums
+            raise RuntimeError("run() starts from a state that is not yet measured")
+        if self.totals is None and self.pending + records >= 127:
+            self.totals = torch.zeros(self.planes, self.n, dtype=torch.float64)
+        series = torch.empty(records, 2, self.planes, dtype=torch.float64)
+        pending = torch.tensor([self.pending], dtype=torch.int64)
+        self._run(
+            "run", self.thresholds, self.rng_state, self.rng_pos, self.flips, every, records,
+            self.bond, self.field, series, self.sum_black, self.sum_white, pending, self.totals,
+        )  # fmt: skip
+        self.pending = int(pending)
+        self.recorded += records * every
+        self.counted_state = True
+        self.values.copy_(series[-1])
+        energy.copy_(series[:, 0].view(energy.shape))
+        magnetization.copy_(series[:, 1].view(magnetization.shape))
+
     def accumulate(self) -> None:
         """Add the state to the per-site sums, once per state."""
         if not self.counted_state:

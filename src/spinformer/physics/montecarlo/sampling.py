@@ -312,6 +312,10 @@ def sample(
         blocks = track(blocks, description=f"{algorithm}: {chains} chains")
     if burn_in:
         sweeper.sweep(burn_in, False)
+    run = getattr(sweeper, "run", None)
+    if run is not None and not (progress or correlations or snapshot_every is not None):
+        run(records, measure_every, energy, magnetization)  # the loop below, in one call
+        blocks = ()
     for t in blocks:  # the sweeps up to each measurement run as one call
         sweeper.sweep(measure_every, True)
         energy[t], magnetization[t] = sweeper.measure()

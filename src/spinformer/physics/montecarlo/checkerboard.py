@@ -58,6 +58,9 @@ def _check(status: int) -> None:
 class CheckerboardSweeper:
     """Sweeper of the compiled checkerboard (chains × batch entries as independent planes)."""
 
+    # sample() writes the final state and the site means on the grid only when they are read
+    deferred_results = True
+
     def __init__(
         self,
         model: IsingModel,

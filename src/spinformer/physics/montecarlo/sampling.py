@@ -51,9 +51,10 @@ class MonteCarloSamples:
         measure_every: sweeps between measurements.
         extras: ``"engine"``: the engine that ran.
 
-    Engines that keep their state packed (the native multi-spin engine) unpack ``final_state``
-    and ``mean_state`` on first access, so a caller who reads only the series does not pay
-    for two (chains, N) arrays; the values do not depend on when they are read.
+    Engines that keep their state in a layout of their own (the native multi-spin engine, the
+    compiled checkerboard) unpack ``final_state`` and ``mean_state`` on first access, so a
+    caller who reads only the series does not pay for two (chains, N) arrays; the values do
+    not depend on when they are read.
     """
 
     energy: Tensor

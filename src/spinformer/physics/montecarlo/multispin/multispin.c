@@ -27,6 +27,7 @@
 #define DRAWS (DIGITS + 1)
 #define MAX63 0x7FFFFFFFFFFFFFFFULL
 #define BLOCK 64 /* sites per random draw: the DRAWS * BLOCK words stay in L1 */
+#define SLOTS 8   /* recent states of the per-site sums (see spf_multispin_fold) */
 
 typedef uint64_t u64;
 typedef int64_t i64;
@@ -278,6 +279,7 @@ typedef struct {
     u64 *rng_state;      /* (planes * h, LAG_R) */
     i64 *rng_pos;        /* (planes * h) */
     i64 sweeps;
+    int stream; /* the slots are written with non-temporal stores */
     pthread_barrier_t barrier;
     pthread_mutex_t lock; /* the gate: workers start once every thread exists */
     pthread_cond_t opened;
@@ -308,11 +310,14 @@ static const int SSTEP[2][2] = {{-1, +1}, {+1, -1}};
 /* Stores of words that are not read again soon (the slots of the per-site sums): non-temporal
  * where the CPU has them (x86-64: no read for ownership, no eviction of the lattice from the
  * caches), plain stores elsewhere; store_fence orders them before later stores. */
+#define STREAM_BYTES (16 << 20) /* slots that may stay in a large last-level cache: stored */
 #if defined(__x86_64__) && defined(__SSE2__)
+#define STREAM_STORES 1
 #include <emmintrin.h>
 static inline void store_stream(u64 *p, u64 x) { _mm_stream_si64((long long *)p, (long long)x); }
 static inline void store_fence(void) { _mm_sfence(); }
 #else
+#define STREAM_STORES 0
 static inline void store_stream(u64 *p, u64 x) { *p = x; }
 static inline void store_fence(void) {}
 #endif
@@ -348,12 +353,15 @@ static void measure_row(job_t *job, const u64 *t, const u64 *v1, const u64 *v2, 
         }
         hs_many(&job->down, spins, n);
         hs_many(&job->down, v1k, n);
-        if (slot_t) { /* read only at the next fold: past the caches */
+        if (slot_t && job->sh->stream) { /* read only at the next fold: past the caches */
             for (i64 k = 0; k < n; ++k) store_stream(slot_t + k0 + k, spins[k]);
             for (i64 k = 0; k < n; ++k) store_stream(slot_v + k0 + k, v1k[k]);
+        } else if (slot_t) {
+            for (i64 k = 0; k < n; ++k) slot_t[k0 + k] = spins[k];
+            for (i64 k = 0; k < n; ++k) slot_v[k0 + k] = v1k[k];
         }
     }
-    if (slot_t) store_fence();
+    if (slot_t && job->sh->stream) store_fence();
 }
 
 static void half_sweep(job_t *job, int colour, int record, int count, int measure) {
@@ -469,6 +477,7 @@ int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, 
         .flip_counts = flip_counts, .measure = measure, .gauge = (const u64 *)gauge,
         .slot = (u64 *)slot, .planes = planes, .h = h, .w = w, .batch = batch, .acc = acc,
         .rng_state = (u64 *)rng_state, .rng_pos = rng_pos, .sweeps = sweeps, .open = 0,
+        .stream = STREAM_STORES && SLOTS * 4 * planes * h * w * 8 > STREAM_BYTES,
     };
     pthread_mutex_init(&sh->lock, NULL);
     pthread_cond_init(&sh->opened, NULL);
@@ -522,7 +531,6 @@ done:
  * their sum, added with ripple carries (continued only while a carry is left), or stored as
  * they are into an empty counter (which then needs no clearing pass). The caller widens or
  * empties the counter before its count could pass 2^planes - 1. */
-#define SLOTS 8
 /* slot j of site word i is slots[j * (n + SLOT_PAD) + i]: a stride that is no multiple of the
  * page size, so that the eight slots of a word do not compete for one cache set */
 #define SLOT_PAD 8

@@ -177,6 +177,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     values = library.spf_multispin_values
     values.restype = None
     values.argtypes = [_PTR, *[_I64] * 4, _PTR, _PTR, _PTR]
+    values_into = library.spf_multispin_values_into
+    values_into.restype = None
+    values_into.argtypes = [_PTR, *[_I64] * 4, *[_PTR] * 4]
     unpack = library.spf_multispin_unpack
     unpack.restype = ctypes.c_int
     unpack.argtypes = [*[_PTR] * 4, *[_I64] * 8, _PTR, ctypes.c_double, ctypes.c_double, _PTR]

@@ -644,11 +644,13 @@ static void *measure_rows(void *arg) {
     return NULL;
 }
 
-/* From per-replica counts (3, groups * 64, batch) (see spf_multispin_measure) into out (same
- * shape): the energy scale[b] (u - N), the magnetization 1 - 2 d / N and, added to out[2],
- * the flipped fraction f / N of flip_counts (planes * 64; NULL: none). */
-void spf_multispin_values(const i64 *counts, i64 planes, i64 h, i64 w, i64 batch,
-                          const double *scale, double *out, const i64 *flip_counts) {
+/* From per-replica counts (3, groups * 64, batch) (see spf_multispin_measure) into out
+ * (2, groups * 64, batch): the energy scale[b] (u - N) and the magnetization 1 - 2 d / N, and
+ * into accepted (groups * 64, batch) added the flipped fraction f / N of flip_counts
+ * (planes * 64; NULL: none). */
+void spf_multispin_values_into(const i64 *counts, i64 planes, i64 h, i64 w, i64 batch,
+                               const double *scale, double *out, double *accepted,
+                               const i64 *flip_counts) {
     i64 lanes = planes * 64;
     double sites = 4.0 * (double)(h * w);
     for (i64 j = 0; j < lanes; ++j) {
@@ -656,9 +658,16 @@ void spf_multispin_values(const i64 *counts, i64 planes, i64 h, i64 w, i64 batch
         out[lanes + j] = 1.0 - 2.0 * (double)counts[lanes + j] / sites;
         if (flip_counts) {
             i64 b = j % batch, lane = (j / batch) % 64, g = j / (batch * 64);
-            out[2 * lanes + j] += (double)flip_counts[(g * batch + b) * 64 + lane] / sites;
+            accepted[j] += (double)flip_counts[(g * batch + b) * 64 + lane] / sites;
         }
     }
+}
+
+/* spf_multispin_values_into with out (3, groups * 64, batch): accepted = out[2]. */
+void spf_multispin_values(const i64 *counts, i64 planes, i64 h, i64 w, i64 batch,
+                          const double *scale, double *out, const i64 *flip_counts) {
+    spf_multispin_values_into(counts, planes, h, w, batch, scale, out, out + 2 * planes * 64,
+                              flip_counts);
 }
 
 /* Per-replica counts of the current state into counts (3, groups * 64, batch) (replica

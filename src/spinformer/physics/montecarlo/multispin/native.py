@@ -139,6 +139,54 @@ class NativeMultispin(MultispinEngine):
         self.counted_state = False
         self.measured = measure
 
+    def run(self, records: int, every: int, energy: Tensor, magnetization: Tensor) -> None:
+        """The sampling loop: ``records`` times ``every`` recorded sweeps, :meth:`measure` and
+        :meth:`accumulate`, the series written to ``energy`` and ``magnetization``
+        ``(records, chains, *batch)``; the same states and numbers as the calls one by one,
+        with the sweep's arguments built once and the values written in place by the kernel
+        (no tensor operation per measurement)."""
+        if self.keep_flip_masks or self.flip_buffers is not None:  # tests: call by call
+            for t in range(records):
+                self.sweep(every, True)
+                energy[t], magnetization[t] = self.measure()
+                self.accumulate()
+            return
+        lanes = self.counts.shape[1] * self.counts.shape[2]
+        series = torch.empty(records, 2, lanes, dtype=torch.float64)
+        d1, d0, q1, q0 = self.native_digits
+        plane_words = self.be.shape[-2] * self.be.shape[-1]
+        head = (
+            *(q.data_ptr() for q in (self.be, self.bo, self.we, self.wo)),
+            self.be.numel() // plane_words, *self.be.shape[-2:], d1.data_ptr(), d0.data_ptr(),
+            q1.data_ptr(), q0.data_ptr(), q1.numel(), self.lazy_digits,
+            self.native_state.data_ptr(), self.native_position.data_ptr(), None, None, None,
+            None, self.flip_counts.data_ptr(), every, torch.get_num_threads(),
+            self.counts.data_ptr(), self.gauge_words.data_ptr(),
+        )  # fmt: skip
+        values = (
+            self.counts.data_ptr(), self.counts.shape[2] * self.groups, *self.be.shape[-2:],
+            self.gauge_words.numel(), self.scale.data_ptr(),
+        )  # fmt: skip
+        accepted, flips = self.values[2].data_ptr(), self.flip_counts.data_ptr()
+        out, step = series.data_ptr(), 2 * lanes * series.element_size()
+        sweeps, values_into = (
+            self.native.spf_multispin_sweeps,
+            self.native.spf_multispin_values_into,
+        )
+        for t in range(records):
+            if sweeps(*head, self._free_slot().data_ptr()):
+                raise MemoryError("the native multispin kernel could not allocate its buffers")
+            values_into(*values, out + t * step, accepted, flips)
+            self.unfolded += 1
+        self.measurements += records
+        self.accepted_sweeps += records
+        self.last_flips, self.flips_counted, self.measured = None, True, True
+        self.counted_state = True
+        self.values[:2] = series[-1].view(self.values[:2].shape)
+        view = series.view(records, 2, self.groups * 64, *self.batch_shape)[:, :, : self.chains]
+        energy.copy_(view[:, 0])
+        magnetization.copy_(view[:, 1])
+
     def acceptance(self) -> Tensor:
         """Mean flipped fraction per chain, estimated on the sweeps that preceded measurements."""
         flipped = self.value_view[2, : self.chains]

@@ -183,7 +183,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     unpack = library.spf_multispin_unpack
     unpack.restype = ctypes.c_int
     unpack.argtypes = [*[_PTR] * 4, *[_I64] * 8, _PTR, ctypes.c_double, ctypes.c_double, _PTR]
-    unpack.argtypes += [_I64]
+    unpack.argtypes += [_I64, _I64]
+    library.spf_multispin_spill.restype = None
+    library.spf_multispin_spill.argtypes = [_PTR, _PTR, *[_I64] * 4]
     library.spf_multispin_fold.restype = None
     library.spf_multispin_fold.argtypes = [_PTR, _PTR, _I64, _I64, _I64]
     single = library.spf_checkerboard_sweeps

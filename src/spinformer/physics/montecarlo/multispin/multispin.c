@@ -526,50 +526,74 @@ done:
 
 /* Per-site sums of down spins: SLOTS recent states, slot-major (slot j of all n site words
  * contiguous, so a measurement writes one stream), and `planes` (at least 4) bit-sliced counter
- * planes per site word, adjacent (8 of them: one cache line). Every SLOTS measurements the
- * slots of a site are folded into its planes: a carry-save tree makes the four bit planes of
- * their sum, added with ripple carries (continued only while a carry is left), or stored as
- * they are into an empty counter (which then needs no clearing pass). The caller widens or
- * empties the counter before its count could pass 2^planes - 1. */
+ * planes per site word, in groups of four site words (n is a multiple of 4): plane j of word
+ * i at counter[((i / 4) * planes + j) * 4 + i % 4], so that four words fold as one vector.
+ * When the slots are full (or the sums are read) the slots of a site are folded into its
+ * planes: a carry-save tree makes the four bit planes of their sum, added with ripple carries
+ * (continued only while a carry is left in one of the four words), or stored as they are into
+ * an empty counter (which then needs no clearing pass). The caller widens or empties the
+ * counter before its count could pass 2^planes - 1. */
 /* slot j of site word i is slots[j * (n + SLOT_PAD) + i]: a stride that is no multiple of the
  * page size, so that the eight slots of a word do not compete for one cache set */
 #define SLOT_PAD 8
 
-static inline void fold(u64 *slots, i64 n, u64 *c, i64 planes, int empty) {
-    u64 d[SLOTS];
-    for (int j = 0; j < SLOTS; ++j) d[j] = slots[j * n]; /* each rewritten before the next fold */
-    u64 t1, o1, t2, o2, t3, o3, f1, w1;
+static inline void fold(const u64 *slots, i64 n, v4 *c, i64 planes, int empty) {
+    v4 d[SLOTS];
+    for (int j = 0; j < SLOTS; ++j) d[j] = *(const v4 *)(slots + j * n);
+    v4 t1, o1, t2, o2, t3, o3, f1, w1;
     CSA(t1, o1, d[0], d[1], d[2]);
     CSA(t2, o2, o1, d[3], d[4]);
     CSA(t3, o3, o2, d[5], d[6]);
-    u64 add[4], t4 = o3 & d[7];
+    v4 add[4], t4 = o3 & d[7];
     add[0] = o3 ^ d[7];
     CSA(f1, w1, t1, t2, t3);
     add[1] = w1 ^ t4;
-    u64 f2 = w1 & t4;
+    v4 f2 = w1 & t4;
     add[2] = f1 ^ f2;
     add[3] = f1 & f2;
     if (empty) {
-        for (i64 j = 0; j < planes; ++j) c[j] = j < 4 ? add[j] : 0;
+        for (i64 j = 0; j < planes; ++j) c[j] = j < 4 ? add[j] : (v4){0};
         return;
     }
-    u64 carry = 0;
+    v4 carry = {0};
     for (i64 j = 0; j < planes; ++j) {
-        u64 a = j < 4 ? add[j] : 0, x = c[j] ^ a;
-        u64 next = (c[j] & a) | (carry & x);
+        v4 a = j < 4 ? add[j] : (v4){0}, x = c[j] ^ a;
+        v4 next = (c[j] & a) | (carry & x);
         c[j] = x ^ carry;
         carry = next;
-        if (j >= 3 && !carry) break;
+        if (j >= 3 && !(carry[0] | carry[1] | carry[2] | carry[3])) break;
     }
 }
 
 /* Fold the slots of all n site words into their planes (the unused slots must be zero; empty:
- * the counter holds nothing yet, its contents are ignored), one word after the other: nine
+ * the counter holds nothing yet, its contents are ignored), four words after four: nine
  * sequential streams (folding inside the measurement's row loop, 36 interleaved streams, cost
  * four times as much). */
 void spf_multispin_fold(i64 *slots, i64 *counter, i64 n, i64 planes, i64 empty) {
-    for (i64 i = 0; i < n; ++i)
-        fold((u64 *)slots + i, n + SLOT_PAD, (u64 *)counter + i * planes, planes, (int)empty);
+    for (i64 i = 0; i < n; i += VW)
+        fold((const u64 *)slots + i, n + SLOT_PAD, (v4 *)((u64 *)counter + i * planes), planes,
+             (int)empty);
+}
+
+/* Add the `planes` planes of the n site words of counter into the wide_planes planes of wide
+ * (both in groups of four words; empty: wide holds nothing yet and is overwritten), the counter
+ * left as it is. The caller keeps the sums below 2^wide_planes. */
+void spf_multispin_spill(const i64 *counter, i64 *wide, i64 n, i64 planes, i64 wide_planes,
+                         i64 empty) {
+    for (i64 i = 0; i < n; i += VW) {
+        const v4 *c = (const v4 *)((const u64 *)counter + i * planes);
+        v4 *x = (v4 *)((u64 *)wide + i * wide_planes), carry = {0};
+        for (i64 j = 0; j < wide_planes; ++j) {
+            v4 a = j < planes ? c[j] : (v4){0};
+            if (empty) {
+                x[j] = a;
+                continue;
+            }
+            v4 sum = x[j] ^ a, next = (x[j] & a) | (carry & sum);
+            x[j] = sum ^ carry;
+            carry = next;
+        }
+    }
 }
 
 typedef struct {
@@ -733,7 +757,10 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
  * site (row, col), count = sum_j bit(word_j) 2^j over the planes j < nplanes of the site's
  * words, plane j of element (p, i, k) of quarter q at
  * src[q][((p * h + i) * w + k) * stride + offset + j], after XOR with gauge[b] (white quarters
- * only). Writes doubles when is_double, else floats. The two quarters of a lattice row (BE and
+ * only); with quarter_words > 0, src[0] is a counter in groups of four words (see fold):
+ * element e = (p * h + i) * w + k of quarter q is its word q * quarter_words + e, whose plane j
+ * is read (stride = its planes, offset 0). Writes doubles when is_double, else floats. The two
+ * quarters of a lattice row (BE and
  * WE for even rows, WO and BO for odd ones) are read in blocks of 64 site words per plane, each
  * block transposed as a 64 x 64 bit matrix (word lane of the result holds the bits of the 64
  * sites for replica lane), then each replica's row is assembled from its words with loops the
@@ -751,15 +778,23 @@ static void transpose64(u64 *a) {
         }
 }
 
-/* The row of quarter words row[k * stride + j] (k < w, j < nplanes), XOR flip, as transposed
- * blocks: out[(j * blocks + kb) * 64 + lane] bit kk = bit lane of plane j of word 64 kb + kk. */
-static void transpose_row(const u64 *row, i64 w, i64 stride, i64 nplanes, u64 flip, u64 *out) {
+/* The row of quarter words row[k * stride + j] (k < w, j < nplanes; grouped > 0: row is a
+ * counter in groups of four and word k of the row is its word grouped - 1 + k), XOR flip, as
+ * transposed blocks: out[(j * blocks + kb) * 64 + lane] bit kk = bit lane of plane j of word 64 kb + kk. */
+static void transpose_row(const u64 *row, i64 w, i64 stride, i64 nplanes, u64 flip, u64 *out,
+                          i64 grouped) {
     i64 blocks = (w + 63) / 64;
     for (i64 kb = 0; kb < blocks; ++kb) {
         i64 n = w - 64 * kb < 64 ? w - 64 * kb : 64;
         for (i64 j = 0; j < nplanes; ++j) {
             u64 *block = out + (j * blocks + kb) * 64;
-            for (i64 k = 0; k < n; ++k) block[k] = row[(64 * kb + k) * stride + j] ^ flip;
+            if (grouped) /* row = the counter, word e = grouped - 1 + 64 kb + k */
+                for (i64 k = 0; k < n; ++k) {
+                    i64 e = grouped - 1 + 64 * kb + k;
+                    block[k] = row[((e / 4) * stride + j) * 4 + e % 4] ^ flip;
+                }
+            else
+                for (i64 k = 0; k < n; ++k) block[k] = row[(64 * kb + k) * stride + j] ^ flip;
             for (i64 k = n; k < 64; ++k) block[k] = 0;
         }
         for (i64 j = 0; j < nplanes; ++j) transpose64(out + (j * blocks + kb) * 64);
@@ -786,7 +821,7 @@ static void lane_counts(const u64 *t, i64 blocks, i64 nplanes, int lane, uint32_
 int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo,
                          i64 nplanes, i64 stride, i64 offset, i64 groups, i64 batch, i64 h,
                          i64 w, i64 chains, const i64 *gauge, double a, double scale, void *out,
-                         i64 is_double) {
+                         i64 is_double, i64 quarter_words) {
     const u64 *src[4] = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo};
     static const int LEFT[2] = {BE, WO}, RIGHT[2] = {WE, BO}; /* columns 2k, 2k + 1 */
     i64 width = 2 * w, sites = 2 * h * width, blocks = (w + 63) / 64;
@@ -808,8 +843,16 @@ int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 
                 int left = LEFT[r % 2], right = RIGHT[r % 2];
                 u64 flip_left = left >= WE ? (u64)gauge[b] : 0;
                 u64 flip_right = right >= WE ? (u64)gauge[b] : 0;
-                transpose_row(src[left] + base, w, stride, nplanes, flip_left, pl);
-                transpose_row(src[right] + base, w, stride, nplanes, flip_right, pr);
+                if (quarter_words) { /* the counter's groups of four: by word index */
+                    i64 e = (p * h + i) * w;
+                    transpose_row(src[0], w, stride, nplanes, flip_left, pl,
+                                  1 + left * quarter_words + e);
+                    transpose_row(src[0], w, stride, nplanes, flip_right, pr,
+                                  1 + right * quarter_words + e);
+                } else {
+                    transpose_row(src[left] + base, w, stride, nplanes, flip_left, pl, 0);
+                    transpose_row(src[right] + base, w, stride, nplanes, flip_right, pr, 0);
+                }
                 for (int lane = 0; lane < lanes; ++lane) {
                     lane_counts(pl, blocks, nplanes, lane, cl);
                     lane_counts(pr, blocks, nplanes, lane, cr);

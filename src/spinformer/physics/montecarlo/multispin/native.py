@@ -194,16 +194,20 @@ class NativeMultispin(MultispinEngine):
 
     def _new_counter(self) -> None:
         """8 slots of (4, *quarter) recent states (see ``multispin.c``), and no counter yet:
-        the slots are folded into (4, *quarter, 8) counter planes per site (one cache line)
-        when a ninth state needs a slot, or when the sums are read, so that a run of at most
-        8 measurements never allocates or folds a counter. After 248 measurements the counter
-        is widened to 16 planes, moved into ``totals`` every 65528. Nothing is cleared: every
-        slot is written before it is folded (unused ones zeroed first), and the first fold
-        into an empty counter overwrites it. The slots are touched (page faults) only as
-        they are used."""
+        the slots are folded into 8 counter planes per site word (in groups of four words,
+        ``multispin.c``) when a ninth state needs a slot, or when the sums are read, so that a
+        run of at most 8 measurements never allocates or folds a counter. Every 248
+        measurements the counter is added into a wide counter of 16 planes (the counts then
+        have ``counter_planes`` = 16), which is moved into ``totals`` before it could
+        overflow; the folds always go into the 8 planes (one cache line per site word).
+        Nothing is cleared: every slot is written before it is folded (unused ones zeroed
+        first), and the first fold into an empty counter overwrites it. The slots are
+        touched (page faults) only as they are used."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
         self.counter_empty = True
         self.folded = 0  # states in the counter
+        self.wide: Tensor | None = None
+        self.wide_count = 0  # states in the wide counter
         self.unfolded = 0  # states in the slots, which fill from slot 0
         # slot-major, each slot padded by _SLOT_PAD words (a stride off the page size)
         self.slots = _empty(_SLOTS, 4 * self.be.numel() + _SLOT_PAD)
@@ -220,21 +224,15 @@ class NativeMultispin(MultispinEngine):
         if self.unfolded < _SLOTS:  # the fold adds all slots: the unused ones zero
             self.slots[self.unfolded :].zero_()
         if self.counter is None:
-            self.counter = _empty(4, *self.be.shape, self.counter_planes)
+            self.counter = _empty(self.be.numel(), _NATIVE_COUNTER_PLANES, 4)
             self.counter_empty = True
-        elif not self.counter_empty and self.folded + _SLOTS >= 2**self.counter_planes:
-            if self.counter_planes < _WIDE_COUNTER_PLANES:  # a long run: wider, not unpacked
-                wide = self.counter.new_zeros(*self.counter.shape[:-1], _WIDE_COUNTER_PLANES)
-                wide[..., : self.counter_planes] = self.counter
-                self.counter, self.counter_planes = wide, _WIDE_COUNTER_PLANES
-            else:
-                sums = self._counter_sums(1.0)
-                self.totals = sums if self.totals is None else self.totals + sums
+        elif not self.counter_empty and self.folded + _SLOTS >= 2**_NATIVE_COUNTER_PLANES:
+            self._spill()
         self.native.spf_multispin_fold(
             self.slots.data_ptr(),
             self.counter.data_ptr(),
             4 * self.be.numel(),
-            self.counter_planes,
+            _NATIVE_COUNTER_PLANES,
             self.counter_empty,
         )
         self.counter_empty = False
@@ -305,9 +303,10 @@ class NativeMultispin(MultispinEngine):
             self._counted()
 
     def _unpack(self, words: tuple[Tensor, ...], planes: int, stride: int, offset: int,
-                gauge: Tensor, a: float, scale: float) -> Tensor:  # fmt: skip
+                gauge: Tensor, a: float, scale: float, grouped: bool = False) -> Tensor:  # fmt: skip
         """(chains, *batch, N): a + scale·count, count from ``planes`` bit planes per site
-        (site words ``stride`` apart, the planes from ``offset``)."""
+        (site words ``stride`` apart, the planes from ``offset``; ``grouped``: ``words[0]``
+        is the counter, in groups of four site words)."""
         dtype = self.model.dtype if self.model.dtype == torch.float64 else torch.float32
         out = _empty(self.chains, *self.batch_shape, self.n, dtype=dtype)
         status = self.native.spf_multispin_unpack(
@@ -325,6 +324,7 @@ class NativeMultispin(MultispinEngine):
             scale,
             out.data_ptr(),
             out.dtype == torch.float64,
+            self.be.numel() if grouped else 0,
         )
         if status:
             raise MemoryError("the native multispin kernel could not allocate its buffers")
@@ -335,16 +335,48 @@ class NativeMultispin(MultispinEngine):
         quarters = (self.be, self.bo, self.we, self.wo)
         return self._unpack(quarters, 1, 1, 0, self.gauge_words, 1.0, -2.0)
 
+    def _spill(self) -> None:
+        """Add the counter into the wide counter (allocated at the first spill; moved into
+        ``totals`` first when it could overflow) and empty it."""
+        empty = self.wide is None or self.wide_count == 0
+        if self.wide is None:
+            self.wide = _empty(self.be.numel(), _WIDE_COUNTER_PLANES, 4)
+            self.counter_planes = _WIDE_COUNTER_PLANES
+        elif self.wide_count + self.folded >= 2**_WIDE_COUNTER_PLANES:
+            sums = self._unpack_counter(self.wide, _WIDE_COUNTER_PLANES, self.wide_count, 1.0)
+            self.totals = sums if self.totals is None else self.totals + sums
+            self.wide_count, empty = 0, True
+        self.native.spf_multispin_spill(
+            self.counter.data_ptr(),
+            self.wide.data_ptr(),
+            4 * self.be.numel(),
+            _NATIVE_COUNTER_PLANES,
+            _WIDE_COUNTER_PLANES,
+            empty,
+        )
+        self.wide_count += self.folded
+        self.counter_empty = True
+        self.folded = 0
+
+    def _unpack_counter(self, counter: Tensor, planes: int, count: int, divisor: float) -> Tensor:
+        """(Σ σ_i over the ``count`` states in ``counter``) / divisor."""
+        zero = torch.zeros_like(self.gauge_words)
+        used = max(1, count.bit_length())  # the planes above hold zeros
+        return self._unpack(
+            (counter,) * 4, used, planes, 0, zero, count / divisor, -2.0 / divisor, grouped=True
+        )
+
     def _counter_sums(self, divisor: float) -> Tensor:
-        """(Σ σ_i over the states in the counter) / divisor; empties the counter."""
+        """(Σ σ_i over the states in the counters) / divisor; empties them."""
+        if self.wide_count:  # one unpacking: the counter joins the wide one
+            if not self.counter_empty:
+                self._spill()
+            sums = self._unpack_counter(self.wide, _WIDE_COUNTER_PLANES, self.wide_count, divisor)
+            self.wide_count = 0
+            return sums
         if self.counter is None or self.counter_empty:
             return torch.zeros(self.chains, *self.batch_shape, self.n, dtype=self.model.dtype)
-        zero = torch.zeros_like(self.gauge_words)
-        planes = max(1, self.folded.bit_length())  # the planes above hold zeros
-        sums = self._unpack(
-            tuple(self.counter), planes, self.counter_planes, 0, zero, self.folded / divisor,
-            -2.0 / divisor,
-        )  # fmt: skip
+        sums = self._unpack_counter(self.counter, _NATIVE_COUNTER_PLANES, self.folded, divisor)
         self.counter_empty = True
         self.folded = 0
         return sums

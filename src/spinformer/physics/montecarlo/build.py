@@ -197,6 +197,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     run = library.spf_checkerboard_run
     run.restype = ctypes.c_int
     run.argtypes = [_PTR, _PTR, *[_I64] * 4, *[_PTR] * 4, _I64, _I64, *[_PTR] * 7]
+    compact = library.spf_checkerboard_compact
+    compact.restype = None
+    compact.argtypes = [_PTR, *[_I64] * 3, _PTR, _PTR, _I64]
     grid = library.spf_checkerboard_grid
     grid.restype = ctypes.c_int
     grid.argtypes = [_PTR, _PTR, *[_I64] * 3, _PTR, ctypes.c_double, _PTR, _I64]

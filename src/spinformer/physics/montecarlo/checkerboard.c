@@ -139,6 +139,29 @@ int spf_checkerboard_measure(const i8 *black, const i8 *white, i64 planes, i64 h
     return 0;
 }
 
+/* The inverse of the state case of spf_checkerboard_grid: int8 values on the (planes, h, 2 w)
+ * grid in row-major site order into the compact arrays black / white (planes, h, w), as spins
+ * 2 g - 1 of bits g when from_bits, else as they are. */
+void spf_checkerboard_compact(const i8 *grid, i64 planes, i64 h, i64 w, i8 *black, i8 *white,
+                              i64 from_bits) {
+    for (i64 p = 0; p < planes; ++p)
+        for (i64 r = 0; r < h; ++r) {
+            const i8 *g = grid + (p * h + r) * 2 * w;
+            i8 *b = black + (p * h + r) * w, *wh = white + (p * h + r) * w;
+            i8 *even = r % 2 ? wh : b, *odd = r % 2 ? b : wh; /* columns 2k, 2k + 1 */
+            if (from_bits)
+                for (i64 k = 0; k < w; ++k) {
+                    even[k] = (i8)(2 * g[2 * k] - 1);
+                    odd[k] = (i8)(2 * g[2 * k + 1] - 1);
+                }
+            else
+                for (i64 k = 0; k < w; ++k) {
+                    even[k] = g[2 * k];
+                    odd[k] = g[2 * k + 1];
+                }
+        }
+}
+
 /* The compact int8 arrays black / white (planes, h, w) as values on the (planes, h, 2 w) grid
  * in row-major site order: out = (add + s) / divisor per site (add: NULL for 0, else doubles
  * in the order of out; it may be out itself), in double precision, written as doubles when

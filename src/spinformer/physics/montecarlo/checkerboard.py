@@ -23,7 +23,7 @@ from torch import Tensor
 
 from spinformer.physics.models import IsingModel
 from spinformer.physics.montecarlo.build import native_library, native_unavailable_reason
-from spinformer.physics.montecarlo.colourings import even_periodic_reason, to_compact
+from spinformer.physics.montecarlo.colourings import even_periodic_reason
 from spinformer.physics.montecarlo.updates import lazy_digits
 
 __all__ = ["CheckerboardSweeper", "checkerboard_supported"]
@@ -76,22 +76,27 @@ class CheckerboardSweeper:
         self.native, self.model = library, model
         self.shape = model.lattice.shape
         self.n = model.num_spins
+        bits = False  # the values to place are 0/1 draws, not spins
         if isinstance(state, str):
             lead = (int(chains or 1), *model.batch_shape)
             if state == "random":
-                bits = torch.randint(0, 2, (*lead, self.n), dtype=torch.int8, generator=generator)
-                state = bits.mul_(2).sub_(1)
+                state = torch.randint(0, 2, (*lead, self.n), dtype=torch.int8, generator=generator)
+                bits = True
             elif state == "up":
                 state = torch.ones(*lead, self.n, dtype=torch.int8)
             else:
                 raise ValueError(f"initial must be 'random', 'up' or a tensor, got {state!r}")
         self.chains = state.shape[0]
         self.lead = state.shape[:-1]  # (chains, *batch)
-        black, white = to_compact(state.reshape(*self.lead, *self.shape).to(torch.int8))
         self.planes = math.prod(self.lead)
-        rows, half = black.shape[-2:]
-        self.black = black.reshape(self.planes, rows, half).contiguous()
-        self.white = white.reshape(self.planes, rows, half).contiguous()
+        rows, half = self.shape[0], self.shape[1] // 2
+        grid = state.to(torch.int8).contiguous()  # (chains, *batch, N) in site order
+        self.black = torch.empty(self.planes, rows, half, dtype=torch.int8)
+        self.white = torch.empty(self.planes, rows, half, dtype=torch.int8)
+        library.spf_checkerboard_compact(
+            grid.data_ptr(), self.planes, rows, half, self.black.data_ptr(),
+            self.white.data_ptr(), bits,
+        )  # fmt: skip
         batch = model.batch_shape
         beta = model.beta.expand(batch).to(torch.float64).reshape(-1)
         bond = model.couplings.expand(batch).to(torch.float64).reshape(-1)

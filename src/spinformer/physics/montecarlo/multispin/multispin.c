@@ -531,8 +531,8 @@ done:
  * When the slots are full (or the sums are read) the slots of a site are folded into its
  * planes: a carry-save tree makes the four bit planes of their sum, added with ripple carries
  * (continued only while a carry is left in one of the four words), or stored as they are into
- * an empty counter (which then needs no clearing pass). The caller widens or empties the
- * counter before its count could pass 2^planes - 1. */
+ * an empty counter (which then needs no clearing pass). The caller empties the counter
+ * (spf_multispin_spill) before its count could pass 2^planes - 1. */
 /* slot j of site word i is slots[j * (n + SLOT_PAD) + i]: a stride that is no multiple of the
  * page size, so that the eight slots of a word do not compete for one cache set */
 #define SLOT_PAD 8

@@ -30,8 +30,8 @@ from spinformer.physics.montecarlo.multispin.common import (
 
 __all__ = ["NativeMultispin"]
 
-_NATIVE_COUNTER_PLANES = 8  # one cache line per site word; 16 once 248 measurements are in
-_WIDE_COUNTER_PLANES = 16
+_NATIVE_COUNTER_PLANES = 8  # the folds' counter: 8 planes of four words, one cache line per word
+_WIDE_COUNTER_PLANES = 16  # where the counter goes every 248 measurements
 _SLOTS = 8
 _SLOT_PAD = 8  # must match SLOT_PAD in multispin.c
 
@@ -220,7 +220,7 @@ class NativeMultispin(MultispinEngine):
 
     def _fold(self) -> None:
         """Fold the states in the slots into the per-site counters (allocated at the first
-        fold; widened, or moved into ``totals``, before they could overflow)."""
+        fold; emptied into the wide counter before it could overflow)."""
         if self.unfolded < _SLOTS:  # the fold adds all slots: the unused ones zero
             self.slots[self.unfolded :].zero_()
         if self.counter is None:

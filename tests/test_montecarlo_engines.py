@@ -188,6 +188,20 @@ def test_checkerboard_site_means_survive_the_flushes_of_their_byte_counters() ->
     assert torch.allclose(hot.mean_state, hot.snapshots.mean(0), rtol=0, atol=1e-12)
 
 
+def test_checkerboard_loop_in_one_call_equals_the_loop_call_by_call() -> None:
+    # Without snapshots (or correlations, or a progress bar) sample() hands the whole loop to
+    # the compiled checkerboard; 133 measurements 3 sweeps apart (one flush of the byte
+    # counters, one sweep left after the last measurement) give the same run as the loop of
+    # single calls that snapshots need.
+    _require_native()
+    model = square_lattice((4, 6), beta=torch.tensor([0.35, 0.5]), field=-0.3)
+    kw = {"burn_in": 5, "chains": 3, "measure_every": 3, "engine": "checkerboard"}
+    fused = sample(model, 400, generator=_gen(8), **kw)
+    stepped = sample(model, 400, generator=_gen(8), snapshot_every=50, **kw)
+    for name in ("energy", "magnetization", "final_state", "mean_state", "acceptance"):
+        assert torch.equal(getattr(fused, name), getattr(stepped, name)), name
+
+
 # -- the multi-spin engine's bit counts --------------------------------------------------------
 
 

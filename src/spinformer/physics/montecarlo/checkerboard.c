@@ -38,10 +38,19 @@ typedef struct {
     uint8_t *idx; /* w table indices */
 } scratch_t;
 
+/* What a white half-sweep measures of the state it leaves (each bond has one white end):
+ * sum over bonds of s_i s_j and sum of s, and the spins added to the int8 per-site sums. */
+typedef struct {
+    i64 bond, total;
+    i8 *sum_white, *sum_black; /* (h, w) of the plane */
+} tally_t;
+
 /* Half-sweep of one plane: target sites from the other sublattice. black: 1 for the black
- * sublattice. Returns the number of flips. */
+ * sublattice. With tally (white half-sweeps only) each row is also measured once updated,
+ * while it and its neighbours are in L1 (the same sums as spf_checkerboard_measure). Returns
+ * the number of flips. */
 static i64 half_sweep(i8 *t, const i8 *o, i64 h, i64 w, int black, const u64 *thr, u64 *x,
-                      i64 *pos, const scratch_t *sc) {
+                      i64 *pos, const scratch_t *sc, tally_t *tally) {
     uint32_t *u = sc->u;
     i8 *ext = sc->ext;
     uint8_t *idx = sc->idx;
@@ -66,6 +75,20 @@ static i64 half_sweep(i8 *t, const i8 *o, i64 h, i64 w, int black, const u64 *th
             count += flip;
         }
         flips += count;
+        if (tally) { /* the white row r and the black row r (mid) are final */
+            int32_t row_bond = 0, row_total = 0;
+            for (i64 k = 0; k < w; ++k) {
+                row_bond += row[k] * (up[k] + dn[k] + mid[k] + side[k]);
+                row_total += row[k] + mid[k];
+            }
+            tally->bond += row_bond;
+            tally->total += row_total;
+            if (tally->sum_white) {
+                i8 *sw = tally->sum_white + r * w, *sb = tally->sum_black + r * w;
+                for (i64 k = 0; k < w; ++k) sb[k] = (i8)(sb[k] + mid[k]);
+                for (i64 k = 0; k < w; ++k) sw[k] = (i8)(sw[k] + row[k]);
+            }
+        }
     }
     return flips;
 }
@@ -86,8 +109,8 @@ int spf_checkerboard_sweeps(i8 *black, i8 *white, i64 planes, i64 h, i64 w, i64 
         u64 *x = (u64 *)rng_state + p * LAG_R;
         i64 count = 0;
         for (i64 s = 0; s < sweeps; ++s) {
-            count += half_sweep(b, wh, h, w, 1, thr, x, rng_pos + p, &sc);
-            count += half_sweep(wh, b, h, w, 0, thr, x, rng_pos + p, &sc);
+            count += half_sweep(b, wh, h, w, 1, thr, x, rng_pos + p, &sc, NULL);
+            count += half_sweep(wh, b, h, w, 0, thr, x, rng_pos + p, &sc, NULL);
         }
         if (flips) flips[p] += count;
     }
@@ -139,6 +162,29 @@ int spf_checkerboard_measure(const i8 *black, const i8 *white, i64 planes, i64 h
     return 0;
 }
 
+/* The inverse of the state case of spf_checkerboard_grid: int8 values on the (planes, h, 2 w)
+ * grid in row-major site order into the compact arrays black / white (planes, h, w), as spins
+ * 2 g - 1 of bits g when from_bits, else as they are. */
+void spf_checkerboard_compact(const i8 *grid, i64 planes, i64 h, i64 w, i8 *black, i8 *white,
+                              i64 from_bits) {
+    for (i64 p = 0; p < planes; ++p)
+        for (i64 r = 0; r < h; ++r) {
+            const i8 *g = grid + (p * h + r) * 2 * w;
+            i8 *b = black + (p * h + r) * w, *wh = white + (p * h + r) * w;
+            i8 *even = r % 2 ? wh : b, *odd = r % 2 ? b : wh; /* columns 2k, 2k + 1 */
+            if (from_bits)
+                for (i64 k = 0; k < w; ++k) {
+                    even[k] = (i8)(2 * g[2 * k] - 1);
+                    odd[k] = (i8)(2 * g[2 * k + 1] - 1);
+                }
+            else
+                for (i64 k = 0; k < w; ++k) {
+                    even[k] = g[2 * k];
+                    odd[k] = g[2 * k + 1];
+                }
+        }
+}
+
 /* The compact int8 arrays black / white (planes, h, w) as values on the (planes, h, 2 w) grid
  * in row-major site order: out = (add + s) / divisor per site (add: NULL for 0, else doubles
  * in the order of out; it may be out itself), in double precision, written as doubles when
@@ -180,4 +226,51 @@ int spf_checkerboard_grid(const i8 *black, const i8 *white, i64 planes, i64 h, i
         }
     free(row);
     return 0;
+}
+
+/* The sampling loop of `records` measurements: each is `every` sweeps (flips counted as in
+ * spf_checkerboard_sweeps) and a measurement of the state they leave, taken in the white half
+ * of the last sweep, written to out + 2 t planes (see spf_checkerboard_measure) and added to
+ * the int8 per-site sums. *pending counts the states in those sums; when it reaches 127 they
+ * are added to the doubles totals (planes, h, 2 w) in site order (see spf_checkerboard_grid)
+ * and emptied. The same numbers as the separate calls, without a return to the caller or a
+ * pass of its own per measurement. Returns 0, or -1 when memory runs out. */
+int spf_checkerboard_run(i8 *black, i8 *white, i64 planes, i64 h, i64 w, i64 batch,
+                         const i64 *thresholds, i64 *rng_state, i64 *rng_pos, i64 *flips,
+                         i64 every, i64 records, const double *coupling, const double *field,
+                         double *out, i8 *sum_black, i8 *sum_white, i64 *pending,
+                         double *totals) {
+    scratch_t sc = {malloc(sizeof(uint32_t) * (size_t)(w + 1)),
+                    malloc(sizeof(u64) * (size_t)((w + 1) / 2)), malloc((size_t)(w + 2)),
+                    malloc((size_t)w)};
+    int status = sc.u && sc.words && sc.ext && sc.idx ? 0 : -1;
+    for (i64 t = 0; t < records && !status; ++t) {
+        for (i64 p = 0; p < planes; ++p) {
+            const u64 *thr = (const u64 *)thresholds + (p % batch) * 10;
+            i8 *b = black + p * h * w, *wh = white + p * h * w;
+            u64 *x = (u64 *)rng_state + p * LAG_R;
+            tally_t tally = {0, 0, sum_white + p * h * w, sum_black + p * h * w};
+            i64 count = 0;
+            for (i64 s = 0; s < every; ++s) {
+                count += half_sweep(b, wh, h, w, 1, thr, x, rng_pos + p, &sc, NULL);
+                count += half_sweep(wh, b, h, w, 0, thr, x, rng_pos + p, &sc,
+                                    s == every - 1 ? &tally : NULL);
+            }
+            flips[p] += count;
+            double j = coupling[p % batch], f = field[p % batch];
+            out[2 * t * planes + p] = -j * (double)tally.bond - f * (double)tally.total;
+            out[(2 * t + 1) * planes + p] = (double)tally.total / (double)(2 * h * w);
+        }
+        if (++*pending == 127) {
+            status = spf_checkerboard_grid(sum_black, sum_white, planes, h, w, totals, 1.0,
+                                           totals, 1);
+            for (i64 j = 0; j < planes * h * w; ++j) sum_black[j] = sum_white[j] = 0;
+            *pending = 0;
+        }
+    }
+    free(sc.u);
+    free(sc.words);
+    free(sc.ext);
+    free(sc.idx);
+    return status;
 }

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from spinformer.physics.models import IsingModel
 from spinformer.physics.montecarlo.build import native_library, native_unavailable_reason
-from spinformer.physics.montecarlo.colourings import even_periodic_reason, to_compact
+from spinformer.physics.montecarlo.colourings import even_periodic_reason
 from spinformer.physics.montecarlo.updates import lazy_digits
 
 __all__ = ["CheckerboardSweeper", "checkerboard_supported"]
@@ -58,6 +58,9 @@ def _check(status: int) -> None:
 class CheckerboardSweeper:
     """Sweeper of the compiled checkerboard (chains × batch entries as independent planes)."""
 
+    # sample() writes the final state and the site means on the grid only when they are read
+    deferred_results = True
+
     def __init__(
         self,
         model: IsingModel,
@@ -73,22 +76,27 @@ class CheckerboardSweeper:
         self.native, self.model = library, model
         self.shape = model.lattice.shape
         self.n = model.num_spins
+        bits = False  # the values to place are 0/1 draws, not spins
         if isinstance(state, str):
             lead = (int(chains or 1), *model.batch_shape)
             if state == "random":
-                bits = torch.randint(0, 2, (*lead, self.n), dtype=torch.int8, generator=generator)
-                state = bits.mul_(2).sub_(1)
+                state = torch.randint(0, 2, (*lead, self.n), dtype=torch.int8, generator=generator)
+                bits = True
             elif state == "up":
                 state = torch.ones(*lead, self.n, dtype=torch.int8)
             else:
                 raise ValueError(f"initial must be 'random', 'up' or a tensor, got {state!r}")
         self.chains = state.shape[0]
         self.lead = state.shape[:-1]  # (chains, *batch)
-        black, white = to_compact(state.reshape(*self.lead, *self.shape).to(torch.int8))
         self.planes = math.prod(self.lead)
-        rows, half = black.shape[-2:]
-        self.black = black.reshape(self.planes, rows, half).contiguous()
-        self.white = white.reshape(self.planes, rows, half).contiguous()
+        rows, half = self.shape[0], self.shape[1] // 2
+        grid = state.to(torch.int8).contiguous()  # (chains, *batch, N) in site order
+        self.black = torch.empty(self.planes, rows, half, dtype=torch.int8)
+        self.white = torch.empty(self.planes, rows, half, dtype=torch.int8)
+        library.spf_checkerboard_compact(
+            grid.data_ptr(), self.planes, rows, half, self.black.data_ptr(),
+            self.white.data_ptr(), bits,
+        )  # fmt: skip
         batch = model.batch_shape
         beta = model.beta.expand(batch).to(torch.float64).reshape(-1)
         bond = model.couplings.expand(batch).to(torch.float64).reshape(-1)
@@ -168,6 +176,28 @@ class CheckerboardSweeper:
         self._count(accumulate=not self.counted_state)
         values = self.values.view(2, *self.lead).to(self.model.dtype)
         return values[0], values[1]
+
+    def run(self, records: int, every: int, energy: Tensor, magnetization: Tensor) -> None:
+        """The sampling loop in one kernel call: ``records`` times ``every`` recorded sweeps,
+        then :meth:`measure` and :meth:`accumulate`, the series written to ``energy`` and
+        ``magnetization`` ``(records, chains, *batch)``; the same states and numbers as the
+        calls one by one."""
+        if self.counted_state:  # the loop's states are new ones; this one is in the sums
+            raise RuntimeError("run() starts from a state that is not yet measured")
+        if self.totals is None and self.pending + records >= 127:
+            self.totals = torch.zeros(self.planes, self.n, dtype=torch.float64)
+        series = torch.empty(records, 2, self.planes, dtype=torch.float64)
+        pending = torch.tensor([self.pending], dtype=torch.int64)
+        self._run(
+            "run", self.thresholds, self.rng_state, self.rng_pos, self.flips, every, records,
+            self.bond, self.field, series, self.sum_black, self.sum_white, pending, self.totals,
+        )  # fmt: skip
+        self.pending = int(pending)
+        self.recorded += records * every
+        self.counted_state = True
+        self.values.copy_(series[-1])
+        energy.copy_(series[:, 0].view(energy.shape))
+        magnetization.copy_(series[:, 1].view(magnetization.shape))
 
     def accumulate(self) -> None:
         """Add the state to the per-site sums, once per state."""

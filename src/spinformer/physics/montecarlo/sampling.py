@@ -51,9 +51,10 @@ class MonteCarloSamples:
         measure_every: sweeps between measurements.
         extras: ``"engine"``: the engine that ran.
 
-    Engines that keep their state packed (the native multi-spin engine) unpack ``final_state``
-    and ``mean_state`` on first access, so a caller who reads only the series does not pay
-    for two (chains, N) arrays; the values do not depend on when they are read.
+    Engines that keep their state in a layout of their own (the native multi-spin engine, the
+    compiled checkerboard) unpack ``final_state`` and ``mean_state`` on first access, so a
+    caller who reads only the series does not pay for two (chains, N) arrays; the values do
+    not depend on when they are read.
     """
 
     energy: Tensor
@@ -312,6 +313,10 @@ def sample(
         blocks = track(blocks, description=f"{algorithm}: {chains} chains")
     if burn_in:
         sweeper.sweep(burn_in, False)
+    run = getattr(sweeper, "run", None)
+    if run is not None and not (progress or correlations or snapshot_every is not None):
+        run(records, measure_every, energy, magnetization)  # the loop below, in one call
+        blocks = ()
     for t in blocks:  # the sweeps up to each measurement run as one call
         sweeper.sweep(measure_every, True)
         energy[t], magnetization[t] = sweeper.measure()

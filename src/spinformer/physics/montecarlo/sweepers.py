@@ -45,6 +45,9 @@ class Sweeper(Protocol):
     per-site running sums, whose mean ``site_mean(measurements)`` returns,
     ``(chains, *batch, N[, D])``;
     ``full_state`` is the state as spins; ``acceptance`` the mean accepted fraction per chain.
+    A sweeper may also have ``run(records, every, energy, magnetization)``: ``records`` times
+    ``sweep(every, True)``, ``measure`` into row t of ``energy`` and ``magnetization`` and
+    ``accumulate``, in one call (the sampling loop uses it when it keeps nothing else).
     """
 
     def sweep(self, count: int, record: bool) -> None: ...

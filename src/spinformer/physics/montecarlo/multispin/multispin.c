@@ -27,6 +27,7 @@
 #define DRAWS (DIGITS + 1)
 #define MAX63 0x7FFFFFFFFFFFFFFFULL
 #define BLOCK 64 /* sites per random draw: the DRAWS * BLOCK words stay in L1 */
+#define SLOTS 8   /* recent states of the per-site sums (see spf_multispin_fold) */
 
 typedef uint64_t u64;
 typedef int64_t i64;
@@ -46,11 +47,11 @@ typedef struct {
  * are reduced by carry-save adders into running "ones, twos, fours, eights" words and one
  * "sixteens" word, which goes into a bit-sliced counter (ripple-carry increment, flushed into
  * 64 per-replica totals every 255 additions). About five word operations per counted word,
- * and no branch on the data. */
+ * and no branch on the data; runs of words are counted four at a time as vectors (hs_many). */
 #define PLANES 8
 #define CSA(high, low, a, b, c)                                                                \
     do {                                                                                       \
-        u64 u_ = (a) ^ (b);                                                                    \
+        __typeof__(a) u_ = (a) ^ (b); /* u64 or v4 */                                          \
         high = ((a) & (b)) | (u_ & (c));                                                       \
         low = u_ ^ (c);                                                                        \
     } while (0)
@@ -60,10 +61,24 @@ typedef struct {
     int n;
 } vcount_t;
 
+/* Four words as one vector (GNU C vector extension: AVX2 registers where the CPU has them,
+ * pairs or single words otherwise), loaded from any 8-byte aligned address. */
+typedef u64 v4 __attribute__((vector_size(32), aligned(8)));
+#define VW 4 /* words per v4 */
+
+/* The same carry-save counter for four words at a time: lane l of each running vector counts
+ * the words at positions = l mod 4 of the blocks of 64 it was given; its lanes are summed when
+ * flushed. */
+typedef struct {
+    v4 ones, twos, fours, eights, c[PLANES];
+    int n;
+} hsv_t;
+
 typedef struct {
     u64 ones, twos, fours, eights, buf[16];
     int n;
     vcount_t sixteens;
+    hsv_t v; /* blocks of 64 words */
     i64 *out, stride; /* 64 totals, stride apart */
 } hs_t;
 
@@ -112,6 +127,30 @@ static inline void csa16(hs_t *s, u64 *ones, u64 *twos, u64 *fours, u64 *eights,
     if (++v->n == 255) vc_flush(v, s->out, s->stride, 4);
 }
 
+/* csa4 and csa8 of vectors. */
+static inline v4 csa4v(v4 *ones, v4 *twos, const v4 *d) {
+    v4 twos_a, twos_b, fours;
+    CSA(twos_a, *ones, *ones, d[0], d[1]);
+    CSA(twos_b, *ones, *ones, d[2], d[3]);
+    CSA(fours, *twos, *twos, twos_a, twos_b);
+    return fours;
+}
+
+static inline v4 csa8v(v4 *ones, v4 *twos, v4 *fours, const v4 *d) {
+    v4 fours_a = csa4v(ones, twos, d), fours_b = csa4v(ones, twos, d + 4), eights;
+    CSA(eights, *fours, *fours, fours_a, fours_b);
+    return eights;
+}
+
+/* The vector counter of sixteens into the totals (each lane), emptied. */
+static void hsv_flush_counter(hsv_t *v, i64 *out, i64 stride) {
+    for (int j = 0; j < PLANES; ++j) {
+        for (int l = 0; l < VW; ++l) lanes_add(out, stride, v->c[j][l], j + 4);
+        v->c[j] = (v4){0};
+    }
+    v->n = 0;
+}
+
 static void hs_block(hs_t *s) {
     csa16(s, &s->ones, &s->twos, &s->fours, &s->eights, s->buf);
     s->n = 0;
@@ -122,10 +161,32 @@ static inline void hs_add(hs_t *s, u64 x) {
     if (s->n == 16) hs_block(s);
 }
 
-/* hs_add of the n words d[0..n), the blocks of 16 with the running words in registers (the
- * same sums as word by word). */
+/* hs_add of the n words d[0..n) (the same totals as word by word): whole blocks of 64 words
+ * into the vector counter, four words per operation, the next blocks of 16 with the running
+ * words in registers, the rest one by one. */
 static void hs_many(hs_t *s, const u64 *d, i64 n) {
     for (; n > 0 && s->n; --n) hs_add(s, *d++);
+    if (n >= 16 * VW) { /* whole blocks of 16 vectors */
+        hsv_t *v = &s->v;
+        v4 ones = v->ones, twos = v->twos, fours = v->fours, eights = v->eights;
+        for (; n >= 16 * VW; n -= 16 * VW, d += 16 * VW) {
+            const v4 *x = (const v4 *)d;
+            v4 eights_a = csa8v(&ones, &twos, &fours, x);
+            v4 eights_b = csa8v(&ones, &twos, &fours, x + 8);
+            v4 sixteens;
+            CSA(sixteens, eights, eights, eights_a, eights_b);
+            for (int j = 0; j < PLANES; ++j) { /* ripple-carry increment, fixed length */
+                v4 carry = v->c[j] & sixteens;
+                v->c[j] ^= sixteens;
+                sixteens = carry;
+            }
+            if (++v->n == 255) hsv_flush_counter(v, s->out, s->stride);
+        }
+        v->ones = ones;
+        v->twos = twos;
+        v->fours = fours;
+        v->eights = eights;
+    }
     u64 ones = s->ones, twos = s->twos, fours = s->fours, eights = s->eights;
     for (; n >= 16; n -= 16, d += 16) csa16(s, &ones, &twos, &fours, &eights, d);
     s->ones = ones;
@@ -144,6 +205,15 @@ static void hs_flush(hs_t *s) {
     vc_flush(&s->sixteens, s->out, s->stride, 4);
     s->ones = s->twos = s->fours = s->eights = 0;
     s->n = 0;
+    hsv_t *v = &s->v;
+    for (int l = 0; l < VW; ++l) {
+        lanes_add(s->out, s->stride, v->ones[l], 0);
+        lanes_add(s->out, s->stride, v->twos[l], 1);
+        lanes_add(s->out, s->stride, v->fours[l], 2);
+        lanes_add(s->out, s->stride, v->eights[l], 3);
+    }
+    v->ones = v->twos = v->fours = v->eights = (v4){0};
+    hsv_flush_counter(v, s->out, s->stride);
 }
 
 /* Update t[k0:k1] in place; h2 is the side neighbour row already offset by +-1. Digit j of
@@ -209,6 +279,7 @@ typedef struct {
     u64 *rng_state;      /* (planes * h, LAG_R) */
     i64 *rng_pos;        /* (planes * h) */
     i64 sweeps;
+    int stream; /* the slots are written with non-temporal stores */
     pthread_barrier_t barrier;
     pthread_mutex_t lock; /* the gate: workers start once every thread exists */
     pthread_cond_t opened;
@@ -223,7 +294,7 @@ typedef struct {
     i64 *partial;   /* (planes * 64) flip totals of this job, then (2, planes * 64) counts */
     hs_t flips;     /* counting the flips of the current plane */
     hs_t bonds, down; /* counting unsatisfied bonds and down spins of the current plane */
-    u64 *row;       /* 6 w words: a row's bond and spin words */
+    u64 *row;       /* 5 BLOCK words: a block's bond and spin words */
 } job_t;
 
 /* Quarter indices and neighbour geometry (see MultispinEngine._neighbours):
@@ -236,30 +307,61 @@ static const int VSTEP[2][2] = {{-1, +1}, {-1, +1}};
 static const int SIDE[2][2] = {{WE, WO}, {BE, BO}};
 static const int SSTEP[2][2] = {{-1, +1}, {+1, -1}};
 
+/* Stores of words that are not read again soon (the slots of the per-site sums): non-temporal
+ * where the CPU has them (x86-64: no read for ownership, no eviction of the lattice from the
+ * caches), plain stores elsewhere; store_fence orders them before later stores. */
+#define STREAM_BYTES (16 << 20) /* slots that may stay in a large last-level cache: stored */
+#if defined(__x86_64__) && defined(__SSE2__)
+#define STREAM_STORES 1
+#include <emmintrin.h>
+static inline void store_stream(u64 *p, u64 x) { _mm_stream_si64((long long *)p, (long long)x); }
+static inline void store_fence(void) { _mm_sfence(); }
+#else
+#define STREAM_STORES 0
+static inline void store_stream(u64 *p, u64 x) { *p = x; }
+static inline void store_fence(void) {}
+#endif
+
 /* The measurement of a white row just updated (target, with vertical neighbours v1, v2 and
  * side neighbours s[k], s[(k + dk) mod w], all final): its four bonds per site (each bond of
  * the lattice has one white end), its down spins (gauge undone) and those of the black row v1
- * (each black row is v1 of one white row), and both rows into the slot. */
+ * (each black row is v1 of one white row), and both rows into the slot. The counts do not
+ * depend on the order of the words, so each kind of bond is one contiguous run of words
+ * (loops the compiler vectorises), in blocks of BLOCK sites that stay in L1. */
 static void measure_row(job_t *job, const u64 *t, const u64 *v1, const u64 *v2, const u64 *s,
                         int dk, u64 gauge, u64 *slot_t, u64 *slot_v) {
     i64 w = job->sh->w;
-    u64 *b = job->row, *spins = job->row + 4 * w;
-    for (i64 k = 0; k < w; ++k) {
-        i64 side = k + dk < 0 ? w - 1 : k + dk >= w ? 0 : k + dk;
-        b[4 * k] = t[k] ^ v1[k];
-        b[4 * k + 1] = t[k] ^ v2[k];
-        b[4 * k + 2] = t[k] ^ s[k];
-        b[4 * k + 3] = t[k] ^ s[side];
-        spins[2 * k] = t[k] ^ gauge;
-        spins[2 * k + 1] = v1[k];
-    }
-    hs_many(&job->bonds, b, 4 * w);
-    hs_many(&job->down, spins, 2 * w);
-    if (slot_t)
-        for (i64 k = 0; k < w; ++k) {
-            slot_t[k] = spins[2 * k];
-            slot_v[k] = v1[k];
+    u64 *b = job->row, *spins = job->row + 4 * BLOCK;
+    for (i64 k0 = 0; k0 < w; k0 += BLOCK) {
+        i64 n = w - k0 < BLOCK ? w - k0 : BLOCK;
+        const u64 *tk = t + k0, *v1k = v1 + k0, *v2k = v2 + k0, *sk = s + k0;
+        for (i64 k = 0; k < n; ++k) {
+            b[k] = tk[k] ^ v1k[k];
+            b[BLOCK + k] = tk[k] ^ v2k[k];
+            b[2 * BLOCK + k] = tk[k] ^ sk[k];
         }
+        /* the side neighbours s[k + dk], wrapped at the ends of the row */
+        i64 lo = k0 + dk < 0 ? 1 : 0, hi = k0 + n + dk > w ? n - 1 : n;
+        for (i64 k = lo; k < hi; ++k) b[3 * BLOCK + k] = tk[k] ^ sk[k + dk];
+        if (lo) b[3 * BLOCK] = tk[0] ^ s[w - 1];
+        if (hi < n) b[3 * BLOCK + n - 1] = tk[n - 1] ^ s[0];
+        for (i64 k = 0; k < n; ++k) spins[k] = tk[k] ^ gauge;
+        if (n == BLOCK) {
+            hs_many(&job->bonds, b, 4 * BLOCK);
+        } else {
+            for (int q = 0; q < 4; ++q) hs_many(&job->bonds, b + q * BLOCK, n);
+        }
+        hs_many(&job->down, spins, n);
+        hs_many(&job->down, v1k, n);
+        if (slot_t && job->sh->stream) { /* read only at the next fold: past the caches */
+            for (i64 k = 0; k < n; ++k) store_stream(slot_t + k0 + k, spins[k]);
+            for (i64 k = 0; k < n; ++k) store_stream(slot_v + k0 + k, v1k[k]);
+        } else if (slot_t) {
+            for (i64 k = 0; k < n; ++k) slot_t[k0 + k] = spins[k];
+            for (i64 k = 0; k < n; ++k) slot_v[k0 + k] = v1k[k];
+        }
+    }
+    if (slot_t && job->sh->stream) store_fence();
 }
 
 static void half_sweep(job_t *job, int colour, int record, int count, int measure) {
@@ -350,7 +452,7 @@ int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, 
     accept_t *acc = malloc(sizeof(accept_t) * (size_t)batch);
     job_t *jobs = malloc(sizeof(job_t) * (size_t)threads);
     pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
-    i64 per_job = DRAWS * BLOCK + 7 * w, counted = 3 * planes * 64;
+    i64 per_job = DRAWS * BLOCK + w + 5 * BLOCK, counted = 3 * planes * 64;
     u64 *buffers = malloc(sizeof(u64) * (size_t)(threads * per_job));
     i64 *partial = calloc((size_t)(threads * counted), sizeof(i64));
     shared_t *sh = malloc(sizeof(shared_t));
@@ -375,6 +477,7 @@ int spf_multispin_sweeps(i64 *be, i64 *bo, i64 *we, i64 *wo, i64 planes, i64 h, 
         .flip_counts = flip_counts, .measure = measure, .gauge = (const u64 *)gauge,
         .slot = (u64 *)slot, .planes = planes, .h = h, .w = w, .batch = batch, .acc = acc,
         .rng_state = (u64 *)rng_state, .rng_pos = rng_pos, .sweeps = sweeps, .open = 0,
+        .stream = STREAM_STORES && SLOTS * 4 * planes * h * w * 8 > STREAM_BYTES,
     };
     pthread_mutex_init(&sh->lock, NULL);
     pthread_cond_init(&sh->opened, NULL);
@@ -423,51 +526,74 @@ done:
 
 /* Per-site sums of down spins: SLOTS recent states, slot-major (slot j of all n site words
  * contiguous, so a measurement writes one stream), and `planes` (at least 4) bit-sliced counter
- * planes per site word, adjacent (8 of them: one cache line). Every SLOTS measurements the
- * slots of a site are folded into its planes: a carry-save tree makes the four bit planes of
- * their sum, added with ripple carries (continued only while a carry is left), or stored as
- * they are into an empty counter (which then needs no clearing pass). The caller widens or
- * empties the counter before its count could pass 2^planes - 1. */
-#define SLOTS 8
+ * planes per site word, in groups of four site words (n is a multiple of 4): plane j of word
+ * i at counter[((i / 4) * planes + j) * 4 + i % 4], so that four words fold as one vector.
+ * When the slots are full (or the sums are read) the slots of a site are folded into its
+ * planes: a carry-save tree makes the four bit planes of their sum, added with ripple carries
+ * (continued only while a carry is left in one of the four words), or stored as they are into
+ * an empty counter (which then needs no clearing pass). The caller empties the counter
+ * (spf_multispin_spill) before its count could pass 2^planes - 1. */
 /* slot j of site word i is slots[j * (n + SLOT_PAD) + i]: a stride that is no multiple of the
  * page size, so that the eight slots of a word do not compete for one cache set */
 #define SLOT_PAD 8
 
-static inline void fold(u64 *slots, i64 n, u64 *c, i64 planes, int empty) {
-    u64 d[SLOTS];
-    for (int j = 0; j < SLOTS; ++j) d[j] = slots[j * n]; /* each rewritten before the next fold */
-    u64 t1, o1, t2, o2, t3, o3, f1, w1;
+static inline void fold(const u64 *slots, i64 n, v4 *c, i64 planes, int empty) {
+    v4 d[SLOTS];
+    for (int j = 0; j < SLOTS; ++j) d[j] = *(const v4 *)(slots + j * n);
+    v4 t1, o1, t2, o2, t3, o3, f1, w1;
     CSA(t1, o1, d[0], d[1], d[2]);
     CSA(t2, o2, o1, d[3], d[4]);
     CSA(t3, o3, o2, d[5], d[6]);
-    u64 add[4], t4 = o3 & d[7];
+    v4 add[4], t4 = o3 & d[7];
     add[0] = o3 ^ d[7];
     CSA(f1, w1, t1, t2, t3);
     add[1] = w1 ^ t4;
-    u64 f2 = w1 & t4;
+    v4 f2 = w1 & t4;
     add[2] = f1 ^ f2;
     add[3] = f1 & f2;
     if (empty) {
-        for (i64 j = 0; j < planes; ++j) c[j] = j < 4 ? add[j] : 0;
+        for (i64 j = 0; j < planes; ++j) c[j] = j < 4 ? add[j] : (v4){0};
         return;
     }
-    u64 carry = 0;
+    v4 carry = {0};
     for (i64 j = 0; j < planes; ++j) {
-        u64 a = j < 4 ? add[j] : 0, x = c[j] ^ a;
-        u64 next = (c[j] & a) | (carry & x);
+        v4 a = j < 4 ? add[j] : (v4){0}, x = c[j] ^ a;
+        v4 next = (c[j] & a) | (carry & x);
         c[j] = x ^ carry;
         carry = next;
-        if (j >= 3 && !carry) break;
+        if (j >= 3 && !(carry[0] | carry[1] | carry[2] | carry[3])) break;
     }
 }
 
 /* Fold the slots of all n site words into their planes (the unused slots must be zero; empty:
- * the counter holds nothing yet, its contents are ignored), one word after the other: nine
+ * the counter holds nothing yet, its contents are ignored), four words after four: nine
  * sequential streams (folding inside the measurement's row loop, 36 interleaved streams, cost
  * four times as much). */
 void spf_multispin_fold(i64 *slots, i64 *counter, i64 n, i64 planes, i64 empty) {
-    for (i64 i = 0; i < n; ++i)
-        fold((u64 *)slots + i, n + SLOT_PAD, (u64 *)counter + i * planes, planes, (int)empty);
+    for (i64 i = 0; i < n; i += VW)
+        fold((const u64 *)slots + i, n + SLOT_PAD, (v4 *)((u64 *)counter + i * planes), planes,
+             (int)empty);
+}
+
+/* Add the `planes` planes of the n site words of counter into the wide_planes planes of wide
+ * (both in groups of four words; empty: wide holds nothing yet and is overwritten), the counter
+ * left as it is. The caller keeps the sums below 2^wide_planes. */
+void spf_multispin_spill(const i64 *counter, i64 *wide, i64 n, i64 planes, i64 wide_planes,
+                         i64 empty) {
+    for (i64 i = 0; i < n; i += VW) {
+        const v4 *c = (const v4 *)((const u64 *)counter + i * planes);
+        v4 *x = (v4 *)((u64 *)wide + i * wide_planes), carry = {0};
+        for (i64 j = 0; j < wide_planes; ++j) {
+            v4 a = j < planes ? c[j] : (v4){0};
+            if (empty) {
+                x[j] = a;
+                continue;
+            }
+            v4 sum = x[j] ^ a, next = (x[j] & a) | (carry & sum);
+            x[j] = sum ^ carry;
+            carry = next;
+        }
+    }
 }
 
 typedef struct {
@@ -542,11 +668,13 @@ static void *measure_rows(void *arg) {
     return NULL;
 }
 
-/* From per-replica counts (3, groups * 64, batch) (see spf_multispin_measure) into out (same
- * shape): the energy scale[b] (u - N), the magnetization 1 - 2 d / N and, added to out[2],
- * the flipped fraction f / N of flip_counts (planes * 64; NULL: none). */
-void spf_multispin_values(const i64 *counts, i64 planes, i64 h, i64 w, i64 batch,
-                          const double *scale, double *out, const i64 *flip_counts) {
+/* From per-replica counts (3, groups * 64, batch) (see spf_multispin_measure) into out
+ * (2, groups * 64, batch): the energy scale[b] (u - N) and the magnetization 1 - 2 d / N, and
+ * into accepted (groups * 64, batch) added the flipped fraction f / N of flip_counts
+ * (planes * 64; NULL: none). */
+void spf_multispin_values_into(const i64 *counts, i64 planes, i64 h, i64 w, i64 batch,
+                               const double *scale, double *out, double *accepted,
+                               const i64 *flip_counts) {
     i64 lanes = planes * 64;
     double sites = 4.0 * (double)(h * w);
     for (i64 j = 0; j < lanes; ++j) {
@@ -554,9 +682,16 @@ void spf_multispin_values(const i64 *counts, i64 planes, i64 h, i64 w, i64 batch
         out[lanes + j] = 1.0 - 2.0 * (double)counts[lanes + j] / sites;
         if (flip_counts) {
             i64 b = j % batch, lane = (j / batch) % 64, g = j / (batch * 64);
-            out[2 * lanes + j] += (double)flip_counts[(g * batch + b) * 64 + lane] / sites;
+            accepted[j] += (double)flip_counts[(g * batch + b) * 64 + lane] / sites;
         }
     }
+}
+
+/* spf_multispin_values_into with out (3, groups * 64, batch): accepted = out[2]. */
+void spf_multispin_values(const i64 *counts, i64 planes, i64 h, i64 w, i64 batch,
+                          const double *scale, double *out, const i64 *flip_counts) {
+    spf_multispin_values_into(counts, planes, h, w, batch, scale, out, out + 2 * planes * 64,
+                              flip_counts);
 }
 
 /* Per-replica counts of the current state into counts (3, groups * 64, batch) (replica
@@ -622,7 +757,10 @@ int spf_multispin_measure(const i64 *be, const i64 *bo, const i64 *we, const i64
  * site (row, col), count = sum_j bit(word_j) 2^j over the planes j < nplanes of the site's
  * words, plane j of element (p, i, k) of quarter q at
  * src[q][((p * h + i) * w + k) * stride + offset + j], after XOR with gauge[b] (white quarters
- * only). Writes doubles when is_double, else floats. The two quarters of a lattice row (BE and
+ * only); with quarter_words > 0, src[0] is a counter in groups of four words (see fold):
+ * element e = (p * h + i) * w + k of quarter q is its word q * quarter_words + e, whose plane j
+ * is read (stride = its planes, offset 0). Writes doubles when is_double, else floats. The two
+ * quarters of a lattice row (BE and
  * WE for even rows, WO and BO for odd ones) are read in blocks of 64 site words per plane, each
  * block transposed as a 64 x 64 bit matrix (word lane of the result holds the bits of the 64
  * sites for replica lane), then each replica's row is assembled from its words with loops the
@@ -640,15 +778,23 @@ static void transpose64(u64 *a) {
         }
 }
 
-/* The row of quarter words row[k * stride + j] (k < w, j < nplanes), XOR flip, as transposed
- * blocks: out[(j * blocks + kb) * 64 + lane] bit kk = bit lane of plane j of word 64 kb + kk. */
-static void transpose_row(const u64 *row, i64 w, i64 stride, i64 nplanes, u64 flip, u64 *out) {
+/* The row of quarter words row[k * stride + j] (k < w, j < nplanes; grouped > 0: row is a
+ * counter in groups of four and word k of the row is its word grouped - 1 + k), XOR flip, as
+ * transposed blocks: out[(j * blocks + kb) * 64 + lane] bit kk = bit lane of plane j of word 64 kb + kk. */
+static void transpose_row(const u64 *row, i64 w, i64 stride, i64 nplanes, u64 flip, u64 *out,
+                          i64 grouped) {
     i64 blocks = (w + 63) / 64;
     for (i64 kb = 0; kb < blocks; ++kb) {
         i64 n = w - 64 * kb < 64 ? w - 64 * kb : 64;
         for (i64 j = 0; j < nplanes; ++j) {
             u64 *block = out + (j * blocks + kb) * 64;
-            for (i64 k = 0; k < n; ++k) block[k] = row[(64 * kb + k) * stride + j] ^ flip;
+            if (grouped) /* row = the counter, word e = grouped - 1 + 64 kb + k */
+                for (i64 k = 0; k < n; ++k) {
+                    i64 e = grouped - 1 + 64 * kb + k;
+                    block[k] = row[((e / 4) * stride + j) * 4 + e % 4] ^ flip;
+                }
+            else
+                for (i64 k = 0; k < n; ++k) block[k] = row[(64 * kb + k) * stride + j] ^ flip;
             for (i64 k = n; k < 64; ++k) block[k] = 0;
         }
         for (i64 j = 0; j < nplanes; ++j) transpose64(out + (j * blocks + kb) * 64);
@@ -675,7 +821,7 @@ static void lane_counts(const u64 *t, i64 blocks, i64 nplanes, int lane, uint32_
 int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 *wo,
                          i64 nplanes, i64 stride, i64 offset, i64 groups, i64 batch, i64 h,
                          i64 w, i64 chains, const i64 *gauge, double a, double scale, void *out,
-                         i64 is_double) {
+                         i64 is_double, i64 quarter_words) {
     const u64 *src[4] = {(const u64 *)be, (const u64 *)bo, (const u64 *)we, (const u64 *)wo};
     static const int LEFT[2] = {BE, WO}, RIGHT[2] = {WE, BO}; /* columns 2k, 2k + 1 */
     i64 width = 2 * w, sites = 2 * h * width, blocks = (w + 63) / 64;
@@ -697,8 +843,16 @@ int spf_multispin_unpack(const i64 *be, const i64 *bo, const i64 *we, const i64 
                 int left = LEFT[r % 2], right = RIGHT[r % 2];
                 u64 flip_left = left >= WE ? (u64)gauge[b] : 0;
                 u64 flip_right = right >= WE ? (u64)gauge[b] : 0;
-                transpose_row(src[left] + base, w, stride, nplanes, flip_left, pl);
-                transpose_row(src[right] + base, w, stride, nplanes, flip_right, pr);
+                if (quarter_words) { /* the counter's groups of four: by word index */
+                    i64 e = (p * h + i) * w;
+                    transpose_row(src[0], w, stride, nplanes, flip_left, pl,
+                                  1 + left * quarter_words + e);
+                    transpose_row(src[0], w, stride, nplanes, flip_right, pr,
+                                  1 + right * quarter_words + e);
+                } else {
+                    transpose_row(src[left] + base, w, stride, nplanes, flip_left, pl, 0);
+                    transpose_row(src[right] + base, w, stride, nplanes, flip_right, pr, 0);
+                }
                 for (int lane = 0; lane < lanes; ++lane) {
                     lane_counts(pl, blocks, nplanes, lane, cl);
                     lane_counts(pr, blocks, nplanes, lane, cr);

@@ -16,7 +16,11 @@ import math
 import torch
 from torch import Tensor
 
-from spinformer.physics.montecarlo.build import native_library, native_unavailable_reason
+from spinformer.physics.montecarlo.build import (
+    advise_huge_pages,
+    native_library,
+    native_unavailable_reason,
+)
 from spinformer.physics.montecarlo.multispin.common import (
     DIGITS,
     LAGS,
@@ -26,10 +30,18 @@ from spinformer.physics.montecarlo.multispin.common import (
 
 __all__ = ["NativeMultispin"]
 
-_NATIVE_COUNTER_PLANES = 8  # one cache line per site word; 16 once 248 measurements are in
-_WIDE_COUNTER_PLANES = 16
+_NATIVE_COUNTER_PLANES = 8  # the folds' counter: 8 planes of four words, one cache line per word
+_WIDE_COUNTER_PLANES = 16  # where the counter goes every 248 measurements
 _SLOTS = 8
 _SLOT_PAD = 8  # must match SLOT_PAD in multispin.c
+
+
+def _empty(*shape: int, dtype: torch.dtype = torch.int64) -> Tensor:
+    """An uninitialised CPU tensor, on huge pages where it is large (see
+    :func:`~spinformer.physics.montecarlo.build.advise_huge_pages`)."""
+    out = torch.empty(shape, dtype=dtype)
+    advise_huge_pages(out.data_ptr(), out.nbytes)
+    return out
 
 
 class NativeMultispin(MultispinEngine):
@@ -118,7 +130,7 @@ class NativeMultispin(MultispinEngine):
             torch.get_num_threads(),
             self.counts.data_ptr() if measure else None,
             self.gauge_words.data_ptr(),
-            self.slots[self.pending % _SLOTS].data_ptr() if measure else None,
+            self._free_slot().data_ptr() if measure else None,
         )
         if status:
             raise MemoryError("the native multispin kernel could not allocate its buffers")
@@ -127,34 +139,105 @@ class NativeMultispin(MultispinEngine):
         self.counted_state = False
         self.measured = measure
 
+    def run(self, records: int, every: int, energy: Tensor, magnetization: Tensor) -> None:
+        """The sampling loop: ``records`` times ``every`` recorded sweeps, :meth:`measure` and
+        :meth:`accumulate`, the series written to ``energy`` and ``magnetization``
+        ``(records, chains, *batch)``; the same states and numbers as the calls one by one,
+        with the sweep's arguments built once and the values written in place by the kernel
+        (no tensor operation per measurement)."""
+        if self.keep_flip_masks or self.flip_buffers is not None:  # tests: call by call
+            for t in range(records):
+                self.sweep(every, True)
+                energy[t], magnetization[t] = self.measure()
+                self.accumulate()
+            return
+        lanes = self.counts.shape[1] * self.counts.shape[2]
+        series = torch.empty(records, 2, lanes, dtype=torch.float64)
+        d1, d0, q1, q0 = self.native_digits
+        plane_words = self.be.shape[-2] * self.be.shape[-1]
+        head = (
+            *(q.data_ptr() for q in (self.be, self.bo, self.we, self.wo)),
+            self.be.numel() // plane_words, *self.be.shape[-2:], d1.data_ptr(), d0.data_ptr(),
+            q1.data_ptr(), q0.data_ptr(), q1.numel(), self.lazy_digits,
+            self.native_state.data_ptr(), self.native_position.data_ptr(), None, None, None,
+            None, self.flip_counts.data_ptr(), every, torch.get_num_threads(),
+            self.counts.data_ptr(), self.gauge_words.data_ptr(),
+        )  # fmt: skip
+        values = (
+            self.counts.data_ptr(), self.counts.shape[2] * self.groups, *self.be.shape[-2:],
+            self.gauge_words.numel(), self.scale.data_ptr(),
+        )  # fmt: skip
+        accepted, flips = self.values[2].data_ptr(), self.flip_counts.data_ptr()
+        out, step = series.data_ptr(), 2 * lanes * series.element_size()
+        sweeps, values_into = (
+            self.native.spf_multispin_sweeps,
+            self.native.spf_multispin_values_into,
+        )
+        for t in range(records):
+            if sweeps(*head, self._free_slot().data_ptr()):
+                raise MemoryError("the native multispin kernel could not allocate its buffers")
+            values_into(*values, out + t * step, accepted, flips)
+            self.unfolded += 1
+        self.measurements += records
+        self.accepted_sweeps += records
+        self.last_flips, self.flips_counted, self.measured = None, True, True
+        self.counted_state = True
+        self.values[:2] = series[-1].view(self.values[:2].shape)
+        view = series.view(records, 2, self.groups * 64, *self.batch_shape)[:, :, : self.chains]
+        energy.copy_(view[:, 0])
+        magnetization.copy_(view[:, 1])
+
     def acceptance(self) -> Tensor:
         """Mean flipped fraction per chain, estimated on the sweeps that preceded measurements."""
         flipped = self.value_view[2, : self.chains]
         return (flipped / max(self.accepted_sweeps, 1)).to(self.model.dtype)
 
-    def _new_counter(self) -> Tensor:
-        """(4, *quarter, 8) counter planes per site (one cache line), and 8 slots of
-        (4, *quarter) recent states (see ``multispin.c``); after 248 measurements the counter
-        is widened to 16 planes, moved into ``totals`` every 65528. Neither is cleared: every
-        slot is written before it is folded (unused ones zeroed at the end), and the first
-        fold into an empty counter overwrites it."""
+    def _new_counter(self) -> None:
+        """8 slots of (4, *quarter) recent states (see ``multispin.c``), and no counter yet:
+        the slots are folded into 8 counter planes per site word (in groups of four words,
+        ``multispin.c``) when a ninth state needs a slot, or when the sums are read, so that a
+        run of at most 8 measurements never allocates or folds a counter. Every 248
+        measurements the counter is added into a wide counter of 16 planes (the counts then
+        have ``counter_planes`` = 16), which is moved into ``totals`` before it could
+        overflow; the folds always go into the 8 planes (one cache line per site word).
+        Nothing is cleared: every slot is written before it is folded (unused ones zeroed
+        first), and the first fold into an empty counter overwrites it. The slots are
+        touched (page faults) only as they are used."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
         self.counter_empty = True
+        self.folded = 0  # states in the counter
+        self.wide: Tensor | None = None
+        self.wide_count = 0  # states in the wide counter
+        self.unfolded = 0  # states in the slots, which fill from slot 0
         # slot-major, each slot padded by _SLOT_PAD words (a stride off the page size)
-        self.slots = torch.empty(_SLOTS, 4 * self.be.numel() + _SLOT_PAD, dtype=torch.int64)
-        shape = (4, *self.be.shape, self.counter_planes)
-        return torch.empty(shape, dtype=torch.int64, device=self.be.device)
+        self.slots = _empty(_SLOTS, 4 * self.be.numel() + _SLOT_PAD)
+
+    def _free_slot(self) -> Tensor:
+        """The slot for the next state, the slots folded first when all are in use."""
+        if self.unfolded == _SLOTS:
+            self._fold()
+        return self.slots[self.unfolded]
 
     def _fold(self) -> None:
-        """Fold the slots into the per-site counters (the unused slots must be zero)."""
+        """Fold the states in the slots into the per-site counters (allocated at the first
+        fold; emptied into the wide counter before it could overflow)."""
+        if self.unfolded < _SLOTS:  # the fold adds all slots: the unused ones zero
+            self.slots[self.unfolded :].zero_()
+        if self.counter is None:
+            self.counter = _empty(self.be.numel(), _NATIVE_COUNTER_PLANES, 4)
+            self.counter_empty = True
+        elif not self.counter_empty and self.folded + _SLOTS >= 2**_NATIVE_COUNTER_PLANES:
+            self._spill()
         self.native.spf_multispin_fold(
             self.slots.data_ptr(),
             self.counter.data_ptr(),
             4 * self.be.numel(),
-            self.counter_planes,
+            _NATIVE_COUNTER_PLANES,
             self.counter_empty,
         )
         self.counter_empty = False
+        self.folded += self.unfolded
+        self.unfolded = 0
 
     def _count(self, counters: bool, flips: bool = True) -> None:
         """One kernel pass: energy and magnetization per replica into ``values`` (and the
@@ -162,6 +245,8 @@ class NativeMultispin(MultispinEngine):
         with ``counters`` the down spins also enter the per-site sums."""
         quarters = (self.be, self.bo, self.we, self.wo)
         flips = flips and self.flips_counted
+        if counters:
+            self._free_slot()
         status = self.native.spf_multispin_measure(
             *(q.data_ptr() for q in quarters),
             self.counts.shape[2] * self.groups,
@@ -171,7 +256,7 @@ class NativeMultispin(MultispinEngine):
             self.gauge_words.data_ptr(),
             *(None,) * 4,
             self.slots.data_ptr() if counters else None,
-            self.pending % _SLOTS,
+            self.unfolded,
             self.counts.data_ptr(),
             self.scale.data_ptr(),
             self.values.data_ptr(),
@@ -218,11 +303,12 @@ class NativeMultispin(MultispinEngine):
             self._counted()
 
     def _unpack(self, words: tuple[Tensor, ...], planes: int, stride: int, offset: int,
-                gauge: Tensor, a: float, scale: float) -> Tensor:  # fmt: skip
+                gauge: Tensor, a: float, scale: float, grouped: bool = False) -> Tensor:  # fmt: skip
         """(chains, *batch, N): a + scale·count, count from ``planes`` bit planes per site
-        (site words ``stride`` apart, the planes from ``offset``)."""
+        (site words ``stride`` apart, the planes from ``offset``; ``grouped``: ``words[0]``
+        is the counter, in groups of four site words)."""
         dtype = self.model.dtype if self.model.dtype == torch.float64 else torch.float32
-        out = torch.empty(self.chains, *self.batch_shape, self.n, dtype=dtype)
+        out = _empty(self.chains, *self.batch_shape, self.n, dtype=dtype)
         status = self.native.spf_multispin_unpack(
             *(q.data_ptr() for q in words),
             planes,
@@ -238,6 +324,7 @@ class NativeMultispin(MultispinEngine):
             scale,
             out.data_ptr(),
             out.dtype == torch.float64,
+            self.be.numel() if grouped else 0,
         )
         if status:
             raise MemoryError("the native multispin kernel could not allocate its buffers")
@@ -248,39 +335,59 @@ class NativeMultispin(MultispinEngine):
         quarters = (self.be, self.bo, self.we, self.wo)
         return self._unpack(quarters, 1, 1, 0, self.gauge_words, 1.0, -2.0)
 
-    def _site_sums(self, divisor: float) -> Tensor:
-        """(Σ σ_i over the measurements since the last flush) / divisor; empties the counters."""
-        if self.pending % _SLOTS:  # fold the partly filled slots, the unused ones zero
-            self.slots[self.pending % _SLOTS :].zero_()
-            self._fold()
-        if self.counter_empty:  # no measurement since the last flush
-            return torch.zeros(self.chains, *self.batch_shape, self.n, dtype=self.model.dtype)
-        zero = torch.zeros_like(self.gauge_words)
-        planes = max(1, self.pending.bit_length())  # the planes above hold zeros
-        sums = self._unpack(
-            tuple(self.counter), planes, self.counter_planes, 0, zero, self.pending / divisor,
-            -2.0 / divisor,
-        )  # fmt: skip
+    def _spill(self) -> None:
+        """Add the counter into the wide counter (allocated at the first spill; moved into
+        ``totals`` first when it could overflow) and empty it."""
+        empty = self.wide is None or self.wide_count == 0
+        if self.wide is None:
+            self.wide = _empty(self.be.numel(), _WIDE_COUNTER_PLANES, 4)
+            self.counter_planes = _WIDE_COUNTER_PLANES
+        elif self.wide_count + self.folded >= 2**_WIDE_COUNTER_PLANES:
+            sums = self._unpack_counter(self.wide, _WIDE_COUNTER_PLANES, self.wide_count, 1.0)
+            self.totals = sums if self.totals is None else self.totals + sums
+            self.wide_count, empty = 0, True
+        self.native.spf_multispin_spill(
+            self.counter.data_ptr(),
+            self.wide.data_ptr(),
+            4 * self.be.numel(),
+            _NATIVE_COUNTER_PLANES,
+            _WIDE_COUNTER_PLANES,
+            empty,
+        )
+        self.wide_count += self.folded
         self.counter_empty = True
-        self.pending = 0
+        self.folded = 0
+
+    def _unpack_counter(self, counter: Tensor, planes: int, count: int, divisor: float) -> Tensor:
+        """(Σ σ_i over the ``count`` states in ``counter``) / divisor."""
+        zero = torch.zeros_like(self.gauge_words)
+        used = max(1, count.bit_length())  # the planes above hold zeros
+        return self._unpack(
+            (counter,) * 4, used, planes, 0, zero, count / divisor, -2.0 / divisor, grouped=True
+        )
+
+    def _counter_sums(self, divisor: float) -> Tensor:
+        """(Σ σ_i over the states in the counters) / divisor; empties them."""
+        if self.wide_count:  # one unpacking: the counter joins the wide one
+            if not self.counter_empty:
+                self._spill()
+            sums = self._unpack_counter(self.wide, _WIDE_COUNTER_PLANES, self.wide_count, divisor)
+            self.wide_count = 0
+            return sums
+        if self.counter is None or self.counter_empty:
+            return torch.zeros(self.chains, *self.batch_shape, self.n, dtype=self.model.dtype)
+        sums = self._unpack_counter(self.counter, _NATIVE_COUNTER_PLANES, self.folded, divisor)
+        self.counter_empty = True
+        self.folded = 0
         return sums
 
     def _counted(self) -> None:
-        self.pending += 1
+        self.unfolded += 1
         self.measurements += 1
-        if self.pending % _SLOTS == 0:
-            self._fold()
-        if self.pending < 2**self.counter_planes - _SLOTS:  # (a multiple of the slots)
-            return
-        if self.counter_planes < _WIDE_COUNTER_PLANES:  # a long run: wider, not unpacked
-            wide = self.counter.new_zeros(*self.counter.shape[:-1], _WIDE_COUNTER_PLANES)
-            wide[..., : self.counter_planes] = self.counter
-            self.counter, self.counter_planes = wide, _WIDE_COUNTER_PLANES
-        else:
-            sums = self._site_sums(1.0)
-            self.totals = sums if self.totals is None else self.totals + sums
 
     def site_mean(self, measurements: int) -> Tensor:
+        if self.unfolded:
+            self._fold()
         if self.totals is None:  # the usual case: unpacked straight into the mean
-            return self._site_sums(float(measurements))
-        return (self.totals + self._site_sums(1.0)) / measurements
+            return self._counter_sums(float(measurements))
+        return (self.totals + self._counter_sums(1.0)) / measurements

@@ -40,6 +40,7 @@ all O(N²D) without forming D×D matrices. Stationary states m* = step(m*) are s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -55,6 +56,7 @@ __all__ = [
     "kinetic_vector_step",
     "stationary_dynamical_mean_field",
     "vector_step",
+    "vector_step_vjp",
 ]
 
 Spin = Literal["ising", "vector"]
@@ -156,6 +158,102 @@ def vector_step(
     radial = quad / norm2.clamp_min(torch.finfo(theta.dtype).tiny)
     correction = 0.5 * (theta * (g2 * radial + g1 * (trace - radial)) + 2.0 * g1 * k_theta)
     return m + correction
+
+
+def vector_step_vjp(
+    m_prev: Tensor,
+    couplings: Tensor,
+    field: Tensor,
+    beta,
+    radius: float,
+    order: int,
+    squared: Tensor | None = None,
+) -> Callable[[Tensor], Tensor]:
+    r"""The vector-Jacobian product y ↦ (∂ step/∂m_prev)ᵀ y of :func:`vector_step` at ``m_prev``,
+    in closed form (same arguments; inputs trusted, no autograd).
+
+    Everything that depends on ``m_prev`` alone (θ, u, g'/r, g'', the covariance weights, the
+    overlaps J² w_j θ_i·m_j, Kθ, θᵀKθ, tr K) is computed once here; each product then costs
+    one elementwise pass and, at order 2, four N × N × D matrix products besides Jᵀ(·), with no
+    graph: the adjoint iterations of an implicit backward at a fixed point apply it repeatedly.
+
+    Order 1, φ(θ) = g θ with ∂φ/∂θ = g 1 + (g'/r) θθᵀ: θ̄ = g y + (g'/r)(θ·y) θ, m̄ = Jᵀθ̄.
+    Order 2 writes the step as φ(θ) + ½ θ c + (g'/r) Kθ with c = (g'' − g'/r) θᵀKθ/|θ|² +
+    (g'/r) tr K and Kθ = (Σ_j J²_ij b_j) θ + Σ_j J²_ij w_j (θ·m_j) m_j, and applies the chain
+    rule through θ = h + J m, b_j, w_j and |m_j|² (d b/d s² = −1/(2R²), d w/d s² = 2/(R² + s²)²)
+    and through u = √(1 + β²|θ|²/R²) in g'/r and g'' (du/d|θ|² = (β³/R²)/(2βu)).
+    """
+    theta = field + couplings @ m_prev
+    _, norm2, u = vmf.phi_terms(theta, beta, radius)
+    one_u = 1.0 + u
+    gain = beta / one_u  # g: φ = g θ
+    r2 = radius**2
+    b3 = beta**3 / r2
+    g1 = -b3 / (u * one_u**2)  # g'/r
+    transposed = couplings.transpose(-1, -2)
+    if order == 1:
+
+        def first(y: Tensor) -> Tensor:
+            along = (theta * y).sum(-1, keepdim=True)
+            return transposed @ (gain * y + g1 * along * theta)
+
+        return first
+    dim = m_prev.shape[-1]
+    s2 = (m_prev * m_prev).sum(-1)  # (..., N)
+    tangential, weight = vmf.large_d_covariance(m_prev, radius)
+    if squared is None:
+        squared = couplings * couplings
+    squared_t = squared.transpose(-1, -2)
+    weighted_m = weight[..., None] * m_prev  # w_j m_j
+    weighted = squared * (theta @ weighted_m.transpose(-1, -2))  # J² w_j θ_i·m_j
+    weighted_t = weighted.transpose(-1, -2)
+    sums = squared @ torch.stack([tangential, dim * tangential + weight * s2], -1)
+    k_scalar, trace = sums[..., :1], sums[..., 1:]
+    k_theta = k_scalar * theta + weighted @ m_prev  # K θ
+    quad = (theta * k_theta).sum(-1, keepdim=True)
+    tiny = torch.finfo(theta.dtype).tiny
+    free = norm2 > tiny  # where the clamp of |θ|² in the step is not active
+    safe2 = norm2.clamp_min(tiny)
+    radial = quad / safe2
+    g2 = b3 * (2.0 * u * u - 2.0 * u - 1.0) / (u**3 * one_u**2)  # g''
+    dg1 = b3 * (1.0 + 3.0 * u) / (u**2 * one_u**3)  # d(g'/r)/du
+    dg2 = b3 * (3.0 + 9.0 * u + 6.0 * u * u - 6.0 * u**3) / (u**4 * one_u**3)  # dg''/du
+    du = b3 / (2.0 * beta * u)  # du/d|θ|²
+    spread = g2 - g1
+    c = spread * radial + g1 * trace
+    c_half = 0.5 * c
+    slope_s = 2.0 / (r2 + s2) ** 2  # dw/ds²
+    inv_2r2 = 1.0 / (2.0 * r2)
+
+    def second(y: Tensor) -> Tensor:
+        c_bar = 0.5 * (theta * y).sum(-1, keepdim=True)  # ∂/∂c
+        q_bar = torch.where(free, c_bar * spread / safe2, 0.0)  # ∂/∂(θᵀKθ)
+        g1_bar = (k_theta * y).sum(-1, keepdim=True) + c_bar * (trace - radial)
+        n_bar = (g1_bar * dg1 + c_bar * radial * dg2) * du - q_bar * radial
+        k_bar = g1 * y + q_bar * theta  # ∂/∂(Kθ)
+        overlap = squared * (k_bar @ m_prev.transpose(-1, -2))  # J² k̄_i·m_j
+        theta_bar = (
+            gain * y
+            + (2.0 * c_bar * g1 + 2.0 * n_bar) * theta
+            + c_half * y
+            + q_bar * k_theta
+            + k_scalar * k_bar
+            + overlap @ weighted_m
+        )
+        across = overlap.transpose(-1, -2) @ theta  # Σ_i J² (k̄_i·m_j) θ_i
+        scalars = torch.cat([(theta * k_bar).sum(-1, keepdim=True), c_bar * g1], -1)
+        back = squared_t @ scalars  # Σ_i J²_ij (k̄s_i, t̄r_i)
+        w_bar = (m_prev * across).sum(-1) + s2 * back[..., 1]
+        b_bar = back[..., 0] + dim * back[..., 1]
+        s_bar = weight * back[..., 1] - b_bar * inv_2r2 + w_bar * slope_s
+        return (
+            transposed @ theta_bar
+            + weighted_t @ k_bar
+            + weight[..., None] * across
+            + (2.0 * s_bar)[..., None] * m_prev
+        )
+
+    return second
 
 
 def _step_fn(spin: Spin, couplings: Tensor, field, beta: Tensor, radius: float | None, order: int):

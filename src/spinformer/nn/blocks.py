@@ -34,6 +34,7 @@ GELU MLP) with the same interface; every benchmark and experiment measures again
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -62,7 +63,7 @@ from spinformer.nn._spin import (
 )
 from spinformer.nn.boltzmann import BoltzmannAttention
 from spinformer.physics import vmf
-from spinformer.physics.dynamical import vector_step
+from spinformer.physics.dynamical import vector_step, vector_step_vjp
 
 __all__ = ["AttentionBlock", "BoltzmannSelfAttention", "SpinTransformerBlock", "TransformerBlock"]
 
@@ -281,11 +282,15 @@ class SpinTransformerBlock(nn.Module):
         def step(m: Tensor) -> Tensor:
             return vector_step(m, couplings, field, b, self.radius, self.order, squared)
 
+        def adjoint(m: Tensor) -> Callable[[Tensor], Tensor]:
+            """y ↦ (∂ step/∂m)ᵀ y at m in closed form (the implicit backward's adjoint solve)."""
+            return vector_step_vjp(m, couplings, field, b, self.radius, self.order, squared)
+
         first = self._initial(x_norm, field, b)
         if self.steps is None:
             first = step(first)  # the solver starts from step(m(0))
         m, converged, iterations, residual = relax(
-            step, first, self.steps, self.solver, self.tol, self.max_iter, self.implicit
+            step, first, self.steps, self.solver, self.tol, self.max_iter, self.implicit, adjoint
         )
         out = merge_heads(m) if self.out is None else x + self.out(merge_heads(m))
         if not return_state:

@@ -193,6 +193,7 @@ def fixed_point(
     warn: bool = True,
     backward_tol: float | None = None,
     backward_max_iter: int | None = None,
+    vjp: Callable[[Tensor], Callable[[Tensor], Tensor]] | None = None,
     **options: Any,
 ) -> FixedPointResult:
     """Solve z = f(z) from ``z0`` with solver ``method``; see the module docstring.
@@ -210,6 +211,9 @@ def fixed_point(
             iterates on an accelerator; CPU iterates are checked after every iteration.
         warn: emit :class:`SolverWarning` when a sample does not converge.
         backward_tol, backward_max_iter: adjoint solve settings (default: the forward ones).
+        vjp: optional closed form of the adjoint's products: ``vjp(z)`` returns the map
+            y ↦ (∂f/∂z)ᵀ y at z (same shape as z), used by the implicit backward at z* in
+            place of autograd through a second application of f (which it must equal).
         options: solver-specific options (e.g. ``memory`` for Anderson).
     """
     if method not in _SOLVERS:
@@ -253,7 +257,7 @@ def fixed_point(
                     max_iter=max_iter if backward_max_iter is None else backward_max_iter,
                 )
                 adjoint = functools.partial(solver, settings=backward, **options)
-                _attach_adjoint(f, z_star, solution, adjoint, (flat_batch, event), warn)
+                _attach_adjoint(f, z_star, solution, adjoint, (flat_batch, event), warn, vjp)
     finite, converged = _verdict(
         out, warn, f"fixed_point({method})", f" (tol={tol:g}, max_iter={max_iter})"
     )
@@ -310,13 +314,24 @@ def _attach_adjoint(
     solver: Callable[[Callable[[Tensor], Tensor], Tensor], SolverOutput],
     flat_shape: tuple[int, int],
     warn: bool,
+    vjp: Callable[[Tensor], Callable[[Tensor], Tensor]] | None = None,
 ) -> None:
-    """Replace the gradient arriving at ``output`` = f(z*) by the adjoint fixed point y = g + Jᵀy."""
+    """Replace the gradient arriving at ``output`` = f(z*) by the adjoint fixed point y = g + Jᵀy
+    (Jᵀy by ``vjp(z*)`` when given, else by autograd through f at z*)."""
     shape = z_star.shape
 
     def hook(grad: Tensor | None) -> Tensor | None:
         if grad is None:  # an undefined gradient stays undefined
             return None
+        if vjp is not None:
+            with torch.no_grad():
+                product = vjp(z_star.detach())
+                out = solver(
+                    lambda y: (product(y.reshape(shape)) + grad).reshape(flat_shape),
+                    grad.reshape(flat_shape),
+                )
+            _verdict(out, warn, "fixed_point backward: the adjoint solve failed")
+            return out.solution.reshape(shape)
         with torch.enable_grad():
             z_leaf = z_star.detach().requires_grad_(True)
             f_leaf = f(z_leaf)

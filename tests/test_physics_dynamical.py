@@ -164,3 +164,11 @@ def test_closed_form_step_vjp_equals_autograd(order, scalar_beta):
     (expected,) = torch.autograd.grad(vector_step(leaf, j, field, beta, radius, order), leaf, y)
     got = vector_step_vjp(m_prev, j, field, beta, radius, order, j * j if order == 2 else None)(y)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_step_from_rest_equals_step_from_zero_magnetization(order):
+    """m_prev=None skips the products with m(t−1) = 0; the numbers are those of zeros."""
+    m_prev, j, field, beta, radius = _vector_problem(8, order)
+    expected = vector_step(torch.zeros_like(m_prev), j, field, beta, radius, order)
+    torch.testing.assert_close(vector_step(None, j, field, beta, radius, order), expected)

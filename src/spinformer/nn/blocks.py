@@ -286,9 +286,10 @@ class SpinTransformerBlock(nn.Module):
             """y ↦ (∂ step/∂m)ᵀ y at m in closed form (the implicit backward's adjoint solve)."""
             return vector_step_vjp(m, couplings, field, b, self.radius, self.order, squared)
 
-        first = self._initial(x_norm, field, b)
-        if self.steps is None:
-            first = step(first)  # the solver starts from step(m(0))
+        if self.steps is None:  # the solver starts from step(m(0)), m(0) = 0: no J m(0)
+            first = vector_step(None, couplings, field, b, self.radius, self.order, squared)
+        else:
+            first = self._initial(x_norm, field, b)
         m, converged, iterations, residual = relax(
             step, first, self.steps, self.solver, self.tol, self.max_iter, self.implicit, adjoint
         )

@@ -119,8 +119,16 @@ def kinetic_vector_step(
     )
 
 
+def _radial_slopes(u: Tensor, beta, radius: float) -> tuple[Tensor, Tensor]:
+    """(g'/r, g'') of φ = g(r) θ at u = √(1 + β²|θ|²/R²) (see the module docstring)."""
+    b3 = beta**3 / radius**2
+    g1 = -b3 / (u * (1.0 + u) ** 2)  # g'/r
+    g2 = b3 * (2.0 * u * u - 2.0 * u - 1.0) / (u**3 * (1.0 + u) ** 2)  # g''
+    return g1, g2
+
+
 def vector_step(
-    m_prev: Tensor,
+    m_prev: Tensor | None,
     couplings: Tensor,
     field: Tensor,
     beta,
@@ -131,30 +139,35 @@ def vector_step(
     """Unchecked :func:`kinetic_vector_step`; ``beta`` broadcastable against (..., N, D).
 
     ``squared`` is J² when the caller iterates with fixed couplings (computed here otherwise).
-    Order 1 with a tensor β uses φ with its closed-form derivative. At order 2 the weights w_j of
-    K are folded into the overlaps, w_j θ_i·m_j = θ_i·(w_j m_j), and θᵀKθ is θ·(Kθ), so a step
-    takes one elementwise pass over the N × N couplings besides the matrix products.
+    ``m_prev=None`` is the step from rest, m(t−1) = 0, without the matrix products with it
+    (they vanish). Order 1 with a tensor β uses φ with its closed-form derivative. At order 2 the
+    weights w_j of K are folded into the overlaps, w_j θ_i·m_j = θ_i·(w_j m_j), and θᵀKθ is
+    θ·(Kθ), so a step takes one elementwise pass over the N × N couplings besides the matrix
+    products.
     """
-    theta = field + couplings @ m_prev
+    theta = field if m_prev is None else field + couplings @ m_prev
     if order == 1:
         if isinstance(beta, Tensor):
             return vmf.phi_fused(theta, beta, radius)
         return vmf.phi(theta, beta, radius)
     m, norm2, u = vmf.phi_terms(theta, beta, radius)
-    dim = m_prev.shape[-1]
-    r2 = radius**2
-    s2 = (m_prev * m_prev).sum(-1)  # (..., N)
-    tangential, weight = vmf.large_d_covariance(m_prev, radius)
+    dim = theta.shape[-1]
     if squared is None:
         squared = couplings * couplings
-    weighted = squared * (theta @ (weight[..., None] * m_prev).transpose(-1, -2))  # J² w_j θ_i·m_j
-    sums = squared @ torch.stack([tangential, dim * tangential + weight * s2], -1)
+    if m_prev is None:  # s² = 0: the covariance weights at rest, no overlaps θ_i·m_j
+        tangential, weight = vmf.large_d_covariance(theta.new_zeros((*theta.shape[:-1], 1)), radius)
+        weighted = s2 = None
+    else:
+        s2 = (m_prev * m_prev).sum(-1)  # (..., N)
+        tangential, weight = vmf.large_d_covariance(m_prev, radius)
+        weighted_m = weight[..., None] * m_prev
+        weighted = squared * (theta @ weighted_m.transpose(-1, -2))  # J² w_j θ_i·m_j
+    trace_terms = dim * tangential if s2 is None else dim * tangential + weight * s2
+    sums = squared @ torch.stack([tangential, trace_terms], -1)
     k_scalar, trace = sums[..., :1], sums[..., 1:]  # Σ_j J² b_j and tr K, (..., N, 1)
-    k_theta = k_scalar * theta + weighted @ m_prev  # K θ
+    k_theta = k_scalar * theta if weighted is None else k_scalar * theta + weighted @ m_prev  # Kθ
     quad = (theta * k_theta).sum(-1, keepdim=True)  # θᵀKθ
-    b3 = beta**3 / r2
-    g1 = -b3 / (u * (1.0 + u) ** 2)  # g'/r
-    g2 = b3 * (2.0 * u * u - 2.0 * u - 1.0) / (u**3 * (1.0 + u) ** 2)  # g''
+    g1, g2 = _radial_slopes(u, beta, radius)
     radial = quad / norm2.clamp_min(torch.finfo(theta.dtype).tiny)
     correction = 0.5 * (theta * (g2 * radial + g1 * (trace - radial)) + 2.0 * g1 * k_theta)
     return m + correction
@@ -189,7 +202,7 @@ def vector_step_vjp(
     gain = beta / one_u  # g: φ = g θ
     r2 = radius**2
     b3 = beta**3 / r2
-    g1 = -b3 / (u * one_u**2)  # g'/r
+    g1, g2 = _radial_slopes(u, beta, radius)
     transposed = couplings.transpose(-1, -2)
     if order == 1:
 
@@ -215,7 +228,6 @@ def vector_step_vjp(
     free = norm2 > tiny  # where the clamp of |θ|² in the step is not active
     safe2 = norm2.clamp_min(tiny)
     radial = quad / safe2
-    g2 = b3 * (2.0 * u * u - 2.0 * u - 1.0) / (u**3 * one_u**2)  # g''
     dg1 = b3 * (1.0 + 3.0 * u) / (u**2 * one_u**3)  # d(g'/r)/du
     dg2 = b3 * (3.0 + 9.0 * u + 6.0 * u * u - 6.0 * u**3) / (u**4 * one_u**3)  # dg''/du
     du = b3 / (2.0 * beta * u)  # du/d|θ|²

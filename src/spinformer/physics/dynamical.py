@@ -208,7 +208,7 @@ def vector_step_vjp(
 
         def first(y: Tensor) -> Tensor:
             along = (theta * y).sum(-1, keepdim=True)
-            return transposed @ (gain * y + g1 * along * theta)
+            return transposed @ torch.mul(y, gain).addcmul_(theta, g1 * along)
 
         return first
     dim = m_prev.shape[-1]
@@ -217,6 +217,7 @@ def vector_step_vjp(
     if squared is None:
         squared = couplings * couplings
     squared_t = squared.transpose(-1, -2)
+    m_t = m_prev.transpose(-1, -2)
     weighted_m = weight[..., None] * m_prev  # w_j m_j
     weighted = squared * (theta @ weighted_m.transpose(-1, -2))  # J² w_j θ_i·m_j
     weighted_t = weighted.transpose(-1, -2)
@@ -225,45 +226,41 @@ def vector_step_vjp(
     k_theta = k_scalar * theta + weighted @ m_prev  # K θ
     quad = (theta * k_theta).sum(-1, keepdim=True)
     tiny = torch.finfo(theta.dtype).tiny
-    free = norm2 > tiny  # where the clamp of |θ|² in the step is not active
     safe2 = norm2.clamp_min(tiny)
     radial = quad / safe2
-    dg1 = b3 * (1.0 + 3.0 * u) / (u**2 * one_u**3)  # d(g'/r)/du
-    dg2 = b3 * (3.0 + 9.0 * u + 6.0 * u * u - 6.0 * u**3) / (u**4 * one_u**3)  # dg''/du
-    du = b3 / (2.0 * beta * u)  # du/d|θ|²
     spread = g2 - g1
-    c = spread * radial + g1 * trace
-    c_half = 0.5 * c
+    # per-site coefficients of the product, fixed at m_prev
+    du = b3 / (2.0 * beta * u)  # du/d|θ|²
+    dg1 = du * b3 * (1.0 + 3.0 * u) / (u**2 * one_u**3)  # d(g'/r)/d|θ|²
+    dg2 = du * b3 * (3.0 + 9.0 * u + 6.0 * u * u - 6.0 * u**3) / (u**4 * one_u**3)  # dg''/d|θ|²
+    q_coef = torch.where(norm2 > tiny, spread / safe2, 0.0)  # zero where |θ|² is clamped
+    alpha = gain + 0.5 * (spread * radial + g1 * trace) + k_scalar * g1
+    beside = trace - radial
+    radial_dg2 = radial * dg2
     slope_s = 2.0 / (r2 + s2) ** 2  # dw/ds²
     inv_2r2 = 1.0 / (2.0 * r2)
 
     def second(y: Tensor) -> Tensor:
-        c_bar = 0.5 * (theta * y).sum(-1, keepdim=True)  # ∂/∂c
-        q_bar = torch.where(free, c_bar * spread / safe2, 0.0)  # ∂/∂(θᵀKθ)
-        g1_bar = (k_theta * y).sum(-1, keepdim=True) + c_bar * (trace - radial)
-        n_bar = (g1_bar * dg1 + c_bar * radial * dg2) * du - q_bar * radial
-        k_bar = g1 * y + q_bar * theta  # ∂/∂(Kθ)
-        overlap = squared * (k_bar @ m_prev.transpose(-1, -2))  # J² k̄_i·m_j
-        theta_bar = (
-            gain * y
-            + (2.0 * c_bar * g1 + 2.0 * n_bar) * theta
-            + c_half * y
-            + q_bar * k_theta
-            + k_scalar * k_bar
-            + overlap @ weighted_m
-        )
+        along = (theta * y).sum(-1, keepdim=True)
+        c_bar = 0.5 * along  # ∂/∂c
+        q_bar = c_bar * q_coef  # ∂/∂(θᵀKθ)
+        g1_bar = (k_theta * y).sum(-1, keepdim=True) + c_bar * beside
+        n_bar = g1_bar * dg1 + c_bar * radial_dg2 - q_bar * radial  # ∂/∂|θ|²
+        k_bar = torch.mul(y, g1).addcmul_(theta, q_bar)  # ∂/∂(Kθ)
+        overlap = (k_bar @ m_t).mul_(squared)  # J² k̄_i·m_j
+        # θ̄ = g y + ½ c y + (g'/r)(θ·y) θ + 2 n̄ θ + q̄ Kθ + (Σ J² b) k̄ + Σ_j J² w_j (k̄·m_j) m_j
+        coefficient = 2.0 * (c_bar * g1 + n_bar) + k_scalar * q_bar
+        theta_bar = torch.mul(y, alpha).addcmul_(theta, coefficient).addcmul_(k_theta, q_bar)
+        theta_bar += overlap @ weighted_m
         across = overlap.transpose(-1, -2) @ theta  # Σ_i J² (k̄_i·m_j) θ_i
-        scalars = torch.cat([(theta * k_bar).sum(-1, keepdim=True), c_bar * g1], -1)
-        back = squared_t @ scalars  # Σ_i J²_ij (k̄s_i, t̄r_i)
+        k_along = g1 * along + q_bar * norm2  # θ·k̄
+        back = squared_t @ torch.cat([k_along, c_bar * g1], -1)  # Σ_i J²_ij (k̄s_i, t̄r_i)
         w_bar = (m_prev * across).sum(-1) + s2 * back[..., 1]
         b_bar = back[..., 0] + dim * back[..., 1]
         s_bar = weight * back[..., 1] - b_bar * inv_2r2 + w_bar * slope_s
-        return (
-            transposed @ theta_bar
-            + weighted_t @ k_bar
-            + weight[..., None] * across
-            + (2.0 * s_bar)[..., None] * m_prev
-        )
+        out = transposed @ theta_bar
+        out += weighted_t @ k_bar
+        return out.addcmul_(across, weight[..., None]).addcmul_(m_prev, 2.0 * s_bar[..., None])
 
     return second
 

@@ -165,12 +165,16 @@ def vector_step(
     trace_terms = dim * tangential if s2 is None else dim * tangential + weight * s2
     sums = squared @ torch.stack([tangential, trace_terms], -1)
     k_scalar, trace = sums[..., :1], sums[..., 1:]  # Σ_j J² b_j and tr K, (..., N, 1)
-    k_theta = k_scalar * theta if weighted is None else k_scalar * theta + weighted @ m_prev  # Kθ
+    # Kθ; the product is fresh (and not saved for backward), so the sum accumulates into it
+    k_theta = (
+        k_scalar * theta if weighted is None else (weighted @ m_prev).addcmul_(k_scalar, theta)
+    )
     quad = (theta * k_theta).sum(-1, keepdim=True)  # θᵀKθ
     g1, g2 = _radial_slopes(u, beta, radius)
     radial = quad / norm2.clamp_min(torch.finfo(theta.dtype).tiny)
-    correction = 0.5 * (theta * (g2 * radial + g1 * (trace - radial)) + 2.0 * g1 * k_theta)
-    return m + correction
+    # m + ½[θ (g'' θᵀKθ/|θ|² + (g'/r)(tr K − θᵀKθ/|θ|²)) + 2 (g'/r) Kθ], per-site scalars first
+    along = 0.5 * (g2 * radial + g1 * (trace - radial))
+    return torch.addcmul(m, theta, along).addcmul_(k_theta, g1)
 
 
 def vector_step_vjp(

@@ -15,6 +15,7 @@ from spinformer.physics.dynamical import (
     stationary_dynamical_mean_field,
     vector_step,
     vector_step_vjp,
+    vector_step_with_vjp,
 )
 from spinformer.physics.exact import all_states
 from spinformer.physics.vmf import phi, phi_inverse, transformer_radius
@@ -172,3 +173,17 @@ def test_step_from_rest_equals_step_from_zero_magnetization(order):
     m_prev, j, field, beta, radius = _vector_problem(8, order)
     expected = vector_step(torch.zeros_like(m_prev), j, field, beta, radius, order)
     torch.testing.assert_close(vector_step(None, j, field, beta, radius, order), expected)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_step_with_vjp_is_the_step_and_its_vjp(order):
+    """One evaluation gives the differentiable step and the closed-form VJP of its m_prev."""
+    m_prev, j, field, beta, radius = _vector_problem(9, order)
+    field = field.requires_grad_(True)
+    out, vjp = vector_step_with_vjp(m_prev, j, field, beta, radius, order)
+    torch.testing.assert_close(out, vector_step(m_prev, j, field, beta, radius, order))
+    (grad,) = torch.autograd.grad(out.sum(), field)  # still differentiable in the field
+    torch.testing.assert_close(grad, torch.autograd.grad(
+        vector_step(m_prev, j, field, beta, radius, order).sum(), field)[0])  # fmt: skip
+    y = torch.randn(m_prev.shape, generator=torch.Generator().manual_seed(10), dtype=F64)
+    torch.testing.assert_close(vjp(y), vector_step_vjp(m_prev, j, field, beta, radius, order)(y))

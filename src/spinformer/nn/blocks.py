@@ -63,7 +63,7 @@ from spinformer.nn._spin import (
 )
 from spinformer.nn.boltzmann import BoltzmannAttention
 from spinformer.physics import vmf
-from spinformer.physics.dynamical import vector_step, vector_step_vjp
+from spinformer.physics.dynamical import vector_step, vector_step_vjp, vector_step_with_vjp
 
 __all__ = ["AttentionBlock", "BoltzmannSelfAttention", "SpinTransformerBlock", "TransformerBlock"]
 
@@ -279,11 +279,23 @@ class SpinTransformerBlock(nn.Module):
 
         squared = couplings * couplings if self.order == 2 else None  # J² once, not per step
 
+        # the fixed point's one differentiable application f(z*) keeps its intermediates for the
+        # closed-form (∂ step/∂m)ᵀ of the implicit backward's adjoint solve at the same z*
+        last: list = []
+
         def step(m: Tensor) -> Tensor:
-            return vector_step(m, couplings, field, b, self.radius, self.order, squared)
+            if self.steps is not None or not torch.is_grad_enabled():
+                return vector_step(m, couplings, field, b, self.radius, self.order, squared)
+            out, product = vector_step_with_vjp(
+                m, couplings, field, b, self.radius, self.order, squared
+            )
+            last[:] = [m, product]
+            return out
 
         def adjoint(m: Tensor) -> Callable[[Tensor], Tensor]:
             """y ↦ (∂ step/∂m)ᵀ y at m in closed form (the implicit backward's adjoint solve)."""
+            if last and last[0] is m:
+                return last[1]
             return vector_step_vjp(m, couplings, field, b, self.radius, self.order, squared)
 
         if self.steps is None:  # the solver starts from step(m(0)), m(0) = 0: no J m(0)

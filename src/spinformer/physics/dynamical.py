@@ -57,6 +57,7 @@ __all__ = [
     "stationary_dynamical_mean_field",
     "vector_step",
     "vector_step_vjp",
+    "vector_step_with_vjp",
 ]
 
 Spin = Literal["ising", "vector"]
@@ -145,36 +146,22 @@ def vector_step(
     θ·(Kθ), so a step takes one elementwise pass over the N × N couplings besides the matrix
     products.
     """
-    theta = field if m_prev is None else field + couplings @ m_prev
-    if order == 1:
-        if isinstance(beta, Tensor):
-            return vmf.phi_fused(theta, beta, radius)
-        return vmf.phi(theta, beta, radius)
-    m, norm2, u = vmf.phi_terms(theta, beta, radius)
-    dim = theta.shape[-1]
-    if squared is None:
-        squared = couplings * couplings
-    if m_prev is None:  # s² = 0: the covariance weights at rest, no overlaps θ_i·m_j
-        tangential, weight = vmf.large_d_covariance(theta.new_zeros((*theta.shape[:-1], 1)), radius)
-        weighted = s2 = None
-    else:
-        s2 = (m_prev * m_prev).sum(-1)  # (..., N)
-        tangential, weight = vmf.large_d_covariance(m_prev, radius)
-        weighted_m = weight[..., None] * m_prev
-        weighted = squared * (theta @ weighted_m.transpose(-1, -2))  # J² w_j θ_i·m_j
-    trace_terms = dim * tangential if s2 is None else dim * tangential + weight * s2
-    sums = squared @ torch.stack([tangential, trace_terms], -1)
-    k_scalar, trace = sums[..., :1], sums[..., 1:]  # Σ_j J² b_j and tr K, (..., N, 1)
-    # Kθ; the product is fresh (and not saved for backward), so the sum accumulates into it
-    k_theta = (
-        k_scalar * theta if weighted is None else (weighted @ m_prev).addcmul_(k_scalar, theta)
-    )
-    quad = (theta * k_theta).sum(-1, keepdim=True)  # θᵀKθ
-    g1, g2 = _radial_slopes(u, beta, radius)
-    radial = quad / norm2.clamp_min(torch.finfo(theta.dtype).tiny)
-    # m + ½[θ (g'' θᵀKθ/|θ|² + (g'/r)(tr K − θᵀKθ/|θ|²)) + 2 (g'/r) Kθ], per-site scalars first
-    along = 0.5 * (g2 * radial + g1 * (trace - radial))
-    return torch.addcmul(m, theta, along).addcmul_(k_theta, g1)
+    return _vector_step(m_prev, couplings, field, beta, radius, order, squared, False)[0]
+
+
+def vector_step_with_vjp(
+    m_prev: Tensor,
+    couplings: Tensor,
+    field: Tensor,
+    beta,
+    radius: float,
+    order: int,
+    squared: Tensor | None = None,
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """(:func:`vector_step`, :func:`vector_step_vjp`) at ``m_prev`` from one evaluation: the
+    step (differentiable as usual) and its closed-form (∂ step/∂m_prev)ᵀ, which reuses the
+    step's θ, overlaps and Kθ instead of computing them again."""
+    return _vector_step(m_prev, couplings, field, beta, radius, order, squared, True)
 
 
 def vector_step_vjp(
@@ -200,44 +187,100 @@ def vector_step_vjp(
     rule through θ = h + J m, b_j, w_j and |m_j|² (d b/d s² = −1/(2R²), d w/d s² = 2/(R² + s²)²)
     and through u = √(1 + β²|θ|²/R²) in g'/r and g'' (du/d|θ|² = (β³/R²)/(2βu)).
     """
-    theta = field + couplings @ m_prev
-    _, norm2, u = vmf.phi_terms(theta, beta, radius)
-    one_u = 1.0 + u
-    gain = beta / one_u  # g: φ = g θ
-    r2 = radius**2
-    b3 = beta**3 / r2
-    g1, g2 = _radial_slopes(u, beta, radius)
-    transposed = couplings.transpose(-1, -2)
+    with torch.no_grad():
+        return _vector_step(m_prev, couplings, field, beta, radius, order, squared, True)[1]
+
+
+def _vector_step(
+    m_prev: Tensor | None,
+    couplings: Tensor,
+    field: Tensor,
+    beta,
+    radius: float,
+    order: int,
+    squared: Tensor | None,
+    with_vjp: bool,
+) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
+    """The step and, with ``with_vjp``, its closed-form VJP from the same intermediates."""
+    theta = field if m_prev is None else field + couplings @ m_prev
     if order == 1:
-
-        def first(y: Tensor) -> Tensor:
-            along = (theta * y).sum(-1, keepdim=True)
-            return transposed @ torch.mul(y, gain).addcmul_(theta, g1 * along)
-
-        return first
-    dim = m_prev.shape[-1]
-    s2 = (m_prev * m_prev).sum(-1)  # (..., N)
-    tangential, weight = vmf.large_d_covariance(m_prev, radius)
+        if isinstance(beta, Tensor):
+            m = vmf.phi_fused(theta, beta, radius)
+        else:
+            m = vmf.phi(theta, beta, radius)
+        return m, (_first_order_vjp(theta, couplings, beta, radius) if with_vjp else None)
+    m, norm2, u = vmf.phi_terms(theta, beta, radius)
+    dim = theta.shape[-1]
     if squared is None:
         squared = couplings * couplings
+    if m_prev is None:  # s² = 0: the covariance weights at rest, no overlaps θ_i·m_j
+        tangential, weight = vmf.large_d_covariance(theta.new_zeros((*theta.shape[:-1], 1)), radius)
+        weighted = s2 = weighted_m = None
+    else:
+        s2 = (m_prev * m_prev).sum(-1)  # (..., N)
+        tangential, weight = vmf.large_d_covariance(m_prev, radius)
+        weighted_m = weight[..., None] * m_prev
+        weighted = squared * (theta @ weighted_m.transpose(-1, -2))  # J² w_j θ_i·m_j
+    trace_terms = dim * tangential if s2 is None else dim * tangential + weight * s2
+    sums = squared @ torch.stack([tangential, trace_terms], -1)
+    k_scalar, trace = sums[..., :1], sums[..., 1:]  # Σ_j J² b_j and tr K, (..., N, 1)
+    # Kθ; the product is fresh (and not saved for backward), so the sum accumulates into it
+    k_theta = (
+        k_scalar * theta if weighted is None else (weighted @ m_prev).addcmul_(k_scalar, theta)
+    )
+    quad = (theta * k_theta).sum(-1, keepdim=True)  # θᵀKθ
+    g1, g2 = _radial_slopes(u, beta, radius)
+    radial = quad / norm2.clamp_min(torch.finfo(theta.dtype).tiny)
+    # m + ½[θ (g'' θᵀKθ/|θ|² + (g'/r)(tr K − θᵀKθ/|θ|²)) + 2 (g'/r) Kθ], per-site scalars first
+    along = 0.5 * (g2 * radial + g1 * (trace - radial))
+    out = torch.addcmul(m, theta, along).addcmul_(k_theta, g1)
+    if not with_vjp or m_prev is None:
+        return out, None
+    terms = (theta, norm2, u, g1, g2, radial, k_scalar, trace, k_theta, weighted, weighted_m)
+    with torch.no_grad():
+        detached = [t.detach() for t in (m_prev, couplings, squared, s2, weight, *terms)]
+        beta = beta.detach() if isinstance(beta, Tensor) else beta
+        return out, _second_order_vjp(*detached, beta, radius)
+
+
+def _first_order_vjp(theta: Tensor, couplings: Tensor, beta, radius: float):
+    """y ↦ Jᵀ(g y + (g'/r)(θ·y) θ), the naive step's VJP at the local field θ."""
+    with torch.no_grad():
+        theta = theta.detach()
+        beta = beta.detach() if isinstance(beta, Tensor) else beta
+        _, _, u = vmf.phi_terms(theta, beta, radius)
+        gain = beta / (1.0 + u)  # g: φ = g θ
+        g1, _ = _radial_slopes(u, beta, radius)
+        transposed = couplings.detach().transpose(-1, -2)
+
+    def first(y: Tensor) -> Tensor:
+        along = (theta * y).sum(-1, keepdim=True)
+        return transposed @ torch.mul(y, gain).addcmul_(theta, g1 * along)
+
+    return first
+
+
+def _second_order_vjp(
+    m_prev, couplings, squared, s2, weight, theta, norm2, u, g1, g2, radial, k_scalar, trace,
+    k_theta, weighted, weighted_m, beta, radius: float,
+):  # fmt: skip
+    """The second-order step's VJP from the step's intermediates (see :func:`vector_step_vjp`)."""
+    dim = m_prev.shape[-1]
+    r2 = radius**2
+    b3 = beta**3 / r2
+    one_u = 1.0 + u
+    gain = beta / one_u  # g: φ = g θ
+    transposed = couplings.transpose(-1, -2)
     squared_t = squared.transpose(-1, -2)
-    m_t = m_prev.transpose(-1, -2)
-    weighted_m = weight[..., None] * m_prev  # w_j m_j
-    weighted = squared * (theta @ weighted_m.transpose(-1, -2))  # J² w_j θ_i·m_j
     weighted_t = weighted.transpose(-1, -2)
-    sums = squared @ torch.stack([tangential, dim * tangential + weight * s2], -1)
-    k_scalar, trace = sums[..., :1], sums[..., 1:]
-    k_theta = k_scalar * theta + weighted @ m_prev  # K θ
-    quad = (theta * k_theta).sum(-1, keepdim=True)
+    m_t = m_prev.transpose(-1, -2)
     tiny = torch.finfo(theta.dtype).tiny
-    safe2 = norm2.clamp_min(tiny)
-    radial = quad / safe2
     spread = g2 - g1
     # per-site coefficients of the product, fixed at m_prev
     du = b3 / (2.0 * beta * u)  # du/d|θ|²
     dg1 = du * b3 * (1.0 + 3.0 * u) / (u**2 * one_u**3)  # d(g'/r)/d|θ|²
     dg2 = du * b3 * (3.0 + 9.0 * u + 6.0 * u * u - 6.0 * u**3) / (u**4 * one_u**3)  # dg''/d|θ|²
-    q_coef = torch.where(norm2 > tiny, spread / safe2, 0.0)  # zero where |θ|² is clamped
+    q_coef = torch.where(norm2 > tiny, spread / norm2.clamp_min(tiny), 0.0)  # 0 where clamped
     alpha = gain + 0.5 * (spread * radial + g1 * trace) + k_scalar * g1
     beside = trace - radial
     radial_dg2 = radial * dg2

@@ -213,7 +213,9 @@ def fixed_point(
         backward_tol, backward_max_iter: adjoint solve settings (default: the forward ones).
         vjp: optional closed form of the adjoint's products: ``vjp(z)`` returns the map
             y ↦ (∂f/∂z)ᵀ y at z (same shape as z), used by the implicit backward at z* in
-            place of autograd through a second application of f (which it must equal).
+            place of autograd through a second application of f (which it must equal). It is
+            called with the very tensor z* (detached) that f was applied to for the solution,
+            so f may hand it what that application computed.
         options: solver-specific options (e.g. ``memory`` for Anderson).
     """
     if method not in _SOLVERS:
@@ -325,7 +327,7 @@ def _attach_adjoint(
             return None
         if vjp is not None:
             with torch.no_grad():
-                product = vjp(z_star.detach())
+                product = vjp(z_star)  # the z* that f was applied to for the output
                 out = solver(
                     lambda y: (product(y.reshape(shape)) + grad).reshape(flat_shape),
                     grad.reshape(flat_shape),

@@ -220,7 +220,9 @@ def _vector_step(
         s2 = (m_prev * m_prev).sum(-1)  # (..., N)
         tangential, weight = vmf.large_d_covariance(m_prev, radius)
         weighted_m = weight[..., None] * m_prev
-        weighted = squared * (theta @ weighted_m.transpose(-1, -2))  # J² w_j θ_i·m_j
+        overlaps = theta @ weighted_m.transpose(-1, -2)  # w_j θ_i·m_j, a fresh N × N product
+        # J² w_j θ_i·m_j; in place without autograd (no second N × N allocation per iteration)
+        weighted = squared * overlaps if torch.is_grad_enabled() else overlaps.mul_(squared)
     trace_terms = dim * tangential if s2 is None else dim * tangential + weight * s2
     sums = squared @ torch.stack([tangential, trace_terms], -1)
     k_scalar, trace = sums[..., :1], sums[..., 1:]  # Σ_j J² b_j and tr K, (..., N, 1)

@@ -187,3 +187,12 @@ def test_step_with_vjp_is_the_step_and_its_vjp(order):
         vector_step(m_prev, j, field, beta, radius, order).sum(), field)[0])  # fmt: skip
     y = torch.randn(m_prev.shape, generator=torch.Generator().manual_seed(10), dtype=F64)
     torch.testing.assert_close(vjp(y), vector_step_vjp(m_prev, j, field, beta, radius, order)(y))
+
+
+def test_second_order_step_into_a_workspace_is_the_same_step():
+    m_prev, j, field, beta, radius = _vector_problem(11, 2)
+    workspace = torch.full(j.shape, float("nan"), dtype=F64)  # whatever it held is overwritten
+    with torch.no_grad():
+        expected = vector_step(m_prev, j, field, beta, radius, 2)
+        got = vector_step(m_prev, j, field, beta, radius, 2, j * j, workspace)
+    torch.testing.assert_close(got, expected)

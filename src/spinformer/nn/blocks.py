@@ -282,10 +282,14 @@ class SpinTransformerBlock(nn.Module):
         # the fixed point's one differentiable application f(z*) keeps its intermediates for the
         # closed-form (∂ step/∂m)ᵀ of the implicit backward's adjoint solve at the same z*
         last: list = []
+        # the order-2 overlap matrix of the solver's iterations (without autograd), allocated once
+        workspace = torch.empty_like(couplings) if self.order == 2 else None
 
         def step(m: Tensor) -> Tensor:
             if self.steps is not None or not torch.is_grad_enabled():
-                return vector_step(m, couplings, field, b, self.radius, self.order, squared)
+                return vector_step(
+                    m, couplings, field, b, self.radius, self.order, squared, workspace
+                )
             out, product = vector_step_with_vjp(
                 m, couplings, field, b, self.radius, self.order, squared
             )
@@ -305,6 +309,7 @@ class SpinTransformerBlock(nn.Module):
         m, converged, iterations, residual = relax(
             step, first, self.steps, self.solver, self.tol, self.max_iter, self.implicit, adjoint
         )
+        workspace = None  # the iterations are done: step no longer holds the buffer
         out = merge_heads(m) if self.out is None else x + self.out(merge_heads(m))
         if not return_state:
             return out

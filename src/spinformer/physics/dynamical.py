@@ -136,17 +136,20 @@ def vector_step(
     radius: float,
     order: int,
     squared: Tensor | None = None,
+    workspace: Tensor | None = None,
 ) -> Tensor:
     """Unchecked :func:`kinetic_vector_step`; ``beta`` broadcastable against (..., N, D).
 
     ``squared`` is J² when the caller iterates with fixed couplings (computed here otherwise).
+    ``workspace``, a tensor of the shape of J m_prevᵀ-like overlaps (..., N, N), receives the
+    order-2 overlap matrix when autograd is off, so a caller iterating reuses one allocation.
     ``m_prev=None`` is the step from rest, m(t−1) = 0, without the matrix products with it
     (they vanish). Order 1 with a tensor β uses φ with its closed-form derivative. At order 2 the
     weights w_j of K are folded into the overlaps, w_j θ_i·m_j = θ_i·(w_j m_j), and θᵀKθ is
     θ·(Kθ), so a step takes one elementwise pass over the N × N couplings besides the matrix
     products.
     """
-    return _vector_step(m_prev, couplings, field, beta, radius, order, squared, False)[0]
+    return _vector_step(m_prev, couplings, field, beta, radius, order, squared, False, workspace)[0]
 
 
 def vector_step_with_vjp(
@@ -200,6 +203,7 @@ def _vector_step(
     order: int,
     squared: Tensor | None,
     with_vjp: bool,
+    workspace: Tensor | None = None,
 ) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
     """The step and, with ``with_vjp``, its closed-form VJP from the same intermediates."""
     theta = field if m_prev is None else field + couplings @ m_prev
@@ -220,9 +224,11 @@ def _vector_step(
         s2 = (m_prev * m_prev).sum(-1)  # (..., N)
         tangential, weight = vmf.large_d_covariance(m_prev, radius)
         weighted_m = weight[..., None] * m_prev
-        overlaps = theta @ weighted_m.transpose(-1, -2)  # w_j θ_i·m_j, a fresh N × N product
-        # J² w_j θ_i·m_j; in place without autograd (no second N × N allocation per iteration)
-        weighted = squared * overlaps if torch.is_grad_enabled() else overlaps.mul_(squared)
+        if torch.is_grad_enabled():
+            weighted = squared * (theta @ weighted_m.transpose(-1, -2))  # J² w_j θ_i·m_j
+        else:  # the same, into the workspace or one fresh N × N product, scaled in place
+            overlaps = torch.matmul(theta, weighted_m.transpose(-1, -2), out=workspace)
+            weighted = overlaps.mul_(squared)
     trace_terms = dim * tangential if s2 is None else dim * tangential + weight * s2
     sums = squared @ torch.stack([tangential, trace_terms], -1)
     k_scalar, trace = sums[..., :1], sums[..., 1:]  # Σ_j J² b_j and tr K, (..., N, 1)
@@ -288,6 +294,7 @@ def _second_order_vjp(
     radial_dg2 = radial * dg2
     slope_s = 2.0 / (r2 + s2) ** 2  # dw/ds²
     inv_2r2 = 1.0 / (2.0 * r2)
+    buffer = m_prev.new_empty((*m_prev.shape[:-1], m_prev.shape[-2]))  # k̄ mᵀ, reused per call
 
     def second(y: Tensor) -> Tensor:
         along = (theta * y).sum(-1, keepdim=True)
@@ -296,7 +303,7 @@ def _second_order_vjp(
         g1_bar = (k_theta * y).sum(-1, keepdim=True) + c_bar * beside
         n_bar = g1_bar * dg1 + c_bar * radial_dg2 - q_bar * radial  # ∂/∂|θ|²
         k_bar = torch.mul(y, g1).addcmul_(theta, q_bar)  # ∂/∂(Kθ)
-        overlap = (k_bar @ m_t).mul_(squared)  # J² k̄_i·m_j
+        overlap = torch.matmul(k_bar, m_t, out=buffer).mul_(squared)  # J² k̄_i·m_j
         # θ̄ = g y + ½ c y + (g'/r)(θ·y) θ + 2 n̄ θ + q̄ Kθ + (Σ J² b) k̄ + Σ_j J² w_j (k̄·m_j) m_j
         coefficient = 2.0 * (c_bar * g1 + n_bar) + k_scalar * q_bar
         theta_bar = torch.mul(y, alpha).addcmul_(theta, coefficient).addcmul_(k_theta, q_bar)

@@ -299,7 +299,9 @@ class SpinTransformerBlock(nn.Module):
         def adjoint(m: Tensor) -> Callable[[Tensor], Tensor]:
             """y ↦ (∂ step/∂m)ᵀ y at m in closed form (the implicit backward's adjoint solve)."""
             if last and last[0] is m:
-                return last[1]
+                product = last[1]
+                last.clear()  # held by the adjoint solve only, not for the output's lifetime
+                return product
             return vector_step_vjp(m, couplings, field, b, self.radius, self.order, squared)
 
         if self.steps is None:  # the solver starts from step(m(0)), m(0) = 0: no J m(0)

@@ -294,7 +294,7 @@ def _second_order_vjp(
     radial_dg2 = radial * dg2
     slope_s = 2.0 / (r2 + s2) ** 2  # dw/ds²
     inv_2r2 = 1.0 / (2.0 * r2)
-    buffer = m_prev.new_empty((*m_prev.shape[:-1], m_prev.shape[-2]))  # k̄ mᵀ, reused per call
+    buffer: list[Tensor] = []  # k̄ mᵀ, allocated at the first product and reused
 
     def second(y: Tensor) -> Tensor:
         along = (theta * y).sum(-1, keepdim=True)
@@ -303,7 +303,9 @@ def _second_order_vjp(
         g1_bar = (k_theta * y).sum(-1, keepdim=True) + c_bar * beside
         n_bar = g1_bar * dg1 + c_bar * radial_dg2 - q_bar * radial  # ∂/∂|θ|²
         k_bar = torch.mul(y, g1).addcmul_(theta, q_bar)  # ∂/∂(Kθ)
-        overlap = torch.matmul(k_bar, m_t, out=buffer).mul_(squared)  # J² k̄_i·m_j
+        if not buffer:
+            buffer.append(k_bar.new_empty((*k_bar.shape[:-1], m_t.shape[-1])))
+        overlap = torch.matmul(k_bar, m_t, out=buffer[0]).mul_(squared)  # J² k̄_i·m_j
         # θ̄ = g y + ½ c y + (g'/r)(θ·y) θ + 2 n̄ θ + q̄ Kθ + (Σ J² b) k̄ + Σ_j J² w_j (k̄·m_j) m_j
         coefficient = 2.0 * (c_bar * g1 + n_bar) + k_scalar * q_bar
         theta_bar = torch.mul(y, alpha).addcmul_(theta, coefficient).addcmul_(k_theta, q_bar)

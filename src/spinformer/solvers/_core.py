@@ -17,7 +17,9 @@ gradient of a loss L through z* = f(z*, θ) is ∂L/∂θ = (∂f/∂θ)ᵀ y wi
 fixed point y = (∂L/∂z*) + Jᵀ y (Bai, Kolter & Koltun, "Deep Equilibrium Models", 2019). The
 solution is returned as one differentiable application z = f(z*) whose gradient hook solves the
 adjoint equation with the same solver. Memory is that of one application of f, whatever the
-number of forward iterations. ``implicit=False`` instead differentiates through every iteration
+number of forward iterations. A caller that knows (∂f/∂z)ᵀ in closed form passes it as ``vjp``,
+and the adjoint iterations apply it instead of autograd through a second application of f.
+``implicit=False`` instead differentiates through every iteration
 (memory grows linearly), which is the reference the implicit route is tested against.
 
 Non-convergence is never silent: the flags are in the result and a :class:`SolverWarning` is

@@ -141,8 +141,8 @@ def vector_step(
     """Unchecked :func:`kinetic_vector_step`; ``beta`` broadcastable against (..., N, D).
 
     ``squared`` is J² when the caller iterates with fixed couplings (computed here otherwise).
-    ``workspace``, a tensor of the shape of J m_prevᵀ-like overlaps (..., N, N), receives the
-    order-2 overlap matrix when autograd is off, so a caller iterating reuses one allocation.
+    ``workspace`` (..., N, N), the couplings' shape over m_prev's batch, receives the order-2
+    overlap matrix θ_i·(w_j m_j) when autograd is off, so a caller iterating reuses one buffer.
     ``m_prev=None`` is the step from rest, m(t−1) = 0, without the matrix products with it
     (they vanish). Order 1 with a tensor β uses φ with its closed-form derivative. At order 2 the
     weights w_j of K are folded into the overlaps, w_j θ_i·m_j = θ_i·(w_j m_j), and θᵀKθ is

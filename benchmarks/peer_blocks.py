@@ -15,18 +15,26 @@ Times forward+backward (float32 by default) of
 
 Each round runs every case once (interleaved), so load from other processes affects all cases
 alike; the table shows medians over rounds, the ratio to the torch layer and, for our blocks,
-the ratio to the peer at the same K. The peer is not a dependency: give the directory that
+the ratio to the peer at the same K. ``--only`` keeps the cases whose names contain one of the
+given words (the torch layer always runs). A second table counts, for each fixed-point case,
+the evaluations of the step map inside the forward solve and of the adjoint map (one
+vector-Jacobian product each) inside the backward solve, with the final residual each solver
+reports: ours the relative |f(z) − z|/|f(z)| per (batch, head) system (worst one shown), the
+peer the largest per-site |f(m) − m| over the whole batch. Iteration counts, not only the cost
+of one iteration, decide the fixed-point ratios. The peer is not a dependency: give the directory that
 holds its ``neqnn`` package with ``--peer-path`` or ``SPINFORMER_PEER_PATH``; without it (or when
 it does not import) the peer columns are skipped with a message and the rest still runs.
 
     PYTHONPATH=src python benchmarks/peer_blocks.py --peer-path /path/to/neqnn
     SPINFORMER_PEER_PATH=/path/to/neqnn PYTHONPATH=src python benchmarks/peer_blocks.py --threads 1
     PYTHONPATH=src python benchmarks/peer_blocks.py --tol 1e-5   # one tolerance for both solvers
+    PYTHONPATH=src python benchmarks/peer_blocks.py --only "fixed point"   # fixed points only
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import statistics
@@ -40,6 +48,7 @@ import torch
 from torch import nn
 
 from spinformer.nn import FreeEnergyAttention, SpinTransformerBlock
+from spinformer.solvers import _core as solver_core
 
 PEER_ENV = "SPINFORMER_PEER_PATH"
 
@@ -105,6 +114,56 @@ def _peer(args: argparse.Namespace) -> tuple[dict[str, Case], str]:
     return cases, f"peer: neqnn.SpinModelTransformerModule from {path}"
 
 
+@contextlib.contextmanager
+def _counting(log: list[tuple[int, float]]):
+    """Record (map evaluations, final residual) of every Anderson solve, ours and the peer's."""
+    ours = solver_core._SOLVERS["anderson"]
+
+    def counted(solve, wrap):
+        def run(fn, *args, **kwargs):
+            calls = [0]
+
+            def fn_counted(z):
+                calls[0] += 1
+                return fn(z)
+
+            out = solve(fn_counted, *args, **kwargs)
+            log.append((calls[0], wrap(out)))
+            return out
+
+        return run
+
+    solver_core._SOLVERS["anderson"] = counted(ours, lambda out: float(out.residual.max()))
+    peer = sys.modules.get("neqnn.fixed_point")
+    peer_anderson = getattr(peer, "anderson", None)
+    if peer is not None:
+        peer.anderson = counted(peer_anderson, lambda out: float(out.residual))
+    try:
+        yield
+    finally:
+        solver_core._SOLVERS["anderson"] = ours
+        if peer is not None:
+            peer.anderson = peer_anderson
+
+
+def _evaluations(cases: dict[str, Case], modules: dict[str, nn.Module], x: torch.Tensor) -> None:
+    """Print the step-map and adjoint-map evaluations of one forward+backward per fixed point."""
+    print(f"\n{'fixed point':<28}{'forward evals':>14}{'residual':>11}{'adjoint evals':>15}"
+          f"{'residual':>11}")  # fmt: skip
+    for name, case in cases.items():
+        if not case.steps.startswith("fixed point"):
+            continue
+        log: list[tuple[int, float]] = []
+        with _counting(log), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            case.output(modules[name](x)).float().square().mean().backward()
+        modules[name].zero_grad(set_to_none=True)
+        x.grad = None
+        cells = [f"{n:>14d}{r:>11.2g}" if i == 0 else f"{n:>15d}{r:>11.2g}"
+                 for i, (n, r) in enumerate(log[:2])]  # fmt: skip
+        print(f"{name:<28}{''.join(cells)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -118,6 +177,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--tol", type=float, default=None, help="fixed-point tolerance of both")
     parser.add_argument("--peer-path", default=None, help=f"directory holding neqnn ({PEER_ENV})")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated words: run the cases whose names contain one (e.g. 'fixed point')",
+    )
     args = parser.parse_args()
     for name in ("batch", "seq", "width", "heads", "rounds"):
         if getattr(args, name) < 1:
@@ -143,6 +207,10 @@ def main() -> None:
     cases.update(_ours(args))
     peer_cases, peer_note = _peer(args)
     cases.update(peer_cases)
+    if args.only:
+        words = [w.strip() for w in args.only.split(",") if w.strip()]
+        cases = {n: c for n, c in cases.items() if not c.steps or any(w in n for w in words)}
+        peer_cases = {n: c for n, c in peer_cases.items() if n in cases}
 
     modules: dict[str, nn.Module] = {}
     for name, case in cases.items():
@@ -204,6 +272,7 @@ def main() -> None:
         )
     for message in unconverged:
         print(f"warning during timing: {message}")
+    _evaluations(cases, modules, x)
 
 
 if __name__ == "__main__":

@@ -82,9 +82,12 @@ def test_padding_tokens_do_not_affect_real_tokens(name):
         lambda implicit: SpinTransformerBlock(
             12, 2, order=2, tol=1e-13, max_iter=400, implicit=implicit, **OLD
         ),
+        lambda implicit: SpinTransformerBlock(
+            12, 2, order=1, tol=1e-13, max_iter=400, implicit=implicit
+        ),
         lambda implicit: MeanFieldAttention(12, 2, tol=1e-13, max_iter=400, implicit=implicit),
     ],
-    ids=["spin_block", "mean_field"],
+    ids=["spin_block", "spin_block_naive", "mean_field"],
 )
 def test_implicit_gradients_equal_unrolled(make):
     torch.manual_seed(1)

@@ -13,6 +13,9 @@ from spinformer.physics.dynamical import (
     kinetic_ising_step,
     kinetic_vector_step,
     stationary_dynamical_mean_field,
+    vector_step,
+    vector_step_vjp,
+    vector_step_with_vjp,
 )
 from spinformer.physics.exact import all_states
 from spinformer.physics.vmf import phi, phi_inverse, transformer_radius
@@ -112,3 +115,84 @@ def test_dynamical_bad_input():
     with pytest.raises(ValueError, match="radius"):
         dynamical_mean_field(torch.zeros(3, 4), torch.zeros(3, 3), torch.zeros(3, 4), 1.0, 2)
     assert math.isfinite(float(kinetic_ising_step(torch.zeros(2), torch.eye(2), 0.1, 1.0).sum()))
+
+
+class _StepWithClosedFormVJP(torch.autograd.Function):
+    """vector_step whose backward (w.r.t. m_prev) is the closed-form vector_step_vjp."""
+
+    @staticmethod
+    def forward(ctx, m_prev, couplings, field, beta, radius, order):
+        ctx.save_for_backward(m_prev, couplings, field, beta)
+        ctx.radius, ctx.order = radius, order
+        return vector_step(m_prev, couplings, field, beta, radius, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        m_prev, couplings, field, beta = ctx.saved_tensors
+        vjp = vector_step_vjp(m_prev, couplings, field, beta, ctx.radius, ctx.order)
+        return vjp(grad), None, None, None, None, None
+
+
+def _vector_problem(seed: int, order: int):
+    g = torch.Generator().manual_seed(seed)
+    b, n, dim = 2, 5, 6
+    radius = transformer_radius(dim)
+    j = torch.softmax(3.0 * torch.randn(b, n, n, generator=g, dtype=F64), -1)
+    field = torch.randn(b, n, dim, generator=g, dtype=F64)
+    m_prev = phi(torch.randn(b, n, dim, generator=g, dtype=F64), 1.0, radius)
+    beta = 0.5 + torch.rand(b, 1, 1, generator=g, dtype=F64)  # per system, as in the blocks
+    return m_prev, j, field, beta, radius
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_closed_form_step_vjp_passes_gradcheck(order):
+    """The hand-written (∂ step/∂m)ᵀ y against finite differences of the step (float64)."""
+    m_prev, j, field, beta, radius = _vector_problem(5, order)
+    m_prev.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda m: _StepWithClosedFormVJP.apply(m, j, field, beta, radius, order), (m_prev,)
+    )
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("scalar_beta", [True, False])
+def test_closed_form_step_vjp_equals_autograd(order, scalar_beta):
+    m_prev, j, field, beta, radius = _vector_problem(6, order)
+    if scalar_beta:
+        beta = 1.3
+    y = torch.randn(m_prev.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
+    leaf = m_prev.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(vector_step(leaf, j, field, beta, radius, order), leaf, y)
+    got = vector_step_vjp(m_prev, j, field, beta, radius, order, j * j if order == 2 else None)(y)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_step_from_rest_equals_step_from_zero_magnetization(order):
+    """m_prev=None skips the products with m(t−1) = 0; the numbers are those of zeros."""
+    m_prev, j, field, beta, radius = _vector_problem(8, order)
+    expected = vector_step(torch.zeros_like(m_prev), j, field, beta, radius, order)
+    torch.testing.assert_close(vector_step(None, j, field, beta, radius, order), expected)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_step_with_vjp_is_the_step_and_its_vjp(order):
+    """One evaluation gives the differentiable step and the closed-form VJP of its m_prev."""
+    m_prev, j, field, beta, radius = _vector_problem(9, order)
+    field = field.requires_grad_(True)
+    out, vjp = vector_step_with_vjp(m_prev, j, field, beta, radius, order)
+    torch.testing.assert_close(out, vector_step(m_prev, j, field, beta, radius, order))
+    (grad,) = torch.autograd.grad(out.sum(), field)  # still differentiable in the field
+    torch.testing.assert_close(grad, torch.autograd.grad(
+        vector_step(m_prev, j, field, beta, radius, order).sum(), field)[0])  # fmt: skip
+    y = torch.randn(m_prev.shape, generator=torch.Generator().manual_seed(10), dtype=F64)
+    torch.testing.assert_close(vjp(y), vector_step_vjp(m_prev, j, field, beta, radius, order)(y))
+
+
+def test_second_order_step_into_a_workspace_is_the_same_step():
+    m_prev, j, field, beta, radius = _vector_problem(11, 2)
+    workspace = torch.full(j.shape, float("nan"), dtype=F64)  # whatever it held is overwritten
+    with torch.no_grad():
+        expected = vector_step(m_prev, j, field, beta, radius, 2)
+        got = vector_step(m_prev, j, field, beta, radius, 2, j * j, workspace)
+    torch.testing.assert_close(got, expected)

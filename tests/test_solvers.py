@@ -97,6 +97,26 @@ def test_batch_dims_and_event_shape():
     torch.testing.assert_close(result.solution, torch.full_like(z0, 2.0))
 
 
+@pytest.mark.parametrize("method", SOLVERS)
+def test_closed_form_adjoint_product_equals_autograd(method, generator):
+    # f(z) = tanh(W z + b): (∂f/∂z)ᵀ y = Wᵀ((1 − f²) y), handed to the implicit backward
+    weight, bias, f = _contraction(generator)
+    target = torch.linspace(-1, 1, 8, dtype=torch.float64)
+
+    def vjp(z):
+        slope = 1.0 - f(z) ** 2
+        return lambda y: (slope * y) @ weight.detach()
+
+    grads = []
+    for product in (None, vjp):
+        result = fixed_point(
+            f, torch.zeros_like(bias), method=method, tol=1e-13, max_iter=500, vjp=product
+        )
+        grads.append(torch.autograd.grad(((result.solution - target) ** 2).sum(), (weight, bias)))
+    for closed, auto in zip(*grads, strict=True):
+        torch.testing.assert_close(closed, auto, rtol=1e-9, atol=1e-12)
+
+
 def test_memory_of_implicit_backward_does_not_keep_iterations(generator):
     # The graph of the implicit route holds one application of f, whatever the iteration count.
     _weight, bias, f = _contraction(generator)

@@ -68,11 +68,13 @@ def relax(
     tol: float,
     max_iter: int,
     implicit: bool,
+    vjp: Callable[[Tensor], Callable[[Tensor], Tensor]] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
     """Per-head magnetizations (B, H, N, d): ``steps`` applications of ``update`` to ``start``,
     or (``steps=None``) its fixed point from ``start`` by :func:`spinformer.solvers.fixed_point`
     over the (B, H) spin systems. Returns (m, converged, iterations, residual) for
-    :class:`BlockState`; converged and residual are ``None`` for explicit steps.
+    :class:`BlockState`; converged and residual are ``None`` for explicit steps. ``vjp`` is the
+    closed-form adjoint product of ``update`` for the implicit backward (see ``fixed_point``).
     """
     if steps is not None:
         m = start
@@ -87,6 +89,7 @@ def relax(
         max_iter=max_iter,
         batch_dims=2,
         implicit=implicit,
+        vjp=vjp,
     )
     return result.solution, result.converged, result.iterations, result.residual
 

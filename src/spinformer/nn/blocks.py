@@ -34,6 +34,7 @@ GELU MLP) with the same interface; every benchmark and experiment measures again
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -62,7 +63,7 @@ from spinformer.nn._spin import (
 )
 from spinformer.nn.boltzmann import BoltzmannAttention
 from spinformer.physics import vmf
-from spinformer.physics.dynamical import vector_step
+from spinformer.physics.dynamical import vector_step, vector_step_vjp, vector_step_with_vjp
 
 __all__ = ["AttentionBlock", "BoltzmannSelfAttention", "SpinTransformerBlock", "TransformerBlock"]
 
@@ -278,15 +279,39 @@ class SpinTransformerBlock(nn.Module):
 
         squared = couplings * couplings if self.order == 2 else None  # J² once, not per step
 
-        def step(m: Tensor) -> Tensor:
-            return vector_step(m, couplings, field, b, self.radius, self.order, squared)
+        # the fixed point's one differentiable application f(z*) keeps its intermediates for the
+        # closed-form (∂ step/∂m)ᵀ of the implicit backward's adjoint solve at the same z*
+        last: list = []
+        # the order-2 overlap matrix of the solver's iterations (without autograd), allocated once
+        workspace = torch.empty_like(couplings) if self.order == 2 else None
 
-        first = self._initial(x_norm, field, b)
-        if self.steps is None:
-            first = step(first)  # the solver starts from step(m(0))
+        def step(m: Tensor) -> Tensor:
+            if self.steps is not None or not torch.is_grad_enabled():
+                return vector_step(
+                    m, couplings, field, b, self.radius, self.order, squared, workspace
+                )
+            out, product = vector_step_with_vjp(
+                m, couplings, field, b, self.radius, self.order, squared
+            )
+            last[:] = [m, product]
+            return out
+
+        def adjoint(m: Tensor) -> Callable[[Tensor], Tensor]:
+            """y ↦ (∂ step/∂m)ᵀ y at m in closed form (the implicit backward's adjoint solve)."""
+            if last and last[0] is m:
+                product = last[1]
+                last.clear()  # held by the adjoint solve only, not for the output's lifetime
+                return product
+            return vector_step_vjp(m, couplings, field, b, self.radius, self.order, squared)
+
+        if self.steps is None:  # the solver starts from step(m(0)), m(0) = 0: no J m(0)
+            first = vector_step(None, couplings, field, b, self.radius, self.order, squared)
+        else:
+            first = self._initial(x_norm, field, b)
         m, converged, iterations, residual = relax(
-            step, first, self.steps, self.solver, self.tol, self.max_iter, self.implicit
+            step, first, self.steps, self.solver, self.tol, self.max_iter, self.implicit, adjoint
         )
+        workspace = None  # the iterations are done: step no longer holds the buffer
         out = merge_heads(m) if self.out is None else x + self.out(merge_heads(m))
         if not return_state:
             return out

@@ -40,6 +40,7 @@ all O(N²D) without forming D×D matrices. Stationary states m* = step(m*) are s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -55,6 +56,8 @@ __all__ = [
     "kinetic_vector_step",
     "stationary_dynamical_mean_field",
     "vector_step",
+    "vector_step_vjp",
+    "vector_step_with_vjp",
 ]
 
 Spin = Literal["ising", "vector"]
@@ -117,7 +120,39 @@ def kinetic_vector_step(
     )
 
 
+def _radial_slopes(u: Tensor, beta, radius: float) -> tuple[Tensor, Tensor]:
+    """(g'/r, g'') of φ = g(r) θ at u = √(1 + β²|θ|²/R²) (see the module docstring)."""
+    b3 = beta**3 / radius**2
+    g1 = -b3 / (u * (1.0 + u) ** 2)  # g'/r
+    g2 = b3 * (2.0 * u * u - 2.0 * u - 1.0) / (u**3 * (1.0 + u) ** 2)  # g''
+    return g1, g2
+
+
 def vector_step(
+    m_prev: Tensor | None,
+    couplings: Tensor,
+    field: Tensor,
+    beta,
+    radius: float,
+    order: int,
+    squared: Tensor | None = None,
+    workspace: Tensor | None = None,
+) -> Tensor:
+    """Unchecked :func:`kinetic_vector_step`; ``beta`` broadcastable against (..., N, D).
+
+    ``squared`` is J² when the caller iterates with fixed couplings (computed here otherwise).
+    ``workspace`` (..., N, N), the couplings' shape over m_prev's batch, receives the order-2
+    overlap matrix θ_i·(w_j m_j) when autograd is off, so a caller iterating reuses one buffer.
+    ``m_prev=None`` is the step from rest, m(t−1) = 0, without the matrix products with it
+    (they vanish). Order 1 with a tensor β uses φ with its closed-form derivative. At order 2 the
+    weights w_j of K are folded into the overlaps, w_j θ_i·m_j = θ_i·(w_j m_j), and θᵀKθ is
+    θ·(Kθ), so a step takes one elementwise pass over the N × N couplings besides the matrix
+    products.
+    """
+    return _vector_step(m_prev, couplings, field, beta, radius, order, squared, False, workspace)[0]
+
+
+def vector_step_with_vjp(
     m_prev: Tensor,
     couplings: Tensor,
     field: Tensor,
@@ -125,37 +160,167 @@ def vector_step(
     radius: float,
     order: int,
     squared: Tensor | None = None,
-) -> Tensor:
-    """Unchecked :func:`kinetic_vector_step`; ``beta`` broadcastable against (..., N, D).
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """(:func:`vector_step`, :func:`vector_step_vjp`) at ``m_prev`` from one evaluation: the
+    step (differentiable as usual) and its closed-form (∂ step/∂m_prev)ᵀ, which reuses the
+    step's θ, overlaps and Kθ instead of computing them again."""
+    return _vector_step(m_prev, couplings, field, beta, radius, order, squared, True)
 
-    ``squared`` is J² when the caller iterates with fixed couplings (computed here otherwise).
-    Order 1 with a tensor β uses φ with its closed-form derivative. At order 2 the weights w_j of
-    K are folded into the overlaps, w_j θ_i·m_j = θ_i·(w_j m_j), and θᵀKθ is θ·(Kθ), so a step
-    takes one elementwise pass over the N × N couplings besides the matrix products.
+
+def vector_step_vjp(
+    m_prev: Tensor,
+    couplings: Tensor,
+    field: Tensor,
+    beta,
+    radius: float,
+    order: int,
+    squared: Tensor | None = None,
+) -> Callable[[Tensor], Tensor]:
+    r"""The vector-Jacobian product y ↦ (∂ step/∂m_prev)ᵀ y of :func:`vector_step` at ``m_prev``,
+    in closed form (same arguments; inputs trusted, no autograd).
+
+    Everything that depends on ``m_prev`` alone (θ, u, g'/r, g'', the covariance weights, the
+    overlaps J² w_j θ_i·m_j, Kθ, θᵀKθ, tr K) is computed once here; each product then costs
+    one elementwise pass and, at order 2, four N × N × D matrix products besides Jᵀ(·), with no
+    graph: the adjoint iterations of an implicit backward at a fixed point apply it repeatedly.
+
+    Order 1, φ(θ) = g θ with ∂φ/∂θ = g 1 + (g'/r) θθᵀ: θ̄ = g y + (g'/r)(θ·y) θ, m̄ = Jᵀθ̄.
+    Order 2 writes the step as φ(θ) + ½ θ c + (g'/r) Kθ with c = (g'' − g'/r) θᵀKθ/|θ|² +
+    (g'/r) tr K and Kθ = (Σ_j J²_ij b_j) θ + Σ_j J²_ij w_j (θ·m_j) m_j, and applies the chain
+    rule through θ = h + J m, b_j, w_j and |m_j|² (d b/d s² = −1/(2R²), d w/d s² = 2/(R² + s²)²)
+    and through u = √(1 + β²|θ|²/R²) in g'/r and g'' (du/d|θ|² = (β³/R²)/(2βu)).
     """
-    theta = field + couplings @ m_prev
+    with torch.no_grad():
+        return _vector_step(m_prev, couplings, field, beta, radius, order, squared, True)[1]
+
+
+def _vector_step(
+    m_prev: Tensor | None,
+    couplings: Tensor,
+    field: Tensor,
+    beta,
+    radius: float,
+    order: int,
+    squared: Tensor | None,
+    with_vjp: bool,
+    workspace: Tensor | None = None,
+) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
+    """The step and, with ``with_vjp``, its closed-form VJP from the same intermediates."""
+    theta = field if m_prev is None else field + couplings @ m_prev
     if order == 1:
         if isinstance(beta, Tensor):
-            return vmf.phi_fused(theta, beta, radius)
-        return vmf.phi(theta, beta, radius)
+            m = vmf.phi_fused(theta, beta, radius)
+        else:
+            m = vmf.phi(theta, beta, radius)
+        return m, (_first_order_vjp(theta, couplings, beta, radius) if with_vjp else None)
     m, norm2, u = vmf.phi_terms(theta, beta, radius)
-    dim = m_prev.shape[-1]
-    r2 = radius**2
-    s2 = (m_prev * m_prev).sum(-1)  # (..., N)
-    tangential, weight = vmf.large_d_covariance(m_prev, radius)
+    dim = theta.shape[-1]
     if squared is None:
         squared = couplings * couplings
-    weighted = squared * (theta @ (weight[..., None] * m_prev).transpose(-1, -2))  # J² w_j θ_i·m_j
-    sums = squared @ torch.stack([tangential, dim * tangential + weight * s2], -1)
+    if m_prev is None:  # s² = 0: the covariance weights at rest, no overlaps θ_i·m_j
+        tangential, weight = vmf.large_d_covariance(theta.new_zeros((*theta.shape[:-1], 1)), radius)
+        weighted = s2 = weighted_m = None
+    else:
+        s2 = (m_prev * m_prev).sum(-1)  # (..., N)
+        tangential, weight = vmf.large_d_covariance(m_prev, radius)
+        weighted_m = weight[..., None] * m_prev
+        if torch.is_grad_enabled():
+            weighted = squared * (theta @ weighted_m.transpose(-1, -2))  # J² w_j θ_i·m_j
+        else:  # the same, into the workspace or one fresh N × N product, scaled in place
+            overlaps = torch.matmul(theta, weighted_m.transpose(-1, -2), out=workspace)
+            weighted = overlaps.mul_(squared)
+    trace_terms = dim * tangential if s2 is None else dim * tangential + weight * s2
+    sums = squared @ torch.stack([tangential, trace_terms], -1)
     k_scalar, trace = sums[..., :1], sums[..., 1:]  # Σ_j J² b_j and tr K, (..., N, 1)
-    k_theta = k_scalar * theta + weighted @ m_prev  # K θ
+    # Kθ; the product is fresh (and not saved for backward), so the sum accumulates into it
+    k_theta = (
+        k_scalar * theta if weighted is None else (weighted @ m_prev).addcmul_(k_scalar, theta)
+    )
     quad = (theta * k_theta).sum(-1, keepdim=True)  # θᵀKθ
-    b3 = beta**3 / r2
-    g1 = -b3 / (u * (1.0 + u) ** 2)  # g'/r
-    g2 = b3 * (2.0 * u * u - 2.0 * u - 1.0) / (u**3 * (1.0 + u) ** 2)  # g''
+    g1, g2 = _radial_slopes(u, beta, radius)
     radial = quad / norm2.clamp_min(torch.finfo(theta.dtype).tiny)
-    correction = 0.5 * (theta * (g2 * radial + g1 * (trace - radial)) + 2.0 * g1 * k_theta)
-    return m + correction
+    # m + ½[θ (g'' θᵀKθ/|θ|² + (g'/r)(tr K − θᵀKθ/|θ|²)) + 2 (g'/r) Kθ], per-site scalars first
+    along = 0.5 * (g2 * radial + g1 * (trace - radial))
+    out = torch.addcmul(m, theta, along).addcmul_(k_theta, g1)
+    if not with_vjp or m_prev is None:
+        return out, None
+    terms = (theta, norm2, u, g1, g2, radial, k_scalar, trace, k_theta, weighted, weighted_m)
+    with torch.no_grad():
+        detached = [t.detach() for t in (m_prev, couplings, squared, s2, weight, *terms)]
+        beta = beta.detach() if isinstance(beta, Tensor) else beta
+        return out, _second_order_vjp(*detached, beta, radius)
+
+
+def _first_order_vjp(theta: Tensor, couplings: Tensor, beta, radius: float):
+    """y ↦ Jᵀ(g y + (g'/r)(θ·y) θ), the naive step's VJP at the local field θ."""
+    with torch.no_grad():
+        theta = theta.detach()
+        beta = beta.detach() if isinstance(beta, Tensor) else beta
+        _, _, u = vmf.phi_terms(theta, beta, radius)
+        gain = beta / (1.0 + u)  # g: φ = g θ
+        g1, _ = _radial_slopes(u, beta, radius)
+        transposed = couplings.detach().transpose(-1, -2)
+
+    def first(y: Tensor) -> Tensor:
+        along = (theta * y).sum(-1, keepdim=True)
+        return transposed @ torch.mul(y, gain).addcmul_(theta, g1 * along)
+
+    return first
+
+
+def _second_order_vjp(
+    m_prev, couplings, squared, s2, weight, theta, norm2, u, g1, g2, radial, k_scalar, trace,
+    k_theta, weighted, weighted_m, beta, radius: float,
+):  # fmt: skip
+    """The second-order step's VJP from the step's intermediates (see :func:`vector_step_vjp`)."""
+    dim = m_prev.shape[-1]
+    r2 = radius**2
+    b3 = beta**3 / r2
+    one_u = 1.0 + u
+    gain = beta / one_u  # g: φ = g θ
+    transposed = couplings.transpose(-1, -2)
+    squared_t = squared.transpose(-1, -2)
+    weighted_t = weighted.transpose(-1, -2)
+    m_t = m_prev.transpose(-1, -2)
+    tiny = torch.finfo(theta.dtype).tiny
+    spread = g2 - g1
+    # per-site coefficients of the product, fixed at m_prev
+    du = b3 / (2.0 * beta * u)  # du/d|θ|²
+    dg1 = du * b3 * (1.0 + 3.0 * u) / (u**2 * one_u**3)  # d(g'/r)/d|θ|²
+    dg2 = du * b3 * (3.0 + 9.0 * u + 6.0 * u * u - 6.0 * u**3) / (u**4 * one_u**3)  # dg''/d|θ|²
+    q_coef = torch.where(norm2 > tiny, spread / norm2.clamp_min(tiny), 0.0)  # 0 where clamped
+    alpha = gain + 0.5 * (spread * radial + g1 * trace) + k_scalar * g1
+    beside = trace - radial
+    radial_dg2 = radial * dg2
+    slope_s = 2.0 / (r2 + s2) ** 2  # dw/ds²
+    inv_2r2 = 1.0 / (2.0 * r2)
+    buffer: list[Tensor] = []  # k̄ mᵀ, allocated at the first product and reused
+
+    def second(y: Tensor) -> Tensor:
+        along = (theta * y).sum(-1, keepdim=True)
+        c_bar = 0.5 * along  # ∂/∂c
+        q_bar = c_bar * q_coef  # ∂/∂(θᵀKθ)
+        g1_bar = (k_theta * y).sum(-1, keepdim=True) + c_bar * beside
+        n_bar = g1_bar * dg1 + c_bar * radial_dg2 - q_bar * radial  # ∂/∂|θ|²
+        k_bar = torch.mul(y, g1).addcmul_(theta, q_bar)  # ∂/∂(Kθ)
+        if not buffer:
+            buffer.append(k_bar.new_empty((*k_bar.shape[:-1], m_t.shape[-1])))
+        overlap = torch.matmul(k_bar, m_t, out=buffer[0]).mul_(squared)  # J² k̄_i·m_j
+        # θ̄ = g y + ½ c y + (g'/r)(θ·y) θ + 2 n̄ θ + q̄ Kθ + (Σ J² b) k̄ + Σ_j J² w_j (k̄·m_j) m_j
+        coefficient = 2.0 * (c_bar * g1 + n_bar) + k_scalar * q_bar
+        theta_bar = torch.mul(y, alpha).addcmul_(theta, coefficient).addcmul_(k_theta, q_bar)
+        theta_bar += overlap @ weighted_m
+        across = overlap.transpose(-1, -2) @ theta  # Σ_i J² (k̄_i·m_j) θ_i
+        k_along = g1 * along + q_bar * norm2  # θ·k̄
+        back = squared_t @ torch.cat([k_along, c_bar * g1], -1)  # Σ_i J²_ij (k̄s_i, t̄r_i)
+        w_bar = (m_prev * across).sum(-1) + s2 * back[..., 1]
+        b_bar = back[..., 0] + dim * back[..., 1]
+        s_bar = weight * back[..., 1] - b_bar * inv_2r2 + w_bar * slope_s
+        out = transposed @ theta_bar
+        out += weighted_t @ k_bar
+        return out.addcmul_(across, weight[..., None]).addcmul_(m_prev, 2.0 * s_bar[..., None])
+
+    return second
 
 
 def _step_fn(spin: Spin, couplings: Tensor, field, beta: Tensor, radius: float | None, order: int):

@@ -17,7 +17,9 @@ gradient of a loss L through z* = f(z*, θ) is ∂L/∂θ = (∂f/∂θ)ᵀ y wi
 fixed point y = (∂L/∂z*) + Jᵀ y (Bai, Kolter & Koltun, "Deep Equilibrium Models", 2019). The
 solution is returned as one differentiable application z = f(z*) whose gradient hook solves the
 adjoint equation with the same solver. Memory is that of one application of f, whatever the
-number of forward iterations. ``implicit=False`` instead differentiates through every iteration
+number of forward iterations. A caller that knows (∂f/∂z)ᵀ in closed form passes it as ``vjp``,
+and the adjoint iterations apply it instead of autograd through a second application of f.
+``implicit=False`` instead differentiates through every iteration
 (memory grows linearly), which is the reference the implicit route is tested against.
 
 Non-convergence is never silent: the flags are in the result and a :class:`SolverWarning` is
@@ -193,6 +195,7 @@ def fixed_point(
     warn: bool = True,
     backward_tol: float | None = None,
     backward_max_iter: int | None = None,
+    vjp: Callable[[Tensor], Callable[[Tensor], Tensor]] | None = None,
     **options: Any,
 ) -> FixedPointResult:
     """Solve z = f(z) from ``z0`` with solver ``method``; see the module docstring.
@@ -210,6 +213,11 @@ def fixed_point(
             iterates on an accelerator; CPU iterates are checked after every iteration.
         warn: emit :class:`SolverWarning` when a sample does not converge.
         backward_tol, backward_max_iter: adjoint solve settings (default: the forward ones).
+        vjp: optional closed form of the adjoint's products: ``vjp(z)`` returns the map
+            y ↦ (∂f/∂z)ᵀ y at z (same shape as z), used by the implicit backward at z* in
+            place of autograd through a second application of f (which it must equal). It is
+            called with the very tensor z* (detached) that f was applied to for the solution,
+            so f may hand it what that application computed.
         options: solver-specific options (e.g. ``memory`` for Anderson).
     """
     if method not in _SOLVERS:
@@ -253,7 +261,7 @@ def fixed_point(
                     max_iter=max_iter if backward_max_iter is None else backward_max_iter,
                 )
                 adjoint = functools.partial(solver, settings=backward, **options)
-                _attach_adjoint(f, z_star, solution, adjoint, (flat_batch, event), warn)
+                _attach_adjoint(f, z_star, solution, adjoint, (flat_batch, event), warn, vjp)
     finite, converged = _verdict(
         out, warn, f"fixed_point({method})", f" (tol={tol:g}, max_iter={max_iter})"
     )
@@ -310,13 +318,24 @@ def _attach_adjoint(
     solver: Callable[[Callable[[Tensor], Tensor], Tensor], SolverOutput],
     flat_shape: tuple[int, int],
     warn: bool,
+    vjp: Callable[[Tensor], Callable[[Tensor], Tensor]] | None = None,
 ) -> None:
-    """Replace the gradient arriving at ``output`` = f(z*) by the adjoint fixed point y = g + Jᵀy."""
+    """Replace the gradient arriving at ``output`` = f(z*) by the adjoint fixed point y = g + Jᵀy
+    (Jᵀy by ``vjp(z*)`` when given, else by autograd through f at z*)."""
     shape = z_star.shape
 
     def hook(grad: Tensor | None) -> Tensor | None:
         if grad is None:  # an undefined gradient stays undefined
             return None
+        if vjp is not None:
+            with torch.no_grad():
+                product = vjp(z_star)  # the z* that f was applied to for the output
+                out = solver(
+                    lambda y: (product(y.reshape(shape)) + grad).reshape(flat_shape),
+                    grad.reshape(flat_shape),
+                )
+            _verdict(out, warn, "fixed_point backward: the adjoint solve failed")
+            return out.solution.reshape(shape)
         with torch.enable_grad():
             z_leaf = z_star.detach().requires_grad_(True)
             f_leaf = f(z_leaf)

@@ -123,6 +123,9 @@ def anderson(
     iterations = (~stopped).long()
     z = torch.where(stopped[:, None], z0, f0)
     mixed = torch.empty_like(z0)
+    # CPU iterates without autograd: whole-batch masks are read on the host (no device to
+    # synchronise with) to skip a full-size select when it would copy every row or none
+    fast = z0.device.type == "cpu" and not torch.is_grad_enabled()
     residual = record(1, z, g(z), 2)
     slot, filled = 1, 2
     bordered = z0.new_zeros(batch, size + 1, size + 1)
@@ -133,7 +136,10 @@ def anderson(
     eye = torch.eye(size, dtype=z0.dtype, device=z0.device)
     for k in range(1, settings.max_iter):
         improved = (residual < best_residual) & ~done
-        best = _select(improved, z, best)
+        if fast and bool(improved.all()):  # every sample improved: z becomes the best, no copy
+            best, mixed = z, (best if z is mixed else mixed)
+        else:
+            best = _select(improved, z, best)
         best_residual = torch.where(improved, residual, best_residual)
         done = done | (best_residual <= tol)
         stopped = stopped | done | torch.isinf(residual)
@@ -158,7 +164,8 @@ def anderson(
             z = torch.bmm(weights, images[:, :filled], out=mixed[:, None])[:, 0]
         if damping != 1.0:  # d Σ α f + (1 − d) Σ α z = Σ α f − (1 − d) Σ α G
             z = z - (1.0 - damping) * (weights @ gaps[:, :filled])[:, 0]
-        z = _select(stopped, best, z)
+        if not fast or bool(stopped.any()):  # a stopped sample keeps its best iterate
+            z = _select(stopped, best, z)
         slot = (slot + 1) % size
         filled = min(filled + 1, size)
         residual = record(slot, z, g(z), filled)

@@ -342,20 +342,27 @@ def cosine_scale_vjp(
     saved: list[Tensor],
     rotation: tuple[Tensor, Tensor] | None,
     qk_grad: bool = True,
+    premultiplied: bool = False,
 ) -> tuple[Tensor | None, Tensor]:
     """The vector-Jacobian products of :func:`cosine_scale` in closed form (see
     :class:`_CosineQueriesKeys`), from ``grad``, a fresh buffer that becomes ∂L/∂qk in place
     (or ``None`` without ``qk_grad``), and ∂L/∂s · s/τ per head and site (..., 1): summed over
-    the queries' sites it is ∂L/∂τ."""
+    the queries' sites it is ∂L/∂τ. ``premultiplied``: ``grad`` already holds the incoming
+    gradient times the saved per-site coefficient s/rms (its first term), e.g. written there
+    by the product that moved it into place."""
     rotated, inverse, coefficient = saved
+    d = rotated.shape[-1]
     along = (rotated * grad).sum(-1, keepdim=True)
+    if premultiplied:  # along = s/rms · (v·grad): back to v·grad below
+        along.div_(coefficient)
     grad_qk = None
     if qk_grad:
-        radial = coefficient * inverse * inverse * along / rotated.shape[-1]
-        grad_qk = grad.mul_(coefficient).addcmul_(rotated, radial, value=-1.0)
+        radial = coefficient * inverse * inverse * along / d
+        grad_qk = grad if premultiplied else grad.mul_(coefficient)
+        grad_qk.addcmul_(rotated, radial, value=-1.0)
         if rotation is not None:
             torch.view_as_complex(grad_qk.unflatten(-1, (-1, 2))).mul_(rotation[1])
-    return grad_qk, along.mul_(inverse).div_(rotated.shape[-1])
+    return grad_qk, along.mul_(inverse).div_(d)
 
 
 def _complex_pairs(t: Tensor) -> Tensor:

@@ -151,9 +151,10 @@ class _CosineOneStep(torch.autograd.Function):
             grad_start.transpose(1, 2), b, radius, None, [parts[3], u_start, None, None],
             out=grads[3],
         )  # fmt: skip
-        grads[1].copy_(grad_q.transpose(1, 2))
-        grads[2].copy_(grad_k.transpose(1, 2))
-        _, per_site = cosine_scale_vjp(grads[1:3], saved[:3], ctx.rotation)
+        coefficient = saved[2]  # moving ∂L/∂(q, k) into place does the first product
+        torch.mul(grad_q.transpose(1, 2), coefficient[0], out=grads[1])
+        torch.mul(grad_k.transpose(1, 2), coefficient[1], out=grads[2])
+        _, per_site = cosine_scale_vjp(grads[1:3], saved[:3], ctx.rotation, premultiplied=True)
         grad_temperature = per_site[0].sum_to_size(*beta.shape, 1).flatten()
         grad_beta = (grad_beta + grad_beta_start).sum_to_size(b.shape).flatten()
         rows = grads.view(4, -1, width)

@@ -181,9 +181,11 @@ def phi_sum(
         theta.add_(field)  # a fresh sum: accumulate in place
     scale = radial = None
     if stream is not None:
-        carrier, gap, free = phi_inverse(stream, beta, radius, terms=True)
-        theta = theta.add_(carrier) if len(fields) > 1 else theta + carrier
-        scale = 2.0 * radius**2 / (beta * gap)  # φ⁻¹(x) = scale·x
+        scale, gap, free = phi_inverse(stream, beta, radius, terms=True)  # φ⁻¹(x) = scale·x
+        if len(fields) > 1:  # fresh: accumulate in place, without forming φ⁻¹(x)
+            theta = theta.addcmul_(stream, scale)
+        else:
+            theta = torch.addcmul(theta, stream, scale)
         # ∂scale/∂|x|² = scale/s, zero where the floor holds
         radial = torch.where(free, scale / gap, 0.0)
     value, _, u = phi_terms(theta, beta, radius)
@@ -241,15 +243,16 @@ def phi_inverse(
     """θ = φ⁻¹(m) = 2R² m / (β (R² − |m|²)) for |m| < R (closed form of the inverse).
 
     A magnetization saturated to |m| = R by rounding keeps a finite field: R² − |m|² is floored
-    at R²·eps of the dtype (≈ 1e-7 relative in float32). ``terms=True`` returns (θ, the floored
-    R² − |m|², where it is above the floor), for a closed-form derivative.
+    at R²·eps of the dtype (≈ 1e-7 relative in float32). ``terms=True`` returns, instead of θ,
+    (the factor a = 2R²/(β s) with θ = a m, the floored s = R² − |m|², where s is above the
+    floor), per site (..., 1), for a fused sum and a closed-form derivative.
     """
     r2 = radius**2
     norm2 = (m * m).sum(-1, keepdim=True)
     floor = r2 * torch.finfo(m.dtype).eps
     gap = (r2 - norm2).clamp_min(floor)
-    theta = m * (2.0 * r2 / (beta * gap))
-    return (theta, gap, gap > floor) if terms else theta
+    scale = 2.0 * r2 / (beta * gap)
+    return (scale, gap, gap > floor) if terms else m * scale
 
 
 def large_d_covariance(m: Tensor, radius: float) -> tuple[Tensor, Tensor]:

@@ -79,8 +79,12 @@ STARTS: tuple[str, ...] = ("zero", "learned")
 RESIDUALS: tuple[str, ...] = ("add", "field", "magnetization")
 
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+# torch's CPU flash attention and its backward (what scaled_dot_product_attention runs on the
+# CPU), called directly so that the one step's node can hold the attention's saved tensors
+_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_flash_backward = getattr(
+    torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None
+)
 
 
 class _CosineOneStep(torch.autograd.Function):
@@ -308,6 +312,7 @@ class SpinTransformerBlock(nn.Module):
         return (
             self.value is not None
             and self.temperature is not None
+            and _flash_backward is not None
             and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
             and x.shape[0] * x.shape[1] > 0
@@ -331,8 +336,9 @@ class SpinTransformerBlock(nn.Module):
         W_K, W_V act as one matrix product, whose token-major layout (B, N, H, d) every per-head
         quantity keeps; the cosine queries and keys (:func:`cosine_queries_keys`) and the field
         sum with the stream's carrier and φ (:func:`~spinformer.physics.vmf.phi_fused`) are
-        single autograd nodes with closed-form backwards. The numbers of the general path up
-        to rounding."""
+        single autograd nodes with closed-form backwards -- on the CPU with cosine couplings the
+        whole step is one (:class:`_CosineOneStep`). The numbers of the general path up to
+        rounding."""
         width, shape = self.d_model, (self.n_heads, self.head_dim)
         b = beta[:, None]  # per head, against (B, N, H, d)
         if self._fused(x):

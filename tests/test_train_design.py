@@ -110,6 +110,28 @@ def test_one_step_fast_path_gradients_equal_the_general_relaxation(residual):
         torch.testing.assert_close(fast, general, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("padding", [False, True])
+def test_fused_one_step_backward_passes_gradcheck(padding):
+    # the single autograd node of the cosine one step (projections to φ) against finite
+    # differences in every input and parameter, with and without padding
+    torch.manual_seed(6)
+    block = SpinTransformerBlock(8, 2, steps=1, causal=True, rope=True, residual="magnetization")
+    block = block.double()
+    x = (0.5 * block.radius * torch.tanh(_tokens(8, n=5, d=8))).requires_grad_()
+    assert block._fused(x)
+    mask = None
+    if padding:
+        mask = torch.ones(2, 5, dtype=torch.bool)
+        mask[1, 3:] = False
+    names = [name for name, _ in block.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in block.parameters()]
+
+    def run(x, *values):
+        return torch.func.functional_call(block, dict(zip(names, values, strict=True)), (x, mask))
+
+    torch.autograd.gradcheck(run, (x, *params))
+
+
 def test_head_rms_norm_backward_is_the_autograd_backward():
     g = torch.Generator().manual_seed(8)
     norm = HeadRMSNorm(3, 4, 1.0).double()

@@ -307,34 +307,65 @@ class _CosineQueriesKeys(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx, qk: Tensor, rotation: tuple[Tensor, Tensor] | None, temperature: Tensor
     ) -> tuple[Tensor, Tensor]:
-        n_heads, d = temperature.shape[0], qk.shape[-1]
-        if rotation is not None:
-            qk = torch.view_as_real(_complex_pairs(qk) * rotation[0]).flatten(-2)
-        inverse = _inverse_rms(qk)
-        scale = torch.cat([temperature / d, temperature.new_ones(n_heads)])[:, None]
-        coefficient = inverse * scale
-        # one product over both halves (contiguous rows), returned as two views
-        q, k = (qk * coefficient).split(n_heads, dim=-2)
-        ctx.save_for_backward(qk, inverse, coefficient)
+        n_heads = temperature.shape[0]
+        scale = torch.cat([temperature / qk.shape[-1], temperature.new_ones(n_heads)])[:, None]
+        scaled, saved = cosine_scale(qk, rotation, scale)
+        ctx.save_for_backward(*saved)
         ctx.rotation = rotation
-        return q, k
+        # one product over both halves (contiguous rows), returned as two views
+        return scaled.split(n_heads, dim=-2)
 
     @staticmethod
     def backward(ctx, grad_q: Tensor, grad_k: Tensor) -> tuple[Tensor | None, None, Tensor | None]:  # type: ignore[override]
-        rotated, inverse, coefficient = ctx.saved_tensors
         grad = torch.cat([grad_q, grad_k], dim=-2)  # fresh: the gradient is built in it in place
-        along = (rotated * grad).sum(-1, keepdim=True)
-        grad_qk = grad_temperature = None
-        if ctx.needs_input_grad[0]:
-            radial = coefficient * inverse * inverse * along / rotated.shape[-1]
-            grad_qk = grad.mul_(coefficient).addcmul_(rotated, radial, value=-1.0)
-            if ctx.rotation is not None:
-                torch.view_as_complex(grad_qk.unflatten(-1, (-1, 2))).mul_(ctx.rotation[1])
-        if ctx.needs_input_grad[2]:
-            n_heads = grad_q.shape[-2]
-            per_head = (along * inverse)[..., :n_heads, :].sum_to_size(n_heads, 1)
-            grad_temperature = per_head.flatten() / rotated.shape[-1]
-        return grad_qk, None, grad_temperature
+        grad_qk, per_site = cosine_scale_vjp(
+            grad, ctx.saved_tensors, ctx.rotation, ctx.needs_input_grad[0]
+        )
+        n_heads = grad_q.shape[-2]
+        grad_temperature = per_site[..., :n_heads, :].sum_to_size(n_heads, 1).flatten()
+        return grad_qk, None, grad_temperature if ctx.needs_input_grad[2] else None
+
+
+def cosine_scale(
+    qk: Tensor, rotation: tuple[Tensor, Tensor] | None, scale: Tensor
+) -> tuple[Tensor, list[Tensor]]:
+    """The forward of :func:`cosine_queries_keys` without autograd, in any layout of the heads:
+    (s v̂ per head, v̂ = v/rms(v) of the (rotated) qk (..., d), s the per-head ``scale``
+    (τ/d for queries, 1 for keys) broadcast against (..., 1); what :func:`cosine_scale_vjp`
+    needs)."""
+    if rotation is not None:
+        qk = torch.view_as_real(_complex_pairs(qk) * rotation[0]).flatten(-2)
+    inverse = _inverse_rms(qk)
+    coefficient = inverse * scale
+    return qk * coefficient, [qk, inverse, coefficient]
+
+
+def cosine_scale_vjp(
+    grad: Tensor,
+    saved: list[Tensor],
+    rotation: tuple[Tensor, Tensor] | None,
+    qk_grad: bool = True,
+    premultiplied: bool = False,
+) -> tuple[Tensor | None, Tensor]:
+    """The vector-Jacobian products of :func:`cosine_scale` in closed form (see
+    :class:`_CosineQueriesKeys`), from ``grad``, a fresh buffer that becomes ∂L/∂qk in place
+    (or ``None`` without ``qk_grad``), and ∂L/∂s · s/τ per head and site (..., 1): summed over
+    the queries' sites it is ∂L/∂τ. ``premultiplied``: ``grad`` already holds the incoming
+    gradient times the saved per-site coefficient s/rms (its first term), e.g. written there
+    by the product that moved it into place."""
+    rotated, inverse, coefficient = saved
+    d = rotated.shape[-1]
+    along = (rotated * grad).sum(-1, keepdim=True)
+    if premultiplied:  # along = s/rms · (v·grad): back to v·grad below
+        along.div_(coefficient)
+    grad_qk = None
+    if qk_grad:
+        radial = coefficient * inverse * inverse * along / d
+        grad_qk = grad if premultiplied else grad.mul_(coefficient)
+        grad_qk.addcmul_(rotated, radial, value=-1.0)
+        if rotation is not None:
+            torch.view_as_complex(grad_qk.unflatten(-1, (-1, 2))).mul_(rotation[1])
+    return grad_qk, along.mul_(inverse).div_(d)
 
 
 def _complex_pairs(t: Tensor) -> Tensor:
@@ -357,6 +388,15 @@ def _rotation_heads(
     return rotation.contiguous(), rotation.conj().resolve_conj()
 
 
+def rotary_phases(
+    n: int, heads: int, like: Tensor, base: float = 10_000.0
+) -> tuple[Tensor, Tensor]:
+    """The rotary phases (e^{i n θ_a}, e^{−i n θ_a}), (N, heads, d/2) each, of token-major
+    queries and keys (B, N, heads, d) of ``like``'s head width d, device and float32/float64
+    dtype, for :func:`cosine_scale` (cached)."""
+    return _rotation_heads(n, heads, like.shape[-1], base, like.device, like.dtype)
+
+
 def cosine_queries_keys(
     qk: Tensor, temperature: Tensor, rope: bool, base: float = 10_000.0
 ) -> tuple[Tensor, Tensor]:
@@ -366,9 +406,8 @@ def cosine_queries_keys(
     (:func:`rotary`). v̂ = v/rms(v) with torch's RMSNorm eps, so |v̂| = √d."""
     rotation = None
     if rope:
-        n, heads, d = qk.shape[-3:]
         if qk.dtype in (torch.float32, torch.float64):
-            rotation = _rotation_heads(n, heads, d, base, qk.device, qk.dtype)
+            rotation = rotary_phases(qk.shape[-3], qk.shape[-2], qk, base)
         else:  # no complex type for half precision
             qk = rotary(qk.transpose(-3, -2)).transpose(-3, -2)
     return _CosineQueriesKeys.apply(qk, rotation, temperature)

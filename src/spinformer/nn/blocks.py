@@ -53,11 +53,14 @@ from spinformer.nn._spin import (
     check_tokens,
     cosine_couplings,
     cosine_queries_keys,
+    cosine_scale,
+    cosine_scale_vjp,
     feed_forward,
     field_scale,
     merge_heads,
     relax,
     rotary,
+    rotary_phases,
     softmax_couplings,
     split_heads,
 )
@@ -75,6 +78,100 @@ COUPLINGS: tuple[str, ...] = ("dot", "cosine")
 NORMS: tuple[str, ...] = ("layer", "rms")
 STARTS: tuple[str, ...] = ("zero", "learned")
 RESIDUALS: tuple[str, ...] = ("add", "field", "magnetization")
+
+
+# torch's CPU flash attention and its backward (what scaled_dot_product_attention runs on the
+# CPU), called directly so that the one step's node can hold the attention's saved tensors
+_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_flash_backward = getattr(
+    torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None
+)
+
+
+class _CosineOneStep(torch.autograd.Function):
+    r"""One step from the learned start with cosine couplings on the CPU, as one autograd node:
+
+    .. math::
+
+        m = \varphi\Big(W_F\hat x + \textstyle\sum \text{fields} + \varphi^{-1}(x)
+        + \sum_j \operatorname{softmax}_j(\tau\cos(q_i, k_j))\,\varphi(W_V \hat x)_j\Big)
+
+    from the normalised tokens x̂ (B, N, D) and the stacked weight [W_F; W_Q; W_K; W_V]
+    (4D, D). The pieces are those of the unfused path -- :func:`~spinformer.nn._spin.cosine_scale`,
+    :func:`~spinformer.physics.vmf.phi_sum` and torch's CPU flash attention -- with their
+    closed-form vector-Jacobian products. The four projections are one batched product into
+    (4, B, N, H, d), so that every per-head quantity and its gradient is a contiguous block
+    (strided writes cost several times contiguous ones) and the gradient of the four is one
+    buffer (no concatenation); the field's gradient is shared by W_F x̂ and the other fields.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        x_norm: Tensor,
+        weight: Tensor,
+        beta: Tensor,
+        temperature: Tensor,
+        radius: float,
+        rotation: tuple[Tensor, Tensor] | None,
+        mask: Tensor | None,
+        causal: bool,
+        stream: Tensor | None,
+        *fields: Tensor,
+    ) -> Tensor:
+        (batch, n, width), heads = x_norm.shape, beta.shape[0]
+        rows = x_norm.reshape(1, batch * n, width).expand(4, -1, -1)
+        parts = torch.bmm(rows, weight.view(4, width, width).transpose(1, 2))
+        parts = parts.view(4, batch, n, heads, width // heads)
+        b = beta[:, None]
+        scale = torch.stack([temperature / parts.shape[-1], torch.ones_like(temperature)])
+        scaled, cosine = cosine_scale(parts[1:3], rotation, scale[:, None, None, :, None])
+        q, k = scaled[0].transpose(1, 2), scaled[1].transpose(1, 2)
+        start, _, u_start = vmf.phi_terms(parts[3], b, radius)
+        start = start.transpose(1, 2)
+        mixed, lse = _flash(q, k, start, 0.0, causal, attn_mask=mask, scale=1.0)
+        out, saved = vmf.phi_sum(b, radius, stream, parts[0], *fields, mixed.transpose(1, 2))
+        ctx.save_for_backward(
+            x_norm, weight, beta, stream, parts, u_start, q, k, start, mixed, lse, *cosine, *saved
+        )
+        ctx.radius, ctx.rotation, ctx.mask, ctx.causal = radius, rotation, mask, causal
+        ctx.fields = len(fields)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x_norm, weight, beta, stream, parts, u_start, q, k, start, mixed, lse, *saved = (
+            ctx.saved_tensors
+        )
+        radius, b, width = ctx.radius, beta[:, None], x_norm.shape[-1]
+        grads = torch.empty_like(parts)
+        grad_field, grad_stream, grad_beta = vmf.phi_sum_vjp(
+            grad, b, radius, stream, saved[3:], ctx.needs_input_grad[8], out=grads[0]
+        )
+        grad_q, grad_k, grad_start = _flash_backward(
+            grad_field.transpose(1, 2), q, k, start, mixed, lse, 0.0, ctx.causal,
+            attn_mask=ctx.mask, scale=1.0,
+        )  # fmt: skip
+        _, _, grad_beta_start = vmf.phi_sum_vjp(
+            grad_start.transpose(1, 2), b, radius, None, [parts[3], u_start, None, None],
+            out=grads[3],
+        )  # fmt: skip
+        coefficient = saved[2]  # moving ∂L/∂(q, k) into place does the first product
+        torch.mul(grad_q.transpose(1, 2), coefficient[0], out=grads[1])
+        torch.mul(grad_k.transpose(1, 2), coefficient[1], out=grads[2])
+        _, per_site = cosine_scale_vjp(grads[1:3], saved[:3], ctx.rotation, premultiplied=True)
+        grad_temperature = per_site[0].sum_to_size(*beta.shape, 1).flatten()
+        grad_beta = (grad_beta + grad_beta_start).sum_to_size(b.shape).flatten()
+        rows = grads.view(4, -1, width)
+        flat = x_norm.reshape(-1, width)
+        grad_x = torch.mm(rows[0], weight[:width])
+        for i in range(1, 4):
+            grad_x.addmm_(rows[i], weight[i * width : (i + 1) * width])
+        grad_weight = torch.bmm(rows.transpose(1, 2), flat.expand(4, -1, -1)).view(weight.shape)
+        return (
+            grad_x.view(x_norm.shape), grad_weight, grad_beta, grad_temperature,
+            None, None, None, None, grad_stream, *(grad_field,) * ctx.fields,
+        )  # fmt: skip
 
 
 class SpinTransformerBlock(nn.Module):
@@ -210,6 +307,28 @@ class SpinTransformerBlock(nn.Module):
         carrier = self.carrier(x, beta)
         return field if carrier is None else field + carrier
 
+    def _fused(self, x: Tensor) -> bool:
+        """Whether the one step runs as :class:`_CosineOneStep`: cosine couplings from the
+        learned start, on the CPU (torch's CPU flash attention), in float32 or float64."""
+        return (
+            self.value is not None
+            and self.temperature is not None
+            and _flash_backward is not None
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and x.shape[0] * x.shape[1] > 0
+        )
+
+    def _flash_mask(self, x: Tensor, padding_mask: Tensor | None) -> tuple[bool, Tensor | None]:
+        """(causal, additive mask) for the flash attention call: the causal flag alone without
+        padding, else the allowed pairs as 0 / −inf (what scaled-dot-product attention makes
+        of a bool mask)."""
+        if padding_mask is None:
+            return self.causal, None
+        allowed = allowed_keys(x.shape[1], self.causal, padding_mask, x.device)
+        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+        return False, mask.masked_fill_(~allowed, float("-inf"))
+
     def _one_step(
         self, x: Tensor, x_norm: Tensor, beta: Tensor, padding_mask: Tensor | None
     ) -> Tensor:
@@ -218,10 +337,35 @@ class SpinTransformerBlock(nn.Module):
         W_K, W_V act as one matrix product, whose token-major layout (B, N, H, d) every per-head
         quantity keeps; the cosine queries and keys (:func:`cosine_queries_keys`) and the field
         sum with the stream's carrier and φ (:func:`~spinformer.physics.vmf.phi_fused`) are
-        single autograd nodes with closed-form backwards. The numbers of the general path up
-        to rounding."""
+        single autograd nodes with closed-form backwards -- on the CPU with cosine couplings the
+        whole step is one (:class:`_CosineOneStep`). The numbers of the general path up to
+        rounding."""
         width, shape = self.d_model, (self.n_heads, self.head_dim)
         b = beta[:, None]  # per head, against (B, N, H, d)
+        if self._fused(x):
+            weight = torch.cat([self.field.weight, self.query.weight, self.key.weight,
+                                self.value.weight])  # fmt: skip
+            extra, stream = self._stream(x)
+            fields = [] if self.ffn is None else [self.ffn(x_norm).unflatten(-1, shape)]
+            if extra is not None:
+                fields.append(extra)
+            n = x.shape[1]
+            rotation = (
+                rotary_phases(n, self.n_heads, x_norm[0, 0, : self.head_dim]) if self.rope else None
+            )
+            causal, mask = self._flash_mask(x, padding_mask)
+            return _CosineOneStep.apply(
+                x_norm,
+                weight,
+                beta,
+                self.temperature(),
+                self.radius,
+                rotation,
+                mask,
+                causal,
+                stream,
+                *fields,
+            )
         fields = []
         if self.value is None:  # J m(0) = 0: the couplings drop out
             fields.append(self.field(x_norm).unflatten(-1, shape))

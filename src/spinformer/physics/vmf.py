@@ -62,6 +62,8 @@ __all__ = [
     "phi",
     "phi_fused",
     "phi_inverse",
+    "phi_sum",
+    "phi_sum_vjp",
     "phi_terms",
     "site_moments",
     "transformer_radius",
@@ -154,49 +156,75 @@ class _Phi(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, beta: Tensor, radius: float, stream: Tensor | None, *fields: Tensor) -> Tensor:  # type: ignore[override]
-        theta = fields[0] + fields[1] if len(fields) > 1 else fields[0]
-        for field in fields[2:]:
-            theta.add_(field)  # a fresh sum: accumulate in place
-        scale = radial = None
-        if stream is not None:
-            carrier, gap, free = phi_inverse(stream, beta, radius, terms=True)
-            theta = theta.add_(carrier) if len(fields) > 1 else theta + carrier
-            scale = 2.0 * radius**2 / (beta * gap)  # φ⁻¹(x) = scale·x
-            # ∂scale/∂|x|² = scale/s, zero where the floor holds
-            radial = torch.where(free, scale / gap, 0.0)
-        value, _, u = phi_terms(theta, beta, radius)
-        ctx.save_for_backward(theta, beta, u, stream, scale, radial)
+        value, saved = phi_sum(beta, radius, stream, *fields)
+        ctx.save_for_backward(beta, stream, *saved)
         ctx.radius, ctx.fields = radius, len(fields)
         return value
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        theta, beta, u, stream, scale, radial = ctx.saved_tensors
-        one_u = 1.0 + u
-        # with β²|θ|²/R² = u² − 1: ∂φ/∂β = θ w and g'/r = −g w β²/R², w = 1/(u(1 + u))
-        w = torch.reciprocal(u * one_u)
-        g = beta / one_u
-        # each full-size product goes into a fresh buffer that is then reused in place
-        product = theta * grad
-        along = product.sum(-1, keepdim=True)
-        grad_beta = w * along  # per site; (g'/r) θ·grad below shares w·(θ·grad)
-        coefficient = g * grad_beta * (beta * beta / -(ctx.radius**2))
-        grad_theta = torch.mul(grad, g, out=product).addcmul_(theta, coefficient)
-        if not ctx.needs_input_grad[0]:
-            grad_beta = None
-        grad_stream = None
-        if stream is not None:
-            product = stream * grad_theta
-            across = product.sum(-1, keepdim=True)
-            if ctx.needs_input_grad[2]:
-                grad_stream = torch.mul(grad_theta, scale, out=product).addcmul_(
-                    stream, 2.0 * radial * across
-                )
-            if ctx.needs_input_grad[0]:
-                grad_beta = grad_beta - scale / beta * across
-        if grad_beta is not None:
-            grad_beta = grad_beta.sum_to_size(beta.shape)
+        beta, stream, *saved = ctx.saved_tensors
+        grad_theta, grad_stream, grad_beta = phi_sum_vjp(
+            grad, beta, ctx.radius, stream, saved, ctx.needs_input_grad[2]
+        )
+        grad_beta = grad_beta.sum_to_size(beta.shape) if ctx.needs_input_grad[0] else None
         return (grad_beta, None, grad_stream, *(grad_theta,) * ctx.fields)
+
+
+def phi_sum(
+    beta: Tensor, radius: float, stream: Tensor | None, *fields: Tensor
+) -> tuple[Tensor, list[Tensor | None]]:
+    """φ(Σ fields + φ⁻¹(stream)) and what :func:`phi_sum_vjp` needs, without autograd: the
+    forward of :func:`phi_fused` (``beta`` broadcast against the fields)."""
+    theta = fields[0] + fields[1] if len(fields) > 1 else fields[0]
+    for field in fields[2:]:
+        theta.add_(field)  # a fresh sum: accumulate in place
+    scale = radial = None
+    if stream is not None:
+        scale, gap, free = phi_inverse(stream, beta, radius, terms=True)  # φ⁻¹(x) = scale·x
+        if len(fields) > 1:  # fresh: accumulate in place, without forming φ⁻¹(x)
+            theta = theta.addcmul_(stream, scale)
+        else:
+            theta = torch.addcmul(theta, stream, scale)
+        # ∂scale/∂|x|² = scale/s, zero where the floor holds
+        radial = torch.where(free, scale / gap, 0.0)
+    value, _, u = phi_terms(theta, beta, radius)
+    return value, [theta, u, scale, radial]
+
+
+def phi_sum_vjp(
+    grad: Tensor,
+    beta: Tensor,
+    radius: float,
+    stream: Tensor | None,
+    saved: list[Tensor | None],
+    stream_grad: bool = True,
+    out: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The vector-Jacobian products of :func:`phi_sum` in closed form (see :class:`_Phi`):
+    (∂L/∂θ, the gradient of every field, into ``out`` if given; ∂L/∂stream, or ``None``
+    without a stream or ``stream_grad``; ∂L/∂β per site, not yet summed to β's shape)."""
+    theta, u, scale, radial = saved
+    one_u = 1.0 + u
+    # with β²|θ|²/R² = u² − 1: ∂φ/∂β = θ w and g'/r = −g w β²/R², w = 1/(u(1 + u))
+    w = torch.reciprocal(u * one_u)
+    g = beta / one_u
+    # each full-size product goes into a fresh buffer that is then reused in place
+    product = theta * grad
+    along = product.sum(-1, keepdim=True)
+    grad_beta = w * along  # per site; (g'/r) θ·grad below shares w·(θ·grad)
+    coefficient = g * grad_beta * (beta * beta / -(radius**2))
+    grad_theta = torch.mul(grad, g, out=product if out is None else out)
+    grad_theta.addcmul_(theta, coefficient)
+    grad_stream = None
+    if stream is not None:
+        product = stream * grad_theta
+        across = product.sum(-1, keepdim=True)
+        if stream_grad:
+            grad_stream = torch.mul(grad_theta, scale, out=product)
+            grad_stream.addcmul_(stream, 2.0 * radial * across)
+        grad_beta = grad_beta - scale / beta * across
+    return grad_theta, grad_stream, grad_beta
 
 
 def phi_fused(
@@ -215,15 +243,16 @@ def phi_inverse(
     """θ = φ⁻¹(m) = 2R² m / (β (R² − |m|²)) for |m| < R (closed form of the inverse).
 
     A magnetization saturated to |m| = R by rounding keeps a finite field: R² − |m|² is floored
-    at R²·eps of the dtype (≈ 1e-7 relative in float32). ``terms=True`` returns (θ, the floored
-    R² − |m|², where it is above the floor), for a closed-form derivative.
+    at R²·eps of the dtype (≈ 1e-7 relative in float32). ``terms=True`` returns, instead of θ,
+    (the factor a = 2R²/(β s) with θ = a m, the floored s = R² − |m|², where s is above the
+    floor), per site (..., 1), for a fused sum and a closed-form derivative.
     """
     r2 = radius**2
     norm2 = (m * m).sum(-1, keepdim=True)
     floor = r2 * torch.finfo(m.dtype).eps
     gap = (r2 - norm2).clamp_min(floor)
-    theta = m * (2.0 * r2 / (beta * gap))
-    return (theta, gap, gap > floor) if terms else theta
+    scale = 2.0 * r2 / (beta * gap)
+    return (scale, gap, gap > floor) if terms else m * scale
 
 
 def large_d_covariance(m: Tensor, radius: float) -> tuple[Tensor, Tensor]:

@@ -37,6 +37,7 @@ m = (2R²/D) βh / (1 + √(1 + 4R²β²|h|²/D²)), a large-D form of the Besse
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -55,6 +56,7 @@ __all__ = [
     "saddle_log_partition",
     "saddle_magnetization",
     "saddle_potential",
+    "saddle_response",
     "saddle_thermodynamics",
     "solve_saddle",
 ]
@@ -78,6 +80,33 @@ def saddle_potential(
     return radius**2 * multipliers.sum(-1) - 0.5 * dim * logdet + 0.5 * beta**2 * quad - n * const
 
 
+class _ClosedForms(NamedTuple):
+    """Everything one Newton step computes at the multipliers t, kept for reuse at the saddle."""
+
+    multipliers: Tensor
+    grad: Tensor  # ∇Φ (..., N)
+    hess: Tensor  # ∇²Φ (..., N, N)
+    mag: Tensor  # m = βGh (..., N, D)
+    green: Tensor  # G = V⁻¹ (..., N, N)
+    logdet: Tensor  # ln det V (...)
+    hess_chol: Tensor  # Cholesky factor of ∇²Φ (where it exists)
+    hess_ok: Tensor  # bool (...): the factor exists (else the general solve is used)
+
+
+def _closed_forms(
+    multipliers: Tensor, couplings: Tensor, field: Tensor, beta: Tensor, radius: float
+) -> _ClosedForms:
+    dim = field.shape[-1]
+    chol, _ = torch.linalg.cholesky_ex(_precision(couplings, multipliers, beta))
+    green = torch.cholesky_inverse(chol)
+    mag = beta[..., None, None] * green @ field
+    grad = radius**2 - dim * green.diagonal(dim1=-2, dim2=-1) - (mag * mag).sum(-1)
+    hess = 2.0 * dim * green**2 + 4.0 * green * (mag @ mag.transpose(-1, -2))
+    logdet = 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    hess_chol, info = torch.linalg.cholesky_ex(hess)
+    return _ClosedForms(multipliers, grad, hess, mag, green, logdet, hess_chol, info == 0)
+
+
 def saddle_gradient_hessian(
     multipliers: Tensor, couplings: Tensor, field: Tensor, beta: Tensor, radius: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -91,14 +120,20 @@ def saddle_gradient_hessian(
     return grad, hess, mag
 
 
+def _solve_hessian(hess: Tensor, chol: Tensor, ok: Tensor, rhs: Tensor) -> Tensor:
+    """H⁻¹ rhs, rhs (..., N), by the Cholesky factor ``chol`` of H = ∇²Φ (positive definite:
+    Schur products of the positive definite G with G and with m·mᵀ); half the work of an LU
+    solve, and multi-threaded batched LU fails for N ≥ 256 in some MKL builds. Where a factor
+    failed (``ok`` false: H not numerically positive definite), the general solve."""
+    if not bool(ok.all()):
+        return torch.linalg.solve(hess, rhs[..., None])[..., 0]
+    return torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+
+
 def _newton_step(hess: Tensor, grad: Tensor) -> Tensor:
-    """H⁻¹∇Φ by a Cholesky solve (H = ∇²Φ is positive definite: Schur products of the positive
-    definite G with G and with m·mᵀ); half the work of an LU solve, and multi-threaded batched
-    LU fails for N ≥ 256 in some MKL builds."""
+    """H⁻¹∇Φ (see :func:`_solve_hessian`)."""
     chol, info = torch.linalg.cholesky_ex(hess)
-    if bool((info != 0).any()):  # not numerically positive definite: the general solve
-        return torch.linalg.solve(hess, grad[..., None])[..., 0]
-    return torch.cholesky_solve(grad[..., None], chol)[..., 0]
+    return _solve_hessian(hess, chol, info == 0, grad)
 
 
 def _initial_multipliers(couplings: Tensor, field: Tensor, beta: Tensor, radius: float) -> Tensor:
@@ -114,19 +149,70 @@ def _initial_multipliers(couplings: Tensor, field: Tensor, beta: Tensor, radius:
     return torch.maximum(free, 0.505 * b * couplings.abs().sum(-1))
 
 
-def _damped_newton(couplings: Tensor, field: Tensor, beta: Tensor, radius: float):
-    dim = field.shape[-1]
+class _DampedNewton:
+    """The damped Newton map t ↦ t − Δ/(1 + λ) of the module docstring.
 
-    def step(multipliers: Tensor) -> Tensor:
-        grad, hess, _ = saddle_gradient_hessian(multipliers, couplings, field, beta, radius)
-        delta = _newton_step(hess, grad)
+    It keeps the closed forms of its last evaluation (``last``): the solver's final residual
+    check evaluates the map again at the point of its last iteration, which then costs nothing,
+    and the factors at the saddle (G, the Hessian's Cholesky factor) serve the magnetization and
+    its backward (:func:`saddle_response`).
+    """
+
+    def __init__(self, couplings: Tensor, field: Tensor, beta: Tensor, radius: float) -> None:
+        self.couplings, self.field, self.beta, self.radius = couplings, field, beta, radius
+        self.last: _ClosedForms | None = None
+        self._step: Tensor | None = None
+
+    def __call__(self, multipliers: Tensor) -> Tensor:
+        last, step = self.last, self._step
+        if last is not None and step is not None and torch.equal(multipliers, last.multipliers):
+            return step
+        multipliers = multipliers.clone()  # the key of the cache, safe from in-place updates
+        forms = _closed_forms(multipliers, self.couplings, self.field, self.beta, self.radius)
+        grad = forms.grad
+        delta = _solve_hessian(forms.hess, forms.hess_chol, forms.hess_ok, grad)
         # Φ = (D/2)·(self-concordant barrier) + convex terms: the decrement in the barrier's own
         # scale is λ/√(D/2); damped far away, pure Newton once it is < 1/4.
+        dim = self.field.shape[-1]
         decrement = torch.sqrt((grad * delta).sum(-1, keepdim=True).clamp_min(0.0) / (dim / 2.0))
         scale = torch.where(decrement > 0.25, 1.0 / (1.0 + decrement), torch.ones_like(decrement))
-        return multipliers - scale * delta
+        self.last, self._step = forms, multipliers - scale * delta
+        return self._step
 
-    return step
+    def at(self, multipliers: Tensor) -> _ClosedForms:
+        """The closed forms at ``multipliers``: the last evaluation's when it was there."""
+        last = self.last
+        if last is None or not torch.equal(multipliers, last.multipliers):
+            self(multipliers)
+        return self.last  # type: ignore[return-value]
+
+
+def _solve(
+    couplings: Tensor,
+    field: Tensor,
+    beta: Tensor,
+    radius: float,
+    tol: float,
+    max_iter: int,
+    warn: bool,
+) -> tuple[FixedPointResult, _DampedNewton]:
+    """:func:`solve_saddle`, with the Newton map that holds the closed forms of its last step."""
+    check_positive_int(max_iter, "max_iter")
+    check_symmetric(couplings.detach(), "couplings")
+    with torch.no_grad():
+        couplings, field, beta = couplings.detach(), field.detach(), beta.detach()
+        newton = _DampedNewton(couplings, field, beta, radius)
+        result = fixed_point(
+            newton,
+            _initial_multipliers(couplings, field, beta, radius),
+            method="picard",
+            tol=tol,
+            max_iter=max_iter,
+            batch_dims=beta.ndim,
+            check_every=2,
+            warn=warn,
+        )
+    return result, newton
 
 
 def solve_saddle(
@@ -142,20 +228,7 @@ def solve_saddle(
 
     ``couplings``, ``field`` and ``beta`` must already be broadcast to a common batch shape.
     """
-    check_positive_int(max_iter, "max_iter")
-    check_symmetric(couplings.detach(), "couplings")
-    with torch.no_grad():
-        couplings, field, beta = couplings.detach(), field.detach(), beta.detach()
-        return fixed_point(
-            _damped_newton(couplings, field, beta, radius),
-            _initial_multipliers(couplings, field, beta, radius),
-            method="picard",
-            tol=tol,
-            max_iter=max_iter,
-            batch_dims=beta.ndim,
-            check_every=2,
-            warn=warn,
-        )
+    return _solve(couplings, field, beta, radius, tol, max_iter, warn)[0]
 
 
 def saddle_log_partition(
@@ -184,6 +257,132 @@ def saddle_magnetization(
 ) -> Tensor:
     """Closed-form m = β V(t*)⁻¹ h at the saddle (the envelope-theorem route)."""
     return saddle_gradient_hessian(multipliers, couplings, field, beta, radius)[2]
+
+
+class _SaddleResponse(torch.autograd.Function):
+    """(m, ln Z) = (βV(t*)⁻¹h, Φ(t*)) from the closed forms at the saddle, with a closed-form
+    backward (see :func:`saddle_response`)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        couplings: Tensor,
+        field: Tensor,
+        beta: Tensor,
+        forms: _ClosedForms,
+        radius: float,
+    ) -> tuple[Tensor, Tensor]:
+        n, dim = field.shape[-2], field.shape[-1]
+        mag = beta[..., None, None] * (forms.green @ field)
+        const = dim / 2.0 - dim / 2.0 * math.log(dim / radius**2)
+        # Φ(t*) with β²Σ_a h_aᵀV⁻¹h_a = β⟨h, m⟩
+        log_z = (
+            radius**2 * forms.multipliers.sum(-1)
+            - 0.5 * dim * forms.logdet
+            + 0.5 * beta * (field * mag).sum((-1, -2))
+            - n * const
+        )
+        ctx.save_for_backward(couplings, field, beta, mag)
+        ctx.forms, ctx.radius = forms, radius
+        return mag, log_z
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_mag: Tensor | None, grad_log_z: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        couplings, field, beta, mag = ctx.saved_tensors
+        forms: _ClosedForms = ctx.forms
+        if torch.is_grad_enabled():  # a differentiable backward (create_graph): autograd's route
+            grads = _response_vjp_by_autograd(
+                couplings, field, beta, forms.multipliers, ctx.radius, grad_mag, grad_log_z,
+                ctx.needs_input_grad[:3],
+            )  # fmt: skip
+            return (*grads, None, None)
+        green, dim = forms.green, field.shape[-1]
+        b = beta[..., None, None]
+        grad_field = torch.zeros_like(field)
+        weight = torch.zeros_like(green)  # ∂L/∂J before symmetrisation
+        if grad_mag is not None:
+            # dm = βG dh − G dV m + dβ G h, dV = 2 diag(dt) − dβ J − β dJ, and dt from
+            # ∇Φ(t*) = 0 (implicit function theorem): one solve with the Hessian's factor.
+            w = green @ grad_mag
+            sens = -2.0 * (w * mag).sum(-1)  # ∂L/∂t at fixed (J, h, β)
+            u = _solve_hessian(forms.hess, forms.hess_chol, forms.hess_ok, sens)
+            q = w + 2.0 * (green @ (u[..., None] * mag))
+            grad_field = grad_field + b * q
+            weight = weight + b * (
+                q @ mag.transpose(-1, -2) + dim * (green * u[..., None, :]) @ green
+            )
+        if grad_log_z is not None:  # the envelope theorem: t* held fixed
+            c = grad_log_z[..., None, None]
+            grad_field = grad_field + c * b * mag
+            weight = weight + c * b * (0.5 * dim * green + 0.5 * mag @ mag.transpose(-1, -2))
+        # Φ depends on (βJ, βh) only, so β ∂/∂β = J·∂/∂J + h·∂/∂h.
+        grad_beta = ((weight * couplings).sum((-1, -2)) + (grad_field * field).sum((-1, -2))) / beta
+        grad_couplings = 0.5 * (weight + weight.transpose(-1, -2))  # symmetric J, as Cholesky's
+        needs = ctx.needs_input_grad
+        return (
+            grad_couplings if needs[0] else None,
+            grad_field if needs[1] else None,
+            grad_beta if needs[2] else None,
+            None,
+            None,
+        )
+
+
+def _response_vjp_by_autograd(
+    couplings: Tensor,
+    field: Tensor,
+    beta: Tensor,
+    multipliers: Tensor,
+    radius: float,
+    grad_mag: Tensor | None,
+    grad_log_z: Tensor | None,
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, ...]:
+    """The backward of :class:`_SaddleResponse` through :func:`saddle_log_partition` and its
+    autograd field derivative, differentiable once more (for ``create_graph=True``)."""
+    field_in = field if field.requires_grad else field.detach().requires_grad_(True)
+    log_z = saddle_log_partition(couplings, field_in, beta, radius, multipliers)
+    (dfield,) = torch.autograd.grad(log_z.sum(), field_in, create_graph=True)
+    total = log_z.new_zeros(())
+    if grad_mag is not None:
+        total = total + (dfield / beta[..., None, None] * grad_mag).sum()
+    if grad_log_z is not None:
+        total = total + (log_z * grad_log_z).sum()
+    inputs = (couplings, field_in, beta)
+    wanted = [x for x, need in zip(inputs, needs, strict=True) if need]
+    grads = iter(torch.autograd.grad(total, wanted, allow_unused=True, create_graph=True))
+    out = [next(grads) if need else None for need in needs]
+    return tuple(g if g is not None or not need else torch.zeros_like(x)
+                 for g, need, x in zip(out, needs, inputs, strict=True))  # fmt: skip
+
+
+def saddle_response(
+    couplings: Tensor,
+    field: Tensor,
+    beta: Tensor,
+    radius: float,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    warn: bool = True,
+) -> tuple[Tensor, Tensor, FixedPointResult]:
+    """Magnetization m = βV(t*)⁻¹h = β⁻¹∂ln Z/∂h and ln Z = Φ(t*) at the saddle, with the solve.
+
+    Shapes as :func:`solve_saddle` (already broadcast). m and ln Z are differentiable in
+    couplings, field and beta by a closed-form backward instead of autograd through the
+    derivative of :func:`saddle_log_partition` (same values up to rounding, a fraction of the
+    cost): with G = V⁻¹ and the solver's last factors at t*, the sensitivity of m to t is
+    carried through the implicit function theorem, dt* = −H⁻¹ ∂(∇Φ), which is one more solve
+    with the Hessian's Cholesky factor, and ln Z's derivatives are the envelope theorem's
+    (t* fixed). The couplings' gradient is symmetrised, as for a symmetric matrix (the same
+    convention as Cholesky's backward). A backward with ``create_graph=True`` takes the autograd
+    route, so higher derivatives stay available.
+    """
+    result, newton = _solve(couplings, field, beta, radius, tol, max_iter, warn)
+    forms = newton.at(result.solution)
+    mag, log_z = _SaddleResponse.apply(couplings, field, beta, forms, radius)
+    return mag, log_z, result
 
 
 @register_method("saddle", VectorSpinModel)

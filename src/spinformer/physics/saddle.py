@@ -37,6 +37,9 @@ m = (2R²/D) βh / (1 + √(1 + 4R²β²|h|²/D²)), a large-D form of the Besse
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import torch
@@ -93,31 +96,83 @@ class _ClosedForms(NamedTuple):
     hess_ok: Tensor  # bool (...): the factor exists (else the general solve is used)
 
 
-def _closed_forms(
+def _green_forms(
     multipliers: Tensor, couplings: Tensor, field: Tensor, beta: Tensor, radius: float
-) -> _ClosedForms:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(Cholesky factor of V, G, m, ∇Φ, ∇²Φ) at the multipliers t."""
     dim = field.shape[-1]
     chol, _ = torch.linalg.cholesky_ex(_precision(couplings, multipliers, beta))
     green = torch.cholesky_inverse(chol)
     mag = beta[..., None, None] * green @ field
     grad = radius**2 - dim * green.diagonal(dim1=-2, dim2=-1) - (mag * mag).sum(-1)
     hess = 2.0 * dim * green**2 + 4.0 * green * (mag @ mag.transpose(-1, -2))
-    logdet = 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
-    hess_chol, info = torch.linalg.cholesky_ex(hess)
-    return _ClosedForms(multipliers, grad, hess, mag, green, logdet, hess_chol, info == 0)
+    return chol, green, mag, grad, hess
 
 
 def saddle_gradient_hessian(
     multipliers: Tensor, couplings: Tensor, field: Tensor, beta: Tensor, radius: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(∇Φ, ∇²Φ, m) in closed form at the multipliers t (see the module docstring)."""
-    dim = field.shape[-1]
-    chol, _ = torch.linalg.cholesky_ex(_precision(couplings, multipliers, beta))
-    green = torch.cholesky_inverse(chol)
-    mag = beta[..., None, None] * green @ field
-    grad = radius**2 - dim * green.diagonal(dim1=-2, dim2=-1) - (mag * mag).sum(-1)
-    hess = 2.0 * dim * green**2 + 4.0 * green * (mag @ mag.transpose(-1, -2))
+    _, _, mag, grad, hess = _green_forms(multipliers, couplings, field, beta, radius)
     return grad, hess, mag
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < workers:
+        _POOL = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="spinformer-saddle"))
+    return _POOL[1]
+
+
+def _over_batch(
+    fn: Callable[..., tuple[Tensor, ...]], batch_shape: torch.Size, *tensors: Tensor
+) -> tuple[Tensor, ...]:
+    """``fn(*tensors)`` for tensors and results whose leading dims are ``batch_shape`` (no
+    autograd). On the CPU with several intra-op threads, the flattened batch is split into one
+    chunk per thread, each chunk run single-threaded in a worker thread: a batched LAPACK call
+    is a loop over the small matrices, each factorised by all threads with a synchronisation per
+    panel, which scales poorly at N ~ 10², and very badly when other processes hold the cores;
+    independent matrices need no synchronisation at all."""
+    threads, count = torch.get_num_threads(), math.prod(batch_shape)
+    if threads < 2 or count < 2 or tensors[0].device.type != "cpu":
+        return fn(*tensors)
+    workers, dims = min(threads, count), len(batch_shape)
+    flat = [t.reshape(count, *t.shape[dims:]) for t in tensors]
+    chunks = list(zip(*(t.tensor_split(workers) for t in flat), strict=True))
+
+    def work(chunk: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        torch.set_num_threads(1)  # this worker's OpenMP teams
+        with torch.no_grad():
+            return fn(*chunk)
+
+    torch.set_num_threads(1)  # MKL's thread count is process-wide: one per chunk while they run
+    try:
+        results = list(_pool(workers).map(work, chunks))
+    finally:
+        torch.set_num_threads(threads)
+    return tuple(
+        torch.cat(parts).reshape(*batch_shape, *parts[0].shape[1:])
+        for parts in zip(*results, strict=True)
+    )
+
+
+def _newton_forms(
+    multipliers: Tensor, couplings: Tensor, field: Tensor, beta: Tensor, radius: float
+) -> tuple[_ClosedForms, Tensor]:
+    """The closed forms at t and the Newton direction Δ = H⁻¹∇Φ."""
+
+    def forms(t: Tensor, j: Tensor, h: Tensor, b: Tensor) -> tuple[Tensor, ...]:
+        chol, green, mag, grad, hess = _green_forms(t, j, h, b, radius)
+        logdet = 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
+        hess_chol, info = torch.linalg.cholesky_ex(hess)
+        delta = _solve_hessian(hess, hess_chol, info == 0, grad)
+        return grad, hess, mag, green, logdet, hess_chol, info == 0, delta
+
+    *parts, delta = _over_batch(forms, beta.shape, multipliers, couplings, field, beta)
+    return _ClosedForms(multipliers, *parts), delta
 
 
 def _solve_hessian(hess: Tensor, chol: Tensor, ok: Tensor, rhs: Tensor) -> Tensor:
@@ -168,9 +223,10 @@ class _DampedNewton:
         if last is not None and step is not None and torch.equal(multipliers, last.multipliers):
             return step
         multipliers = multipliers.clone()  # the key of the cache, safe from in-place updates
-        forms = _closed_forms(multipliers, self.couplings, self.field, self.beta, self.radius)
+        forms, delta = _newton_forms(
+            multipliers, self.couplings, self.field, self.beta, self.radius
+        )
         grad = forms.grad
-        delta = _solve_hessian(forms.hess, forms.hess_chol, forms.hess_ok, grad)
         # Φ = (D/2)·(self-concordant barrier) + convex terms: the decrement in the barrier's own
         # scale is λ/√(D/2); damped far away, pure Newton once it is < 1/4.
         dim = self.field.shape[-1]
@@ -307,7 +363,14 @@ class _SaddleResponse(torch.autograd.Function):
             # ∇Φ(t*) = 0 (implicit function theorem): one solve with the Hessian's factor.
             w = green @ grad_mag
             sens = -2.0 * (w * mag).sum(-1)  # ∂L/∂t at fixed (J, h, β)
-            u = _solve_hessian(forms.hess, forms.hess_chol, forms.hess_ok, sens)
+            (u,) = _over_batch(
+                lambda *args: (_solve_hessian(*args),),
+                beta.shape,
+                forms.hess,
+                forms.hess_chol,
+                forms.hess_ok,
+                sens,
+            )
             q = w + 2.0 * (green @ (u[..., None] * mag))
             grad_field = grad_field + b * q
             weight = weight + b * (

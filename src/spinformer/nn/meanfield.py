@@ -232,8 +232,7 @@ class FreeEnergyAttention(nn.Module):
         k = split_heads(self.key(x), self.n_heads)
         attention = softmax_couplings(q, k, allowed)
         symmetric = 0.5 * (attention + attention.transpose(-1, -2))
-        off_diagonal = 1.0 - torch.eye(n, dtype=x.dtype, device=x.device)
-        symmetric = symmetric * off_diagonal
+        symmetric.diagonal(dim1=-2, dim2=-1).zero_()  # in place: the product saved nothing
         if padding_mask is not None:
             real = padding_mask[:, None, :, None] & padding_mask[:, None, None, :]
             symmetric = symmetric * real

@@ -66,7 +66,29 @@ __all__ = [
 
 
 def _precision(couplings: Tensor, multipliers: Tensor, beta: Tensor) -> Tensor:
-    return torch.diag_embed(2.0 * multipliers) - beta[..., None, None] * couplings
+    """V = 2 diag(t) − βJ, built as −βJ with 2t added to its diagonal in place (one pass)."""
+    precision = couplings * -beta[..., None, None]
+    shape = torch.broadcast_shapes(precision.shape, multipliers.shape + multipliers.shape[-1:])
+    if precision.shape != shape:
+        precision = precision.expand(shape).clone()
+    precision.diagonal(dim1=-2, dim2=-1).add_(2.0 * multipliers)
+    return precision
+
+
+def _addmm(base: Tensor, left: Tensor, right: Tensor, beta: float, alpha: float) -> Tensor:
+    """beta·base + alpha·left @ right in one pass, for any number of (equal) batch dims."""
+    if base.ndim == 2:
+        return torch.addmm(base, left, right, beta=beta, alpha=alpha)
+    (n, k), cols = left.shape[-2:], right.shape[-1]
+    count = math.prod(base.shape[:-2])  # explicit: reshape(-1, ...) fails on 0 elements
+    out = torch.baddbmm(
+        base.reshape(count, n, cols),
+        left.reshape(count, n, k),
+        right.reshape(count, k, cols),
+        beta=beta,
+        alpha=alpha,
+    )
+    return out.reshape(base.shape)
 
 
 def saddle_potential(
@@ -105,7 +127,7 @@ def _green_forms(
     green = torch.cholesky_inverse(chol)
     mag = beta[..., None, None] * green @ field
     grad = radius**2 - dim * green.diagonal(dim1=-2, dim2=-1) - (mag * mag).sum(-1)
-    hess = 2.0 * dim * green**2 + 4.0 * green * (mag @ mag.transpose(-1, -2))
+    hess = green * _addmm(green, mag, mag.transpose(-1, -2), beta=2.0 * dim, alpha=4.0)
     return chol, green, mag, grad, hess
 
 
@@ -329,7 +351,7 @@ class _SaddleResponse(torch.autograd.Function):
         radius: float,
     ) -> tuple[Tensor, Tensor]:
         n, dim = field.shape[-2], field.shape[-1]
-        mag = beta[..., None, None] * (forms.green @ field)
+        mag = forms.mag.clone()  # βGh, computed with the factors
         const = dim / 2.0 - dim / 2.0 * math.log(dim / radius**2)
         # Φ(t*) with β²Σ_a h_aᵀV⁻¹h_a = β⟨h, m⟩
         log_z = (
@@ -340,6 +362,7 @@ class _SaddleResponse(torch.autograd.Function):
         )
         ctx.save_for_backward(couplings, field, beta, mag)
         ctx.forms, ctx.radius = forms, radius
+        ctx.set_materialize_grads(False)  # an output that is not used costs nothing
         return mag, log_z
 
     @staticmethod
@@ -348,16 +371,18 @@ class _SaddleResponse(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         couplings, field, beta, mag = ctx.saved_tensors
         forms: _ClosedForms = ctx.forms
+        needs = ctx.needs_input_grad
         if torch.is_grad_enabled():  # a differentiable backward (create_graph): autograd's route
             grads = _response_vjp_by_autograd(
                 couplings, field, beta, forms.multipliers, ctx.radius, grad_mag, grad_log_z,
-                ctx.needs_input_grad[:3],
+                needs[:3],
             )  # fmt: skip
             return (*grads, None, None)
         green, dim = forms.green, field.shape[-1]
         b = beta[..., None, None]
-        grad_field = torch.zeros_like(field)
-        weight = torch.zeros_like(green)  # ∂L/∂J before symmetrisation
+        # ∂L/∂J = ½(p mᵀ + m pᵀ) + D·G diag(v) G + γG (symmetric), ∂L/∂h = βq (+ the ln Z part)
+        grad_field = p = torch.zeros_like(field)
+        v = gamma = None
         if grad_mag is not None:
             # dm = βG dh − G dV m + dβ G h, dV = 2 diag(dt) − dβ J − β dJ, and dt from
             # ∇Φ(t*) = 0 (implicit function theorem): one solve with the Hessian's factor.
@@ -372,22 +397,26 @@ class _SaddleResponse(torch.autograd.Function):
                 sens,
             )
             q = w + 2.0 * (green @ (u[..., None] * mag))
-            grad_field = grad_field + b * q
-            weight = weight + b * (
-                q @ mag.transpose(-1, -2) + dim * (green * u[..., None, :]) @ green
-            )
+            grad_field = p = b * q
+            v = beta[..., None] * u
         if grad_log_z is not None:  # the envelope theorem: t* held fixed
-            c = grad_log_z[..., None, None]
-            grad_field = grad_field + c * b * mag
-            weight = weight + c * b * (0.5 * dim * green + 0.5 * mag @ mag.transpose(-1, -2))
-        # Φ depends on (βJ, βh) only, so β ∂/∂β = J·∂/∂J + h·∂/∂h.
-        grad_beta = ((weight * couplings).sum((-1, -2)) + (grad_field * field).sum((-1, -2))) / beta
-        grad_couplings = 0.5 * (weight + weight.transpose(-1, -2))  # symmetric J, as Cholesky's
-        needs = ctx.needs_input_grad
+            c = grad_log_z[..., None, None] * b
+            grad_field = grad_field + c * mag
+            p = p + 0.5 * c * mag
+            gamma = 0.5 * dim * c
+        weight = torch.cat([0.5 * p, 0.5 * mag], -1) @ torch.cat([mag, p], -1).transpose(-1, -2)
+        if v is not None:
+            weight = _addmm(weight, green * v[..., None, :], green, beta=1.0, alpha=dim)
+        if gamma is not None:
+            weight = weight + gamma * green
+        grad_beta = None
+        if needs[2]:  # Φ depends on (βJ, βh) only, so β ∂/∂β = J·∂/∂J + h·∂/∂h
+            grad_beta = (weight * couplings).sum((-1, -2)) + (grad_field * field).sum((-1, -2))
+            grad_beta = grad_beta / beta
         return (
-            grad_couplings if needs[0] else None,
+            weight if needs[0] else None,
             grad_field if needs[1] else None,
-            grad_beta if needs[2] else None,
+            grad_beta,
             None,
             None,
         )

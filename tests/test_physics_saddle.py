@@ -164,3 +164,29 @@ def test_closed_form_response_matches_the_autograd_route():
         for got, want in zip(grads, reference, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
             assert (got.grad_fn is not None) == create_graph
+
+
+def test_response_is_the_same_when_the_batch_is_split_over_threads():
+    """With several intra-op threads the systems are factorised in chunks, one per thread: the
+    same values and gradients as one thread, and the thread count is restored."""
+    g = torch.Generator().manual_seed(8)
+    raw = 0.6 * torch.rand(3, 2, 4, 4, generator=g, dtype=F64)
+    field = torch.randn(3, 2, 4, 3, generator=g, dtype=F64)
+    beta = torch.linspace(0.5, 1.5, 6, dtype=F64).reshape(3, 2)
+    grad_m = torch.randn(3, 2, 4, 3, generator=g, dtype=F64)
+    threads = torch.get_num_threads()
+
+    def run(count):
+        torch.set_num_threads(count)
+        inputs = [x.clone().requires_grad_(True) for x in (raw, field, beta)]
+        m, log_z, _ = saddle_response(_symmetric(inputs[0]), *inputs[1:], 1.3, tol=1e-12)
+        grads = torch.autograd.grad((m * grad_m).sum() + log_z.sum(), inputs)
+        assert torch.get_num_threads() == count
+        return (m, log_z, *grads)
+
+    try:
+        reference, split = run(1), run(4)
+    finally:
+        torch.set_num_threads(threads)
+    for got, want in zip(split, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

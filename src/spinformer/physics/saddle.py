@@ -36,6 +36,7 @@ m = (2R²/D) βh / (1 + √(1 + 4R²β²|h|²/D²)), a large-D form of the Besse
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -149,6 +150,13 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return _POOL[1]
 
 
+@functools.cache
+def _openmp() -> bool:
+    """Whether ATen's CPU parallelism is OpenMP's, whose thread count may be changed at any time
+    (the native backend warns on a change after the first parallel work)."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
 def _over_batch(
     fn: Callable[..., tuple[Tensor, ...]], batch_shape: torch.Size, *tensors: Tensor
 ) -> tuple[Tensor, ...]:
@@ -159,7 +167,7 @@ def _over_batch(
     panel, which scales poorly at N ~ 10², and very badly when other processes hold the cores;
     independent matrices need no synchronisation at all."""
     threads, count = torch.get_num_threads(), math.prod(batch_shape)
-    if threads < 2 or count < 2 or tensors[0].device.type != "cpu":
+    if threads < 2 or count < 2 or tensors[0].device.type != "cpu" or not _openmp():
         return fn(*tensors)
     workers, dims = min(threads, count), len(batch_shape)
     flat = [t.reshape(count, *t.shape[dims:]) for t in tensors]

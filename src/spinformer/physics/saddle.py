@@ -32,6 +32,24 @@ stays positive definite. Gradient and Hessian are closed forms, with G = V⁻¹ 
 ln Z is made differentiable to second order with one undamped Newton step from the detached
 solution (:mod:`spinformer.physics._variational`). At J = 0 the saddle gives
 m = (2R²/D) βh / (1 + √(1 + 4R²β²|h|²/D²)), a large-D form of the Bessel response (error ∝ 1/D).
+
+Response. :func:`saddle_response` (the attention module's route) reads m = βG(t*)h and
+ln Z = Φ(t*) off the solver's last factors and differentiates them in closed form. For an
+upstream gradient ḡ of m: s_i = −2 (Gḡ)_i·m_i is ∂L/∂t_i at fixed (J, h, β); the implicit
+function theorem, dt* = −H⁻¹ ∂_p∇Φ dp (Gould et al., "On differentiating parameterized argmin
+and argmax problems with application to bi-level optimization", 2016), turns it into one solve
+u = H⁻¹s with the Hessian's Cholesky factor; with q = G(ḡ + 2 diag(u) m),
+
+.. math::
+
+    \frac{\partial L}{\partial h} = \beta q,\qquad
+    \frac{\partial L}{\partial J} = \beta\big[\tfrac12(q m^{\mathsf T} + m q^{\mathsf T})
+        + D\, G\,\mathrm{diag}(u)\, G\big],\qquad
+    \beta\frac{\partial L}{\partial \beta} = \Big\langle J, \frac{\partial L}{\partial J}\Big\rangle
+        + \Big\langle h, \frac{\partial L}{\partial h}\Big\rangle,
+
+the last because Φ depends on (βJ, βh) only. ln Z's derivatives are the envelope theorem's
+(t* fixed): ∂ln Z/∂h = βm, ∂ln Z/∂J = β(D G + m mᵀ)/2.
 """
 
 from __future__ import annotations

@@ -158,14 +158,18 @@ def saddle_gradient_hessian(
     return grad, hess, mag
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
+#: (process id, workers, pool): a forked child, or a call that needs more workers, makes its own
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
     global _POOL
-    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < workers:
-        _POOL = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="spinformer-saddle"))
-    return _POOL[1]
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < workers:
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[2].shutdown(wait=False)  # its idle threads exit
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="spinformer-saddle")
+        _POOL = (os.getpid(), workers, pool)
+    return _POOL[2]
 
 
 @functools.cache

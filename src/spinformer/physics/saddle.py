@@ -181,16 +181,17 @@ def _openmp() -> bool:
 
 def _over_batch(
     fn: Callable[..., tuple[Tensor, ...]], batch_shape: torch.Size, *tensors: Tensor
-) -> tuple[Tensor, ...]:
+) -> list[tuple[Tensor, ...]]:
     """``fn(*tensors)`` for tensors and results whose leading dims are ``batch_shape`` (no
-    autograd). On the CPU with several intra-op threads, the flattened batch is split into one
-    chunk per thread, each chunk run single-threaded in a worker thread: a batched LAPACK call
-    is a loop over the small matrices, each factorised by all threads with a synchronisation per
-    panel, which scales poorly at N ~ 10², and very badly when other processes hold the cores;
-    independent matrices need no synchronisation at all."""
+    autograd), as a list of results over consecutive chunks of the flattened batch (put
+    together by :func:`_join`). On the CPU with several intra-op threads, there is one chunk per
+    thread, each run single-threaded in a worker thread: a batched LAPACK call is a loop over the
+    small matrices, each factorised by all threads with a synchronisation per panel, which
+    scales poorly at N ~ 10², and very badly when other processes hold the cores; independent
+    matrices need no synchronisation at all. Otherwise one chunk, the whole batch as it is."""
     threads, count = torch.get_num_threads(), math.prod(batch_shape)
     if threads < 2 or count < 2 or tensors[0].device.type != "cpu" or not _openmp():
-        return fn(*tensors)
+        return [fn(*tensors)]
     workers, dims = min(threads, count), len(batch_shape)
     flat = [t.reshape(count, *t.shape[dims:]) for t in tensors]
     chunks = list(zip(*(t.tensor_split(workers) for t in flat), strict=True))
@@ -202,19 +203,24 @@ def _over_batch(
 
     torch.set_num_threads(1)  # MKL's thread count is process-wide: one per chunk while they run
     try:
-        results = list(_pool(workers).map(work, chunks))
+        return list(_pool(workers).map(work, chunks))
     finally:
         torch.set_num_threads(threads)
-    return tuple(
-        torch.cat(parts).reshape(*batch_shape, *parts[0].shape[1:])
-        for parts in zip(*results, strict=True)
-    )
+
+
+def _join(results: list[tuple[Tensor, ...]], index: int, batch_shape: torch.Size) -> Tensor:
+    """Result ``index`` of :func:`_over_batch` over the whole batch (a copy only if chunked)."""
+    if len(results) == 1:
+        return results[0][index]
+    parts = [result[index] for result in results]
+    return torch.cat(parts).reshape(*batch_shape, *parts[0].shape[1:])
 
 
 def _newton_forms(
     multipliers: Tensor, couplings: Tensor, field: Tensor, beta: Tensor, radius: float
-) -> tuple[_ClosedForms, Tensor]:
-    """The closed forms at t and the Newton direction Δ = H⁻¹∇Φ."""
+) -> tuple[list[tuple[Tensor, ...]], Tensor, Tensor]:
+    """The closed forms at t, chunked (:func:`_closed_forms` joins them), with ∇Φ and the
+    Newton direction Δ = H⁻¹∇Φ over the whole batch."""
 
     def forms(t: Tensor, j: Tensor, h: Tensor, b: Tensor) -> tuple[Tensor, ...]:
         chol, green, mag, grad, hess = _green_forms(t, j, h, b, radius)
@@ -223,8 +229,15 @@ def _newton_forms(
         delta = _solve_hessian(hess, hess_chol, info == 0, grad)
         return grad, hess, mag, green, logdet, hess_chol, info == 0, delta
 
-    *parts, delta = _over_batch(forms, beta.shape, multipliers, couplings, field, beta)
-    return _ClosedForms(multipliers, *parts), delta
+    chunks = _over_batch(forms, beta.shape, multipliers, couplings, field, beta)
+    return chunks, _join(chunks, 0, beta.shape), _join(chunks, 7, beta.shape)
+
+
+def _closed_forms(
+    multipliers: Tensor, chunks: list[tuple[Tensor, ...]], batch_shape: torch.Size
+) -> _ClosedForms:
+    """The :class:`_ClosedForms` at t from the chunks of :func:`_newton_forms`."""
+    return _ClosedForms(multipliers, *(_join(chunks, i, batch_shape) for i in range(7)))
 
 
 def _solve_hessian(hess: Tensor, chol: Tensor, ok: Tensor, rhs: Tensor) -> Tensor:
@@ -259,7 +272,7 @@ def _initial_multipliers(couplings: Tensor, field: Tensor, beta: Tensor, radius:
 class _DampedNewton:
     """The damped Newton map t ↦ t − Δ/(1 + λ) of the module docstring.
 
-    It keeps the closed forms of its last evaluation (``last``): the solver's final residual
+    It keeps the closed forms of its last evaluation (:meth:`at`): the solver's final residual
     check evaluates the map again at the point of its last iteration, which then costs nothing,
     and the factors at the saddle (G, the Hessian's Cholesky factor) serve the magnetization and
     its backward (:func:`saddle_response`).
@@ -267,32 +280,29 @@ class _DampedNewton:
 
     def __init__(self, couplings: Tensor, field: Tensor, beta: Tensor, radius: float) -> None:
         self.couplings, self.field, self.beta, self.radius = couplings, field, beta, radius
-        self.last: _ClosedForms | None = None
-        self._step: Tensor | None = None
+        self._last: tuple[Tensor, list[tuple[Tensor, ...]], Tensor] | None = None  # t, forms, step
 
     def __call__(self, multipliers: Tensor) -> Tensor:
-        last, step = self.last, self._step
-        if last is not None and step is not None and torch.equal(multipliers, last.multipliers):
-            return step
+        if self._last is not None and torch.equal(multipliers, self._last[0]):
+            return self._last[2]
         multipliers = multipliers.clone()  # the key of the cache, safe from in-place updates
-        forms, delta = _newton_forms(
+        chunks, grad, delta = _newton_forms(
             multipliers, self.couplings, self.field, self.beta, self.radius
         )
-        grad = forms.grad
         # Φ = (D/2)·(self-concordant barrier) + convex terms: the decrement in the barrier's own
         # scale is λ/√(D/2); damped far away, pure Newton once it is < 1/4.
         dim = self.field.shape[-1]
         decrement = torch.sqrt((grad * delta).sum(-1, keepdim=True).clamp_min(0.0) / (dim / 2.0))
         scale = torch.where(decrement > 0.25, 1.0 / (1.0 + decrement), torch.ones_like(decrement))
-        self.last, self._step = forms, multipliers - scale * delta
-        return self._step
+        self._last = (multipliers, chunks, multipliers - scale * delta)
+        return self._last[2]
 
     def at(self, multipliers: Tensor) -> _ClosedForms:
         """The closed forms at ``multipliers``: the last evaluation's when it was there."""
-        last = self.last
-        if last is None or not torch.equal(multipliers, last.multipliers):
+        if self._last is None or not torch.equal(multipliers, self._last[0]):
             self(multipliers)
-        return self.last  # type: ignore[return-value]
+        key, chunks, _ = self._last  # type: ignore[misc]
+        return _closed_forms(key, chunks, self.beta.shape)
 
 
 def _solve(
@@ -418,7 +428,7 @@ class _SaddleResponse(torch.autograd.Function):
             # ∇Φ(t*) = 0 (implicit function theorem): one solve with the Hessian's factor.
             w = green @ grad_mag
             sens = -2.0 * (w * mag).sum(-1)  # ∂L/∂t at fixed (J, h, β)
-            (u,) = _over_batch(
+            solved = _over_batch(
                 lambda *args: (_solve_hessian(*args),),
                 beta.shape,
                 forms.hess,
@@ -426,6 +436,7 @@ class _SaddleResponse(torch.autograd.Function):
                 forms.hess_ok,
                 sens,
             )
+            u = _join(solved, 0, beta.shape)
             q = w + 2.0 * (green @ (u[..., None] * mag))
             grad_field = p = b * q
             v = beta[..., None] * u

@@ -20,9 +20,10 @@ h_i = (x W_F)_i, couplings J and the large-D response φ (R² = d/2 − 1, d the
 
 * :class:`FreeEnergyAttention` returns m = −∂F/∂h = β⁻¹ ∂ln Z/∂h of the steepest-descent free
   energy of spherical spins (:mod:`spinformer.physics.saddle`), with symmetric couplings
-  J = ½(A + Aᵀ) (A the softmax matrix, zero diagonal). By the envelope theorem m = βV(t*)⁻¹h at
-  the saddle t*, taken from the solver's last factorization; its backward is in closed form
-  (:func:`spinformer.physics.saddle.saddle_response`: the implicit function theorem for t*). An equilibrium system has no
+  J = ½(A + Aᵀ) (A the softmax matrix, zero diagonal). By the envelope theorem m = βV⁻¹h at
+  the saddle, read off the solver's last factorization (one Newton step past its t*); its
+  backward is in closed form (:func:`spinformer.physics.saddle.saddle_response`: the implicit
+  function theorem for t*). An equilibrium system has no
   arrow of time, so under a causal mask position t reports the magnetization of site t in the
   system of the prefix ≤ t (all prefixes solved as one batch: O(N) more work and memory; meant
   for short sequences).

@@ -19,8 +19,11 @@ h_i = (x W_F)_i, couplings J and the large-D response φ (R² = d/2 − 1, d the
   number of iterations).
 
 * :class:`FreeEnergyAttention` returns m = −∂F/∂h = β⁻¹ ∂ln Z/∂h of the steepest-descent free
-  energy of spherical spins (:mod:`spinformer.physics.saddle`) by autograd, with symmetric
-  couplings J = ½(A + Aᵀ) (A the softmax matrix, zero diagonal). An equilibrium system has no
+  energy of spherical spins (:mod:`spinformer.physics.saddle`), with symmetric couplings
+  J = ½(A + Aᵀ) (A the softmax matrix, zero diagonal). By the envelope theorem m = βV⁻¹h at
+  the saddle, read off the solver's last factorization (one Newton step past its t*); its
+  backward is in closed form (:func:`spinformer.physics.saddle.saddle_response`: the implicit
+  function theorem for t*). An equilibrium system has no
   arrow of time, so under a causal mask position t reports the magnetization of site t in the
   system of the prefix ≤ t (all prefixes solved as one batch: O(N) more work and memory; meant
   for short sequences).
@@ -52,7 +55,7 @@ from spinformer.nn._spin import (
     split_heads,
 )
 from spinformer.physics import onsager, vmf
-from spinformer.physics.saddle import saddle_log_partition, solve_saddle
+from spinformer.physics.saddle import saddle_response
 from spinformer.physics.vmf import transformer_radius
 
 __all__ = ["FreeEnergyAttention", "MeanFieldAttention"]
@@ -192,7 +195,7 @@ class MeanFieldAttention(nn.Module):
 
 
 class FreeEnergyAttention(nn.Module):
-    """m = −∂F/∂h of the steepest-descent free energy, by autograd (see the module docstring).
+    """m = −∂F/∂h of the steepest-descent free energy (see the module docstring).
 
     Args:
         d_model, n_heads: width and heads (head dimension d > 2).
@@ -230,8 +233,7 @@ class FreeEnergyAttention(nn.Module):
         k = split_heads(self.key(x), self.n_heads)
         attention = softmax_couplings(q, k, allowed)
         symmetric = 0.5 * (attention + attention.transpose(-1, -2))
-        off_diagonal = 1.0 - torch.eye(n, dtype=x.dtype, device=x.device)
-        symmetric = symmetric * off_diagonal
+        symmetric.diagonal(dim1=-2, dim2=-1).zero_()  # in place: the product saved nothing
         if padding_mask is not None:
             real = padding_mask[:, None, :, None] & padding_mask[:, None, None, :]
             symmetric = symmetric * real
@@ -240,7 +242,7 @@ class FreeEnergyAttention(nn.Module):
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False
     ) -> Tensor | tuple[Tensor, BlockState]:
-        """Autograd magnetizations of the per-head saddle-point free energies, projected by W_O."""
+        """Magnetizations −∂F/∂h of the per-head saddle-point free energies, projected by W_O."""
         beta, field = _fields(self, x, padding_mask)
         if padding_mask is not None:
             field = field * padding_mask[:, None, :, None]
@@ -255,17 +257,9 @@ class FreeEnergyAttention(nn.Module):
         else:
             beta_b = beta
         beta_b = beta_b.expand(*field.shape[:-2])
-        multipliers_result = solve_saddle(
+        m, log_z, multipliers_result = saddle_response(
             couplings, field, beta_b, self.radius, self.tol, self.max_iter
         )
-        grad_mode = torch.is_grad_enabled()
-        with torch.enable_grad():
-            field_in = field if field.requires_grad else field.detach().requires_grad_(True)
-            log_z = saddle_log_partition(
-                couplings, field_in, beta_b, self.radius, multipliers_result.solution
-            )
-            (grad,) = torch.autograd.grad(log_z.sum(), field_in, create_graph=grad_mode)
-        m = grad / beta_b[..., None, None]
         converged, iterations = multipliers_result.converged, multipliers_result.iterations
         residual = multipliers_result.residual
         free_energy = -log_z / beta_b
@@ -282,8 +276,6 @@ class FreeEnergyAttention(nn.Module):
             converged = converged.all(-1)
             iterations = iterations.amax(-1)
             residual = residual.amax(-1)
-        if not grad_mode:
-            m, free_energy = m.detach(), free_energy.detach()
         out = self.out(merge_heads(m))
         if not return_state:
             return out

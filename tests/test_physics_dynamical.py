@@ -196,3 +196,36 @@ def test_second_order_step_into_a_workspace_is_the_same_step():
         expected = vector_step(m_prev, j, field, beta, radius, 2)
         got = vector_step(m_prev, j, field, beta, radius, 2, j * j, workspace)
     torch.testing.assert_close(got, expected)
+
+
+def test_second_order_couplings_backward_passes_gradcheck():
+    """The hand-written backward of the order-2 step to the couplings and the field (at a
+    constant m_prev, as in the implicit backward's f(z*)) against finite differences."""
+    m_prev, j, field, beta, radius = _vector_problem(12, 2)
+    beta = beta.requires_grad_(True)
+    inputs = (j.requires_grad_(True), field.requires_grad_(True), beta)
+    assert torch.autograd.gradcheck(
+        lambda c, h, b: vector_step(m_prev, c, h, b, radius, 2, c.detach() ** 2), inputs
+    )
+    assert torch.autograd.gradcheck(lambda c, h, b: vector_step(m_prev, c, h, b, radius, 2), inputs)
+
+
+@pytest.mark.parametrize("with_vjp", [False, True])
+def test_second_order_couplings_backward_equals_autograd(with_vjp):
+    """The same gradients (couplings, field, β) as autograd through the plain step, which a
+    differentiable m_prev takes."""
+    m_prev, j, field, beta, radius = _vector_problem(13, 2)
+    y = torch.randn(m_prev.shape, generator=torch.Generator().manual_seed(14), dtype=F64)
+    leaves = [t.clone().requires_grad_(True) for t in (j, field, beta)]
+    if with_vjp:
+        out = vector_step_with_vjp(m_prev, *leaves, radius, 2)[0]
+    else:
+        out = vector_step(m_prev, *leaves, radius, 2)
+    got = torch.autograd.grad(out, leaves, y)
+    plain = m_prev.clone().requires_grad_(True)  # a differentiable m_prev: autograd throughout
+    references = [t.clone().requires_grad_(True) for t in (j, field, beta)]
+    reference = vector_step(plain, *references, radius, 2)
+    expected = torch.autograd.grad(reference, references, y)
+    torch.testing.assert_close(out, reference.detach())
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)

@@ -206,6 +206,10 @@ def _vector_step(
     workspace: Tensor | None = None,
 ) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
     """The step and, with ``with_vjp``, its closed-form VJP from the same intermediates."""
+    if order == 2 and m_prev is not None and _parameter_backward(m_prev, couplings, field):
+        return _vector_step_couplings_backward(
+            m_prev, couplings, field, beta, radius, squared, with_vjp
+        )
     theta = field if m_prev is None else field + couplings @ m_prev
     if order == 1:
         if isinstance(beta, Tensor):
@@ -236,6 +240,18 @@ def _vector_step(
     k_theta = (
         k_scalar * theta if weighted is None else (weighted @ m_prev).addcmul_(k_scalar, theta)
     )
+    return _second_order_tail(
+        m_prev, couplings, beta, radius, squared, with_vjp,
+        m, norm2, u, theta, k_scalar, trace, k_theta, s2, weight, weighted, weighted_m,
+    )  # fmt: skip
+
+
+def _second_order_tail(
+    m_prev, couplings, beta, radius, squared, with_vjp,
+    m, norm2, u, theta, k_scalar, trace, k_theta, s2, weight, weighted, weighted_m,
+):  # fmt: skip
+    """The order-2 step from φ(θ), |θ|², u, Kθ, Σ_j J² b_j and tr K (per-site operations only),
+    and with ``with_vjp`` its closed-form VJP."""
     quad = (theta * k_theta).sum(-1, keepdim=True)  # θᵀKθ
     g1, g2 = _radial_slopes(u, beta, radius)
     radial = quad / norm2.clamp_min(torch.finfo(theta.dtype).tiny)
@@ -249,6 +265,80 @@ def _vector_step(
         detached = [t.detach() for t in (m_prev, couplings, squared, s2, weight, *terms)]
         beta = beta.detach() if isinstance(beta, Tensor) else beta
         return out, _second_order_vjp(*detached, beta, radius)
+
+
+def _parameter_backward(m_prev: Tensor, couplings: Tensor, field: Tensor) -> bool:
+    """Whether the order-2 step's couplings part takes :class:`_CouplingTerms` (autograd on, a
+    constant m_prev, couplings or field differentiable, same shapes as the plain path)."""
+    return (
+        torch.is_grad_enabled()
+        and not m_prev.requires_grad
+        and (couplings.requires_grad or field.requires_grad)
+        and field.shape == m_prev.shape
+        and couplings.shape[:-2] == m_prev.shape[:-2]
+    )
+
+
+class _CouplingTerms(torch.autograd.Function):
+    r"""θ = h + J m, Kθ, Σ_j J²_ij b_j and tr K of the order-2 step at a constant m (no gradient
+    to m: the implicit backward's f(z*) at a detached z*), with a hand-written backward to the
+    couplings and the field instead of autograd's chain of N × N elementwise nodes.
+
+    With O_ij = θ_i·(w_j m_j), W = J² ⊙ O, Kθ = W m + (Σ_j J² b_j) θ and (Σ_j J² b_j, tr K) =
+    J² (b, D b + w s²): given (θ̄, Σ̄, t̄r, K̄θ), θ̄ ← θ̄ + Σ K̄θ + (J² ⊙ K̄θ mᵀ)(w m),
+    Σ̄ ← Σ̄ + θ·K̄θ, S̄ = (K̄θ mᵀ) ⊙ O + (Σ̄, t̄r)(b, D b + w s²)ᵀ the gradient of J², and
+    h̄ = θ̄, J̄ = θ̄ mᵀ + 2 J ⊙ S̄. ``squared`` is J² (without a graph of its own). The fifth
+    output, W, is not differentiable (it feeds the closed-form VJP).
+    """
+
+    @staticmethod
+    def forward(ctx, couplings, field, m_prev, squared, columns, weighted_m):
+        theta = torch.matmul(couplings, m_prev).add_(field)
+        overlaps = theta @ weighted_m.transpose(-1, -2)  # θ_i·(w_j m_j)
+        weighted = squared * overlaps
+        sums = squared @ columns
+        k_scalar, trace = sums[..., :1], sums[..., 1:]
+        k_theta = (weighted @ m_prev).addcmul_(k_scalar, theta)
+        saved = (couplings, m_prev, squared, columns, weighted_m, overlaps, theta, k_scalar)
+        ctx.save_for_backward(*saved)
+        ctx.mark_non_differentiable(weighted)
+        return theta, k_scalar, trace, k_theta, weighted
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, theta_bar, scalar_bar, trace_bar, k_theta_bar, _):
+        couplings, m_prev, squared, columns, weighted_m, overlaps, theta, k_scalar = (
+            ctx.saved_tensors
+        )
+        theta_bar = torch.addcmul(theta_bar, k_theta_bar, k_scalar)
+        scalar_bar = scalar_bar + (theta * k_theta_bar).sum(-1, keepdim=True)
+        w_bar = k_theta_bar @ m_prev.transpose(-1, -2)  # ∂/∂W
+        s_bar = torch.mul(w_bar, overlaps)
+        theta_bar += w_bar.mul_(squared) @ weighted_m  # ∂/∂O = W̄ ⊙ J², through O = θ (w m)ᵀ
+        s_bar += torch.cat([scalar_bar, trace_bar], -1) @ columns.transpose(-1, -2)
+        couplings_bar = s_bar.mul_(couplings).mul_(2.0)
+        couplings_bar += theta_bar @ m_prev.transpose(-1, -2)
+        return couplings_bar, theta_bar, None, None, None, None
+
+
+def _vector_step_couplings_backward(
+    m_prev: Tensor, couplings: Tensor, field: Tensor, beta, radius: float, squared, with_vjp: bool
+):
+    """:func:`_vector_step` at order 2 with its couplings part in :class:`_CouplingTerms`."""
+    with torch.no_grad():
+        squared = couplings * couplings if squared is None else squared.detach()
+        s2 = (m_prev * m_prev).sum(-1)
+        tangential, weight = vmf.large_d_covariance(m_prev, radius)
+        columns = torch.stack([tangential, m_prev.shape[-1] * tangential + weight * s2], -1)
+        weighted_m = weight[..., None] * m_prev
+    theta, k_scalar, trace, k_theta, weighted = _CouplingTerms.apply(
+        couplings, field, m_prev, squared, columns, weighted_m
+    )
+    m, norm2, u = vmf.phi_terms(theta, beta, radius)
+    return _second_order_tail(
+        m_prev, couplings, beta, radius, squared, with_vjp,
+        m, norm2, u, theta, k_scalar, trace, k_theta, s2, weight, weighted, weighted_m,
+    )  # fmt: skip
 
 
 def _first_order_vjp(theta: Tensor, couplings: Tensor, beta, radius: float):

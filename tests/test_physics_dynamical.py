@@ -229,3 +229,31 @@ def test_second_order_couplings_backward_equals_autograd(with_vjp):
     torch.testing.assert_close(out, reference.detach())
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+
+
+def test_second_order_step_from_a_kept_evaluation_is_the_same_step():
+    """vector_step_with_vjp with ``known`` (the couplings part kept by an evaluation without
+    autograd at the same m_prev) gives the same step, gradients and VJP; a kept evaluation at
+    other values, or one whose m_prev was written since, is not used."""
+    m_prev, j, field, beta, radius = _vector_problem(15, 2)
+    y = torch.randn(m_prev.shape, generator=torch.Generator().manual_seed(16), dtype=F64)
+    kept: list = []
+    with torch.no_grad():
+        vector_step(m_prev.clone(), j, field, beta, radius, 2, j * j, torch.empty_like(j), kept)
+    assert len(kept) == 7
+    stale: list = []
+    with torch.no_grad():
+        moved = m_prev.clone()
+        vector_step(moved, j, field, beta, radius, 2, j * j, None, stale)
+        moved.mul_(1.0)  # the same values, written since: its version changed
+    leaves = [t.clone().requires_grad_(True) for t in (j, field, beta)]
+    plain_out, plain_vjp = vector_step_with_vjp(m_prev, *leaves, radius, 2)
+    expected = torch.autograd.grad(plain_out, leaves, y)
+    for known in (kept, stale, None):
+        leaves = [t.clone().requires_grad_(True) for t in (j, field, beta)]
+        out, vjp = vector_step_with_vjp(m_prev, *leaves, radius, 2, None, known)
+        torch.testing.assert_close(out, plain_out, rtol=1e-13, atol=1e-15)
+        for g, e in zip(torch.autograd.grad(out, leaves, y), expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(vjp(y), plain_vjp(y), rtol=1e-12, atol=1e-14)
+    assert kept[2].grad_fn is not None and stale[2].grad_fn is None  # θ: used, not used

@@ -137,6 +137,7 @@ def vector_step(
     order: int,
     squared: Tensor | None = None,
     workspace: Tensor | None = None,
+    keep: list | None = None,
 ) -> Tensor:
     """Unchecked :func:`kinetic_vector_step`; ``beta`` broadcastable against (..., N, D).
 
@@ -148,8 +149,14 @@ def vector_step(
     weights w_j of K are folded into the overlaps, w_j θ_i·m_j = θ_i·(w_j m_j), and θᵀKθ is
     θ·(Kθ), so a step takes one elementwise pass over the N × N couplings besides the matrix
     products.
+
+    ``keep`` (a list), at order 2 without autograd, receives this evaluation's couplings part
+    (m_prev, its version, θ, Σ_j J² b_j, tr K, Kθ and the overlaps, in the workspace) for a
+    later :func:`vector_step_with_vjp` at the same, unchanged m_prev (``known``).
     """
-    return _vector_step(m_prev, couplings, field, beta, radius, order, squared, False, workspace)[0]
+    return _vector_step(
+        m_prev, couplings, field, beta, radius, order, squared, False, workspace, keep
+    )[0]
 
 
 def vector_step_with_vjp(
@@ -160,10 +167,23 @@ def vector_step_with_vjp(
     radius: float,
     order: int,
     squared: Tensor | None = None,
+    known: list | None = None,
 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """(:func:`vector_step`, :func:`vector_step_vjp`) at ``m_prev`` from one evaluation: the
     step (differentiable as usual) and its closed-form (∂ step/∂m_prev)ᵀ, which reuses the
-    step's θ, overlaps and Kθ instead of computing them again."""
+    step's θ, overlaps and Kθ instead of computing them again.
+
+    ``known``, a ``keep`` list of :func:`vector_step` without autograd, supplies the couplings
+    part when it was evaluated at m_prev's values (same tensor contents, not written since),
+    with the same couplings and field: the order-2 step at a constant m_prev then skips its
+    three N × N × D products in the forward (its backward recomputes the overlaps, one).
+    """
+    if known and order == 2 and _parameter_backward(m_prev, couplings, field):
+        kept, version, *terms = known
+        if kept._version == version and kept.shape == m_prev.shape and torch.equal(kept, m_prev):
+            return _vector_step_couplings_backward(
+                m_prev, couplings, field, beta, radius, squared, True, terms
+            )
     return _vector_step(m_prev, couplings, field, beta, radius, order, squared, True)
 
 
@@ -204,6 +224,7 @@ def _vector_step(
     squared: Tensor | None,
     with_vjp: bool,
     workspace: Tensor | None = None,
+    keep: list | None = None,
 ) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
     """The step and, with ``with_vjp``, its closed-form VJP from the same intermediates."""
     if order == 2 and m_prev is not None and _parameter_backward(m_prev, couplings, field):
@@ -240,6 +261,8 @@ def _vector_step(
     k_theta = (
         k_scalar * theta if weighted is None else (weighted @ m_prev).addcmul_(k_scalar, theta)
     )
+    if keep is not None and weighted is not None and not torch.is_grad_enabled():
+        keep[:] = [m_prev, m_prev._version, theta, k_scalar, trace, k_theta, weighted]
     return _second_order_tail(
         m_prev, couplings, beta, radius, squared, with_vjp,
         m, norm2, u, theta, k_scalar, trace, k_theta, s2, weight, weighted, weighted_m,
@@ -292,13 +315,17 @@ class _CouplingTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, couplings, field, m_prev, squared, columns, weighted_m):
-        theta = torch.matmul(couplings, m_prev).add_(field)
-        overlaps = theta @ weighted_m.transpose(-1, -2)  # θ_i·(w_j m_j)
-        weighted = squared * overlaps
-        sums = squared @ columns
-        k_scalar, trace = sums[..., :1], sums[..., 1:]
-        k_theta = (weighted @ m_prev).addcmul_(k_scalar, theta)
+    def forward(ctx, couplings, field, m_prev, squared, columns, weighted_m, known):
+        if known is None:
+            theta = torch.matmul(couplings, m_prev).add_(field)
+            overlaps = theta @ weighted_m.transpose(-1, -2)  # θ_i·(w_j m_j)
+            weighted = squared * overlaps
+            sums = squared @ columns
+            k_scalar, trace = sums[..., :1], sums[..., 1:]
+            k_theta = (weighted @ m_prev).addcmul_(k_scalar, theta)
+        else:  # the same numbers from an evaluation without autograd; O again in backward
+            theta, k_scalar, trace, k_theta, weighted = known
+            overlaps = None
         saved = (couplings, m_prev, squared, columns, weighted_m, overlaps, theta, k_scalar)
         ctx.save_for_backward(*saved)
         ctx.mark_non_differentiable(weighted)
@@ -312,19 +339,29 @@ class _CouplingTerms(torch.autograd.Function):
         )
         theta_bar = torch.addcmul(theta_bar, k_theta_bar, k_scalar)
         scalar_bar = scalar_bar + (theta * k_theta_bar).sum(-1, keepdim=True)
+        if overlaps is None:
+            overlaps = theta @ weighted_m.transpose(-1, -2)
         w_bar = k_theta_bar @ m_prev.transpose(-1, -2)  # ∂/∂W
         s_bar = torch.mul(w_bar, overlaps)
         theta_bar += w_bar.mul_(squared) @ weighted_m  # ∂/∂O = W̄ ⊙ J², through O = θ (w m)ᵀ
         s_bar += torch.cat([scalar_bar, trace_bar], -1) @ columns.transpose(-1, -2)
         couplings_bar = s_bar.mul_(couplings).mul_(2.0)
         couplings_bar += theta_bar @ m_prev.transpose(-1, -2)
-        return couplings_bar, theta_bar, None, None, None, None
+        return couplings_bar, theta_bar, None, None, None, None, None
 
 
 def _vector_step_couplings_backward(
-    m_prev: Tensor, couplings: Tensor, field: Tensor, beta, radius: float, squared, with_vjp: bool
+    m_prev: Tensor,
+    couplings: Tensor,
+    field: Tensor,
+    beta,
+    radius: float,
+    squared,
+    with_vjp: bool,
+    known: list | None = None,
 ):
-    """:func:`_vector_step` at order 2 with its couplings part in :class:`_CouplingTerms`."""
+    """:func:`_vector_step` at order 2 with its couplings part in :class:`_CouplingTerms`
+    (``known``: θ, Σ_j J² b_j, tr K, Kθ and W already evaluated at m_prev)."""
     with torch.no_grad():
         squared = couplings * couplings if squared is None else squared.detach()
         s2 = (m_prev * m_prev).sum(-1)
@@ -332,7 +369,7 @@ def _vector_step_couplings_backward(
         columns = torch.stack([tangential, m_prev.shape[-1] * tangential + weight * s2], -1)
         weighted_m = weight[..., None] * m_prev
     theta, k_scalar, trace, k_theta, weighted = _CouplingTerms.apply(
-        couplings, field, m_prev, squared, columns, weighted_m
+        couplings, field, m_prev, squared, columns, weighted_m, known
     )
     m, norm2, u = vmf.phi_terms(theta, beta, radius)
     return _second_order_tail(

@@ -150,8 +150,8 @@ def vector_step(
     θ·(Kθ), so a step takes one elementwise pass over the N × N couplings besides the matrix
     products.
 
-    ``keep`` (a list), at order 2 without autograd, receives this evaluation's couplings part
-    (m_prev, its version, θ, Σ_j J² b_j, tr K, Kθ and the overlaps, in the workspace) for a
+    ``keep`` (a list), without autograd, receives this evaluation's couplings part (m_prev, its
+    version, θ and at order 2 Σ_j J² b_j, tr K, Kθ and the overlaps, in the workspace) for a
     later :func:`vector_step_with_vjp` at the same, unchanged m_prev (``known``).
     """
     return _vector_step(
@@ -175,15 +175,18 @@ def vector_step_with_vjp(
 
     ``known``, a ``keep`` list of :func:`vector_step` without autograd, supplies the couplings
     part when it was evaluated at m_prev's values (same tensor contents, not written since),
-    with the same couplings and field: the order-2 step at a constant m_prev then skips its
-    three N × N × D products in the forward (its backward recomputes the overlaps, one).
+    with the same couplings and field: the step at a constant m_prev then skips its N × N × D
+    products in the forward (J m; at order 2 three, of which the backward recomputes one).
     """
-    if known and order == 2 and _parameter_backward(m_prev, couplings, field):
+    if known and _parameter_backward(m_prev, couplings, field):
         kept, version, *terms = known
         if kept._version == version and kept.shape == m_prev.shape and torch.equal(kept, m_prev):
-            return _vector_step_couplings_backward(
-                m_prev, couplings, field, beta, radius, squared, True, terms
-            )
+            if order == 2:
+                return _vector_step_couplings_backward(
+                    m_prev, couplings, field, beta, radius, squared, True, terms
+                )
+            theta = _KnownField.apply(couplings, field, m_prev, terms[0])
+            return _first_order(theta, couplings, beta, radius, True)
     return _vector_step(m_prev, couplings, field, beta, radius, order, squared, True)
 
 
@@ -233,11 +236,9 @@ def _vector_step(
         )
     theta = field if m_prev is None else field + couplings @ m_prev
     if order == 1:
-        if isinstance(beta, Tensor):
-            m = vmf.phi_fused(theta, beta, radius)
-        else:
-            m = vmf.phi(theta, beta, radius)
-        return m, (_first_order_vjp(theta, couplings, beta, radius) if with_vjp else None)
+        if keep is not None and m_prev is not None and not torch.is_grad_enabled():
+            keep[:] = [m_prev, m_prev._version, theta]
+        return _first_order(theta, couplings, beta, radius, with_vjp)
     m, norm2, u = vmf.phi_terms(theta, beta, radius)
     dim = theta.shape[-1]
     if squared is None:
@@ -288,6 +289,30 @@ def _second_order_tail(
         detached = [t.detach() for t in (m_prev, couplings, squared, s2, weight, *terms)]
         beta = beta.detach() if isinstance(beta, Tensor) else beta
         return out, _second_order_vjp(*detached, beta, radius)
+
+
+def _first_order(theta: Tensor, couplings: Tensor, beta, radius: float, with_vjp: bool):
+    """The naive step φ(θ) at the local field θ and, with ``with_vjp``, its VJP."""
+    if isinstance(beta, Tensor):
+        m = vmf.phi_fused(theta, beta, radius)
+    else:
+        m = vmf.phi(theta, beta, radius)
+    return m, (_first_order_vjp(theta, couplings, beta, radius) if with_vjp else None)
+
+
+class _KnownField(torch.autograd.Function):
+    """θ = h + J m at a constant m, given θ as evaluated without autograd: h̄ = θ̄, J̄ = θ̄ mᵀ."""
+
+    @staticmethod
+    def forward(ctx, couplings, field, m_prev, theta):
+        ctx.save_for_backward(m_prev)
+        return theta.clone() if theta is field else theta
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, theta_bar):
+        (m_prev,) = ctx.saved_tensors
+        return theta_bar @ m_prev.transpose(-1, -2), theta_bar, None, None
 
 
 def _parameter_backward(m_prev: Tensor, couplings: Tensor, field: Tensor) -> bool:

@@ -431,7 +431,6 @@ def _second_order_vjp(
     one_u = 1.0 + u
     gain = beta / one_u  # g: φ = g θ
     transposed = couplings.transpose(-1, -2)
-    squared_t = squared.transpose(-1, -2)
     weighted_t = weighted.transpose(-1, -2)
     m_t = m_prev.transpose(-1, -2)
     tiny = torch.finfo(theta.dtype).tiny
@@ -464,10 +463,13 @@ def _second_order_vjp(
         theta_bar += overlap @ weighted_m
         across = overlap.transpose(-1, -2) @ theta  # Σ_i J² (k̄_i·m_j) θ_i
         k_along = g1 * along + q_bar * norm2  # θ·k̄
-        back = squared_t @ torch.cat([k_along, c_bar * g1], -1)  # Σ_i J²_ij (k̄s_i, t̄r_i)
-        w_bar = (m_prev * across).sum(-1) + s2 * back[..., 1]
-        b_bar = back[..., 0] + dim * back[..., 1]
-        s_bar = weight * back[..., 1] - b_bar * inv_2r2 + w_bar * slope_s
+        # Σ_i J²_ij (k̄s_i, t̄r_i) as two rows times J² (which reads J² along its rows: several
+        # times faster on the CPU than the transposed J² times two columns)
+        rows = torch.cat([k_along, c_bar * g1], -1).transpose(-1, -2)
+        along_j, trace_j = (rows @ squared).unbind(-2)
+        w_bar = (m_prev * across).sum(-1) + s2 * trace_j
+        b_bar = along_j + dim * trace_j
+        s_bar = weight * trace_j - b_bar * inv_2r2 + w_bar * slope_s
         out = transposed @ theta_bar
         out += weighted_t @ k_bar
         return out.addcmul_(across, weight[..., None]).addcmul_(m_prev, 2.0 * s_bar[..., None])

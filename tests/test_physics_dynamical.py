@@ -196,3 +196,99 @@ def test_second_order_step_into_a_workspace_is_the_same_step():
         expected = vector_step(m_prev, j, field, beta, radius, 2)
         got = vector_step(m_prev, j, field, beta, radius, 2, j * j, workspace)
     torch.testing.assert_close(got, expected)
+
+
+def test_second_order_couplings_backward_passes_gradcheck():
+    """The hand-written backward of the order-2 step to the couplings and the field (at a
+    constant m_prev, as in the implicit backward's f(z*)) against finite differences."""
+    m_prev, j, field, beta, radius = _vector_problem(12, 2)
+    beta = beta.requires_grad_(True)
+    inputs = (j.requires_grad_(True), field.requires_grad_(True), beta)
+    assert torch.autograd.gradcheck(
+        lambda c, h, b: vector_step(m_prev, c, h, b, radius, 2, c.detach() ** 2), inputs
+    )
+    assert torch.autograd.gradcheck(lambda c, h, b: vector_step(m_prev, c, h, b, radius, 2), inputs)
+
+
+@pytest.mark.parametrize("with_vjp", [False, True])
+def test_second_order_couplings_backward_equals_autograd(with_vjp):
+    """The same gradients (couplings, field, β) as autograd through the plain step, which a
+    differentiable m_prev takes."""
+    m_prev, j, field, beta, radius = _vector_problem(13, 2)
+    y = torch.randn(m_prev.shape, generator=torch.Generator().manual_seed(14), dtype=F64)
+    leaves = [t.clone().requires_grad_(True) for t in (j, field, beta)]
+    if with_vjp:
+        out = vector_step_with_vjp(m_prev, *leaves, radius, 2)[0]
+    else:
+        out = vector_step(m_prev, *leaves, radius, 2)
+    got = torch.autograd.grad(out, leaves, y)
+    plain = m_prev.clone().requires_grad_(True)  # a differentiable m_prev: autograd throughout
+    references = [t.clone().requires_grad_(True) for t in (j, field, beta)]
+    reference = vector_step(plain, *references, radius, 2)
+    expected = torch.autograd.grad(reference, references, y)
+    torch.testing.assert_close(out, reference.detach())
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_step_from_a_kept_evaluation_is_the_same_step(order):
+    """vector_step_with_vjp with ``known`` (the couplings part kept by an evaluation without
+    autograd at the same m_prev) gives the same step, gradients and VJP; a kept evaluation at
+    other values, or one whose m_prev was written since, is not used."""
+    m_prev, j, field, beta, radius = _vector_problem(15, order)
+    y = torch.randn(m_prev.shape, generator=torch.Generator().manual_seed(16), dtype=F64)
+    kept: list = []
+    with torch.no_grad():
+        vector_step(m_prev.clone(), j, field, beta, radius, order, j * j, torch.empty_like(j), kept)
+    assert len(kept) == (3 if order == 1 else 7)
+    stale: list = []
+    with torch.no_grad():
+        moved = m_prev.clone()
+        vector_step(moved, j, field, beta, radius, order, j * j, None, stale)
+        moved.mul_(1.0)  # the same values, written since: its version changed
+    leaves = [t.clone().requires_grad_(True) for t in (j, field, beta)]
+    plain_out, plain_vjp = vector_step_with_vjp(m_prev, *leaves, radius, order)
+    expected = torch.autograd.grad(plain_out, leaves, y)
+    used = []
+    for known in (kept, stale, None):
+        leaves = [t.clone().requires_grad_(True) for t in (j, field, beta)]
+        out, vjp = vector_step_with_vjp(m_prev, *leaves, radius, order, None, known)
+        torch.testing.assert_close(out, plain_out, rtol=1e-13, atol=1e-15)
+        for g, e in zip(torch.autograd.grad(out, leaves, y), expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(vjp(y), plain_vjp(y), rtol=1e-12, atol=1e-14)
+        used.append(_graph_nodes(out))
+    if order == 1:  # θ = h + J m from the kept evaluation: a node of its own, not J m again
+        assert ["_KnownFieldBackward" in nodes for nodes in used] == [True, False, False]
+    else:
+        assert kept[2].grad_fn is not None and stale[2].grad_fn is None  # θ: used, not used
+
+
+def _graph_nodes(out: torch.Tensor) -> set[str]:
+    """Names of the autograd nodes behind ``out``."""
+    names, stack, seen = set(), [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_step_from_a_kept_evaluation_passes_gradcheck(order):
+    """The backward of the step from a kept evaluation (couplings, field, β) against finite
+    differences (float64)."""
+    m_prev, j, field, beta, radius = _vector_problem(17, order)
+
+    def step(c, h, b):
+        kept: list = []
+        with torch.no_grad():
+            vector_step(m_prev, c, h, b, radius, order, None, None, kept)
+        return vector_step_with_vjp(m_prev, c, h, b, radius, order, None, kept)[0]
+
+    inputs = tuple(t.requires_grad_(True) for t in (j, field, beta))
+    assert torch.autograd.gradcheck(step, inputs)

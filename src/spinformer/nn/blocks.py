@@ -428,14 +428,19 @@ class SpinTransformerBlock(nn.Module):
         last: list = []
         # the order-2 overlap matrix of the solver's iterations (without autograd), allocated once
         workspace = torch.empty_like(couplings) if self.order == 2 else None
+        # the couplings part of the solver's latest evaluation: f(z*) at the same z* reuses it
+        evaluated: list = []
 
         def step(m: Tensor) -> Tensor:
             if self.steps is not None or not torch.is_grad_enabled():
+                keep = evaluated if self.steps is None else None
                 return vector_step(
-                    m, couplings, field, b, self.radius, self.order, squared, workspace
+                    m, couplings, field, b, self.radius, self.order, squared, workspace, keep
                 )
+            known = evaluated[:]
+            evaluated.clear()
             out, product = vector_step_with_vjp(
-                m, couplings, field, b, self.radius, self.order, squared
+                m, couplings, field, b, self.radius, self.order, squared, known
             )
             last[:] = [m, product]
             return out
@@ -456,6 +461,7 @@ class SpinTransformerBlock(nn.Module):
             step, first, self.steps, self.solver, self.tol, self.max_iter, self.implicit, adjoint
         )
         workspace = None  # the iterations are done: step no longer holds the buffer
+        evaluated.clear()
         out = merge_heads(m) if self.out is None else x + self.out(merge_heads(m))
         if not return_state:
             return out

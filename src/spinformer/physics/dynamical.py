@@ -137,6 +137,7 @@ def vector_step(
     order: int,
     squared: Tensor | None = None,
     workspace: Tensor | None = None,
+    keep: list | None = None,
 ) -> Tensor:
     """Unchecked :func:`kinetic_vector_step`; ``beta`` broadcastable against (..., N, D).
 
@@ -148,8 +149,14 @@ def vector_step(
     weights w_j of K are folded into the overlaps, w_j θ_i·m_j = θ_i·(w_j m_j), and θᵀKθ is
     θ·(Kθ), so a step takes one elementwise pass over the N × N couplings besides the matrix
     products.
+
+    ``keep`` (a list), without autograd, receives this evaluation's couplings part (m_prev, its
+    version, θ and at order 2 Σ_j J² b_j, tr K, Kθ and the overlaps, in the workspace) for a
+    later :func:`vector_step_with_vjp` at the same, unchanged m_prev (``known``).
     """
-    return _vector_step(m_prev, couplings, field, beta, radius, order, squared, False, workspace)[0]
+    return _vector_step(
+        m_prev, couplings, field, beta, radius, order, squared, False, workspace, keep
+    )[0]
 
 
 def vector_step_with_vjp(
@@ -160,10 +167,26 @@ def vector_step_with_vjp(
     radius: float,
     order: int,
     squared: Tensor | None = None,
+    known: list | None = None,
 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """(:func:`vector_step`, :func:`vector_step_vjp`) at ``m_prev`` from one evaluation: the
     step (differentiable as usual) and its closed-form (∂ step/∂m_prev)ᵀ, which reuses the
-    step's θ, overlaps and Kθ instead of computing them again."""
+    step's θ, overlaps and Kθ instead of computing them again.
+
+    ``known``, a ``keep`` list of :func:`vector_step` without autograd, supplies the couplings
+    part when it was evaluated at m_prev's values (same tensor contents, not written since),
+    with the same couplings and field: the step at a constant m_prev then skips its N × N × D
+    products in the forward (J m; at order 2 three, of which the backward recomputes one).
+    """
+    if known and _parameter_backward(m_prev, couplings, field):
+        kept, version, *terms = known
+        if kept._version == version and kept.shape == m_prev.shape and torch.equal(kept, m_prev):
+            if order == 2:
+                return _vector_step_couplings_backward(
+                    m_prev, couplings, field, beta, radius, squared, True, terms
+                )
+            theta = _KnownField.apply(couplings, field, m_prev, terms[0])
+            return _first_order(theta, couplings, beta, radius, True)
     return _vector_step(m_prev, couplings, field, beta, radius, order, squared, True)
 
 
@@ -204,15 +227,18 @@ def _vector_step(
     squared: Tensor | None,
     with_vjp: bool,
     workspace: Tensor | None = None,
+    keep: list | None = None,
 ) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
     """The step and, with ``with_vjp``, its closed-form VJP from the same intermediates."""
+    if order == 2 and m_prev is not None and _parameter_backward(m_prev, couplings, field):
+        return _vector_step_couplings_backward(
+            m_prev, couplings, field, beta, radius, squared, with_vjp
+        )
     theta = field if m_prev is None else field + couplings @ m_prev
     if order == 1:
-        if isinstance(beta, Tensor):
-            m = vmf.phi_fused(theta, beta, radius)
-        else:
-            m = vmf.phi(theta, beta, radius)
-        return m, (_first_order_vjp(theta, couplings, beta, radius) if with_vjp else None)
+        if keep is not None and m_prev is not None and not torch.is_grad_enabled():
+            keep[:] = [m_prev, m_prev._version, theta]
+        return _first_order(theta, couplings, beta, radius, with_vjp)
     m, norm2, u = vmf.phi_terms(theta, beta, radius)
     dim = theta.shape[-1]
     if squared is None:
@@ -236,6 +262,20 @@ def _vector_step(
     k_theta = (
         k_scalar * theta if weighted is None else (weighted @ m_prev).addcmul_(k_scalar, theta)
     )
+    if keep is not None and weighted is not None and not torch.is_grad_enabled():
+        keep[:] = [m_prev, m_prev._version, theta, k_scalar, trace, k_theta, weighted]
+    return _second_order_tail(
+        m_prev, couplings, beta, radius, squared, with_vjp,
+        m, norm2, u, theta, k_scalar, trace, k_theta, s2, weight, weighted, weighted_m,
+    )  # fmt: skip
+
+
+def _second_order_tail(
+    m_prev, couplings, beta, radius, squared, with_vjp,
+    m, norm2, u, theta, k_scalar, trace, k_theta, s2, weight, weighted, weighted_m,
+):  # fmt: skip
+    """The order-2 step from φ(θ), |θ|², u, Kθ, Σ_j J² b_j and tr K (per-site operations only),
+    and with ``with_vjp`` its closed-form VJP."""
     quad = (theta * k_theta).sum(-1, keepdim=True)  # θᵀKθ
     g1, g2 = _radial_slopes(u, beta, radius)
     radial = quad / norm2.clamp_min(torch.finfo(theta.dtype).tiny)
@@ -249,6 +289,118 @@ def _vector_step(
         detached = [t.detach() for t in (m_prev, couplings, squared, s2, weight, *terms)]
         beta = beta.detach() if isinstance(beta, Tensor) else beta
         return out, _second_order_vjp(*detached, beta, radius)
+
+
+def _first_order(theta: Tensor, couplings: Tensor, beta, radius: float, with_vjp: bool):
+    """The naive step φ(θ) at the local field θ and, with ``with_vjp``, its VJP."""
+    if isinstance(beta, Tensor):
+        m = vmf.phi_fused(theta, beta, radius)
+    else:
+        m = vmf.phi(theta, beta, radius)
+    return m, (_first_order_vjp(theta, couplings, beta, radius) if with_vjp else None)
+
+
+class _KnownField(torch.autograd.Function):
+    """θ = h + J m at a constant m, given θ as evaluated without autograd: h̄ = θ̄, J̄ = θ̄ mᵀ."""
+
+    @staticmethod
+    def forward(ctx, couplings, field, m_prev, theta):
+        ctx.save_for_backward(m_prev)
+        return theta.clone() if theta is field else theta
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, theta_bar):
+        (m_prev,) = ctx.saved_tensors
+        return theta_bar @ m_prev.transpose(-1, -2), theta_bar, None, None
+
+
+def _parameter_backward(m_prev: Tensor, couplings: Tensor, field: Tensor) -> bool:
+    """Whether the order-2 step's couplings part takes :class:`_CouplingTerms` (autograd on, a
+    constant m_prev, couplings or field differentiable, same shapes as the plain path)."""
+    return (
+        torch.is_grad_enabled()
+        and not m_prev.requires_grad
+        and (couplings.requires_grad or field.requires_grad)
+        and field.shape == m_prev.shape
+        and couplings.shape[:-2] == m_prev.shape[:-2]
+    )
+
+
+class _CouplingTerms(torch.autograd.Function):
+    r"""θ = h + J m, Kθ, Σ_j J²_ij b_j and tr K of the order-2 step at a constant m (no gradient
+    to m: the implicit backward's f(z*) at a detached z*), with a hand-written backward to the
+    couplings and the field instead of autograd's chain of N × N elementwise nodes.
+
+    With O_ij = θ_i·(w_j m_j), W = J² ⊙ O, Kθ = W m + (Σ_j J² b_j) θ and (Σ_j J² b_j, tr K) =
+    J² (b, D b + w s²): given (θ̄, Σ̄, t̄r, K̄θ), θ̄ ← θ̄ + Σ K̄θ + (J² ⊙ K̄θ mᵀ)(w m),
+    Σ̄ ← Σ̄ + θ·K̄θ, S̄ = (K̄θ mᵀ) ⊙ O + (Σ̄, t̄r)(b, D b + w s²)ᵀ the gradient of J², and
+    h̄ = θ̄, J̄ = θ̄ mᵀ + 2 J ⊙ S̄. ``squared`` is J² (without a graph of its own). The fifth
+    output, W, is not differentiable (it feeds the closed-form VJP).
+    """
+
+    @staticmethod
+    def forward(ctx, couplings, field, m_prev, squared, columns, weighted_m, known):
+        if known is None:
+            theta = torch.matmul(couplings, m_prev).add_(field)
+            overlaps = theta @ weighted_m.transpose(-1, -2)  # θ_i·(w_j m_j)
+            weighted = squared * overlaps
+            sums = squared @ columns
+            k_scalar, trace = sums[..., :1], sums[..., 1:]
+            k_theta = (weighted @ m_prev).addcmul_(k_scalar, theta)
+        else:  # the same numbers from an evaluation without autograd; O again in backward
+            theta, k_scalar, trace, k_theta, weighted = known
+            overlaps = None
+        saved = (couplings, m_prev, squared, columns, weighted_m, overlaps, theta, k_scalar)
+        ctx.save_for_backward(*saved)
+        ctx.mark_non_differentiable(weighted)
+        return theta, k_scalar, trace, k_theta, weighted
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, theta_bar, scalar_bar, trace_bar, k_theta_bar, _):
+        couplings, m_prev, squared, columns, weighted_m, overlaps, theta, k_scalar = (
+            ctx.saved_tensors
+        )
+        theta_bar = torch.addcmul(theta_bar, k_theta_bar, k_scalar)
+        scalar_bar = scalar_bar + (theta * k_theta_bar).sum(-1, keepdim=True)
+        if overlaps is None:
+            overlaps = theta @ weighted_m.transpose(-1, -2)
+        w_bar = k_theta_bar @ m_prev.transpose(-1, -2)  # ∂/∂W
+        s_bar = torch.mul(w_bar, overlaps)
+        theta_bar += w_bar.mul_(squared) @ weighted_m  # ∂/∂O = W̄ ⊙ J², through O = θ (w m)ᵀ
+        s_bar += torch.cat([scalar_bar, trace_bar], -1) @ columns.transpose(-1, -2)
+        couplings_bar = s_bar.mul_(couplings).mul_(2.0)
+        couplings_bar += theta_bar @ m_prev.transpose(-1, -2)
+        return couplings_bar, theta_bar, None, None, None, None, None
+
+
+def _vector_step_couplings_backward(
+    m_prev: Tensor,
+    couplings: Tensor,
+    field: Tensor,
+    beta,
+    radius: float,
+    squared,
+    with_vjp: bool,
+    known: list | None = None,
+):
+    """:func:`_vector_step` at order 2 with its couplings part in :class:`_CouplingTerms`
+    (``known``: θ, Σ_j J² b_j, tr K, Kθ and W already evaluated at m_prev)."""
+    with torch.no_grad():
+        squared = couplings * couplings if squared is None else squared.detach()
+        s2 = (m_prev * m_prev).sum(-1)
+        tangential, weight = vmf.large_d_covariance(m_prev, radius)
+        columns = torch.stack([tangential, m_prev.shape[-1] * tangential + weight * s2], -1)
+        weighted_m = weight[..., None] * m_prev
+    theta, k_scalar, trace, k_theta, weighted = _CouplingTerms.apply(
+        couplings, field, m_prev, squared, columns, weighted_m, known
+    )
+    m, norm2, u = vmf.phi_terms(theta, beta, radius)
+    return _second_order_tail(
+        m_prev, couplings, beta, radius, squared, with_vjp,
+        m, norm2, u, theta, k_scalar, trace, k_theta, s2, weight, weighted, weighted_m,
+    )  # fmt: skip
 
 
 def _first_order_vjp(theta: Tensor, couplings: Tensor, beta, radius: float):
@@ -279,7 +431,6 @@ def _second_order_vjp(
     one_u = 1.0 + u
     gain = beta / one_u  # g: φ = g θ
     transposed = couplings.transpose(-1, -2)
-    squared_t = squared.transpose(-1, -2)
     weighted_t = weighted.transpose(-1, -2)
     m_t = m_prev.transpose(-1, -2)
     tiny = torch.finfo(theta.dtype).tiny
@@ -312,10 +463,13 @@ def _second_order_vjp(
         theta_bar += overlap @ weighted_m
         across = overlap.transpose(-1, -2) @ theta  # Σ_i J² (k̄_i·m_j) θ_i
         k_along = g1 * along + q_bar * norm2  # θ·k̄
-        back = squared_t @ torch.cat([k_along, c_bar * g1], -1)  # Σ_i J²_ij (k̄s_i, t̄r_i)
-        w_bar = (m_prev * across).sum(-1) + s2 * back[..., 1]
-        b_bar = back[..., 0] + dim * back[..., 1]
-        s_bar = weight * back[..., 1] - b_bar * inv_2r2 + w_bar * slope_s
+        # Σ_i J²_ij (k̄s_i, t̄r_i) as two rows times J² (which reads J² along its rows: several
+        # times faster on the CPU than the transposed J² times two columns)
+        rows = torch.cat([k_along, c_bar * g1], -1).transpose(-1, -2)
+        along_j, trace_j = (rows @ squared).unbind(-2)
+        w_bar = (m_prev * across).sum(-1) + s2 * trace_j
+        b_bar = along_j + dim * trace_j
+        s_bar = weight * trace_j - b_bar * inv_2r2 + w_bar * slope_s
         out = transposed @ theta_bar
         out += weighted_t @ k_bar
         return out.addcmul_(across, weight[..., None]).addcmul_(m_prev, 2.0 * s_bar[..., None])

@@ -70,7 +70,10 @@ def _put(buffer: Tensor, slot: int, value: Tensor) -> Tensor:
 
 
 def _select(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Rows of ``a`` where ``mask`` (B,), else of ``b``; written into ``b`` without autograd."""
+    """Rows of ``a`` where ``mask`` (B,), else of ``b``; written into ``b`` without autograd
+    (``b`` itself, not written, when it is ``a``)."""
+    if a is b:
+        return b
     if torch.is_grad_enabled():
         return torch.where(mask[:, None], a, b)
     return torch.where(mask[:, None], a, b, out=b)

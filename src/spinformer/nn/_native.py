@@ -100,8 +100,15 @@ def _rows(t: Tensor) -> Tensor:
 
 
 def _phases(rotation: tuple[Tensor, Tensor] | None) -> Tensor | None:
-    """The rotary phases e^{i n θ_a} (N, H, d/2) as contiguous (cos, sin) pairs."""
-    return None if rotation is None else torch.view_as_real(rotation[0]).contiguous()
+    """The rotary phases e^{i n θ_a} (N, H, d/2) as (N, H, 2, d): the cosines repeated over
+    each channel pair (c_a, c_a) and the signed sines (−s_a, s_a), so that the kernel rotates
+    x by x ⊙ cos + swap(x) ⊙ sin with swap exchanging the channels of each pair."""
+    if rotation is None:
+        return None
+    pairs = torch.view_as_real(rotation[0])  # (N, H, d/2, 2) = (c, s)
+    cosine = pairs[..., :1].expand(pairs.shape)
+    sine = torch.stack([-pairs[..., 1], pairs[..., 1]], dim=-1)
+    return torch.stack([cosine, sine], dim=2).flatten(-2)
 
 
 def cosine_step_forward(

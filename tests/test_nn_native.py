@@ -164,3 +164,21 @@ def test_torch_path_runs_without_the_kernel(monkeypatch):
     x = torch.randn(2, 4, 16, dtype=F64, requires_grad=True)
     torch.autograd.gradcheck(block, (x,))
     assert counter.calls == 0
+
+
+def test_without_a_compiler_the_block_keeps_the_torch_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPINFORMER_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.delenv("SPINFORMER_NATIVE", raising=False)
+    _native._load.cache_clear()
+    try:
+        assert _native.library() is None
+        assert "no C compiler" in _native._load()[1]
+        torch.manual_seed(0)
+        block = SpinTransformerBlock(16, 2, steps=1, rope=True)
+        x = torch.randn(2, 4, 16, requires_grad=True)
+        block(x).sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        _native._load.cache_clear()

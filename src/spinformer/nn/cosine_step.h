@@ -11,7 +11,7 @@
 #define SPF_INLINE static inline __attribute__((always_inline))
 
 /* x . y over d numbers in eight interleaved partial sums (a fixed order, so vectorizable) */
-SPF_INLINE REAL NAME(dot)(const REAL *x, const REAL *y, int64_t d) {
+SPF_INLINE REAL NAME(dot)(const REAL *restrict x, const REAL *restrict y, int64_t d) {
     REAL acc[8] = {0};
     int64_t a = 0;
     for (; a + 8 <= d; a += 8)
@@ -35,11 +35,11 @@ SPF_INLINE void NAME(rotate)(const REAL *restrict x, const REAL *restrict phase,
  * (optionally rotated pairwise by the rotary phases of (n, h), see rotate), their inverse RMS
  * 1/sqrt(|v|^2/d + eps), the per-site coefficients s/rms (s = tau_h/d for queries, 1 for keys)
  * and s v/rms; and the learned start phi(W_V x) = beta v/(1 + u), u = sqrt(1 + beta^2|v|^2/R^2). */
-SPF_INLINE void NAME(cosine_forward)(const REAL *parts, int64_t batch, int64_t n, int64_t heads,
-                                     int64_t d, const REAL *temperature, const REAL *beta,
-                                     double radius, double eps, const REAL *rotation,
-                                     REAL *scaled, REAL *rotated, REAL *inverse,
-                                     REAL *coefficient, REAL *start, REAL *u_start) {
+SPF_INLINE void NAME(cosine_forward)(const REAL *restrict parts, int64_t batch, int64_t n, int64_t heads,
+                                     int64_t d, const REAL *restrict temperature, const REAL *restrict beta,
+                                     double radius, double eps, const REAL *restrict rotation,
+                                     REAL *restrict scaled, REAL *restrict rotated, REAL *restrict inverse,
+                                     REAL *restrict coefficient, REAL *restrict start, REAL *restrict u_start) {
     const int64_t rows = batch * n * heads, size = rows * d;
     const REAL r2 = (REAL)(radius * radius), e = (REAL)eps, dd = (REAL)d;
     int64_t r = 0;
@@ -76,11 +76,11 @@ SPF_INLINE void NAME(cosine_forward)(const REAL *parts, int64_t batch, int64_t n
  * [+ phi^{-1}(stream) = scale * stream, scale = 2R^2/(beta gap), gap = max(R^2 - |x|^2,
  * R^2 eps)], and phi(theta), with what the backward needs per site (u, scale, d scale/d|x|^2). */
 SPF_INLINE void NAME(phi_forward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
-                                  const REAL *linear, const REAL *mixed, int64_t msb,
-                                  int64_t msn, int64_t msh, const REAL *extra,
-                                  const REAL *stream, const REAL *beta, double radius,
-                                  double eps, REAL *out, REAL *theta, REAL *u_out,
-                                  REAL *scale_out, REAL *radial_out) {
+                                  const REAL *restrict linear, const REAL *restrict mixed, int64_t msb,
+                                  int64_t msn, int64_t msh, const REAL *restrict extra,
+                                  const REAL *restrict stream, const REAL *restrict beta, double radius,
+                                  double eps, REAL *restrict out, REAL *restrict theta, REAL *restrict u_out,
+                                  REAL *restrict scale_out, REAL *restrict radial_out) {
     const REAL r2 = (REAL)(radius * radius), floor = (REAL)(radius * radius * eps);
     int64_t r = 0;
     for (int64_t bb = 0; bb < batch; bb++)
@@ -112,8 +112,8 @@ SPF_INLINE void NAME(phi_forward)(int64_t batch, int64_t n, int64_t heads, int64
 
 /* The closed-form vector-Jacobian product of phi at one row (see vmf._Phi): writes
  * dL/dtheta = g grad + (g'/r)(theta . grad) theta to gt and returns dL/dbeta at the site. */
-SPF_INLINE REAL NAME(phi_row_vjp)(const REAL *grad, const REAL *t, REAL u, REAL b, REAL r2,
-                                  int64_t d, REAL *gt) {
+SPF_INLINE REAL NAME(phi_row_vjp)(const REAL *restrict grad, const REAL *restrict t, REAL u, REAL b, REAL r2,
+                                  int64_t d, REAL *restrict gt) {
     const REAL one_u = (REAL)1 + u, w = (REAL)1 / (u * one_u), g = b / one_u;
     const REAL along = NAME(dot)(t, grad, d);
     const REAL grad_beta = w * along, coef = g * grad_beta * (b * b / -r2);
@@ -123,11 +123,11 @@ SPF_INLINE REAL NAME(phi_row_vjp)(const REAL *grad, const REAL *t, REAL u, REAL 
 
 /* Backward of the field sum and phi: dL/dtheta (every field's gradient), dL/dstream (if asked)
  * and dL/dbeta per site. */
-SPF_INLINE void NAME(phi_backward)(int64_t rows, int64_t heads, int64_t d, const REAL *grad,
-                                   const REAL *theta, const REAL *u, const REAL *stream,
-                                   const REAL *scale, const REAL *radial, const REAL *beta,
-                                   double radius, REAL *grad_theta, REAL *grad_stream,
-                                   REAL *grad_beta) {
+SPF_INLINE void NAME(phi_backward)(int64_t rows, int64_t heads, int64_t d, const REAL *restrict grad,
+                                   const REAL *restrict theta, const REAL *restrict u, const REAL *restrict stream,
+                                   const REAL *restrict scale, const REAL *restrict radial, const REAL *restrict beta,
+                                   double radius, REAL *restrict grad_theta, REAL *restrict grad_stream,
+                                   REAL *restrict grad_beta) {
     const REAL r2 = (REAL)(radius * radius);
     for (int64_t token = 0, r = 0; token < rows / heads; token++)
         for (int64_t h = 0; h < heads; h++, r++) {
@@ -152,13 +152,13 @@ SPF_INLINE void NAME(phi_backward)(int64_t rows, int64_t heads, int64_t d, const
  * keys and of the start: dL/d(parts[1..3]) into grads (3, rows, d), dL/dbeta of the start per
  * site, and dL/ds s/tau per query site (summed over the sites it is dL/dtau). */
 SPF_INLINE void NAME(cosine_backward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
-                                      const REAL *grad_q, const REAL *grad_k,
-                                      const REAL *grad_v, const int64_t *strides,
-                                      const REAL *rotated, const REAL *inverse,
-                                      const REAL *coefficient, const REAL *rotation,
-                                      const REAL *value, const REAL *u_start, const REAL *beta,
-                                      double radius, REAL *grads, REAL *grad_beta,
-                                      REAL *grad_tau) {
+                                      const REAL *restrict grad_q, const REAL *restrict grad_k,
+                                      const REAL *restrict grad_v, const int64_t *strides,
+                                      const REAL *restrict rotated, const REAL *restrict inverse,
+                                      const REAL *restrict coefficient, const REAL *restrict rotation,
+                                      const REAL *restrict value, const REAL *restrict u_start, const REAL *restrict beta,
+                                      double radius, REAL *restrict grads, REAL *restrict grad_beta,
+                                      REAL *restrict grad_tau) {
     const int64_t rows = batch * n * heads, size = rows * d;
     const REAL r2 = (REAL)(radius * radius), dd = (REAL)d;
     const REAL *incoming[3] = {grad_q, grad_k, grad_v};
@@ -198,11 +198,11 @@ SPF_INLINE void NAME(cosine_backward)(int64_t batch, int64_t n, int64_t heads, i
     else if ((d) == 64) call(64); \
     else call(d)
 
-void NAME(spf_cosine_step_forward)(const REAL *parts, int64_t batch, int64_t n, int64_t heads,
-                                   int64_t d, const REAL *temperature, const REAL *beta,
-                                   double radius, double eps, const REAL *rotation,
-                                   REAL *scaled, REAL *rotated, REAL *inverse,
-                                   REAL *coefficient, REAL *start, REAL *u_start) {
+void NAME(spf_cosine_step_forward)(const REAL *restrict parts, int64_t batch, int64_t n, int64_t heads,
+                                   int64_t d, const REAL *restrict temperature, const REAL *restrict beta,
+                                   double radius, double eps, const REAL *restrict rotation,
+                                   REAL *restrict scaled, REAL *restrict rotated, REAL *restrict inverse,
+                                   REAL *restrict coefficient, REAL *restrict start, REAL *restrict u_start) {
 #define SPF_CALL(w) NAME(cosine_forward)(parts, batch, n, heads, w, temperature, beta, radius, \
                                          eps, rotation, scaled, rotated, inverse, coefficient, \
                                          start, u_start)
@@ -211,21 +211,21 @@ void NAME(spf_cosine_step_forward)(const REAL *parts, int64_t batch, int64_t n, 
 }
 
 void NAME(spf_phi_sum_forward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
-                               const REAL *linear, const REAL *mixed, int64_t msb, int64_t msn,
-                               int64_t msh, const REAL *extra, const REAL *stream,
-                               const REAL *beta, double radius, double eps, REAL *out,
-                               REAL *theta, REAL *u, REAL *scale, REAL *radial) {
+                               const REAL *restrict linear, const REAL *restrict mixed, int64_t msb, int64_t msn,
+                               int64_t msh, const REAL *restrict extra, const REAL *restrict stream,
+                               const REAL *restrict beta, double radius, double eps, REAL *restrict out,
+                               REAL *restrict theta, REAL *restrict u, REAL *restrict scale, REAL *restrict radial) {
 #define SPF_CALL(w) NAME(phi_forward)(batch, n, heads, w, linear, mixed, msb, msn, msh, extra, \
                                       stream, beta, radius, eps, out, theta, u, scale, radial)
     SPF_WIDTHS(SPF_CALL, d);
 #undef SPF_CALL
 }
 
-void NAME(spf_phi_sum_backward)(int64_t rows, int64_t heads, int64_t d, const REAL *grad,
-                                const REAL *theta, const REAL *u, const REAL *stream,
-                                const REAL *scale, const REAL *radial, const REAL *beta,
-                                double radius, REAL *grad_theta, REAL *grad_stream,
-                                REAL *grad_beta) {
+void NAME(spf_phi_sum_backward)(int64_t rows, int64_t heads, int64_t d, const REAL *restrict grad,
+                                const REAL *restrict theta, const REAL *restrict u, const REAL *restrict stream,
+                                const REAL *restrict scale, const REAL *restrict radial, const REAL *restrict beta,
+                                double radius, REAL *restrict grad_theta, REAL *restrict grad_stream,
+                                REAL *restrict grad_beta) {
 #define SPF_CALL(w) NAME(phi_backward)(rows, heads, w, grad, theta, u, stream, scale, radial, \
                                        beta, radius, grad_theta, grad_stream, grad_beta)
     SPF_WIDTHS(SPF_CALL, d);
@@ -233,12 +233,12 @@ void NAME(spf_phi_sum_backward)(int64_t rows, int64_t heads, int64_t d, const RE
 }
 
 void NAME(spf_cosine_step_backward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
-                                    const REAL *grad_q, const REAL *grad_k, const REAL *grad_v,
-                                    const int64_t *strides, const REAL *rotated,
-                                    const REAL *inverse, const REAL *coefficient,
-                                    const REAL *rotation, const REAL *value, const REAL *u_start,
-                                    const REAL *beta, double radius, REAL *grads,
-                                    REAL *grad_beta, REAL *grad_tau) {
+                                    const REAL *restrict grad_q, const REAL *restrict grad_k, const REAL *restrict grad_v,
+                                    const int64_t *strides, const REAL *restrict rotated,
+                                    const REAL *restrict inverse, const REAL *restrict coefficient,
+                                    const REAL *restrict rotation, const REAL *restrict value, const REAL *restrict u_start,
+                                    const REAL *restrict beta, double radius, REAL *restrict grads,
+                                    REAL *restrict grad_beta, REAL *restrict grad_tau) {
 #define SPF_CALL(w) NAME(cosine_backward)(batch, n, heads, w, grad_q, grad_k, grad_v, strides, \
                                           rotated, inverse, coefficient, rotation, value, \
                                           u_start, beta, radius, grads, grad_beta, grad_tau)

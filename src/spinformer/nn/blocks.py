@@ -104,6 +104,11 @@ class _CosineOneStep(torch.autograd.Function):
     (4, B, N, H, d), so that every per-head quantity and its gradient is a contiguous block
     (strided writes cost several times contiguous ones) and the gradient of the four is one
     buffer (no concatenation); the field's gradient is shared by W_F x̂ and the other fields.
+    The per-head row math on each side of the attention (cosine scale with the rotary phases and
+    the start before it, the field sum and φ after it, and their vector-Jacobian products) runs
+    as one compiled pass over the rows where :mod:`spinformer.nn._native` takes the tensors
+    (contiguous CPU float32/float64, kernel built, ``SPINFORMER_NATIVE`` not 0), else as the
+    torch operations above; the two agree up to float rounding.
     """
 
     @staticmethod

@@ -114,7 +114,7 @@ def test_native_one_step_passes_gradcheck(monkeypatch, rope, stream):
 
 @needs_kernel
 def test_native_forward_is_the_torch_forward():
-    # the kernel's rows against the torch helpers they replace (one home each: vmf, _spin)
+    # the kernel's rows against the torch functions they replace (one home each: vmf, _spin)
     g = torch.Generator().manual_seed(5)
     batch, n, heads, d = 2, 6, 3, 8
     parts = torch.randn(4, batch, n, heads, d, generator=g, dtype=F64)

@@ -8,14 +8,19 @@ times a few optimizer steps of every model) so that load from other processes hi
 the ratio printed is the median over rounds of spin tokens/s over vanilla tokens/s.
 
     PYTHONPATH=src python benchmarks/train.py            # charlm CPU preset shape, 1 thread
+    PYTHONPATH=src python benchmarks/train.py --torch-rows  # + the best design without its
+                                                            # compiled row kernel
     PYTHONPATH=src python benchmarks/train.py --device cuda --batch 64 --seq 256 --width 256
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +49,24 @@ MODELS = {
 }
 
 
+TORCH_ROWS = "spin block K=1, best design, torch row math"
+
+
+@contextlib.contextmanager
+def _native(enabled: bool) -> Iterator[None]:
+    """Run with the compiled row kernels on (as configured) or off (SPINFORMER_NATIVE=0)."""
+    before = os.environ.get("SPINFORMER_NATIVE")
+    if not enabled:
+        os.environ["SPINFORMER_NATIVE"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SPINFORMER_NATIVE", None)
+        else:
+            os.environ["SPINFORMER_NATIVE"] = before
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -61,6 +84,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per round")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--torch-rows",
+        action="store_true",
+        help="also time the best design with SPINFORMER_NATIVE=0 (its row math as torch ops)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
@@ -68,7 +96,10 @@ def main() -> None:
     tokens = tokens.to(args.device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     runs = {}
-    for name, choice in MODELS.items():
+    models = dict(MODELS)
+    if args.torch_rows:
+        models[TORCH_ROWS] = MODELS["spin block K=1, best design"]
+    for name, choice in models.items():
         torch.manual_seed(0)
         config = SpinTransformerConfig(
             vocab_size=args.vocab,
@@ -90,14 +121,16 @@ def main() -> None:
             loss.backward()
             optimizer.step()
 
-    for model, optimizer in runs.values():
-        train_steps(model, optimizer, 2)  # warm-up
+    for name, (model, optimizer) in runs.items():
+        with _native(name != TORCH_ROWS):
+            train_steps(model, optimizer, 2)  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, (model, optimizer) in runs.items():
             _sync(args.device)
             start = time.perf_counter()
-            train_steps(model, optimizer, args.steps)
+            with _native(name != TORCH_ROWS):
+                train_steps(model, optimizer, args.steps)
             _sync(args.device)
             seconds = time.perf_counter() - start
             rates[name].append(args.steps * args.batch * args.seq / seconds)

@@ -150,7 +150,10 @@ def test_nn_spin_block_uses_the_physics_phi(monkeypatch):
 
 
 def test_nn_spin_block_one_step_path_uses_the_physics_phi(monkeypatch):
-    # the one-step path (no J formed, closed-form backward) still evaluates φ through vmf
+    # the one-step path (no J formed, closed-form backward) still evaluates φ through vmf; its
+    # compiled row kernel (nn/cosine_step.h) is the one registered second body of φ and φ⁻¹,
+    # checked against vmf in test_nn_native.py, so this route is the torch one
+    monkeypatch.setenv("SPINFORMER_NATIVE", "0")
     torch.manual_seed(1)
     block = SpinTransformerBlock(12, 2, steps=1, residual="magnetization").double()
     spy = _Spy(monkeypatch, vmf, "phi_terms")

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinformer._validation import check_positive_int
+from spinformer.nn import _native
 from spinformer.nn._spin import (
     BlockState,
     HeadRMSNorm,
@@ -103,6 +104,11 @@ class _CosineOneStep(torch.autograd.Function):
     (4, B, N, H, d), so that every per-head quantity and its gradient is a contiguous block
     (strided writes cost several times contiguous ones) and the gradient of the four is one
     buffer (no concatenation); the field's gradient is shared by W_F x̂ and the other fields.
+    The per-head row math on each side of the attention (cosine scale with the rotary phases and
+    the start before it, the field sum and φ after it, and their vector-Jacobian products) runs
+    as one compiled pass over the rows where :mod:`spinformer.nn._native` takes the tensors
+    (contiguous CPU float32/float64, kernel built, ``SPINFORMER_NATIVE`` not 0), else as the
+    torch operations above; the two agree up to float rounding.
     """
 
     @staticmethod
@@ -124,18 +130,36 @@ class _CosineOneStep(torch.autograd.Function):
         parts = torch.bmm(rows, weight.view(4, width, width).transpose(1, 2))
         parts = parts.view(4, batch, n, heads, width // heads)
         b = beta[:, None]
-        scale = torch.stack([temperature / parts.shape[-1], torch.ones_like(temperature)])
-        scaled, cosine = cosine_scale(parts[1:3], rotation, scale[:, None, None, :, None])
+        native = _native.usable(parts, temperature, beta, stream) and (
+            rotation is None or rotation[0].is_contiguous()
+        )
+        extra = None  # the other fields as one summand of the kernel's field sum
+        if native and fields:
+            extra = fields[0].contiguous() if len(fields) == 1 else fields[0] + fields[1]
+            for field in fields[2:]:
+                extra.add_(field)
+        if native:  # the same math, one compiled pass over the rows per side
+            scaled, cosine, start, u_start = _native.cosine_step_forward(
+                parts, temperature, beta, radius, rotation
+            )
+        else:
+            scale = torch.stack([temperature / parts.shape[-1], torch.ones_like(temperature)])
+            scaled, cosine = cosine_scale(parts[1:3], rotation, scale[:, None, None, :, None])
+            start, _, u_start = vmf.phi_terms(parts[3], b, radius)
         q, k = scaled[0].transpose(1, 2), scaled[1].transpose(1, 2)
-        start, _, u_start = vmf.phi_terms(parts[3], b, radius)
         start = start.transpose(1, 2)
         mixed, lse = _flash(q, k, start, 0.0, causal, attn_mask=mask, scale=1.0)
-        out, saved = vmf.phi_sum(b, radius, stream, parts[0], *fields, mixed.transpose(1, 2))
+        if native:
+            out, saved = _native.phi_sum_forward(
+                parts[0], mixed.transpose(1, 2), extra, stream, beta, radius
+            )
+        else:
+            out, saved = vmf.phi_sum(b, radius, stream, parts[0], *fields, mixed.transpose(1, 2))
         ctx.save_for_backward(
             x_norm, weight, beta, stream, parts, u_start, q, k, start, mixed, lse, *cosine, *saved
         )
         ctx.radius, ctx.rotation, ctx.mask, ctx.causal = radius, rotation, mask, causal
-        ctx.fields = len(fields)
+        ctx.fields, ctx.native = len(fields), native
         return out
 
     @staticmethod
@@ -145,22 +169,31 @@ class _CosineOneStep(torch.autograd.Function):
         )
         radius, b, width = ctx.radius, beta[:, None], x_norm.shape[-1]
         grads = torch.empty_like(parts)
-        grad_field, grad_stream, grad_beta = vmf.phi_sum_vjp(
-            grad, b, radius, stream, saved[3:], ctx.needs_input_grad[8], out=grads[0]
-        )
+        phi_vjp = _native.phi_sum_backward if ctx.native else vmf.phi_sum_vjp
+        grad_field, grad_stream, grad_beta = phi_vjp(
+            grad, beta if ctx.native else b, radius, stream, saved[3:], ctx.needs_input_grad[8],
+            out=grads[0],
+        )  # fmt: skip
         grad_q, grad_k, grad_start = _flash_backward(
             grad_field.transpose(1, 2), q, k, start, mixed, lse, 0.0, ctx.causal,
             attn_mask=ctx.mask, scale=1.0,
         )  # fmt: skip
-        _, _, grad_beta_start = vmf.phi_sum_vjp(
-            grad_start.transpose(1, 2), b, radius, None, [parts[3], u_start, None, None],
-            out=grads[3],
-        )  # fmt: skip
-        coefficient = saved[2]  # moving ∂L/∂(q, k) into place does the first product
-        torch.mul(grad_q.transpose(1, 2), coefficient[0], out=grads[1])
-        torch.mul(grad_k.transpose(1, 2), coefficient[1], out=grads[2])
-        _, per_site = cosine_scale_vjp(grads[1:3], saved[:3], ctx.rotation, premultiplied=True)
-        grad_temperature = per_site[0].sum_to_size(*beta.shape, 1).flatten()
+        if ctx.native:
+            grad_beta_start, per_query = _native.cosine_step_backward(
+                grad_q.transpose(1, 2), grad_k.transpose(1, 2), grad_start.transpose(1, 2),
+                saved[:3], ctx.rotation, parts[3], u_start, beta, radius, out=grads[1:],
+            )  # fmt: skip
+        else:
+            _, _, grad_beta_start = vmf.phi_sum_vjp(
+                grad_start.transpose(1, 2), b, radius, None, [parts[3], u_start, None, None],
+                out=grads[3],
+            )  # fmt: skip
+            coefficient = saved[2]  # moving ∂L/∂(q, k) into place does the first product
+            torch.mul(grad_q.transpose(1, 2), coefficient[0], out=grads[1])
+            torch.mul(grad_k.transpose(1, 2), coefficient[1], out=grads[2])
+            _, per_site = cosine_scale_vjp(grads[1:3], saved[:3], ctx.rotation, premultiplied=True)
+            per_query = per_site[0]
+        grad_temperature = per_query.sum_to_size(*beta.shape, 1).flatten()
         grad_beta = (grad_beta + grad_beta_start).sum_to_size(b.shape).flatten()
         rows = grads.view(4, -1, width)
         flat = x_norm.reshape(-1, width)

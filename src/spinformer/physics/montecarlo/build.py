@@ -2,28 +2,21 @@
 
 One shared library holds the multi-spin engine's kernel (``multispin/multispin.c``) and the
 compiled checkerboard (``checkerboard.c``), which share their random number generator
-(``lfg.h``). The kernels are plain C11/POSIX (no Python or torch headers), so building it takes well under a
-second. The shared library is cached per source and header text, compiler, flags and CPU under
-``$SPINFORMER_CACHE_DIR`` (default ``$XDG_CACHE_HOME/spinformer``, else
-``~/.cache/spinformer``), written to a temporary name and renamed into place, so concurrent
-processes never load a half-written file. ``SPINFORMER_NATIVE=0`` switches the native path off
-(the engine then runs the same algorithm as torch operations); ``CC`` names the compiler.
+(``lfg.h``). Building and caching are those of :mod:`spinformer._native`: plain C11/POSIX
+built at first use, cached per source text, compiler and CPU; ``SPINFORMER_NATIVE=0`` switches
+the native path off (the engine then runs the same algorithm as torch operations); ``CC``
+names the compiler.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
-from importlib import resources
-from pathlib import Path
+
+from spinformer._native import build_library, native_disabled
+from spinformer._native import compiler as _compiler
 
 __all__ = [
     "advise_huge_pages",
@@ -35,7 +28,6 @@ __all__ = [
 
 _SOURCES = ("multispin/multispin.c", "checkerboard.c")
 _HEADERS = ("lfg.h",)  # shared by the sources, found through -I
-_BASE_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-pthread")
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _HUGE_PAGE = 2 << 20  # transparent huge pages of x86-64 and most arm64 Linux kernels
@@ -71,102 +63,13 @@ def advise_huge_pages(address: int, size: int) -> None:
         madvise(start, end - start, _MADV_HUGEPAGE)  # refused (e.g. THP off): nothing changes
 
 
-def native_disabled() -> bool:
-    """True when ``SPINFORMER_NATIVE`` is set to ``0`` (read at every call)."""
-    return os.environ.get("SPINFORMER_NATIVE", "1").strip() == "0"
-
-
-def _cache_dir() -> Path:
-    explicit = os.environ.get("SPINFORMER_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "spinformer"
-
-
-def _compiler() -> str | None:
-    named = os.environ.get("CC")
-    if named:
-        return shutil.which(named)
-    return next((found for cc in ("cc", "gcc", "clang") if (found := shutil.which(cc))), None)
-
-
-def _cpu_signature() -> str:
-    """The CPU feature flags (-march=native builds are only valid on a matching CPU)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _compile(cc: str, files: dict[str, bytes], target: Path) -> str | None:
-    """Compile the ``files`` (package-relative name → text; headers in the top folder) to
-    ``target`` atomically; ``None`` on success, else the compiler's complaint."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    error = ""
-    with tempfile.TemporaryDirectory(prefix="spinformer-build-") as folder:
-        for name, text in files.items():  # a copy: works from any installed layout
-            path = Path(folder, name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(text)
-        sources = [str(Path(folder, name)) for name in _SOURCES]
-        for extra in (("-march=native",), ()):  # the portable build if the native one fails
-            fd, staging = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
-            try:
-                done = subprocess.run(
-                    [cc, *_BASE_FLAGS, *extra, "-I", folder, "-o", staging, *sources],
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                )
-                if done.returncode == 0:
-                    os.replace(staging, target)
-                    return None
-                error = done.stderr.strip()[-500:]
-            except (OSError, subprocess.SubprocessError) as exc:
-                error = str(exc)
-            finally:
-                if os.path.exists(staging):
-                    os.unlink(staging)
-    return error or "the compiler failed"
-
-
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    cc = _compiler()
-    if cc is None:
-        return None, "no C compiler found (set CC, or install cc/gcc/clang)"
-    package = resources.files("spinformer.physics.montecarlo")
-    files = {name: (package / name).read_bytes() for name in (*_SOURCES, *_HEADERS)}
-    key = hashlib.sha256(
-        b"\0".join(
-            [
-                *(name.encode() + b"\0" + text for name, text in files.items()),
-                cc.encode(),
-                " ".join(_BASE_FLAGS).encode(),
-                platform.machine().encode(),
-                _cpu_signature().encode(),
-            ]
-        )
-    ).hexdigest()[:20]
-    target = _cache_dir() / f"montecarlo-{key}.so"
-    if not target.exists():
-        try:
-            error = _compile(cc, files, target)
-        except OSError:  # cache directory not writable: build in a private temp dir
-            target = Path(tempfile.mkdtemp(prefix="spinformer-")) / target.name
-            error = _compile(cc, files, target)
-        if error is not None:
-            return None, f"compiling {', '.join(_SOURCES)} with {cc} failed: {error}"
-    try:
-        library = ctypes.CDLL(str(target))
-    except OSError as exc:
-        return None, f"loading {target} failed: {exc}"
+    library, reason = build_library(
+        "spinformer.physics.montecarlo", _SOURCES, _HEADERS, "montecarlo", _compiler()
+    )
+    if library is None:
+        return None, reason
     sweeps = library.spf_multispin_sweeps
     sweeps.restype = ctypes.c_int
     sweeps.argtypes = [*[_PTR] * 4, *[_I64] * 3, *[_PTR] * 4, *[_I64] * 2, *[_PTR] * 7,

@@ -1,0 +1,195 @@
+"""The compiled row passes of the one-step cosine spin block (``cosine_step.c``).
+
+Between its projections and its flash attention, the one step (:class:`~spinformer.nn.blocks.
+_CosineOneStep`) does per-head elementwise math over (B, N, H, d) rows: the cosine scale of
+queries and keys (:func:`~spinformer.nn._spin.cosine_scale`, with the rotary phases), the
+learned start φ(W_V x̂) and the field sum with φ (:func:`~spinformer.physics.vmf.phi_sum`), and
+their closed-form vector-Jacobian products. As torch operations that is tens of full-size passes
+with per-head reductions; the kernel does each side in one pass over the rows. Same formulas,
+same saved quantities, so the torch path and this one agree up to float rounding.
+
+The library is built at first use by :mod:`spinformer._native`; :func:`library` is ``None`` (and
+the callers keep the torch path) without a compiler or with ``SPINFORMER_NATIVE=0``, and
+:func:`usable` refuses other devices, dtypes and non-contiguous tensors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+from torch import Tensor
+
+from spinformer._native import build_library, compiler, native_disabled
+
+__all__ = [
+    "cosine_step_backward",
+    "cosine_step_forward",
+    "library",
+    "phi_sum_backward",
+    "phi_sum_forward",
+    "usable",
+]
+
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+_F64 = ctypes.c_double
+_SUFFIX = {torch.float32: "_f32", torch.float64: "_f64"}
+_SIGNATURES = {
+    "spf_cosine_step_forward": [_PTR, *[_I64] * 4, _PTR, _PTR, _F64, _F64, *[_PTR] * 7],
+    "spf_phi_sum_forward": [
+        *[_I64] * 4,
+        *[_PTR] * 2,
+        *[_I64] * 3,
+        *[_PTR] * 3,
+        _F64,
+        _F64,
+        *[_PTR] * 5,
+    ],
+    "spf_phi_sum_backward": [*[_I64] * 3, *[_PTR] * 7, _F64, *[_PTR] * 3],
+    "spf_cosine_step_backward": [*[_I64] * 4, *[_PTR] * 11, _F64, *[_PTR] * 3],
+}
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    built, reason = build_library(
+        "spinformer.nn", ("cosine_step.c",), ("cosine_step.h",), "nn", compiler()
+    )
+    if built is None:
+        return None, reason
+    for name, arguments in _SIGNATURES.items():
+        for suffix in _SUFFIX.values():
+            function = getattr(built, name + suffix)
+            function.restype = None
+            function.argtypes = arguments
+    return built, None
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or ``None`` when switched off or not buildable here."""
+    return None if native_disabled() else _load()[0]
+
+
+def usable(*tensors: Tensor | None) -> bool:
+    """Whether the kernels can take these tensors: the library loads, and every tensor given
+    is a contiguous CPU float32 or float64 tensor of the first one's dtype."""
+    given = [t for t in tensors if t is not None]
+    dtype = given[0].dtype
+    return (
+        dtype in _SUFFIX
+        and all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in given)
+        and library() is not None
+    )
+
+
+def _call(name: str, dtype: torch.dtype, *arguments: object) -> None:
+    lib = library()
+    assert lib is not None
+    getattr(lib, name + _SUFFIX[dtype])(*arguments)
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _rows(t: Tensor) -> Tensor:
+    """t (B, N, H, d) with unit stride along d (a copy only if not)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _phases(rotation: tuple[Tensor, Tensor] | None) -> Tensor | None:
+    """The rotary phases e^{i n θ_a} (N, H, d/2) as (N, H, 2, d): the cosines repeated over
+    each channel pair (c_a, c_a) and the signed sines (−s_a, s_a), so that the kernel rotates
+    x by x ⊙ cos + swap(x) ⊙ sin with swap exchanging the channels of each pair."""
+    if rotation is None:
+        return None
+    pairs = torch.view_as_real(rotation[0])  # (N, H, d/2, 2) = (c, s)
+    cosine = pairs[..., :1].expand(pairs.shape)
+    sine = torch.stack([-pairs[..., 1], pairs[..., 1]], dim=-1)
+    return torch.stack([cosine, sine], dim=2).flatten(-2)
+
+
+def cosine_step_forward(
+    parts: Tensor, temperature: Tensor, beta: Tensor, radius: float,
+    rotation: tuple[Tensor, Tensor] | None,
+) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:  # fmt: skip
+    """From the projections ``parts`` (4, B, N, H, d) = (W_F, W_Q, W_K, W_V) x̂: the scaled
+    queries and keys (2, B, N, H, d) with the saved list of :func:`cosine_scale` ((rotated)
+    queries and keys, inverse RMS, coefficient), and the start φ(W_V x̂) with its u."""
+    _, batch, n, heads, d = parts.shape
+    scaled = torch.empty_like(parts[1:3])
+    rotated = parts[1:3] if rotation is None else torch.empty_like(scaled)
+    inverse = parts.new_empty(2, batch, n, heads, 1)
+    coefficient = torch.empty_like(inverse)
+    start = torch.empty_like(parts[3])
+    u_start = torch.empty_like(inverse[0])
+    phases = _phases(rotation)
+    _call("spf_cosine_step_forward", parts.dtype, parts.data_ptr(), batch, n, heads, d,
+          temperature.contiguous().data_ptr(), beta.contiguous().data_ptr(), radius,
+          torch.finfo(parts.dtype).eps, _ptr(phases), scaled.data_ptr(),
+          _ptr(None if rotation is None else rotated), inverse.data_ptr(),
+          coefficient.data_ptr(), start.data_ptr(), u_start.data_ptr())  # fmt: skip
+    return scaled, [rotated, inverse, coefficient], start, u_start
+
+
+def phi_sum_forward(
+    linear: Tensor, mixed: Tensor, extra: Tensor | None, stream: Tensor | None,
+    beta: Tensor, radius: float,
+) -> tuple[Tensor, list[Tensor | None]]:  # fmt: skip
+    """:func:`~spinformer.physics.vmf.phi_sum` of the fields ``linear`` + ``mixed`` [+ ``extra``]
+    (B, N, H, d; ``mixed`` with any strides but unit stride along d) and the ``stream``."""
+    batch, n, heads, d = linear.shape
+    mixed = _rows(mixed)
+    out, theta = torch.empty_like(linear), torch.empty_like(linear)
+    u = linear.new_empty(batch, n, heads, 1)
+    scale = radial = None
+    if stream is not None:
+        scale, radial = torch.empty_like(u), torch.empty_like(u)
+    _call("spf_phi_sum_forward", linear.dtype, batch, n, heads, d, linear.data_ptr(),
+          mixed.data_ptr(), *mixed.stride()[:3], _ptr(extra), _ptr(stream),
+          beta.contiguous().data_ptr(), radius, torch.finfo(linear.dtype).eps,
+          out.data_ptr(), theta.data_ptr(), u.data_ptr(), _ptr(scale), _ptr(radial))  # fmt: skip
+    return out, [theta, u, scale, radial]
+
+
+def phi_sum_backward(
+    grad: Tensor, beta: Tensor, radius: float, stream: Tensor | None,
+    saved: list[Tensor | None], stream_grad: bool, out: Tensor,
+) -> tuple[Tensor, Tensor | None, Tensor]:  # fmt: skip
+    """:func:`~spinformer.physics.vmf.phi_sum_vjp` (∂L/∂θ into ``out``, ∂L/∂stream, ∂L/∂β per
+    site) from the saved list of :func:`phi_sum_forward`."""
+    theta, u, scale, radial = saved
+    grad = grad.contiguous()
+    heads, d = theta.shape[-2:]
+    grad_stream = torch.empty_like(theta) if stream is not None and stream_grad else None
+    grad_beta = torch.empty_like(u)
+    _call("spf_phi_sum_backward", theta.dtype, u.numel(), heads, d, grad.data_ptr(),
+          theta.data_ptr(), u.data_ptr(), _ptr(stream), _ptr(scale), _ptr(radial),
+          beta.contiguous().data_ptr(), radius, out.data_ptr(), _ptr(grad_stream),
+          grad_beta.data_ptr())  # fmt: skip
+    return out, grad_stream, grad_beta
+
+
+def cosine_step_backward(
+    grad_q: Tensor, grad_k: Tensor, grad_start: Tensor, cosine: list[Tensor],
+    rotation: tuple[Tensor, Tensor] | None, value: Tensor, u_start: Tensor, beta: Tensor,
+    radius: float, out: Tensor,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The vector-Jacobian products of :func:`cosine_step_forward` from the gradients of the
+    scaled queries, keys and the start (B, N, H, d, any strides with unit stride along d):
+    ∂L/∂(W_Q x̂, W_K x̂, W_V x̂) into ``out`` (3, B, N, H, d), and per site ∂L/∂β of the start
+    and ∂L/∂s · s/τ of the queries (summed over the sites it is ∂L/∂τ)."""
+    rotated, inverse, coefficient = cosine
+    batch, n, heads, d = value.shape
+    grads = [_rows(grad_q), _rows(grad_k), _rows(grad_start)]
+    strides = torch.tensor([s for g in grads for s in g.stride()[:3]], dtype=torch.int64)
+    grad_beta, grad_tau = torch.empty_like(u_start), torch.empty_like(u_start)
+    rotated = rotated.contiguous()  # the projections' view without rotation: already so
+    phases = _phases(rotation)
+    _call("spf_cosine_step_backward", value.dtype, batch, n, heads, d, *(g.data_ptr() for g in grads),
+          strides.data_ptr(), rotated.data_ptr(), inverse.data_ptr(), coefficient.data_ptr(),
+          _ptr(phases), value.data_ptr(), u_start.data_ptr(), beta.contiguous().data_ptr(),
+          radius, out.data_ptr(), grad_beta.data_ptr(), grad_tau.data_ptr())  # fmt: skip
+    return grad_beta, grad_tau

@@ -1,0 +1,250 @@
+/* The per-head row passes of the one-step cosine spin block, for one floating type.
+ *
+ * Included twice by cosine_step.c with REAL (float, double), SQRT and NAME (the symbol suffix).
+ * A row is one head of one token, d contiguous numbers; the rows run over (b, n, h) in
+ * token-major order, r = (b N + n) H + h. Inputs written by torch's flash attention arrive
+ * in its (B, H, N, d) layout, given by the element strides (sb, sn, sh) of (b, n, h).
+ * Every function is an inlined body specialized by its exported entry for the common head
+ * widths (a constant d lets the compiler unroll and vectorize the row loops).
+ */
+
+#define SPF_INLINE static inline __attribute__((always_inline))
+
+/* x . y over d numbers in eight interleaved partial sums (a fixed order, so vectorizable) */
+SPF_INLINE REAL NAME(dot)(const REAL *restrict x, const REAL *restrict y, int64_t d) {
+    REAL acc[8] = {0};
+    int64_t a = 0;
+    for (; a + 8 <= d; a += 8)
+        for (int l = 0; l < 8; l++) acc[l] += x[a + l] * y[a + l];
+    for (; a < d; a++) acc[0] += x[a] * y[a];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* out = x rotated pairwise (x_{2a} + i x_{2a+1}) e^{+-i phi_a} from the phases as two rows of d:
+ * cosines (c_a, c_a) and signed sines (-s_a, s_a); sign -1 rotates by the conjugate. */
+SPF_INLINE void NAME(rotate)(const REAL *restrict x, const REAL *restrict phase, int64_t d,
+                             int sign, REAL *restrict out) {
+    const REAL *cosine = phase, *sine = phase + d;
+    for (int64_t a = 0; a < d; a += 2) {
+        out[a] = x[a] * cosine[a] + (REAL)sign * x[a + 1] * sine[a];
+        out[a + 1] = x[a + 1] * cosine[a + 1] + (REAL)sign * x[a] * sine[a + 1];
+    }
+}
+
+/* Forward of the rows before attention: per head h, the queries and keys v = parts[1], parts[2]
+ * (optionally rotated pairwise by the rotary phases of (n, h), see rotate), their inverse RMS
+ * 1/sqrt(|v|^2/d + eps), the per-site coefficients s/rms (s = tau_h/d for queries, 1 for keys)
+ * and s v/rms; and the learned start phi(W_V x) = beta v/(1 + u), u = sqrt(1 + beta^2|v|^2/R^2). */
+SPF_INLINE void NAME(cosine_forward)(const REAL *restrict parts, int64_t batch, int64_t n, int64_t heads,
+                                     int64_t d, const REAL *restrict temperature, const REAL *restrict beta,
+                                     double radius, double eps, const REAL *restrict rotation,
+                                     REAL *restrict scaled, REAL *restrict rotated, REAL *restrict inverse,
+                                     REAL *restrict coefficient, REAL *restrict start, REAL *restrict u_start) {
+    const int64_t rows = batch * n * heads, size = rows * d;
+    const REAL r2 = (REAL)(radius * radius), e = (REAL)eps, dd = (REAL)d;
+    int64_t r = 0;
+    for (int64_t bb = 0; bb < batch; bb++)
+        for (int64_t nn = 0; nn < n; nn++)
+            for (int64_t h = 0; h < heads; h++, r++) {
+                for (int which = 0; which < 2; which++) {
+                    const REAL *v = parts + (which + 1) * size + r * d;
+                    REAL *out = scaled + which * size + r * d;
+                    REAL turned[d];
+                    if (rotation != NULL) {
+                        NAME(rotate)(v, rotation + (nn * heads + h) * 2 * d, d, 1, turned);
+                        REAL *keep = rotated + which * size + r * d;
+                        for (int64_t a = 0; a < d; a++) keep[a] = turned[a];
+                        v = turned;
+                    }
+                    const REAL norm2 = NAME(dot)(v, v, d);
+                    const REAL inv = (REAL)1 / SQRT(norm2 / dd + e);
+                    const REAL coef = inv * (which == 0 ? temperature[h] / dd : (REAL)1);
+                    inverse[which * rows + r] = inv;
+                    coefficient[which * rows + r] = coef;
+                    for (int64_t a = 0; a < d; a++) out[a] = v[a] * coef;
+                }
+                const REAL *v = parts + 3 * size + r * d;
+                const REAL norm2 = NAME(dot)(v, v, d);
+                const REAL b = beta[h], u = SQRT((REAL)1 + b * b * norm2 / r2);
+                const REAL g = b / ((REAL)1 + u);
+                u_start[r] = u;
+                for (int64_t a = 0; a < d; a++) start[r * d + a] = v[a] * g;
+            }
+}
+
+/* Forward of the rows after attention: theta = W_F x + attention output [+ the other fields]
+ * [+ phi^{-1}(stream) = scale * stream, scale = 2R^2/(beta gap), gap = max(R^2 - |x|^2,
+ * R^2 eps)], and phi(theta), with what the backward needs per site (u, scale, d scale/d|x|^2). */
+SPF_INLINE void NAME(phi_forward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
+                                  const REAL *restrict linear, const REAL *restrict mixed, int64_t msb,
+                                  int64_t msn, int64_t msh, const REAL *restrict extra,
+                                  const REAL *restrict stream, const REAL *restrict beta, double radius,
+                                  double eps, REAL *restrict out, REAL *restrict theta, REAL *restrict u_out,
+                                  REAL *restrict scale_out, REAL *restrict radial_out) {
+    const REAL r2 = (REAL)(radius * radius), floor = (REAL)(radius * radius * eps);
+    int64_t r = 0;
+    for (int64_t bb = 0; bb < batch; bb++)
+        for (int64_t nn = 0; nn < n; nn++)
+            for (int64_t h = 0; h < heads; h++, r++) {
+                const REAL *m = mixed + bb * msb + nn * msn + h * msh;
+                REAL *t = theta + r * d;
+                const REAL b = beta[h];
+                for (int64_t a = 0; a < d; a++) t[a] = linear[r * d + a] + m[a];
+                if (extra != NULL)
+                    for (int64_t a = 0; a < d; a++) t[a] += extra[r * d + a];
+                if (stream != NULL) {
+                    const REAL *x = stream + r * d;
+                    const REAL norm2 = NAME(dot)(x, x, d);
+                    REAL gap = r2 - norm2;
+                    const int free = gap > floor;
+                    if (!free) gap = floor;
+                    const REAL scale = (REAL)2 * r2 / (b * gap);
+                    scale_out[r] = scale;
+                    radial_out[r] = free ? scale / gap : (REAL)0;
+                    for (int64_t a = 0; a < d; a++) t[a] += x[a] * scale;
+                }
+                const REAL norm2 = NAME(dot)(t, t, d);
+                const REAL u = SQRT((REAL)1 + b * b * norm2 / r2), g = b / ((REAL)1 + u);
+                u_out[r] = u;
+                for (int64_t a = 0; a < d; a++) out[r * d + a] = t[a] * g;
+            }
+}
+
+/* The closed-form vector-Jacobian product of phi at one row (see vmf._Phi): writes
+ * dL/dtheta = g grad + (g'/r)(theta . grad) theta to gt and returns dL/dbeta at the site. */
+SPF_INLINE REAL NAME(phi_row_vjp)(const REAL *restrict grad, const REAL *restrict t, REAL u, REAL b, REAL r2,
+                                  int64_t d, REAL *restrict gt) {
+    const REAL one_u = (REAL)1 + u, w = (REAL)1 / (u * one_u), g = b / one_u;
+    const REAL along = NAME(dot)(t, grad, d);
+    const REAL grad_beta = w * along, coef = g * grad_beta * (b * b / -r2);
+    for (int64_t a = 0; a < d; a++) gt[a] = grad[a] * g + t[a] * coef;
+    return grad_beta;
+}
+
+/* Backward of the field sum and phi: dL/dtheta (every field's gradient), dL/dstream (if asked)
+ * and dL/dbeta per site. */
+SPF_INLINE void NAME(phi_backward)(int64_t rows, int64_t heads, int64_t d, const REAL *restrict grad,
+                                   const REAL *restrict theta, const REAL *restrict u, const REAL *restrict stream,
+                                   const REAL *restrict scale, const REAL *restrict radial, const REAL *restrict beta,
+                                   double radius, REAL *restrict grad_theta, REAL *restrict grad_stream,
+                                   REAL *restrict grad_beta) {
+    const REAL r2 = (REAL)(radius * radius);
+    for (int64_t token = 0, r = 0; token < rows / heads; token++)
+        for (int64_t h = 0; h < heads; h++, r++) {
+            const REAL b = beta[h];
+            REAL *gt = grad_theta + r * d;
+            REAL gb = NAME(phi_row_vjp)(grad + r * d, theta + r * d, u[r], b, r2, d, gt);
+            if (stream != NULL) {
+                const REAL *x = stream + r * d;
+                const REAL across = NAME(dot)(x, gt, d);
+                if (grad_stream != NULL) {
+                    const REAL s = scale[r], radial2 = (REAL)2 * radial[r] * across;
+                    for (int64_t a = 0; a < d; a++)
+                        grad_stream[r * d + a] = gt[a] * s + x[a] * radial2;
+                }
+                gb -= scale[r] / b * across;
+            }
+            grad_beta[r] = gb;
+        }
+}
+
+/* Backward of the rows before attention from the attention's gradients of the scaled queries,
+ * keys and of the start: dL/d(parts[1..3]) into grads (3, rows, d), dL/dbeta of the start per
+ * site, and dL/ds s/tau per query site (summed over the sites it is dL/dtau). */
+SPF_INLINE void NAME(cosine_backward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
+                                      const REAL *restrict grad_q, const REAL *restrict grad_k,
+                                      const REAL *restrict grad_v, const int64_t *strides,
+                                      const REAL *restrict rotated, const REAL *restrict inverse,
+                                      const REAL *restrict coefficient, const REAL *restrict rotation,
+                                      const REAL *restrict value, const REAL *restrict u_start, const REAL *restrict beta,
+                                      double radius, REAL *restrict grads, REAL *restrict grad_beta,
+                                      REAL *restrict grad_tau) {
+    const int64_t rows = batch * n * heads, size = rows * d;
+    const REAL r2 = (REAL)(radius * radius), dd = (REAL)d;
+    const REAL *incoming[3] = {grad_q, grad_k, grad_v};
+    int64_t r = 0;
+    for (int64_t bb = 0; bb < batch; bb++)
+        for (int64_t nn = 0; nn < n; nn++)
+            for (int64_t h = 0; h < heads; h++, r++) {
+                const REAL *in[3];
+                for (int i = 0; i < 3; i++)
+                    in[i] = incoming[i] + bb * strides[3 * i] + nn * strides[3 * i + 1] +
+                            h * strides[3 * i + 2];
+                for (int which = 0; which < 2; which++) {
+                    const REAL *v = rotated + which * size + r * d, *g = in[which];
+                    const REAL inv = inverse[which * rows + r];
+                    const REAL coef = coefficient[which * rows + r];
+                    REAL *out = grads + which * size + r * d;
+                    const REAL along = NAME(dot)(v, g, d);
+                    const REAL radial = coef * inv * inv * along / dd;
+                    if (rotation != NULL) { /* back through the rotation: the conjugate phase */
+                        REAL local[d];
+                        for (int64_t a = 0; a < d; a++) local[a] = g[a] * coef - v[a] * radial;
+                        NAME(rotate)(local, rotation + (nn * heads + h) * 2 * d, d, -1, out);
+                    } else {
+                        for (int64_t a = 0; a < d; a++) out[a] = g[a] * coef - v[a] * radial;
+                    }
+                    if (which == 0) grad_tau[r] = along * inv / dd;
+                }
+                grad_beta[r] = NAME(phi_row_vjp)(in[2], value + r * d, u_start[r], beta[h], r2,
+                                                 d, grads + 2 * size + r * d);
+            }
+}
+
+/* The exported entries: the bodies above with d a constant where it is 16, 32 or 64. */
+#define SPF_WIDTHS(call, d) \
+    if ((d) == 16) call(16); \
+    else if ((d) == 32) call(32); \
+    else if ((d) == 64) call(64); \
+    else call(d)
+
+void NAME(spf_cosine_step_forward)(const REAL *restrict parts, int64_t batch, int64_t n, int64_t heads,
+                                   int64_t d, const REAL *restrict temperature, const REAL *restrict beta,
+                                   double radius, double eps, const REAL *restrict rotation,
+                                   REAL *restrict scaled, REAL *restrict rotated, REAL *restrict inverse,
+                                   REAL *restrict coefficient, REAL *restrict start, REAL *restrict u_start) {
+#define SPF_CALL(w) NAME(cosine_forward)(parts, batch, n, heads, w, temperature, beta, radius, \
+                                         eps, rotation, scaled, rotated, inverse, coefficient, \
+                                         start, u_start)
+    SPF_WIDTHS(SPF_CALL, d);
+#undef SPF_CALL
+}
+
+void NAME(spf_phi_sum_forward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
+                               const REAL *restrict linear, const REAL *restrict mixed, int64_t msb, int64_t msn,
+                               int64_t msh, const REAL *restrict extra, const REAL *restrict stream,
+                               const REAL *restrict beta, double radius, double eps, REAL *restrict out,
+                               REAL *restrict theta, REAL *restrict u, REAL *restrict scale, REAL *restrict radial) {
+#define SPF_CALL(w) NAME(phi_forward)(batch, n, heads, w, linear, mixed, msb, msn, msh, extra, \
+                                      stream, beta, radius, eps, out, theta, u, scale, radial)
+    SPF_WIDTHS(SPF_CALL, d);
+#undef SPF_CALL
+}
+
+void NAME(spf_phi_sum_backward)(int64_t rows, int64_t heads, int64_t d, const REAL *restrict grad,
+                                const REAL *restrict theta, const REAL *restrict u, const REAL *restrict stream,
+                                const REAL *restrict scale, const REAL *restrict radial, const REAL *restrict beta,
+                                double radius, REAL *restrict grad_theta, REAL *restrict grad_stream,
+                                REAL *restrict grad_beta) {
+#define SPF_CALL(w) NAME(phi_backward)(rows, heads, w, grad, theta, u, stream, scale, radial, \
+                                       beta, radius, grad_theta, grad_stream, grad_beta)
+    SPF_WIDTHS(SPF_CALL, d);
+#undef SPF_CALL
+}
+
+void NAME(spf_cosine_step_backward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
+                                    const REAL *restrict grad_q, const REAL *restrict grad_k, const REAL *restrict grad_v,
+                                    const int64_t *strides, const REAL *restrict rotated,
+                                    const REAL *restrict inverse, const REAL *restrict coefficient,
+                                    const REAL *restrict rotation, const REAL *restrict value, const REAL *restrict u_start,
+                                    const REAL *restrict beta, double radius, REAL *restrict grads,
+                                    REAL *restrict grad_beta, REAL *restrict grad_tau) {
+#define SPF_CALL(w) NAME(cosine_backward)(batch, n, heads, w, grad_q, grad_k, grad_v, strides, \
+                                          rotated, inverse, coefficient, rotation, value, \
+                                          u_start, beta, radius, grads, grad_beta, grad_tau)
+    SPF_WIDTHS(SPF_CALL, d);
+#undef SPF_CALL
+}
+
+#undef SPF_WIDTHS
+#undef SPF_INLINE

@@ -1,0 +1,184 @@
+"""The compiled row kernel of the one-step cosine spin block (``spinformer.nn._native``).
+
+It must give the torch path's numbers up to float rounding (forward and every gradient, in
+float32 and float64, with and without rotary phases, stream, padding or causal masks, at the
+specialized head widths and others), pass a float64 gradient check of its closed-form
+backward, and step aside (the torch path runs) with ``SPINFORMER_NATIVE=0`` or inputs it does
+not take.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spinformer.nn import SpinTransformerBlock, _native
+from spinformer.nn._spin import cosine_scale, rotary_phases
+from spinformer.nn.blocks import _CosineOneStep
+from spinformer.physics import vmf
+
+F64 = torch.float64
+
+needs_kernel = pytest.mark.skipif(
+    _native.library() is None, reason=f"no native kernel: {_native._load()[1]}"
+)
+
+
+class _Counter:
+    """Count the calls of ``_native.cosine_step_forward`` (passing them through)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        original = _native.cosine_step_forward
+
+        def wrapper(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(_native, "cosine_step_forward", wrapper)
+
+
+def _run(block: SpinTransformerBlock, x: torch.Tensor, mask: torch.Tensor | None):
+    block.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    y = block(x, padding_mask=mask) if mask is not None else block(x)
+    (y * torch.linspace(-1.0, 1.0, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    grads = {name: p.grad for name, p in block.named_parameters() if p.grad is not None}
+    return y.detach(), x.grad, grads
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"rope": True, "causal": True},
+        {"rope": False, "residual": "magnetization"},
+        {"rope": True, "residual": "add", "ffn_field": False},
+        {"rope": True, "padding": True},
+    ],
+    ids=["rope-causal", "stream", "add-no-ffn", "padding"],
+)
+@pytest.mark.parametrize("width,heads", [(64, 4), (24, 4), (64, 2)], ids=["d16", "d6", "d32"])
+def test_native_and_torch_paths_agree(monkeypatch, dtype, options, width, heads):
+    options = dict(options)
+    padding = options.pop("padding", False)
+    torch.manual_seed(0)
+    block = SpinTransformerBlock(width, heads, steps=1, **options).to(dtype)
+    x = torch.randn(3, 5, width, dtype=dtype)
+    if options.get("residual") == "magnetization":  # magnetizations inside the sphere
+        x = 0.2 * torch.tanh(x)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] * 4 + [False]])
+    mask = mask if padding else None
+    counter = _Counter(monkeypatch)
+    native = _run(block, x, mask)
+    assert counter.calls == 1
+    monkeypatch.setenv("SPINFORMER_NATIVE", "0")
+    plain = _run(block, x, mask)
+    assert counter.calls == 1  # the torch path
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == F64 else {"rtol": 2e-5, "atol": 2e-6}
+    torch.testing.assert_close(native[0], plain[0], **tol)
+    torch.testing.assert_close(native[1], plain[1], **tol)
+    assert native[2].keys() == plain[2].keys()
+    for name in native[2]:
+        torch.testing.assert_close(native[2][name], plain[2][name], **tol, msg=name)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("stream", [False, True])
+def test_native_one_step_passes_gradcheck(monkeypatch, rope, stream):
+    g = torch.Generator().manual_seed(3)
+    batch, n, heads, d = 2, 3, 2, 4
+    width = heads * d
+    x_norm = torch.randn(batch, n, width, generator=g, dtype=F64, requires_grad=True)
+    weight = (0.5 * torch.randn(4 * width, width, generator=g, dtype=F64)).requires_grad_()
+    beta = (0.5 + torch.rand(heads, generator=g, dtype=F64)).requires_grad_()
+    temperature = (1.0 + torch.rand(heads, generator=g, dtype=F64)).requires_grad_()
+    radius = vmf.transformer_radius(d)
+    rotation = rotary_phases(n, heads, x_norm.detach()[0, 0, :d]) if rope else None
+    field = torch.randn(batch, n, heads, d, generator=g, dtype=F64, requires_grad=True)
+    carrier = None
+    if stream:
+        carrier = 0.3 * torch.tanh(torch.randn(batch, n, heads, d, generator=g, dtype=F64))
+        carrier.requires_grad_()
+    counter = _Counter(monkeypatch)
+
+    def step(x, w, b, t, f, s):
+        return _CosineOneStep.apply(x, w, b, t, radius, rotation, None, True, s, f)
+
+    inputs = (x_norm, weight, beta, temperature, field, carrier)
+    torch.autograd.gradcheck(step, inputs)
+    assert counter.calls > 0
+
+
+@needs_kernel
+def test_native_forward_is_the_torch_forward():
+    # the kernel's rows against the torch functions they replace (one home each: vmf, _spin)
+    g = torch.Generator().manual_seed(5)
+    batch, n, heads, d = 2, 6, 3, 8
+    parts = torch.randn(4, batch, n, heads, d, generator=g, dtype=F64)
+    temperature = 1.0 + torch.rand(heads, generator=g, dtype=F64)
+    beta = 0.5 + torch.rand(heads, generator=g, dtype=F64)
+    radius = vmf.transformer_radius(d)
+    rotation = rotary_phases(n, heads, parts[0, 0, 0, 0])
+    scaled, cosine, start, u_start = _native.cosine_step_forward(
+        parts, temperature, beta, radius, rotation
+    )
+    scale = torch.stack([temperature / d, torch.ones_like(temperature)])[:, None, None, :, None]
+    expected, saved = cosine_scale(parts[1:3], rotation, scale)
+    torch.testing.assert_close(scaled, expected)
+    for got, want in zip(cosine, saved, strict=True):
+        torch.testing.assert_close(got, want)
+    want_start, _, want_u = vmf.phi_terms(parts[3], beta[:, None], radius)
+    torch.testing.assert_close(start, want_start)
+    torch.testing.assert_close(u_start, want_u)
+    mixed = torch.randn(batch, heads, n, d, generator=g, dtype=F64).transpose(1, 2)
+    extra = torch.randn(batch, n, heads, d, generator=g, dtype=F64)
+    stream = 0.4 * torch.tanh(torch.randn(batch, n, heads, d, generator=g, dtype=F64))
+    out, saved = _native.phi_sum_forward(parts[0], mixed, extra, stream, beta, radius)
+    want, want_saved = vmf.phi_sum(beta[:, None], radius, stream, parts[0], extra, mixed)
+    torch.testing.assert_close(out, want)
+    for got, ref in zip(saved, want_saved, strict=True):
+        torch.testing.assert_close(got, ref)
+
+
+def test_native_path_steps_aside(monkeypatch):
+    x = torch.randn(2, 3, 4)
+    monkeypatch.setenv("SPINFORMER_NATIVE", "0")
+    assert _native.library() is None
+    assert not _native.usable(x)
+    monkeypatch.delenv("SPINFORMER_NATIVE")
+    assert not _native.usable(x.transpose(0, 1))  # not contiguous
+    assert not _native.usable(x.half())  # other dtypes
+    assert not _native.usable(x, x.double())  # mixed dtypes
+    assert _native.usable(x) == (_native.library() is not None)
+
+
+def test_torch_path_runs_without_the_kernel(monkeypatch):
+    # SPINFORMER_NATIVE=0 (as without a compiler): the block trains through the torch path
+    monkeypatch.setenv("SPINFORMER_NATIVE", "0")
+    counter = _Counter(monkeypatch)
+    torch.manual_seed(0)
+    block = SpinTransformerBlock(16, 2, steps=1, rope=True).double()
+    x = torch.randn(2, 4, 16, dtype=F64, requires_grad=True)
+    torch.autograd.gradcheck(block, (x,))
+    assert counter.calls == 0
+
+
+def test_without_a_compiler_the_block_keeps_the_torch_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPINFORMER_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.delenv("SPINFORMER_NATIVE", raising=False)
+    _native._load.cache_clear()
+    try:
+        assert _native.library() is None
+        assert "no C compiler" in _native._load()[1]
+        torch.manual_seed(0)
+        block = SpinTransformerBlock(16, 2, steps=1, rope=True)
+        x = torch.randn(2, 4, 16, requires_grad=True)
+        block(x).sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        _native._load.cache_clear()

@@ -61,6 +61,7 @@ from spinformer.physics.reference import (
 from spinformer.physics.saddle import (
     saddle_log_partition,
     saddle_magnetization,
+    saddle_response,
     saddle_thermodynamics,
     solve_saddle,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "register_method",
     "saddle_log_partition",
     "saddle_magnetization",
+    "saddle_response",
     "saddle_thermodynamics",
     "sample",
     "sherrington_kirkpatrick",

@@ -182,3 +182,21 @@ def test_without_a_compiler_the_block_keeps_the_torch_path(monkeypatch, tmp_path
         assert list(tmp_path.iterdir()) == []
     finally:
         _native._load.cache_clear()
+
+
+def test_kernel_phases_are_built_once_per_table_and_rebuilt_after_a_write():
+    rotation = rotary_phases(6, 2, torch.zeros(4, dtype=torch.float64))
+    first = _native._phases(rotation)
+    assert _native._phases(rotation) is first  # the cached tables: built once
+    cos, sin = torch.view_as_real(rotation[0]).unbind(-1)  # (N, H, d/2)
+    expected = torch.stack(
+        [cos.repeat_interleave(2, -1), torch.stack([-sin, sin], -1).flatten(-2)], dim=2
+    )
+    assert torch.equal(first, expected)  # x ⊙ cos + swap(x) ⊙ sin per channel pair
+    table = rotation[0].clone()
+    own = (table, rotation[1])
+    before = _native._phases(own)
+    table.mul_(1j)  # a table written in place gets new phases
+    after = _native._phases(own)
+    assert after is not before
+    assert torch.equal(after[:, :, 0], torch.view_as_real(table)[..., 0].repeat_interleave(2, -1))

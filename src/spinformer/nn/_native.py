@@ -105,10 +105,25 @@ def _phases(rotation: tuple[Tensor, Tensor] | None) -> Tensor | None:
     x by x ⊙ cos + swap(x) ⊙ sin with swap exchanging the channels of each pair."""
     if rotation is None:
         return None
-    pairs = torch.view_as_real(rotation[0])  # (N, H, d/2, 2) = (c, s)
+    table = rotation[0]
+    cached = _PHASES.get(id(table))
+    if cached is not None and cached[0] is table and cached[2] == table._version:
+        return cached[1]
+    pairs = torch.view_as_real(table)  # (N, H, d/2, 2) = (c, s)
     cosine = pairs[..., :1].expand(pairs.shape)
     sine = torch.stack([-pairs[..., 1], pairs[..., 1]], dim=-1)
-    return torch.stack([cosine, sine], dim=2).flatten(-2)
+    phases = torch.stack([cosine, sine], dim=2).flatten(-2)
+    if len(_PHASES) >= 16:
+        _PHASES.pop(next(iter(_PHASES)))
+    _PHASES[id(table)] = (table, phases, table._version)
+    return phases
+
+
+#: id of a rotary table -> (the table, its kernel phases, the table's version): the tables of
+#: :func:`~spinformer.nn._spin.rotary_phases` are cached and never written, so their phases are
+#: built once instead of in every forward and backward; an entry holds its table, so an id in
+#: the dict is never reused by another tensor, and a table written since is rebuilt.
+_PHASES: dict[int, tuple[Tensor, Tensor, int]] = {}
 
 
 def cosine_step_forward(

@@ -459,8 +459,10 @@ class SpinTransformerBlock(nn.Module):
         # the fixed point's one differentiable application f(z*) keeps its intermediates for the
         # closed-form (∂ step/∂m)ᵀ of the implicit backward's adjoint solve at the same z*
         last: list = []
-        # the order-2 overlap matrix of the solver's iterations (without autograd), allocated once
-        workspace = torch.empty_like(couplings) if self.order == 2 else None
+        # the order-2 overlap matrix of iterations without autograd (the solver's, or explicit
+        # steps in inference), allocated once; explicit steps under autograd build their own
+        unrecorded = self.steps is None or not torch.is_grad_enabled()
+        workspace = torch.empty_like(couplings) if self.order == 2 and unrecorded else None
         # the couplings part of the solver's latest evaluation: f(z*) at the same z* reuses it
         evaluated: list = []
 

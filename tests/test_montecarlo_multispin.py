@@ -412,3 +412,41 @@ def test_native_loop_in_one_call_equals_the_loop_call_by_call() -> None:
     stepped = sample(model, 43, generator=_gen(23), snapshot_every=7, **kw)
     for name in ("energy", "magnetization", "final_state", "mean_state", "acceptance"):
         assert torch.equal(getattr(fused, name), getattr(stepped, name)), name
+
+
+@pytest.mark.parametrize("records", [5, 21, 260])
+def test_native_buffers_reused_across_runs_change_nothing(
+    records: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The slots and counters of an engine that is gone are kept for the next one of the same
+    # size and not cleared. 5 measurements use some slots only, 21 fold twice into the
+    # counter, 260 also into the wide one. Runs on kept buffers filled with set bits, and two
+    # runs alive at once (their results unpacked only after both ran), equal a run on buffers
+    # that were never used before.
+    from spinformer.physics.montecarlo.multispin import native
+
+    _require_native()
+    model = square_lattice((4, 6), beta=0.45, coupling=torch.tensor([1.0, -1.0]))
+    kw = {"burn_in": 2, "chains": 70, "engine": "multispin"}
+    names = ("energy", "magnetization", "final_state", "mean_state", "acceptance")
+    pool = native._BufferPool(native._POOL.limit)
+    monkeypatch.setattr(native, "_POOL", pool)
+    pool.limit = 0  # nothing kept: fresh buffers
+    fresh = sample(model, records, generator=_gen(24), **kw)
+    expected = {name: getattr(fresh, name) for name in names}
+    del fresh
+    assert not pool.free
+    pool.limit = 1 << 30
+    first = sample(model, records, generator=_gen(24), **kw)
+    second = sample(model, records, generator=_gen(24), **kw)  # while the first is alive
+    for run in (first, second):
+        for name in names:
+            assert torch.equal(getattr(run, name), expected[name]), name
+    del first, second
+    assert pool.free  # the buffers of both runs are kept
+    for kept in pool.free.values():
+        for buffer in kept:
+            buffer.fill_(-1)
+    reused = sample(model, records, generator=_gen(24), **kw)
+    for name in names:
+        assert torch.equal(getattr(reused, name), expected[name]), name

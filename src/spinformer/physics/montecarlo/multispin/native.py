@@ -12,6 +12,8 @@ it is one pass over the packed words.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 
 import torch
 from torch import Tensor
@@ -44,6 +46,50 @@ def _empty(*shape: int, dtype: torch.dtype = torch.int64) -> Tensor:
     return out
 
 
+class _BufferPool:
+    """Large uninitialised buffers of engines that are gone, kept for the next engines of the
+    same size (a run of ``sample`` after another). A fresh buffer of tens of megabytes costs a
+    page fault and the kernel's zeroing per (huge) page at its first touch -- about as much as
+    a few sweeps at L = 1024 -- and none of these buffers is read before it is written, so a
+    used one serves as well. At most ``limit`` bytes are kept; buffers are handed back only
+    when the engine that held them is collected, so no two live engines share one."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self.free: dict[tuple[int, ...], list[Tensor]] = {}
+        self.lock = threading.RLock()  # re-entrant: an engine may be collected inside take()
+
+    def take(self, *shape: int) -> Tensor:
+        """A kept buffer of ``shape`` (int64), or a fresh one (see :func:`_empty`)."""
+        with self.lock:
+            kept = self.free.get(shape)
+            if kept:
+                buffer = kept.pop()
+                self.held -= buffer.nbytes
+                return buffer
+        return _empty(*shape)
+
+    def give(self, buffers: list[Tensor]) -> None:
+        """Keep ``buffers`` (while the total stays within the limit) for :meth:`take`."""
+        with self.lock:
+            for buffer in buffers:
+                if self.held + buffer.nbytes <= self.limit:
+                    self.free.setdefault(tuple(buffer.shape), []).append(buffer)
+                    self.held += buffer.nbytes
+            buffers.clear()
+
+    def clear(self) -> None:
+        """Release every kept buffer."""
+        with self.lock:
+            self.free.clear()
+            self.held = 0
+
+
+# the slots and counter of a 64-chain L = 1024 run are 64 MiB each
+_POOL = _BufferPool(320 << 20)
+
+
 class NativeMultispin(MultispinEngine):
     """The multi-spin engine on the fused native kernel (CPU only)."""
 
@@ -71,6 +117,12 @@ class NativeMultispin(MultispinEngine):
         self.flips_counted = False
         self.keep_flip_masks = False
         self.measured = False  # the last sweep counted the state and wrote its slot
+
+    def _take(self, *shape: int) -> Tensor:
+        """A large int64 buffer from the pool, handed back when this engine is collected."""
+        buffer = _POOL.take(*shape)
+        self.pooled.append(buffer)
+        return buffer
 
     def _setup(self, acceptance: Acceptance, generator: torch.Generator | None) -> None:
         """Per-batch acceptance digits and one generator stream per (plane, quarter row);
@@ -209,8 +261,11 @@ class NativeMultispin(MultispinEngine):
         self.wide: Tensor | None = None
         self.wide_count = 0  # states in the wide counter
         self.unfolded = 0  # states in the slots, which fill from slot 0
+        # the large buffers (slots, counters) come from a pool of those of finished engines
+        self.pooled: list[Tensor] = []
+        weakref.finalize(self, _POOL.give, self.pooled).atexit = False
         # slot-major, each slot padded by _SLOT_PAD words (a stride off the page size)
-        self.slots = _empty(_SLOTS, 4 * self.be.numel() + _SLOT_PAD)
+        self.slots = self._take(_SLOTS, 4 * self.be.numel() + _SLOT_PAD)
 
     def _free_slot(self) -> Tensor:
         """The slot for the next state, the slots folded first when all are in use."""
@@ -224,7 +279,7 @@ class NativeMultispin(MultispinEngine):
         if self.unfolded < _SLOTS:  # the fold adds all slots: the unused ones zero
             self.slots[self.unfolded :].zero_()
         if self.counter is None:
-            self.counter = _empty(self.be.numel(), _NATIVE_COUNTER_PLANES, 4)
+            self.counter = self._take(self.be.numel(), _NATIVE_COUNTER_PLANES, 4)
             self.counter_empty = True
         elif not self.counter_empty and self.folded + _SLOTS >= 2**_NATIVE_COUNTER_PLANES:
             self._spill()
@@ -340,7 +395,7 @@ class NativeMultispin(MultispinEngine):
         ``totals`` first when it could overflow) and empty it."""
         empty = self.wide is None or self.wide_count == 0
         if self.wide is None:
-            self.wide = _empty(self.be.numel(), _WIDE_COUNTER_PLANES, 4)
+            self.wide = self._take(self.be.numel(), _WIDE_COUNTER_PLANES, 4)
             self.counter_planes = _WIDE_COUNTER_PLANES
         elif self.wide_count + self.folded >= 2**_WIDE_COUNTER_PLANES:
             sums = self._unpack_counter(self.wide, _WIDE_COUNTER_PLANES, self.wide_count, 1.0)

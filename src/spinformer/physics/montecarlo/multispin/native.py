@@ -137,6 +137,10 @@ class NativeMultispin(MultispinEngine):
             )
             raise RuntimeError(f"the native multispin kernel cannot run: {reason}")
         self.native = library
+        # the large buffers (quarters, slots, counters) come from a pool of those of finished
+        # engines, and go back to it when this one is collected
+        self.pooled: list[Tensor] = []
+        weakref.finalize(self, _POOL.give, self.pooled).atexit = False
         self.native_digits = (
             torch.stack(acceptance.d1, -1).reshape(-1, DIGITS).contiguous(),
             torch.stack(acceptance.d0, -1).reshape(-1, DIGITS).contiguous(),
@@ -151,6 +155,29 @@ class NativeMultispin(MultispinEngine):
         state[:, 0] |= 1  # an odd word in each stream's state gives the maximal period
         self.native_state = state
         self.native_position = torch.full((streams,), r, dtype=torch.int64)  # refill first
+
+    def _load(self, state: Tensor | str, generator: torch.Generator | None) -> None:
+        """As :meth:`MultispinEngine._load`, the quarters split from the words (gauge applied)
+        by the kernel in one pass, into one pooled buffer; a hot start is drawn into a pooled
+        buffer, handed back at once."""
+        planes = self.groups * max(1, math.prod(self.batch_shape))
+        h, w = self.rows // 2, self.cols // 2
+        scratch = None
+        if isinstance(state, str) and state != "up":
+            scratch = _POOL.take(planes * self.n)
+        shape = (self.groups, *self.batch_shape, self.n)
+        words = self._words(state, generator, None if scratch is None else scratch.view(shape))
+        words = words.contiguous()
+        quarters = self._take(4, planes * h * w)
+        gauge = self.gauge.reshape(-1).contiguous()
+        self.native.spf_multispin_split(
+            words.data_ptr(), planes, h, w, gauge.numel(), gauge.data_ptr(),
+            *(quarters[q].data_ptr() for q in range(4)),
+        )  # fmt: skip
+        if scratch is not None:
+            _POOL.give([scratch])
+        view = (self.groups, *self.batch_shape, h, w)
+        self.be, self.bo, self.we, self.wo = (quarters[q].view(view) for q in range(4))
 
     def sweep(self, count: int = 1, record: bool = True) -> None:
         """``count`` sweeps; with ``record`` the last one also counts its flips and measures
@@ -261,9 +288,6 @@ class NativeMultispin(MultispinEngine):
         self.wide: Tensor | None = None
         self.wide_count = 0  # states in the wide counter
         self.unfolded = 0  # states in the slots, which fill from slot 0
-        # the large buffers (slots, counters) come from a pool of those of finished engines
-        self.pooled: list[Tensor] = []
-        weakref.finalize(self, _POOL.give, self.pooled).atexit = False
         # slot-major, each slot padded by _SLOT_PAD words (a stride off the page size)
         self.slots = self._take(_SLOTS, 4 * self.be.numel() + _SLOT_PAD)
 

@@ -429,14 +429,13 @@ def test_native_buffers_reused_across_runs_change_nothing(
     model = square_lattice((4, 6), beta=0.45, coupling=torch.tensor([1.0, -1.0]))
     kw = {"burn_in": 2, "chains": 70, "engine": "multispin"}
     names = ("energy", "magnetization", "final_state", "mean_state", "acceptance")
-    pool = native._BufferPool(native._POOL.limit)
+    pool = native._BufferPool(1 << 30)
     monkeypatch.setattr(native, "_POOL", pool)
-    pool.limit = 0  # nothing kept: fresh buffers
-    fresh = sample(model, records, generator=_gen(24), **kw)
-    expected = {name: getattr(fresh, name) for name in names}
-    del fresh
-    assert not pool.free
-    pool.limit = 1 << 30
+    with pool.suspended():  # nothing taken or kept: fresh buffers
+        fresh = sample(model, records, generator=_gen(24), **kw)
+        expected = {name: getattr(fresh, name) for name in names}
+        del fresh
+        assert not pool.free
     first = sample(model, records, generator=_gen(24), **kw)
     second = sample(model, records, generator=_gen(24), **kw)  # while the first is alive
     for run in (first, second):
@@ -447,6 +446,9 @@ def test_native_buffers_reused_across_runs_change_nothing(
     for kept in pool.free.values():
         for buffer in kept:
             buffer.fill_(-1)
+    with pool.suspended():
+        assert not pool.free
+    assert pool.free
     reused = sample(model, records, generator=_gen(24), **kw)
     for name in names:
         assert torch.equal(getattr(reused, name), expected[name]), name

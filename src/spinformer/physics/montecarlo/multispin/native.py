@@ -11,9 +11,11 @@ it is one pass over the packed words.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import weakref
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -84,6 +86,19 @@ class _BufferPool:
         with self.lock:
             self.free.clear()
             self.held = 0
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Inside: no buffer is taken from the pool or kept in it (every engine allocates its
+        own, as in a single run); the kept ones are there again after."""
+        with self.lock:
+            kept = self.free, self.held, self.limit
+            self.free, self.held, self.limit = {}, 0, 0
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.free, self.held, self.limit = kept
 
 
 # the slots and counter of a 64-chain L = 1024 run are 64 MiB each

@@ -418,8 +418,8 @@ def test_native_loop_in_one_call_equals_the_loop_call_by_call() -> None:
 def test_native_buffers_reused_across_runs_change_nothing(
     records: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The slots and counters of an engine that is gone are kept for the next one of the same
-    # size and not cleared. 5 measurements use some slots only, 21 fold twice into the
+    # The quarters, slots and counters of an engine that is gone are kept for the next one of
+    # the same size and not cleared. 5 measurements use some slots only, 21 fold twice into the
     # counter, 260 also into the wide one. Runs on kept buffers filled with set bits, and two
     # runs alive at once (their results unpacked only after both ran), equal a run on buffers
     # that were never used before.
@@ -435,20 +435,37 @@ def test_native_buffers_reused_across_runs_change_nothing(
         fresh = sample(model, records, generator=_gen(24), **kw)
         expected = {name: getattr(fresh, name) for name in names}
         del fresh
-        assert not pool.free
+        assert not pool.kept
     first = sample(model, records, generator=_gen(24), **kw)
     second = sample(model, records, generator=_gen(24), **kw)  # while the first is alive
     for run in (first, second):
         for name in names:
             assert torch.equal(getattr(run, name), expected[name]), name
     del first, second
-    assert pool.free  # the buffers of both runs are kept
-    for kept in pool.free.values():
-        for buffer in kept:
-            buffer.fill_(-1)
+    assert pool.kept  # the buffers of both runs are kept
+    for buffer in pool.kept:
+        buffer.fill_(-1)
     with pool.suspended():
-        assert not pool.free
-    assert pool.free
+        assert not pool.kept
+    assert pool.kept
     reused = sample(model, records, generator=_gen(24), **kw)
     for name in names:
         assert torch.equal(getattr(reused, name), expected[name]), name
+
+
+def test_buffer_pool_keeps_the_newest_buffers_within_its_limit() -> None:
+    from spinformer.physics.montecarlo.multispin.native import _BufferPool
+
+    pool = _BufferPool(3 * 8 * 16)  # three buffers of 16 words
+    old, mid, new, other = (torch.empty(16, dtype=torch.int64) for _ in range(4))
+    pool.give([old, mid, torch.empty(64, dtype=torch.int64)])  # the large one is not kept
+    assert [b.data_ptr() for b in pool.kept] == [old.data_ptr(), mid.data_ptr()]
+    handed = [new, other.view(4, 4)]
+    pool.give(handed)
+    assert not handed  # emptied: the engine holds nothing any more
+    assert pool.held == 3 * 8 * 16  # the oldest released
+    assert pool.take(16).data_ptr() == new.data_ptr()  # the newest of the shape
+    assert pool.take(4, 4).data_ptr() == other.data_ptr()
+    assert pool.take(16).data_ptr() == mid.data_ptr()
+    assert pool.take(16).data_ptr() not in {b.data_ptr() for b in (old, mid, new, other)}
+    assert pool.held == 0 and not pool.kept

@@ -51,54 +51,57 @@ def _empty(*shape: int, dtype: torch.dtype = torch.int64) -> Tensor:
 class _BufferPool:
     """Large uninitialised buffers of engines that are gone, kept for the next engines of the
     same size (a run of ``sample`` after another). A fresh buffer of tens of megabytes costs a
-    page fault and the kernel's zeroing per (huge) page at its first touch -- about as much as
-    a few sweeps at L = 1024 -- and none of these buffers is read before it is written, so a
-    used one serves as well. At most ``limit`` bytes are kept; buffers are handed back only
-    when the engine that held them is collected, so no two live engines share one."""
+    page fault and the kernel's zeroing per (huge) page at its first touch -- at L = 1024 the
+    64 MiB of slots of a run cost 25-65 ms of system time, a few sweeps -- and none of these
+    buffers is read before it is written, so a used one serves as well. At most ``limit``
+    bytes are kept, the oldest buffers released first; buffers are handed back only when the
+    engine that held them is collected, so no two live engines share one."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0
-        self.free: dict[tuple[int, ...], list[Tensor]] = {}
+        self.kept: list[Tensor] = []  # oldest first
         self.lock = threading.RLock()  # re-entrant: an engine may be collected inside take()
 
     def take(self, *shape: int) -> Tensor:
-        """A kept buffer of ``shape`` (int64), or a fresh one (see :func:`_empty`)."""
+        """A kept buffer of ``shape`` (int64), the newest, or a fresh one (:func:`_empty`)."""
         with self.lock:
-            kept = self.free.get(shape)
-            if kept:
-                buffer = kept.pop()
-                self.held -= buffer.nbytes
-                return buffer
+            for at in range(len(self.kept) - 1, -1, -1):
+                if self.kept[at].shape == shape:
+                    buffer = self.kept.pop(at)
+                    self.held -= buffer.nbytes
+                    return buffer
         return _empty(*shape)
 
     def give(self, buffers: list[Tensor]) -> None:
-        """Keep ``buffers`` (while the total stays within the limit) for :meth:`take`."""
+        """Keep ``buffers`` (emptied) for :meth:`take`, the oldest kept ones released while
+        more than ``limit`` bytes are held."""
         with self.lock:
             for buffer in buffers:
-                if self.held + buffer.nbytes <= self.limit:
-                    self.free.setdefault(tuple(buffer.shape), []).append(buffer)
+                if buffer.nbytes <= self.limit:
+                    self.kept.append(buffer)
                     self.held += buffer.nbytes
             buffers.clear()
+            while self.held > self.limit:
+                self.held -= self.kept.pop(0).nbytes
 
     def clear(self) -> None:
         """Release every kept buffer."""
         with self.lock:
-            self.free.clear()
-            self.held = 0
+            self.kept, self.held = [], 0
 
     @contextlib.contextmanager
     def suspended(self) -> Iterator[None]:
         """Inside: no buffer is taken from the pool or kept in it (every engine allocates its
         own, as in a single run); the kept ones are there again after."""
         with self.lock:
-            kept = self.free, self.held, self.limit
-            self.free, self.held, self.limit = {}, 0, 0
+            kept = self.kept, self.held, self.limit
+            self.kept, self.held, self.limit = [], 0, 0
         try:
             yield
         finally:
             with self.lock:
-                self.free, self.held, self.limit = kept
+                self.kept, self.held, self.limit = kept
 
 
 # the slots and counter of a 64-chain L = 1024 run are 64 MiB each

@@ -109,7 +109,11 @@ _POOL = _BufferPool(320 << 20)
 
 
 class NativeMultispin(MultispinEngine):
-    """The multi-spin engine on the fused native kernel (CPU only)."""
+    """The multi-spin engine on the fused native kernel (CPU only).
+
+    Its large buffers (the quarters, the slots and counters of the per-site sums) are taken
+    from those of engines that are gone, when their sizes match (:class:`_BufferPool`), and
+    handed back when it is collected."""
 
     # sample() unpacks the final state and the site means only when they are read
     deferred_results = True
@@ -299,7 +303,8 @@ class NativeMultispin(MultispinEngine):
         overflow; the folds always go into the 8 planes (one cache line per site word).
         Nothing is cleared: every slot is written before it is folded (unused ones zeroed
         first), and the first fold into an empty counter overwrites it. The slots are
-        touched (page faults) only as they are used."""
+        touched (page faults) only as they are used; kept ones (:class:`_BufferPool`) are
+        not cleared either."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
         self.counter_empty = True
         self.folded = 0  # states in the counter

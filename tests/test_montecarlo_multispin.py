@@ -412,3 +412,60 @@ def test_native_loop_in_one_call_equals_the_loop_call_by_call() -> None:
     stepped = sample(model, 43, generator=_gen(23), snapshot_every=7, **kw)
     for name in ("energy", "magnetization", "final_state", "mean_state", "acceptance"):
         assert torch.equal(getattr(fused, name), getattr(stepped, name)), name
+
+
+@pytest.mark.parametrize("records", [5, 21, 260])
+def test_native_buffers_reused_across_runs_change_nothing(
+    records: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The quarters, slots and counters of an engine that is gone are kept for the next one of
+    # the same size and not cleared. 5 measurements use some slots only, 21 fold twice into the
+    # counter, 260 also into the wide one. Runs on kept buffers filled with set bits, and two
+    # runs alive at once (their results unpacked only after both ran), equal a run on buffers
+    # that were never used before.
+    from spinformer.physics.montecarlo.multispin import native
+
+    _require_native()
+    model = square_lattice((4, 6), beta=0.45, coupling=torch.tensor([1.0, -1.0]))
+    kw = {"burn_in": 2, "chains": 70, "engine": "multispin"}
+    names = ("energy", "magnetization", "final_state", "mean_state", "acceptance")
+    pool = native._BufferPool(1 << 30)
+    monkeypatch.setattr(native, "_POOL", pool)
+    with pool.suspended():  # nothing taken or kept: fresh buffers
+        fresh = sample(model, records, generator=_gen(24), **kw)
+        expected = {name: getattr(fresh, name) for name in names}
+        del fresh
+        assert not pool.kept
+    first = sample(model, records, generator=_gen(24), **kw)
+    second = sample(model, records, generator=_gen(24), **kw)  # while the first is alive
+    for run in (first, second):
+        for name in names:
+            assert torch.equal(getattr(run, name), expected[name]), name
+    del first, second
+    assert pool.kept  # the buffers of both runs are kept
+    for buffer in pool.kept:
+        buffer.fill_(-1)
+    with pool.suspended():
+        assert not pool.kept
+    assert pool.kept
+    reused = sample(model, records, generator=_gen(24), **kw)
+    for name in names:
+        assert torch.equal(getattr(reused, name), expected[name]), name
+
+
+def test_buffer_pool_keeps_the_newest_buffers_within_its_limit() -> None:
+    from spinformer.physics.montecarlo.multispin.native import _BufferPool
+
+    pool = _BufferPool(3 * 8 * 16)  # three buffers of 16 words
+    old, mid, new, other = (torch.empty(16, dtype=torch.int64) for _ in range(4))
+    pool.give([old, mid, torch.empty(64, dtype=torch.int64)])  # the large one is not kept
+    assert [b.data_ptr() for b in pool.kept] == [old.data_ptr(), mid.data_ptr()]
+    handed = [new, other.view(4, 4)]
+    pool.give(handed)
+    assert not handed  # emptied: the engine holds nothing any more
+    assert pool.held == 3 * 8 * 16  # the oldest released
+    assert pool.take(16).data_ptr() == new.data_ptr()  # the newest of the shape
+    assert pool.take(4, 4).data_ptr() == other.data_ptr()
+    assert pool.take(16).data_ptr() == mid.data_ptr()
+    assert pool.take(16).data_ptr() not in {b.data_ptr() for b in (old, mid, new, other)}
+    assert pool.held == 0 and not pool.kept

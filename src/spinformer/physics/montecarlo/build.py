@@ -89,6 +89,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     unpack.argtypes += [_I64, _I64]
     library.spf_multispin_spill.restype = None
     library.spf_multispin_spill.argtypes = [_PTR, _PTR, *[_I64] * 4]
+    split = library.spf_multispin_split
+    split.restype = None
+    split.argtypes = [_PTR, *[_I64] * 4, *[_PTR] * 5]
     library.spf_multispin_fold.restype = None
     library.spf_multispin_fold.argtypes = [_PTR, _PTR, _I64, _I64, _I64]
     single = library.spf_checkerboard_sweeps

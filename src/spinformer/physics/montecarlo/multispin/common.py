@@ -260,24 +260,30 @@ class MultispinEngine(ABC):
 
     # -- layout ---------------------------------------------------------------------------
 
-    def _load(self, state: Tensor | str, generator: torch.Generator | None) -> None:
-        """Pack spins (chains, *batch, N) ±1, or draw a hot / cold start, into the quarters."""
+    def _words(
+        self, state: Tensor | str, generator: torch.Generator | None, out: Tensor | None = None
+    ) -> Tensor:
+        """(G, *batch, N) words of spins (chains, *batch, N) ±1, or of a hot / cold start (a
+        hot start drawn into ``out`` when given)."""
         shape = (self.groups, *self.batch_shape, self.n)
         if isinstance(state, str):
             if state == "up":
-                words = torch.zeros(shape, dtype=torch.int64, device=self.model.device)
-            else:  # hot start: every bit (spin) independently ±1
-                words = torch.randint(
-                    -(2**63), 2**63 - 1, shape, dtype=torch.int64, device=self.model.device,
-                    generator=generator,
-                )  # fmt: skip
-        else:
-            down = state < 0
-            pad = self.groups * 64 - self.chains
-            if pad:
-                down = torch.cat([down, down[:1].expand(pad, *down.shape[1:])])
-            down = down.reshape(self.groups, 64, *down.shape[1:]).movedim(1, 0)
-            words = _pack(down)  # (G, *batch, N)
+                return torch.zeros(shape, dtype=torch.int64, device=self.model.device)
+            # hot start: every bit (spin) independently ±1
+            return torch.randint(
+                -(2**63), 2**63 - 1, shape, dtype=torch.int64, device=self.model.device,
+                generator=generator, out=out,
+            )  # fmt: skip
+        down = state < 0
+        pad = self.groups * 64 - self.chains
+        if pad:
+            down = torch.cat([down, down[:1].expand(pad, *down.shape[1:])])
+        down = down.reshape(self.groups, 64, *down.shape[1:]).movedim(1, 0)
+        return _pack(down)  # (G, *batch, N)
+
+    def _load(self, state: Tensor | str, generator: torch.Generator | None) -> None:
+        """Pack spins (chains, *batch, N) ±1, or draw a hot / cold start, into the quarters."""
+        words = self._words(state, generator)
         grid = words.reshape(*words.shape[:-1], self.rows // 2, 2, self.cols // 2, 2)
         be, bo = grid[..., :, 0, :, 0], grid[..., :, 1, :, 1]
         we, wo = grid[..., :, 0, :, 1], grid[..., :, 1, :, 0]

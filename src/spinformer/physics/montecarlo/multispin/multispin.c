@@ -524,6 +524,27 @@ done:
     return status;
 }
 
+/* The quarters of words (planes, 2h, 2w) in row-major site order (plane p = g * batch + b):
+ * BE[p,i,k] = words[p,2i,2k], WE[p,i,k] = words[p,2i,2k+1] ^ gauge[b], WO[p,i,k] =
+ * words[p,2i+1,2k] ^ gauge[b], BO[p,i,k] = words[p,2i+1,2k+1] (the layout of
+ * MultispinEngine), in one pass. */
+void spf_multispin_split(const i64 *words, i64 planes, i64 h, i64 w, i64 batch,
+                         const i64 *gauge, i64 *be, i64 *bo, i64 *we, i64 *wo) {
+    for (i64 p = 0; p < planes; ++p) {
+        i64 g = gauge[p % batch];
+        for (i64 i = 0; i < h; ++i) {
+            const i64 *even = words + (p * 2 * h + 2 * i) * 2 * w, *odd = even + 2 * w;
+            i64 at = (p * h + i) * w;
+            for (i64 k = 0; k < w; ++k) {
+                be[at + k] = even[2 * k];
+                we[at + k] = even[2 * k + 1] ^ g;
+                wo[at + k] = odd[2 * k] ^ g;
+                bo[at + k] = odd[2 * k + 1];
+            }
+        }
+    }
+}
+
 /* Per-site sums of down spins: SLOTS recent states, slot-major (slot j of all n site words
  * contiguous, so a measurement writes one stream), and `planes` (at least 4) bit-sliced counter
  * planes per site word, in groups of four site words (n is a multiple of 4): plane j of word

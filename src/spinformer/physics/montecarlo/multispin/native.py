@@ -11,7 +11,11 @@ it is one pass over the packed words.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+import weakref
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -44,8 +48,72 @@ def _empty(*shape: int, dtype: torch.dtype = torch.int64) -> Tensor:
     return out
 
 
+class _BufferPool:
+    """Large uninitialised buffers of engines that are gone, kept for the next engines of the
+    same size (a run of ``sample`` after another). A fresh buffer of tens of megabytes costs a
+    page fault and the kernel's zeroing per (huge) page at its first touch -- at L = 1024 the
+    64 MiB of slots of a run cost 25-65 ms of system time, a few sweeps -- and none of these
+    buffers is read before it is written, so a used one serves as well. At most ``limit``
+    bytes are kept, the oldest buffers released first; buffers are handed back only when the
+    engine that held them is collected, so no two live engines share one."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self.kept: list[Tensor] = []  # oldest first
+        self.lock = threading.RLock()  # re-entrant: an engine may be collected inside take()
+
+    def take(self, *shape: int) -> Tensor:
+        """A kept buffer of ``shape`` (int64), the newest, or a fresh one (:func:`_empty`)."""
+        with self.lock:
+            for at in range(len(self.kept) - 1, -1, -1):
+                if self.kept[at].shape == shape:
+                    buffer = self.kept.pop(at)
+                    self.held -= buffer.nbytes
+                    return buffer
+        return _empty(*shape)
+
+    def give(self, buffers: list[Tensor]) -> None:
+        """Keep ``buffers`` (emptied) for :meth:`take`, the oldest kept ones released while
+        more than ``limit`` bytes are held."""
+        with self.lock:
+            for buffer in buffers:
+                if buffer.nbytes <= self.limit:
+                    self.kept.append(buffer)
+                    self.held += buffer.nbytes
+            buffers.clear()
+            while self.held > self.limit:
+                self.held -= self.kept.pop(0).nbytes
+
+    def clear(self) -> None:
+        """Release every kept buffer."""
+        with self.lock:
+            self.kept, self.held = [], 0
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Inside: no buffer is taken from the pool or kept in it (every engine allocates its
+        own, as in a single run); the kept ones are there again after."""
+        with self.lock:
+            kept = self.kept, self.held, self.limit
+            self.kept, self.held, self.limit = [], 0, 0
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.kept, self.held, self.limit = kept
+
+
+# the slots and counter of a 64-chain L = 1024 run are 64 MiB each
+_POOL = _BufferPool(320 << 20)
+
+
 class NativeMultispin(MultispinEngine):
-    """The multi-spin engine on the fused native kernel (CPU only)."""
+    """The multi-spin engine on the fused native kernel (CPU only).
+
+    Its large buffers (the quarters, the slots and counters of the per-site sums) are taken
+    from those of engines that are gone, when their sizes match (:class:`_BufferPool`), and
+    handed back when it is collected."""
 
     # sample() unpacks the final state and the site means only when they are read
     deferred_results = True
@@ -72,6 +140,12 @@ class NativeMultispin(MultispinEngine):
         self.keep_flip_masks = False
         self.measured = False  # the last sweep counted the state and wrote its slot
 
+    def _take(self, *shape: int) -> Tensor:
+        """A large int64 buffer from the pool, handed back when this engine is collected."""
+        buffer = _POOL.take(*shape)
+        self.pooled.append(buffer)
+        return buffer
+
     def _setup(self, acceptance: Acceptance, generator: torch.Generator | None) -> None:
         """Per-batch acceptance digits and one generator stream per (plane, quarter row);
         refused (RuntimeError) where the kernel cannot run."""
@@ -85,6 +159,10 @@ class NativeMultispin(MultispinEngine):
             )
             raise RuntimeError(f"the native multispin kernel cannot run: {reason}")
         self.native = library
+        # the large buffers (quarters, slots, counters) come from a pool of those of finished
+        # engines, and go back to it when this one is collected
+        self.pooled: list[Tensor] = []
+        weakref.finalize(self, _POOL.give, self.pooled).atexit = False
         self.native_digits = (
             torch.stack(acceptance.d1, -1).reshape(-1, DIGITS).contiguous(),
             torch.stack(acceptance.d0, -1).reshape(-1, DIGITS).contiguous(),
@@ -99,6 +177,29 @@ class NativeMultispin(MultispinEngine):
         state[:, 0] |= 1  # an odd word in each stream's state gives the maximal period
         self.native_state = state
         self.native_position = torch.full((streams,), r, dtype=torch.int64)  # refill first
+
+    def _load(self, state: Tensor | str, generator: torch.Generator | None) -> None:
+        """As :meth:`MultispinEngine._load`, the quarters split from the words (gauge applied)
+        by the kernel in one pass, into one pooled buffer; a hot start is drawn into a pooled
+        buffer, handed back at once."""
+        planes = self.groups * max(1, math.prod(self.batch_shape))
+        h, w = self.rows // 2, self.cols // 2
+        scratch = None
+        if isinstance(state, str) and state != "up":
+            scratch = _POOL.take(planes * self.n)
+        shape = (self.groups, *self.batch_shape, self.n)
+        words = self._words(state, generator, None if scratch is None else scratch.view(shape))
+        words = words.contiguous()
+        quarters = self._take(4, planes * h * w)
+        gauge = self.gauge.reshape(-1).contiguous()
+        self.native.spf_multispin_split(
+            words.data_ptr(), planes, h, w, gauge.numel(), gauge.data_ptr(),
+            *(quarters[q].data_ptr() for q in range(4)),
+        )  # fmt: skip
+        if scratch is not None:
+            _POOL.give([scratch])
+        view = (self.groups, *self.batch_shape, h, w)
+        self.be, self.bo, self.we, self.wo = (quarters[q].view(view) for q in range(4))
 
     def sweep(self, count: int = 1, record: bool = True) -> None:
         """``count`` sweeps; with ``record`` the last one also counts its flips and measures
@@ -202,7 +303,8 @@ class NativeMultispin(MultispinEngine):
         overflow; the folds always go into the 8 planes (one cache line per site word).
         Nothing is cleared: every slot is written before it is folded (unused ones zeroed
         first), and the first fold into an empty counter overwrites it. The slots are
-        touched (page faults) only as they are used."""
+        touched (page faults) only as they are used; kept ones (:class:`_BufferPool`) are
+        not cleared either."""
         self.counter_planes = _NATIVE_COUNTER_PLANES
         self.counter_empty = True
         self.folded = 0  # states in the counter
@@ -210,7 +312,7 @@ class NativeMultispin(MultispinEngine):
         self.wide_count = 0  # states in the wide counter
         self.unfolded = 0  # states in the slots, which fill from slot 0
         # slot-major, each slot padded by _SLOT_PAD words (a stride off the page size)
-        self.slots = _empty(_SLOTS, 4 * self.be.numel() + _SLOT_PAD)
+        self.slots = self._take(_SLOTS, 4 * self.be.numel() + _SLOT_PAD)
 
     def _free_slot(self) -> Tensor:
         """The slot for the next state, the slots folded first when all are in use."""
@@ -224,7 +326,7 @@ class NativeMultispin(MultispinEngine):
         if self.unfolded < _SLOTS:  # the fold adds all slots: the unused ones zero
             self.slots[self.unfolded :].zero_()
         if self.counter is None:
-            self.counter = _empty(self.be.numel(), _NATIVE_COUNTER_PLANES, 4)
+            self.counter = self._take(self.be.numel(), _NATIVE_COUNTER_PLANES, 4)
             self.counter_empty = True
         elif not self.counter_empty and self.folded + _SLOTS >= 2**_NATIVE_COUNTER_PLANES:
             self._spill()
@@ -340,7 +442,7 @@ class NativeMultispin(MultispinEngine):
         ``totals`` first when it could overflow) and empty it."""
         empty = self.wide is None or self.wide_count == 0
         if self.wide is None:
-            self.wide = _empty(self.be.numel(), _WIDE_COUNTER_PLANES, 4)
+            self.wide = self._take(self.be.numel(), _WIDE_COUNTER_PLANES, 4)
             self.counter_planes = _WIDE_COUNTER_PLANES
         elif self.wide_count + self.folded >= 2**_WIDE_COUNTER_PLANES:
             sums = self._unpack_counter(self.wide, _WIDE_COUNTER_PLANES, self.wide_count, 1.0)

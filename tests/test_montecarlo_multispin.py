@@ -469,3 +469,20 @@ def test_buffer_pool_keeps_the_newest_buffers_within_its_limit() -> None:
     assert pool.take(16).data_ptr() == mid.data_ptr()
     assert pool.take(16).data_ptr() not in {b.data_ptr() for b in (old, mid, new, other)}
     assert pool.held == 0 and not pool.kept
+
+
+def test_release_buffers_empties_the_pool_and_reports_the_bytes(monkeypatch) -> None:
+    from spinformer.physics.montecarlo import release_buffers
+    from spinformer.physics.montecarlo.multispin import native
+
+    _require_native()
+    pool = native._BufferPool(1 << 30)
+    monkeypatch.setattr(native, "_POOL", pool)
+    run = sample(square_lattice((4, 6), beta=0.45), 5, chains=64, engine="multispin",
+                 generator=_gen(3))  # fmt: skip
+    del run
+    held = sum(buffer.nbytes for buffer in pool.kept)
+    assert held > 0 and pool.held == held
+    assert release_buffers() == held
+    assert not pool.kept and pool.held == 0
+    assert release_buffers() == 0

@@ -70,6 +70,7 @@ from spinformer.physics.montecarlo.engines import (
     register_engine,
     select_engine,
 )
+from spinformer.physics.montecarlo.multispin.native import release_buffers
 from spinformer.physics.montecarlo.sampling import ALGORITHMS, MonteCarloSamples, sample
 from spinformer.physics.montecarlo.sweepers import Sweeper
 from spinformer.physics.montecarlo.thermodynamics import (
@@ -94,6 +95,7 @@ __all__ = [
     "integrated_autocorrelation_time",
     "monte_carlo_thermodynamics",
     "register_engine",
+    "release_buffers",
     "sample",
     "select_engine",
     "von_mises_fisher",

@@ -212,9 +212,11 @@ def cosine_couplings(q: Tensor, k: Tensor, temperature: Tensor, allowed: Tensor 
     inverse temperature τ: bounded energies, so τ alone sets how sharp the couplings can get.
     """
     eps = torch.finfo(q.dtype).eps
-    q_hat = q / q.norm(dim=-1, keepdim=True).clamp_min(eps)
+    # τ joins the queries' per-site scale (N × d), not the N × N scores: one full N × N pass
+    # fewer forward and three fewer backward (the scaling, and the product and sum for ∂L/∂τ)
+    q_hat = q * (temperature[:, None, None] / q.norm(dim=-1, keepdim=True).clamp_min(eps))
     k_hat = k / k.norm(dim=-1, keepdim=True).clamp_min(eps)
-    scores = temperature[:, None, None] * (q_hat @ k_hat.transpose(-1, -2))
+    scores = q_hat @ k_hat.transpose(-1, -2)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1)

@@ -134,7 +134,9 @@ def available_solvers() -> tuple[str, ...]:
     return tuple(sorted(_SOLVERS))
 
 
-def relative_residual(z: Tensor, fz: Tensor, difference: Tensor | None = None) -> Tensor:
+def relative_residual(
+    z: Tensor, fz: Tensor, difference: Tensor | None = None, distance: Tensor | None = None
+) -> Tensor:
     """|f(z) − z| / (|f(z)| + ε) per row of (B, n) tensors; ``inf`` for a row that is not finite.
 
     Both vectors are divided by their largest |entry| s before the norms are taken (the ratio is
@@ -143,13 +145,14 @@ def relative_residual(z: Tensor, fz: Tensor, difference: Tensor | None = None) -
     and a diverging iteration look converged. A NaN or infinite entry gives ``inf``: such a
     sample is never converged. On the CPU the plain norms are taken first and kept when every
     row's are finite and ‖f(z)‖ is far from underflow (the same ratio, two passes instead of
-    nine); ``difference`` is f(z) − z when the caller has it.
+    nine); ``difference`` is f(z) − z when the caller has it, ``distance`` its norm per row.
     """
     if z.shape[-1] == 0:
         return z.new_zeros(z.shape[:-1])
     if z.device.type == "cpu" and not z.requires_grad and not fz.requires_grad:
-        diff = fz - z if difference is None else difference
-        numerator, denominator = diff.norm(dim=-1), fz.norm(dim=-1)
+        if distance is None:
+            distance = (fz - z if difference is None else difference).norm(dim=-1)
+        numerator, denominator = distance, fz.norm(dim=-1)
         floor = torch.finfo(z.dtype).tiny ** 0.25  # squares far above the underflow threshold
         plain = torch.isfinite(numerator) & torch.isfinite(denominator) & (denominator >= floor)
         if bool(plain.all()):

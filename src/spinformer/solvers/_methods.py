@@ -116,7 +116,9 @@ def anderson(
         index = torch.tensor([slot], device=z0.device)
         gram = gram.index_copy(1, index, torch.nn.functional.pad(row, (0, size - filled))[:, None])
         gram = gram.index_copy(2, index, gram[:, slot, :, None])
-        return relative_residual(z, fz, gap)
+        # |G_slot| is on the new row already (its own product): no pass over G for the residual
+        distance = None if torch.is_grad_enabled() else row[:, slot].sqrt()
+        return relative_residual(z, fz, gap, distance)
 
     f0 = g(z0)
     residual = record(0, z0, f0, 1)

@@ -333,9 +333,12 @@ def _attach_adjoint(
         if vjp is not None:
             with torch.no_grad():
                 product = vjp(z_star)  # the z* that f was applied to for the output
+                # contiguous once (e.g. the gradient of a transposed view): every adjoint step
+                # adds it, and a sum with a strided operand runs several times slower
+                rhs = grad.contiguous()
                 out = solver(
-                    lambda y: (product(y.reshape(shape)) + grad).reshape(flat_shape),
-                    grad.reshape(flat_shape),
+                    lambda y: (product(y.reshape(shape)) + rhs).reshape(flat_shape),
+                    rhs.reshape(flat_shape),
                 )
             _verdict(out, warn, "fixed_point backward: the adjoint solve failed")
             return out.solution.reshape(shape)

@@ -167,8 +167,8 @@ def check_overflow(x: Tensor, quantities: dict[str, Tensor]) -> None:
 def field_scale(field: Tensor, beta: Tensor, radius: float) -> Tensor:
     """4β²|h|²/R² per site for fields (B, H, N, d) and β (H,): bounds β²|θ|²/R² in φ while the
     local field θ = h + Σ J m stays within 2|h| (|m| < R); finite iff φ can be evaluated."""
-    scaled = beta[:, None, None] * field / radius
-    return 4.0 * (scaled * scaled).sum(-1)
+    scaled = torch.linalg.vector_norm(field * (beta[:, None, None] / radius), dim=-1)
+    return 4.0 * scaled.square_()
 
 
 def allowed_keys(

@@ -444,6 +444,8 @@ class SpinTransformerBlock(nn.Module):
             check_overflow(x, {"the block's output": out})
             return out
         field = self._field(x, x_norm, self.field(x_norm), beta)
+        if self.steps is None:  # per-head blocks: every solver step adds the field to J m
+            field = field.contiguous()
         couplings = self.couplings(x_norm, padding_mask)
         check_overflow(
             x,

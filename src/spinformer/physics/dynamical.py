@@ -299,9 +299,16 @@ def _local_field(m_prev: Tensor, couplings: Tensor, field: Tensor) -> Tensor:
     grad = torch.is_grad_enabled() and (
         m_prev.requires_grad or couplings.requires_grad or field.requires_grad
     )
-    if not grad and product.shape == torch.broadcast_shapes(product.shape, field.shape):
+    if not grad and (field.shape == product.shape or _broadcasts_to(field, product)):
         return product.add_(field)
     return product + field
+
+
+def _broadcasts_to(t: Tensor, target: Tensor) -> bool:
+    """Whether ``t`` broadcasts to ``target``'s shape (so it can be added into it in place)."""
+    if t.ndim > target.ndim:
+        return False
+    return all(a in (1, b) for a, b in zip(reversed(t.shape), reversed(target.shape), strict=False))
 
 
 def _response_scale(theta: Tensor, beta, radius: float) -> tuple[Tensor, Tensor]:
@@ -309,7 +316,7 @@ def _response_scale(theta: Tensor, beta, radius: float) -> tuple[Tensor, Tensor]
     one pass over θ (its norm) and per-site operations; no autograd."""
     scaled = torch.linalg.vector_norm(theta, dim=-1, keepdim=True) * (beta / radius)
     u = scaled.square_().add_(1.0).sqrt_()
-    return torch.reciprocal(u + 1.0).mul_(beta), u
+    return beta / (u + 1.0), u
 
 
 def _first_order(theta: Tensor, couplings: Tensor, beta, radius: float, with_vjp: bool):

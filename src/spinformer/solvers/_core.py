@@ -151,10 +151,13 @@ def relative_residual(
         return z.new_zeros(z.shape[:-1])
     if z.device.type == "cpu" and not z.requires_grad and not fz.requires_grad:
         if distance is None:
-            distance = (fz - z if difference is None else difference).norm(dim=-1)
-        numerator, denominator = distance, fz.norm(dim=-1)
-        floor = torch.finfo(z.dtype).tiny ** 0.25  # squares far above the underflow threshold
-        plain = torch.isfinite(numerator) & torch.isfinite(denominator) & (denominator >= floor)
+            distance = torch.linalg.vector_norm(
+                fz - z if difference is None else difference, dim=-1
+            )
+        numerator, denominator = distance, torch.linalg.vector_norm(fz, dim=-1)
+        # both finite (a sum of norms is below inf only then; one that overflows takes the
+        # scaled route, which gives the same ratio), and squares far above underflow
+        plain = (numerator + denominator < math.inf) & (denominator >= _floor(z.dtype))
         if bool(plain.all()):
             return numerator / (denominator + _EPS)
     scale = torch.maximum(z.detach().abs().amax(dim=-1), fz.detach().abs().amax(dim=-1))
@@ -165,6 +168,12 @@ def relative_residual(
         fz_scaled.norm(dim=-1) + _EPS / safe
     )
     return torch.where(finite, residual, torch.full_like(residual, math.inf))
+
+
+@functools.cache
+def _floor(dtype: torch.dtype) -> float:
+    """The smallest ‖f(z)‖ whose square is far above the underflow threshold of ``dtype``."""
+    return torch.finfo(dtype).tiny ** 0.25
 
 
 def _validate(

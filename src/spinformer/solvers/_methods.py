@@ -111,7 +111,7 @@ def anderson(
             images, gaps = _put(images, slot, fz), _put(gaps, slot, gap)
         else:  # no new (B, n) tensors: on the CPU each costs its page faults
             gap = torch.sub(fz, z, out=gaps[slot])
-            images[slot] = fz
+            images[slot].copy_(fz)
         # G_slot · G_j, (B, filled): a row times the transposed history (4x faster on the CPU
         # than history times a column)
         row = (gap[:, None] @ gaps[:filled].permute(1, 2, 0))[:, 0]
@@ -121,8 +121,8 @@ def anderson(
             gram = gram.index_copy(1, index, row)
             gram = gram.index_copy(2, index, gram[:, slot, :, None])
             return relative_residual(z, fz, gap)
-        gram[:, slot, :filled] = row
-        gram[:, :filled, slot] = row
+        gram[:, slot, :filled].copy_(row)
+        gram[:, :filled, slot].copy_(row)
         # |G_slot| is on the new row already (its own product): no pass over G for the residual
         return relative_residual(z, fz, gap, row[:, slot].sqrt())
 
@@ -144,7 +144,7 @@ def anderson(
     bordered[:, 1:, 0] = 1.0
     rhs = z0.new_zeros(batch, size + 1, 1)
     rhs[:, 0] = 1.0
-    eye = torch.eye(size, dtype=z0.dtype, device=z0.device)
+    ridge = regularization * torch.eye(size, dtype=z0.dtype, device=z0.device)
     for k in range(1, settings.max_iter):
         improved = (residual < best_residual) & ~done
         if fast and bool(improved.all()):  # every sample improved: z becomes the best, no copy
@@ -158,16 +158,22 @@ def anderson(
             break
         iterations = iterations + (~stopped).long()
         window = gram[:, :filled, :filled]
-        scale = window.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] + 1e-30
-        inner = window / scale + regularization * eye[:filled, :filled]
+        scale = window.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True).add_(1e-30)[..., None]
         system = bordered[:, : filled + 1, : filled + 1]
-        system = system + torch.nn.functional.pad(inner, (1, 0, 1, 0))
+        if torch.is_grad_enabled():
+            system = system + torch.nn.functional.pad(
+                window / scale + ridge[:filled, :filled], (1, 0, 1, 0)
+            )
+        else:  # the bordered system's inner block in place (its border is constant)
+            torch.addcdiv(ridge[:filled, :filled], window, scale, out=system[:, 1:, 1:])
         alpha = torch.linalg.solve_ex(system, rhs[:, : filled + 1])[0][:, 1:, 0]  # (B, filled)
         # a sample whose residuals vanished exactly (e.g. float32 at its fixed point) gives a
         # singular system: fall back to the plain step from the last iterate
-        last = torch.zeros_like(alpha)
-        last[:, slot] = 1.0
-        alpha = torch.where(torch.isfinite(alpha).all(-1, keepdim=True), alpha, last)
+        finite = torch.isfinite(alpha).all(-1, keepdim=True)
+        if not fast or not bool(finite.all()):
+            last = torch.zeros_like(alpha)
+            last[:, slot] = 1.0
+            alpha = torch.where(finite, alpha, last)
         weights = alpha[:, None, :]
         history = images[:filled].transpose(0, 1)  # (B, filled, n)
         if torch.is_grad_enabled():

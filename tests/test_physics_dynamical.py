@@ -334,3 +334,17 @@ def test_step_from_a_kept_evaluation_in_the_same_memory():
     flat.add_(1.0)  # written since it was kept
     out = vector_step_with_vjp(flat.view(m_prev.shape), *leaves, radius, 1, None, kept)[0]
     assert "_KnownFieldBackward" not in _graph_nodes(out)
+
+
+@pytest.mark.parametrize("beta", [0.7, "per system"])
+def test_phi_gain_is_the_scale_of_phi(beta):
+    """vmf.phi_gain's (g, u) against φ and u = √(1 + β²|θ|²/R²) of vmf.phi_terms (float64)."""
+    from spinformer.physics.vmf import phi_gain, phi_terms
+
+    _, _, field, b, radius = _vector_problem(21, 1)
+    b = b if beta == "per system" else beta
+    theta = 3.0 * field
+    gain, u = phi_gain(theta, b, radius)
+    value, _, expected_u = phi_terms(theta, b, radius)
+    torch.testing.assert_close(u, expected_u, rtol=1e-14, atol=0)
+    torch.testing.assert_close(theta * gain, value, rtol=1e-14, atol=0)

@@ -311,18 +311,10 @@ def _broadcasts_to(t: Tensor, target: Tensor) -> bool:
     return all(a in (1, b) for a, b in zip(reversed(t.shape), reversed(target.shape), strict=False))
 
 
-def _response_scale(theta: Tensor, beta, radius: float) -> tuple[Tensor, Tensor]:
-    """(g, u) per site (..., 1) with φ(θ) = g θ, g = β/(1 + u), u = √(1 + β²|θ|²/R²), from
-    one pass over θ (its norm) and per-site operations; no autograd."""
-    scaled = torch.linalg.vector_norm(theta, dim=-1, keepdim=True) * (beta / radius)
-    u = scaled.square_().add_(1.0).sqrt_()
-    return beta / (u + 1.0), u
-
-
 def _first_order(theta: Tensor, couplings: Tensor, beta, radius: float, with_vjp: bool):
     """The naive step φ(θ) at the local field θ and, with ``with_vjp``, its VJP."""
     if not torch.is_grad_enabled():  # the solver's iterations: φ = g θ, one product
-        gain, u = _response_scale(theta, beta, radius)
+        gain, u = vmf.phi_gain(theta, beta, radius)
         m = theta * gain
         return m, (
             _first_order_vjp(theta, couplings, beta, radius, (gain, u)) if with_vjp else None
@@ -455,11 +447,11 @@ def _first_order_vjp(
     theta: Tensor, couplings: Tensor, beta, radius: float, scales: tuple | None = None
 ):
     """y ↦ Jᵀ(g y + (g'/r)(θ·y) θ), the naive step's VJP at the local field θ (``scales``:
-    (g, u) of :func:`_response_scale` at θ when the caller has them)."""
+    (g, u) of :func:`~spinformer.physics.vmf.phi_gain` at θ when the caller has them)."""
     with torch.no_grad():
         theta = theta.detach()
         beta = beta.detach() if isinstance(beta, Tensor) else beta
-        gain, u = _response_scale(theta, beta, radius) if scales is None else scales
+        gain, u = vmf.phi_gain(theta, beta, radius) if scales is None else scales
         g1, _ = _radial_slopes(u, beta, radius)
         transposed = couplings.detach().transpose(-1, -2)
     buffer: list[Tensor] = []  # θ ⊙ y, allocated at the first product and reused

@@ -292,3 +292,59 @@ def test_step_from_a_kept_evaluation_passes_gradcheck(order):
 
     inputs = tuple(t.requires_grad_(True) for t in (j, field, beta))
     assert torch.autograd.gradcheck(step, inputs)
+
+
+@pytest.mark.parametrize("scalar_beta", [True, False])
+def test_first_order_step_without_autograd_is_the_autograd_step(scalar_beta):
+    """The naive step without autograd (φ = g θ with g from one norm of θ, J m + h in J m's
+    layout) against the differentiable step, and a strided field against a contiguous one."""
+    m_prev, j, field, beta, radius = _vector_problem(18, 1)
+    if scalar_beta:
+        beta = 0.8
+    expected = vector_step(m_prev.requires_grad_(True), j, field, beta, radius, 1)
+    strided = field.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, other strides
+    with torch.no_grad():
+        for h in (field, strided):
+            got = vector_step(m_prev.detach(), j, h, beta, radius, 1)
+            assert got.is_contiguous()
+            torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_step_from_a_kept_evaluation_in_the_same_memory():
+    """A kept evaluation whose m_prev is the same memory (a solver's solution viewed again) is
+    used without comparing values, and gives the autograd gradients; once that memory is
+    written, it is not used."""
+    m_prev, j, field, beta, radius = _vector_problem(19, 1)
+    y = torch.randn(m_prev.shape, generator=torch.Generator().manual_seed(20), dtype=F64)
+    flat = m_prev.reshape(2, -1).clone()
+    kept: list = []
+    with torch.no_grad():
+        vector_step(flat.view(m_prev.shape), j, field, beta, radius, 1, None, None, kept)
+    leaves = [t.clone().requires_grad_(True) for t in (j, field, beta)]
+    out = vector_step_with_vjp(flat.view(m_prev.shape), *leaves, radius, 1, None, kept)[0]
+    assert "_KnownFieldBackward" in _graph_nodes(out)
+    references = [t.clone().requires_grad_(True) for t in (j, field, beta)]
+    reference = vector_step(m_prev.clone().requires_grad_(True), *references, radius, 1)
+    torch.testing.assert_close(out, reference.detach(), rtol=1e-13, atol=1e-15)
+    for g, e in zip(
+        torch.autograd.grad(out, leaves, y), torch.autograd.grad(reference, references, y),
+        strict=True,
+    ):  # fmt: skip
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+    flat.add_(1.0)  # written since it was kept
+    out = vector_step_with_vjp(flat.view(m_prev.shape), *leaves, radius, 1, None, kept)[0]
+    assert "_KnownFieldBackward" not in _graph_nodes(out)
+
+
+@pytest.mark.parametrize("beta", [0.7, "per system"])
+def test_phi_gain_is_the_scale_of_phi(beta):
+    """vmf.phi_gain's (g, u) against φ and u = √(1 + β²|θ|²/R²) of vmf.phi_terms (float64)."""
+    from spinformer.physics.vmf import phi_gain, phi_terms
+
+    _, _, field, b, radius = _vector_problem(21, 1)
+    b = b if beta == "per system" else beta
+    theta = 3.0 * field
+    gain, u = phi_gain(theta, b, radius)
+    value, _, expected_u = phi_terms(theta, b, radius)
+    torch.testing.assert_close(u, expected_u, rtol=1e-14, atol=0)
+    torch.testing.assert_close(theta * gain, value, rtol=1e-14, atol=0)

@@ -103,3 +103,17 @@ def test_map_of_the_wrong_shape_is_a_named_error(method):
         ValueError, match=r"f must return a tensor of z0's shape \(3, 4\), got \(3,\)"
     ):
         fixed_point(lambda z: z.sum(-1), torch.zeros(3, 4), method=method)
+
+
+def test_relative_residual_from_a_given_distance_is_the_same():
+    """The residual from the caller's |f(z) − z| (e.g. Anderson's Gram diagonal) equals the
+    one from the vectors, on the plain route and on the scaled one (a non-finite distance)."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(4, 7, generator=g, dtype=torch.float64)
+    fz = z + 0.1 * torch.randn(4, 7, generator=g, dtype=torch.float64)
+    distance = torch.linalg.vector_norm(fz - z, dim=-1)
+    torch.testing.assert_close(relative_residual(z, fz, fz - z, distance), relative_residual(z, fz))
+    overflowed = torch.full_like(distance, math.inf)  # the scaled route recomputes it
+    torch.testing.assert_close(
+        relative_residual(z, fz, fz - z, overflowed), relative_residual(z, fz)
+    )

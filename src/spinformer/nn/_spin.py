@@ -167,8 +167,8 @@ def check_overflow(x: Tensor, quantities: dict[str, Tensor]) -> None:
 def field_scale(field: Tensor, beta: Tensor, radius: float) -> Tensor:
     """4β²|h|²/R² per site for fields (B, H, N, d) and β (H,): bounds β²|θ|²/R² in φ while the
     local field θ = h + Σ J m stays within 2|h| (|m| < R); finite iff φ can be evaluated."""
-    scaled = beta[:, None, None] * field / radius
-    return 4.0 * (scaled * scaled).sum(-1)
+    scaled = torch.linalg.vector_norm(field * (beta[:, None, None] / radius), dim=-1)
+    return 4.0 * scaled.square_()
 
 
 def allowed_keys(
@@ -212,9 +212,11 @@ def cosine_couplings(q: Tensor, k: Tensor, temperature: Tensor, allowed: Tensor 
     inverse temperature τ: bounded energies, so τ alone sets how sharp the couplings can get.
     """
     eps = torch.finfo(q.dtype).eps
-    q_hat = q / q.norm(dim=-1, keepdim=True).clamp_min(eps)
+    # τ joins the queries' per-site scale (N × d), not the N × N scores: one full N × N pass
+    # fewer forward and three fewer backward (the scaling, and the product and sum for ∂L/∂τ)
+    q_hat = q * (temperature[:, None, None] / q.norm(dim=-1, keepdim=True).clamp_min(eps))
     k_hat = k / k.norm(dim=-1, keepdim=True).clamp_min(eps)
-    scores = temperature[:, None, None] * (q_hat @ k_hat.transpose(-1, -2))
+    scores = q_hat @ k_hat.transpose(-1, -2)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1)

@@ -444,6 +444,8 @@ class SpinTransformerBlock(nn.Module):
             check_overflow(x, {"the block's output": out})
             return out
         field = self._field(x, x_norm, self.field(x_norm), beta)
+        if self.steps is None:  # per-head blocks: every solver step adds the field to J m
+            field = field.contiguous()
         couplings = self.couplings(x_norm, padding_mask)
         check_overflow(
             x,
@@ -489,7 +491,10 @@ class SpinTransformerBlock(nn.Module):
             return vector_step_vjp(m, couplings, field, b, self.radius, self.order, squared)
 
         if self.steps is None:  # the solver starts from step(m(0)), m(0) = 0: no J m(0)
-            first = vector_step(None, couplings, field, b, self.radius, self.order, squared)
+            # a start point only, which the solver detaches -- except for an empty batch, which
+            # it returns as the solution (then with the graph of the rest of the block)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and field.numel() == 0):
+                first = vector_step(None, couplings, field, b, self.radius, self.order, squared)
         else:
             first = self._initial(x_norm, field, b)
         m, converged, iterations, residual = relax(

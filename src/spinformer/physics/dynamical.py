@@ -180,7 +180,7 @@ def vector_step_with_vjp(
     """
     if known and _parameter_backward(m_prev, couplings, field):
         kept, version, *terms = known
-        if kept._version == version and kept.shape == m_prev.shape and torch.equal(kept, m_prev):
+        if kept._version == version and kept.shape == m_prev.shape and _same_values(kept, m_prev):
             if order == 2:
                 return _vector_step_couplings_backward(
                     m_prev, couplings, field, beta, radius, squared, True, terms
@@ -234,7 +234,7 @@ def _vector_step(
         return _vector_step_couplings_backward(
             m_prev, couplings, field, beta, radius, squared, with_vjp
         )
-    theta = field if m_prev is None else field + couplings @ m_prev
+    theta = field if m_prev is None else _local_field(m_prev, couplings, field)
     if order == 1:
         if keep is not None and m_prev is not None and not torch.is_grad_enabled():
             keep[:] = [m_prev, m_prev._version, theta]
@@ -291,8 +291,34 @@ def _second_order_tail(
         return out, _second_order_vjp(*detached, beta, radius)
 
 
+def _local_field(m_prev: Tensor, couplings: Tensor, field: Tensor) -> Tensor:
+    """θ = J m + h, a fresh tensor in the layout of the product J m (contiguous, whatever the
+    field's strides: a solver then views it flat without a copy); without autograd the field
+    is added into the product in place."""
+    product = couplings @ m_prev
+    grad = torch.is_grad_enabled() and (
+        m_prev.requires_grad or couplings.requires_grad or field.requires_grad
+    )
+    if not grad and (field.shape == product.shape or _broadcasts_to(field, product)):
+        return product.add_(field)
+    return product + field
+
+
+def _broadcasts_to(t: Tensor, target: Tensor) -> bool:
+    """Whether ``t`` broadcasts to ``target``'s shape (so it can be added into it in place)."""
+    if t.ndim > target.ndim:
+        return False
+    return all(a in (1, b) for a, b in zip(reversed(t.shape), reversed(target.shape), strict=False))
+
+
 def _first_order(theta: Tensor, couplings: Tensor, beta, radius: float, with_vjp: bool):
     """The naive step φ(θ) at the local field θ and, with ``with_vjp``, its VJP."""
+    if not torch.is_grad_enabled():  # the solver's iterations: φ = g θ, one product
+        gain, u = vmf.phi_gain(theta, beta, radius)
+        m = theta * gain
+        return m, (
+            _first_order_vjp(theta, couplings, beta, radius, (gain, u)) if with_vjp else None
+        )
     if isinstance(beta, Tensor):
         m = vmf.phi_fused(theta, beta, radius)
     else:
@@ -313,6 +339,20 @@ class _KnownField(torch.autograd.Function):
     def backward(ctx, theta_bar):
         (m_prev,) = ctx.saved_tensors
         return theta_bar @ m_prev.transpose(-1, -2), theta_bar, None, None
+
+
+def _same_values(kept: Tensor, m_prev: Tensor) -> bool:
+    """Whether ``m_prev`` holds the values of ``kept`` (same shape, ``kept`` not written since it
+    was kept): the same memory and strides (e.g. a solver's solution viewed again) answer
+    without reading it, other tensors are compared."""
+    same_memory = (
+        m_prev._version == kept._version
+        and kept.data_ptr() == m_prev.data_ptr()
+        and kept.stride() == m_prev.stride()
+        and kept.dtype == m_prev.dtype
+        and kept.device == m_prev.device
+    )
+    return same_memory or torch.equal(kept, m_prev)
 
 
 def _parameter_backward(m_prev: Tensor, couplings: Tensor, field: Tensor) -> bool:
@@ -403,19 +443,24 @@ def _vector_step_couplings_backward(
     )  # fmt: skip
 
 
-def _first_order_vjp(theta: Tensor, couplings: Tensor, beta, radius: float):
-    """y ↦ Jᵀ(g y + (g'/r)(θ·y) θ), the naive step's VJP at the local field θ."""
+def _first_order_vjp(
+    theta: Tensor, couplings: Tensor, beta, radius: float, scales: tuple | None = None
+):
+    """y ↦ Jᵀ(g y + (g'/r)(θ·y) θ), the naive step's VJP at the local field θ (``scales``:
+    (g, u) of :func:`~spinformer.physics.vmf.phi_gain` at θ when the caller has them)."""
     with torch.no_grad():
         theta = theta.detach()
         beta = beta.detach() if isinstance(beta, Tensor) else beta
-        _, _, u = vmf.phi_terms(theta, beta, radius)
-        gain = beta / (1.0 + u)  # g: φ = g θ
+        gain, u = vmf.phi_gain(theta, beta, radius) if scales is None else scales
         g1, _ = _radial_slopes(u, beta, radius)
         transposed = couplings.detach().transpose(-1, -2)
+    buffer: list[Tensor] = []  # θ ⊙ y, allocated at the first product and reused
 
     def first(y: Tensor) -> Tensor:
-        along = (theta * y).sum(-1, keepdim=True)
-        return transposed @ torch.mul(y, gain).addcmul_(theta, g1 * along)
+        if not buffer:
+            buffer.append(torch.empty_like(theta))
+        along = torch.mul(theta, y, out=buffer[0]).sum(-1, keepdim=True).mul_(g1)
+        return transposed @ torch.mul(y, gain).addcmul_(theta, along)
 
     return first
 

@@ -61,6 +61,7 @@ __all__ = [
     "mean",
     "phi",
     "phi_fused",
+    "phi_gain",
     "phi_inverse",
     "phi_sum",
     "phi_sum_vjp",
@@ -131,11 +132,25 @@ def covariance(theta: Tensor, beta: Tensor | float, radius: float) -> tuple[Tens
     return r2 * slope, r2 * q, 2.0 * scale * r2 * q_slope
 
 
+def _root(norm2: Tensor, beta: Tensor | float, radius: float) -> Tensor:
+    """u = √(1 + β²|θ|²/R²) from |θ|² (the one body of the large-D response's root)."""
+    return torch.sqrt(1.0 + beta * beta * norm2 / radius**2)
+
+
 def phi_terms(theta: Tensor, beta: Tensor | float, radius: float) -> tuple[Tensor, Tensor, Tensor]:
     """(φ(θ), |θ|², u) with u = √(1 + β²|θ|²/R²), so φ = βθ/(1 + u) (``beta`` broadcast)."""
     norm2 = (theta * theta).sum(-1, keepdim=True)
-    u = torch.sqrt(1.0 + beta * beta * norm2 / radius**2)
+    u = _root(norm2, beta, radius)
     return theta * (beta * torch.reciprocal(1.0 + u)), norm2, u
+
+
+def phi_gain(theta: Tensor, beta: Tensor | float, radius: float) -> tuple[Tensor, Tensor]:
+    """(g, u) per site (..., 1) with φ(θ) = g θ, g = β/(1 + u) (``beta`` broadcast): the
+    response's scale from one pass over θ (its norm, no full-size |θ|² products), for iterations
+    without autograd."""
+    norm = torch.linalg.vector_norm(theta, dim=-1, keepdim=True)
+    u = _root(norm.square_(), beta, radius)
+    return beta / (1.0 + u), u
 
 
 def phi(theta: Tensor, beta: Tensor | float, radius: float) -> Tensor:

@@ -134,7 +134,9 @@ def available_solvers() -> tuple[str, ...]:
     return tuple(sorted(_SOLVERS))
 
 
-def relative_residual(z: Tensor, fz: Tensor, difference: Tensor | None = None) -> Tensor:
+def relative_residual(
+    z: Tensor, fz: Tensor, difference: Tensor | None = None, distance: Tensor | None = None
+) -> Tensor:
     """|f(z) − z| / (|f(z)| + ε) per row of (B, n) tensors; ``inf`` for a row that is not finite.
 
     Both vectors are divided by their largest |entry| s before the norms are taken (the ratio is
@@ -143,15 +145,19 @@ def relative_residual(z: Tensor, fz: Tensor, difference: Tensor | None = None) -
     and a diverging iteration look converged. A NaN or infinite entry gives ``inf``: such a
     sample is never converged. On the CPU the plain norms are taken first and kept when every
     row's are finite and ‖f(z)‖ is far from underflow (the same ratio, two passes instead of
-    nine); ``difference`` is f(z) − z when the caller has it.
+    nine); ``difference`` is f(z) − z when the caller has it, ``distance`` its norm per row.
     """
     if z.shape[-1] == 0:
         return z.new_zeros(z.shape[:-1])
     if z.device.type == "cpu" and not z.requires_grad and not fz.requires_grad:
-        diff = fz - z if difference is None else difference
-        numerator, denominator = diff.norm(dim=-1), fz.norm(dim=-1)
-        floor = torch.finfo(z.dtype).tiny ** 0.25  # squares far above the underflow threshold
-        plain = torch.isfinite(numerator) & torch.isfinite(denominator) & (denominator >= floor)
+        if distance is None:
+            distance = torch.linalg.vector_norm(
+                fz - z if difference is None else difference, dim=-1
+            )
+        numerator, denominator = distance, torch.linalg.vector_norm(fz, dim=-1)
+        # both finite (a sum of norms is below inf only then; one that overflows takes the
+        # scaled route, which gives the same ratio), and squares far above underflow
+        plain = (numerator + denominator < math.inf) & (denominator >= _floor(z.dtype))
         if bool(plain.all()):
             return numerator / (denominator + _EPS)
     scale = torch.maximum(z.detach().abs().amax(dim=-1), fz.detach().abs().amax(dim=-1))
@@ -162,6 +168,12 @@ def relative_residual(z: Tensor, fz: Tensor, difference: Tensor | None = None) -
         fz_scaled.norm(dim=-1) + _EPS / safe
     )
     return torch.where(finite, residual, torch.full_like(residual, math.inf))
+
+
+@functools.cache
+def _floor(dtype: torch.dtype) -> float:
+    """The smallest ‖f(z)‖ whose square is far above the underflow threshold of ``dtype``."""
+    return torch.finfo(dtype).tiny ** 0.25
 
 
 def _validate(
@@ -330,9 +342,12 @@ def _attach_adjoint(
         if vjp is not None:
             with torch.no_grad():
                 product = vjp(z_star)  # the z* that f was applied to for the output
+                # contiguous once (e.g. the gradient of a transposed view): every adjoint step
+                # adds it, and a sum with a strided operand runs several times slower
+                rhs = grad.contiguous()
                 out = solver(
-                    lambda y: (product(y.reshape(shape)) + grad).reshape(flat_shape),
-                    grad.reshape(flat_shape),
+                    lambda y: (product(y.reshape(shape)) + rhs).reshape(flat_shape),
+                    rhs.reshape(flat_shape),
                 )
             _verdict(out, warn, "fixed_point backward: the adjoint solve failed")
             return out.solution.reshape(shape)

@@ -60,12 +60,12 @@ def picard(g: Map, z0: Tensor, settings: SolverSettings) -> SolverOutput:
 
 
 def _put(buffer: Tensor, slot: int, value: Tensor) -> Tensor:
-    """``buffer`` (B, m, ...) with ``buffer[:, slot] = value``: in place without autograd, a new
+    """``buffer`` (m, B, ...) with ``buffer[slot] = value``: in place without autograd, a new
     tensor with it (the old one may be saved for backward)."""
     if torch.is_grad_enabled():
         index = torch.tensor([slot], device=buffer.device)
-        return buffer.index_copy(1, index, value.unsqueeze(1))
-    buffer[:, slot] = value
+        return buffer.index_copy(0, index, value.unsqueeze(0))
+    buffer[slot] = value
     return buffer
 
 
@@ -92,12 +92,14 @@ def anderson(
     The last iterates live in ring buffers of f(z_k) and G_k = f(z_k) − z_k, and the Gram matrix
     G Gᵀ gains one row per iteration, so an iteration costs O(memory · n) per sample besides g.
     Without autograd the buffers, the best iterate and the next iterate are written in place.
+    A slot of a ring buffer is one contiguous (B, n) block (the buffers are (memory, B, n)):
+    writing a slot, and the products over the history, run faster than over (B, memory, n).
     """
     tol, damping = settings.tol, settings.damping
     batch, n = z0.shape
     size = max(memory, 2)
-    images = z0.new_empty(batch, size, n)  # f(z_k); slots are read once written
-    gaps = z0.new_empty(batch, size, n)  # G_k = f(z_k) − z_k
+    images = z0.new_empty(size, batch, n)  # f(z_k); slots are read once written
+    gaps = z0.new_empty(size, batch, n)  # G_k = f(z_k) − z_k
     gram = z0.new_zeros(batch, size, size)
 
     def record(slot: int, z: Tensor, fz: Tensor, filled: int) -> Tensor:
@@ -108,15 +110,21 @@ def anderson(
             gap = fz - z
             images, gaps = _put(images, slot, fz), _put(gaps, slot, gap)
         else:  # no new (B, n) tensors: on the CPU each costs its page faults
-            gap = torch.sub(fz, z, out=gaps[:, slot])
-            images[:, slot] = fz
+            gap = torch.sub(fz, z, out=gaps[slot])
+            images[slot].copy_(fz)
         # G_slot · G_j, (B, filled): a row times the transposed history (4x faster on the CPU
         # than history times a column)
-        row = (gap[:, None] @ gaps[:, :filled].transpose(1, 2))[:, 0]
-        index = torch.tensor([slot], device=z0.device)
-        gram = gram.index_copy(1, index, torch.nn.functional.pad(row, (0, size - filled))[:, None])
-        gram = gram.index_copy(2, index, gram[:, slot, :, None])
-        return relative_residual(z, fz, gap)
+        row = (gap[:, None] @ gaps[:filled].permute(1, 2, 0))[:, 0]
+        if torch.is_grad_enabled():
+            index = torch.tensor([slot], device=z0.device)
+            row = torch.nn.functional.pad(row, (0, size - filled))[:, None]
+            gram = gram.index_copy(1, index, row)
+            gram = gram.index_copy(2, index, gram[:, slot, :, None])
+            return relative_residual(z, fz, gap)
+        gram[:, slot, :filled].copy_(row)
+        gram[:, :filled, slot].copy_(row)
+        # |G_slot| is on the new row already (its own product): no pass over G for the residual
+        return relative_residual(z, fz, gap, row[:, slot].sqrt())
 
     f0 = g(z0)
     residual = record(0, z0, f0, 1)
@@ -136,7 +144,7 @@ def anderson(
     bordered[:, 1:, 0] = 1.0
     rhs = z0.new_zeros(batch, size + 1, 1)
     rhs[:, 0] = 1.0
-    eye = torch.eye(size, dtype=z0.dtype, device=z0.device)
+    ridge = regularization * torch.eye(size, dtype=z0.dtype, device=z0.device)
     for k in range(1, settings.max_iter):
         improved = (residual < best_residual) & ~done
         if fast and bool(improved.all()):  # every sample improved: z becomes the best, no copy
@@ -150,23 +158,30 @@ def anderson(
             break
         iterations = iterations + (~stopped).long()
         window = gram[:, :filled, :filled]
-        scale = window.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] + 1e-30
-        inner = window / scale + regularization * eye[:filled, :filled]
+        scale = window.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True).add_(1e-30)[..., None]
         system = bordered[:, : filled + 1, : filled + 1]
-        system = system + torch.nn.functional.pad(inner, (1, 0, 1, 0))
+        if torch.is_grad_enabled():
+            system = system + torch.nn.functional.pad(
+                window / scale + ridge[:filled, :filled], (1, 0, 1, 0)
+            )
+        else:  # the bordered system's inner block in place (its border is constant)
+            torch.addcdiv(ridge[:filled, :filled], window, scale, out=system[:, 1:, 1:])
         alpha = torch.linalg.solve_ex(system, rhs[:, : filled + 1])[0][:, 1:, 0]  # (B, filled)
         # a sample whose residuals vanished exactly (e.g. float32 at its fixed point) gives a
         # singular system: fall back to the plain step from the last iterate
-        last = torch.zeros_like(alpha)
-        last[:, slot] = 1.0
-        alpha = torch.where(torch.isfinite(alpha).all(-1, keepdim=True), alpha, last)
+        finite = torch.isfinite(alpha).all(-1, keepdim=True)
+        if not fast or not bool(finite.all()):
+            last = torch.zeros_like(alpha)
+            last[:, slot] = 1.0
+            alpha = torch.where(finite, alpha, last)
         weights = alpha[:, None, :]
+        history = images[:filled].transpose(0, 1)  # (B, filled, n)
         if torch.is_grad_enabled():
-            z = (weights @ images[:, :filled])[:, 0]  # Σ α_k f(z_k)
+            z = (weights @ history)[:, 0]  # Σ α_k f(z_k)
         else:
-            z = torch.bmm(weights, images[:, :filled], out=mixed[:, None])[:, 0]
+            z = torch.bmm(weights, history, out=mixed[:, None])[:, 0]
         if damping != 1.0:  # d Σ α f + (1 − d) Σ α z = Σ α f − (1 − d) Σ α G
-            z = z - (1.0 - damping) * (weights @ gaps[:, :filled])[:, 0]
+            z = z - (1.0 - damping) * (weights @ gaps[:filled].transpose(0, 1))[:, 0]
         if not fast or bool(stopped.any()):  # a stopped sample keeps its best iterate
             z = _select(stopped, best, z)
         slot = (slot + 1) % size

@@ -200,3 +200,55 @@ def test_kernel_phases_are_built_once_per_table_and_rebuilt_after_a_write():
     after = _native._phases(own)
     assert after is not before
     assert torch.equal(after[:, :, 0], torch.view_as_real(table)[..., 0].repeat_interleave(2, -1))
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("d", [16, 6])
+def test_kernels_split_over_threads_give_the_same_bits(dtype, rope, d):
+    # rows split among threads: every row's arithmetic unchanged, so every output equal bit for
+    # bit to one thread's (forward and backward of both sides, with a strided attention layout)
+    g = torch.Generator().manual_seed(7)
+    batch, n, heads = 3, 7, 2
+    parts = torch.randn(4, batch, n, heads, d, generator=g, dtype=dtype)
+    temperature = 1.0 + torch.rand(heads, generator=g, dtype=dtype)
+    beta = 0.5 + torch.rand(heads, generator=g, dtype=dtype)
+    radius = vmf.transformer_radius(d)
+    rotation = rotary_phases(n, heads, parts[0, 0, 0, 0]) if rope else None
+    mixed = torch.randn(batch, heads, n, d, generator=g, dtype=dtype).transpose(1, 2)
+    extra = torch.randn(batch, n, heads, d, generator=g, dtype=dtype)
+    stream = 0.4 * torch.tanh(torch.randn(batch, n, heads, d, generator=g, dtype=dtype))
+    incoming = [torch.randn(batch, heads, n, d, generator=g, dtype=dtype).transpose(1, 2)]
+    incoming += [torch.randn(batch, n, heads, d, generator=g, dtype=dtype) for _ in range(3)]
+
+    def run(threads: int) -> list[torch.Tensor]:
+        scaled, cosine, start, u_start = _native.cosine_step_forward(
+            parts, temperature, beta, radius, rotation, threads=threads
+        )
+        out, saved = _native.phi_sum_forward(
+            parts[0], mixed, extra, stream, beta, radius, threads=threads
+        )
+        grads = torch.empty_like(parts)
+        _, grad_stream, grad_beta = _native.phi_sum_backward(
+            incoming[1], beta, radius, stream, saved, True, grads[0], threads=threads
+        )
+        grad_beta_start, per_query = _native.cosine_step_backward(
+            incoming[0], incoming[2], incoming[3], cosine, rotation, parts[3], u_start, beta,
+            radius, grads[1:], threads=threads,
+        )  # fmt: skip
+        return [scaled, *cosine, start, u_start, out, *saved, grads, grad_stream, grad_beta,
+                grad_beta_start, per_query]  # fmt: skip
+
+    one = run(1)
+    for threads in (2, 3, batch * n + 5):  # more threads than tokens: one token each
+        for got, want in zip(run(threads), one, strict=True):
+            assert torch.equal(got, want)
+
+
+def test_thread_count_follows_torch_and_the_size(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert _native.threads_for(10 * _native.GRAIN) == 4
+    assert _native.threads_for(2 * _native.GRAIN) == 2
+    assert _native.threads_for(_native.GRAIN // 2) == 1
+    assert _native.threads_for(_native.GRAIN // 2, threads=3) == 3

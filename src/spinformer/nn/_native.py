@@ -10,7 +10,9 @@ same saved quantities, so the torch path and this one agree up to float rounding
 
 The library is built at first use by :mod:`spinformer._native`; :func:`library` is ``None`` (and
 the callers keep the torch path) without a compiler or with ``SPINFORMER_NATIVE=0``, and
-:func:`usable` refuses other devices, dtypes and non-contiguous tensors.
+:func:`usable` refuses other devices, dtypes and non-contiguous tensors. A call splits its rows
+among torch's intra-op threads (:func:`threads_for`; every function takes ``threads`` to set
+the count), with the same numbers for every count.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "library",
     "phi_sum_backward",
     "phi_sum_forward",
+    "threads_for",
     "usable",
 ]
 
@@ -37,7 +40,7 @@ _PTR = ctypes.c_void_p
 _F64 = ctypes.c_double
 _SUFFIX = {torch.float32: "_f32", torch.float64: "_f64"}
 _SIGNATURES = {
-    "spf_cosine_step_forward": [_PTR, *[_I64] * 4, _PTR, _PTR, _F64, _F64, *[_PTR] * 7],
+    "spf_cosine_step_forward": [_PTR, *[_I64] * 4, _PTR, _PTR, _F64, _F64, *[_PTR] * 7, _I64],
     "spf_phi_sum_forward": [
         *[_I64] * 4,
         *[_PTR] * 2,
@@ -46,9 +49,10 @@ _SIGNATURES = {
         _F64,
         _F64,
         *[_PTR] * 5,
+        _I64,
     ],
-    "spf_phi_sum_backward": [*[_I64] * 3, *[_PTR] * 7, _F64, *[_PTR] * 3],
-    "spf_cosine_step_backward": [*[_I64] * 4, *[_PTR] * 11, _F64, *[_PTR] * 3],
+    "spf_phi_sum_backward": [*[_I64] * 3, *[_PTR] * 7, _F64, *[_PTR] * 3, _I64],
+    "spf_cosine_step_backward": [*[_I64] * 4, *[_PTR] * 11, _F64, *[_PTR] * 3, _I64],
 }
 
 
@@ -90,6 +94,21 @@ def _call(name: str, dtype: torch.dtype, *arguments: object) -> None:
     getattr(lib, name + _SUFFIX[dtype])(*arguments)
 
 
+#: elements (B N H d) per thread below which a kernel call starts no extra threads: starting
+#: one costs tens of microseconds, a pass over this many rows takes a few hundred
+GRAIN = 1 << 15
+
+
+def threads_for(elements: int, threads: int | None = None) -> int:
+    """The threads a kernel call over ``elements`` numbers per operand uses: ``threads`` if
+    given, else torch's intra-op thread count, at most one per :data:`GRAIN` elements (one for
+    small calls). The rows are split among them in contiguous ranges, each row's arithmetic
+    unchanged, so the result is the same for every thread count."""
+    if threads is not None:
+        return max(1, threads)
+    return max(1, min(torch.get_num_threads(), elements // GRAIN))
+
+
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -128,7 +147,7 @@ _PHASES: dict[int, tuple[Tensor, Tensor, int]] = {}
 
 def cosine_step_forward(
     parts: Tensor, temperature: Tensor, beta: Tensor, radius: float,
-    rotation: tuple[Tensor, Tensor] | None,
+    rotation: tuple[Tensor, Tensor] | None, threads: int | None = None,
 ) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:  # fmt: skip
     """From the projections ``parts`` (4, B, N, H, d) = (W_F, W_Q, W_K, W_V) x̂: the scaled
     queries and keys (2, B, N, H, d) with the saved list of :func:`cosine_scale` ((rotated)
@@ -145,13 +164,14 @@ def cosine_step_forward(
           temperature.contiguous().data_ptr(), beta.contiguous().data_ptr(), radius,
           torch.finfo(parts.dtype).eps, _ptr(phases), scaled.data_ptr(),
           _ptr(None if rotation is None else rotated), inverse.data_ptr(),
-          coefficient.data_ptr(), start.data_ptr(), u_start.data_ptr())  # fmt: skip
+          coefficient.data_ptr(), start.data_ptr(), u_start.data_ptr(),
+          threads_for(start.numel(), threads))  # fmt: skip
     return scaled, [rotated, inverse, coefficient], start, u_start
 
 
 def phi_sum_forward(
     linear: Tensor, mixed: Tensor, extra: Tensor | None, stream: Tensor | None,
-    beta: Tensor, radius: float,
+    beta: Tensor, radius: float, threads: int | None = None,
 ) -> tuple[Tensor, list[Tensor | None]]:  # fmt: skip
     """:func:`~spinformer.physics.vmf.phi_sum` of the fields ``linear`` + ``mixed`` [+ ``extra``]
     (B, N, H, d; ``mixed`` with any strides but unit stride along d) and the ``stream``."""
@@ -165,13 +185,14 @@ def phi_sum_forward(
     _call("spf_phi_sum_forward", linear.dtype, batch, n, heads, d, linear.data_ptr(),
           mixed.data_ptr(), *mixed.stride()[:3], _ptr(extra), _ptr(stream),
           beta.contiguous().data_ptr(), radius, torch.finfo(linear.dtype).eps,
-          out.data_ptr(), theta.data_ptr(), u.data_ptr(), _ptr(scale), _ptr(radial))  # fmt: skip
+          out.data_ptr(), theta.data_ptr(), u.data_ptr(), _ptr(scale), _ptr(radial),
+          threads_for(out.numel(), threads))  # fmt: skip
     return out, [theta, u, scale, radial]
 
 
 def phi_sum_backward(
     grad: Tensor, beta: Tensor, radius: float, stream: Tensor | None,
-    saved: list[Tensor | None], stream_grad: bool, out: Tensor,
+    saved: list[Tensor | None], stream_grad: bool, out: Tensor, threads: int | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:  # fmt: skip
     """:func:`~spinformer.physics.vmf.phi_sum_vjp` (∂L/∂θ into ``out``, ∂L/∂stream, ∂L/∂β per
     site) from the saved list of :func:`phi_sum_forward`."""
@@ -183,14 +204,14 @@ def phi_sum_backward(
     _call("spf_phi_sum_backward", theta.dtype, u.numel(), heads, d, grad.data_ptr(),
           theta.data_ptr(), u.data_ptr(), _ptr(stream), _ptr(scale), _ptr(radial),
           beta.contiguous().data_ptr(), radius, out.data_ptr(), _ptr(grad_stream),
-          grad_beta.data_ptr())  # fmt: skip
+          grad_beta.data_ptr(), threads_for(theta.numel(), threads))  # fmt: skip
     return out, grad_stream, grad_beta
 
 
 def cosine_step_backward(
     grad_q: Tensor, grad_k: Tensor, grad_start: Tensor, cosine: list[Tensor],
     rotation: tuple[Tensor, Tensor] | None, value: Tensor, u_start: Tensor, beta: Tensor,
-    radius: float, out: Tensor,
+    radius: float, out: Tensor, threads: int | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The vector-Jacobian products of :func:`cosine_step_forward` from the gradients of the
     scaled queries, keys and the start (B, N, H, d, any strides with unit stride along d):
@@ -206,5 +227,6 @@ def cosine_step_backward(
     _call("spf_cosine_step_backward", value.dtype, batch, n, heads, d, *(g.data_ptr() for g in grads),
           strides.data_ptr(), rotated.data_ptr(), inverse.data_ptr(), coefficient.data_ptr(),
           _ptr(phases), value.data_ptr(), u_start.data_ptr(), beta.contiguous().data_ptr(),
-          radius, out.data_ptr(), grad_beta.data_ptr(), grad_tau.data_ptr())  # fmt: skip
+          radius, out.data_ptr(), grad_beta.data_ptr(), grad_tau.data_ptr(),
+          threads_for(value.numel(), threads))  # fmt: skip
     return grad_beta, grad_tau

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from spinformer.nn import SpinTransformerBlock, _native
-from spinformer.nn._spin import cosine_scale, rotary_phases
+from spinformer.nn._spin import HeadRMSNorm, cosine_scale, rotary_phases
 from spinformer.nn.blocks import _CosineOneStep
 from spinformer.physics import vmf
 
@@ -252,3 +252,47 @@ def test_thread_count_follows_torch_and_the_size(monkeypatch):
     assert _native.threads_for(2 * _native.GRAIN) == 2
     assert _native.threads_for(_native.GRAIN // 2) == 1
     assert _native.threads_for(_native.GRAIN // 2, threads=3) == 3
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("heads,d", [(4, 16), (3, 5)])
+def test_head_rms_norm_native_and_torch_paths_agree(monkeypatch, dtype, heads, d):
+    g = torch.Generator().manual_seed(11)
+    norm = HeadRMSNorm(heads, d, 1.5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(heads * d, generator=g, dtype=dtype))
+    x = torch.randn(3, 70, heads * d, generator=g, dtype=dtype)  # 70 tokens: a partial block
+    gy = torch.randn(3, 70, heads * d, generator=g, dtype=dtype)
+
+    def grads():
+        leaf = x.clone().requires_grad_()
+        y = norm(leaf)
+        return (y, *torch.autograd.grad(y, (leaf, norm.weight), gy))
+
+    native = grads()
+    monkeypatch.setenv("SPINFORMER_NATIVE", "0")
+    plain = grads()
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == F64 else {"rtol": 2e-5, "atol": 2e-5}
+    for got, want in zip(native, plain, strict=True):
+        torch.testing.assert_close(got, want, **tol)
+
+
+@needs_kernel
+def test_head_rms_kernel_gives_the_same_bits_on_every_thread_count():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(5, 41, 4, 16, generator=g)
+    weight = torch.randn(4, 16, generator=g)
+    grad = torch.randn(5, 41, 4, 16, generator=g)
+
+    def run(threads: int) -> list[torch.Tensor]:
+        out, inverse = _native.head_rms_forward(x, weight, threads=threads)
+        grad_x, grad_weight = _native.head_rms_backward(
+            grad, x, inverse, weight, True, True, threads=threads
+        )
+        return [out, inverse, grad_x, grad_weight]
+
+    one = run(1)
+    for threads in (2, 3, 200):
+        for got, want in zip(run(threads), one, strict=True):
+            assert torch.equal(got, want)

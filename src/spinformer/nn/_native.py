@@ -6,7 +6,8 @@ queries and keys (:func:`~spinformer.nn._spin.cosine_scale`, with the rotary pha
 learned start φ(W_V x̂) and the field sum with φ (:func:`~spinformer.physics.vmf.phi_sum`), and
 their closed-form vector-Jacobian products. As torch operations that is tens of full-size passes
 with per-head reductions; the kernel does each side in one pass over the rows. Same formulas,
-same saved quantities, so the torch path and this one agree up to float rounding.
+same saved quantities, so the torch path and this one agree up to float rounding. The block's
+per-head RMS norm (:class:`~spinformer.nn._spin.HeadRMSNorm`) runs the same way.
 
 The library is built at first use by :mod:`spinformer._native`; :func:`library` is ``None`` (and
 the callers keep the torch path) without a compiler or with ``SPINFORMER_NATIVE=0``, and
@@ -28,6 +29,8 @@ from spinformer._native import build_library, compiler, native_disabled
 __all__ = [
     "cosine_step_backward",
     "cosine_step_forward",
+    "head_rms_backward",
+    "head_rms_forward",
     "library",
     "phi_sum_backward",
     "phi_sum_forward",
@@ -53,7 +56,12 @@ _SIGNATURES = {
     ],
     "spf_phi_sum_backward": [*[_I64] * 3, *[_PTR] * 7, _F64, *[_PTR] * 3, _I64],
     "spf_cosine_step_backward": [*[_I64] * 4, *[_PTR] * 11, _F64, *[_PTR] * 3, _I64],
+    "spf_head_rms_forward": [_PTR, *[_I64] * 3, _PTR, _F64, _PTR, _PTR, _I64],
+    "spf_head_rms_backward": [*[_PTR] * 3, *[_I64] * 3, *[_PTR] * 3, _I64],
 }
+
+#: tokens per partial sum of the RMS norm's gain gradient (SPF_BLOCK in cosine_step.h)
+_RMS_BLOCK = 32
 
 
 @functools.cache
@@ -230,3 +238,38 @@ def cosine_step_backward(
           radius, out.data_ptr(), grad_beta.data_ptr(), grad_tau.data_ptr(),
           threads_for(value.numel(), threads))  # fmt: skip
     return grad_beta, grad_tau
+
+
+def head_rms_forward(
+    x: Tensor, weight: Tensor, threads: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """The per-head RMS norm y = g ⊙ x/rms(x) of x (..., H, d) with the gain g (H, d) (see
+    :class:`~spinformer.nn._spin.HeadRMSNorm`), and 1/rms(x) (..., H, 1) for the backward."""
+    heads, d = x.shape[-2:]
+    out = torch.empty_like(x)
+    inverse = x.new_empty(*x.shape[:-1], 1)
+    tokens = x.numel() // (heads * d) if x.numel() else 0
+    _call("spf_head_rms_forward", x.dtype, x.data_ptr(), tokens, heads, d, weight.data_ptr(),
+          torch.finfo(x.dtype).eps, out.data_ptr(), inverse.data_ptr(),
+          threads_for(x.numel(), threads))  # fmt: skip
+    return out, inverse
+
+
+def head_rms_backward(
+    grad: Tensor, x: Tensor, inverse: Tensor, weight: Tensor, grad_x: bool, grad_weight: bool,
+    threads: int | None = None,
+) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
+    """The vector-Jacobian products of :func:`head_rms_forward`: ∂L/∂x (if ``grad_x``) and
+    ∂L/∂g (if ``grad_weight``), the latter summed in fixed blocks of tokens (the same numbers
+    for every thread count) and then over the blocks."""
+    heads, d = x.shape[-2:]
+    grad = grad.contiguous()
+    tokens = x.numel() // (heads * d) if x.numel() else 0
+    out = torch.empty_like(x) if grad_x else None
+    partial = None
+    if grad_weight:
+        partial = x.new_empty(-(-tokens // _RMS_BLOCK), heads, d)
+    _call("spf_head_rms_backward", x.dtype, grad.data_ptr(), x.data_ptr(), inverse.data_ptr(),
+          tokens, heads, d, weight.data_ptr(), _ptr(out), _ptr(partial),
+          threads_for(x.numel(), threads))  # fmt: skip
+    return out, None if partial is None else partial.sum(0)

@@ -1,5 +1,6 @@
 /* Compiled row passes of the one-step cosine spin block (spinformer.nn._native): the per-head
- * elementwise math around the projections and the attention, each in one pass over the rows.
+ * elementwise math around the projections and the attention, and the block's per-head RMS
+ * norm, each in one pass over the rows.
  * Plain C11 and POSIX threads, no Python or torch headers; float32 and float64 versions of
  * every function. */
 #include <math.h>

@@ -189,6 +189,55 @@ SPF_INLINE void NAME(cosine_backward)(int64_t batch, int64_t n, int64_t heads, i
         }
 }
 
+/* The per-head RMS norm of the block's tokens, y = g x/rms(x) per row (HeadRMSNorm): y and
+ * 1/rms(x) = 1/sqrt(|x|^2/d + eps) per row. */
+SPF_INLINE void NAME(rms_forward)(const REAL *restrict x, int64_t heads, int64_t d, const REAL *restrict weight,
+                                  double eps, REAL *restrict out, REAL *restrict inverse, int64_t first,
+                                  int64_t last) {
+    const REAL e = (REAL)eps, dd = (REAL)d;
+    for (int64_t token = first; token < last; token++)
+        for (int64_t h = 0, r = token * heads; h < heads; h++, r++) {
+            const REAL *v = x + r * d, *g = weight + h * d;
+            const REAL inv = (REAL)1 / SQRT(NAME(dot)(v, v, d) / dd + e);
+            inverse[r] = inv;
+            for (int64_t a = 0; a < d; a++) out[r * d + a] = v[a] * inv * g[a];
+        }
+}
+
+/* Its vector-Jacobian products in closed form: dL/dx = (gg - xh (gg . xh)/d)/rms(x) with
+ * gg = g dL/dy and xh = x/rms(x) (if grad_x is given), and dL/dg summed over the tokens of each
+ * block of SPF_BLOCK tokens in order into partial (one row of heads d per block; if given). */
+#define SPF_BLOCK 32
+SPF_INLINE void NAME(rms_backward)(const REAL *restrict grad, const REAL *restrict x,
+                                   const REAL *restrict inverse, int64_t tokens, int64_t heads, int64_t d,
+                                   const REAL *restrict weight, REAL *restrict grad_x, REAL *restrict partial,
+                                   int64_t first, int64_t last) {
+    const REAL dd = (REAL)d;
+    for (int64_t block = first; block < last; block++) {
+        REAL *sum = partial == NULL ? NULL : partial + block * heads * d;
+        if (sum != NULL)
+            for (int64_t a = 0; a < heads * d; a++) sum[a] = 0;
+        const int64_t end = (block + 1) * SPF_BLOCK < tokens ? (block + 1) * SPF_BLOCK : tokens;
+        for (int64_t token = block * SPF_BLOCK; token < end; token++)
+            for (int64_t h = 0, r = token * heads; h < heads; h++, r++) {
+                const REAL *gy = grad + r * d, *v = x + r * d, *g = weight + h * d;
+                const REAL inv = inverse[r];
+                REAL normed[d], scaled[d];
+                for (int64_t a = 0; a < d; a++) {
+                    normed[a] = v[a] * inv;
+                    scaled[a] = gy[a] * g[a];
+                }
+                if (sum != NULL)
+                    for (int64_t a = 0; a < d; a++) sum[h * d + a] += gy[a] * normed[a];
+                if (grad_x != NULL) {
+                    const REAL along = NAME(dot)(scaled, normed, d) / dd;
+                    for (int64_t a = 0; a < d; a++)
+                        grad_x[r * d + a] = (scaled[a] - normed[a] * along) * inv;
+                }
+            }
+    }
+}
+
 /* The exported entries: the bodies above with d a constant where it is 16, 32 or 64, over the
  * tokens (b, n) split into contiguous ranges among `threads` threads (spf_parallel in
  * cosine_step.c). Every row's arithmetic is the same whatever the split, so the results are
@@ -346,6 +395,58 @@ void NAME(spf_cosine_step_backward)(int64_t batch, int64_t n, int64_t heads, int
     spf_parallel(threads, batch * n, NAME(spf_backward_run), &a);
 }
 
+struct NAME(spf_rms_forward_args) {
+    const REAL *x; int64_t heads, d; const REAL *weight; double eps; REAL *out, *inverse;
+};
+
+SPF_ROWS NAME(spf_rms_forward_rows)(const REAL *restrict x, int64_t heads, int64_t d, const REAL *restrict weight,
+                                    double eps, REAL *restrict out, REAL *restrict inverse, int64_t first,
+                                    int64_t last) {
+#define SPF_CALL(w) NAME(rms_forward)(x, heads, w, weight, eps, out, inverse, first, last)
+    SPF_WIDTHS(SPF_CALL, d);
+#undef SPF_CALL
+}
+
+static void NAME(spf_rms_forward_run)(const void *given, int64_t first, int64_t last) {
+    const struct NAME(spf_rms_forward_args) *a = given;
+    NAME(spf_rms_forward_rows)(a->x, a->heads, a->d, a->weight, a->eps, a->out, a->inverse, first, last);
+}
+
+void NAME(spf_head_rms_forward)(const REAL *x, int64_t tokens, int64_t heads, int64_t d, const REAL *weight,
+                                double eps, REAL *out, REAL *inverse, int64_t threads) {
+    const struct NAME(spf_rms_forward_args) a = {x, heads, d, weight, eps, out, inverse};
+    spf_parallel(threads, tokens, NAME(spf_rms_forward_run), &a);
+}
+
+struct NAME(spf_rms_backward_args) {
+    const REAL *grad, *x, *inverse; int64_t tokens, heads, d; const REAL *weight; REAL *grad_x, *partial;
+};
+
+SPF_ROWS NAME(spf_rms_backward_rows)(const REAL *restrict grad, const REAL *restrict x,
+                                     const REAL *restrict inverse, int64_t tokens, int64_t heads, int64_t d,
+                                     const REAL *restrict weight, REAL *restrict grad_x,
+                                     REAL *restrict partial, int64_t first, int64_t last) {
+#define SPF_CALL(w) NAME(rms_backward)(grad, x, inverse, tokens, heads, w, weight, grad_x, partial, \
+                                       first, last)
+    SPF_WIDTHS(SPF_CALL, d);
+#undef SPF_CALL
+}
+
+static void NAME(spf_rms_backward_run)(const void *given, int64_t first, int64_t last) {
+    const struct NAME(spf_rms_backward_args) *a = given;
+    NAME(spf_rms_backward_rows)(a->grad, a->x, a->inverse, a->tokens, a->heads, a->d, a->weight,
+                                a->grad_x, a->partial, first, last);
+}
+
+/* partial: (ceil(tokens / SPF_BLOCK), heads, d), split over threads by whole blocks */
+void NAME(spf_head_rms_backward)(const REAL *grad, const REAL *x, const REAL *inverse, int64_t tokens,
+                                 int64_t heads, int64_t d, const REAL *weight, REAL *grad_x, REAL *partial,
+                                 int64_t threads) {
+    const struct NAME(spf_rms_backward_args) a = {grad, x, inverse, tokens, heads, d, weight, grad_x, partial};
+    spf_parallel(threads, (tokens + SPF_BLOCK - 1) / SPF_BLOCK, NAME(spf_rms_backward_run), &a);
+}
+
 #undef SPF_ROWS
+#undef SPF_BLOCK
 #undef SPF_WIDTHS
 #undef SPF_INLINE

@@ -128,7 +128,8 @@ def test_native_forward_is_the_torch_forward():
     scale = torch.stack([temperature / d, torch.ones_like(temperature)])[:, None, None, :, None]
     expected, saved = cosine_scale(parts[1:3], rotation, scale)
     torch.testing.assert_close(scaled, expected)
-    for got, want in zip(cosine, saved, strict=True):
+    assert torch.equal(cosine[0], parts[1:3])  # kept as projected: the backward rotates again
+    for got, want in zip(cosine[1:], saved[1:], strict=True):
         torch.testing.assert_close(got, want)
     want_start, _, want_u = vmf.phi_terms(parts[3], beta[:, None], radius)
     torch.testing.assert_close(start, want_start)
@@ -136,11 +137,15 @@ def test_native_forward_is_the_torch_forward():
     mixed = torch.randn(batch, heads, n, d, generator=g, dtype=F64).transpose(1, 2)
     extra = torch.randn(batch, n, heads, d, generator=g, dtype=F64)
     stream = 0.4 * torch.tanh(torch.randn(batch, n, heads, d, generator=g, dtype=F64))
-    out, saved = _native.phi_sum_forward(parts[0], mixed, extra, stream, beta, radius)
+    out, saved = _native.phi_sum_forward(parts[0], mixed, [extra], stream, beta, radius)
     want, want_saved = vmf.phi_sum(beta[:, None], radius, stream, parts[0], extra, mixed)
     torch.testing.assert_close(out, want)
     for got, ref in zip(saved, want_saved, strict=True):
         torch.testing.assert_close(got, ref)
+    other = torch.randn(batch, n, heads, d, generator=g, dtype=F64)  # two extra fields
+    out, _ = _native.phi_sum_forward(parts[0], mixed, [extra, other], None, beta, radius)
+    want, _ = vmf.phi_sum(beta[:, None], radius, None, parts[0], extra, other, mixed)
+    torch.testing.assert_close(out, want)
 
 
 def test_native_path_steps_aside(monkeypatch):
@@ -227,7 +232,7 @@ def test_kernels_split_over_threads_give_the_same_bits(dtype, rope, d):
             parts, temperature, beta, radius, rotation, threads=threads
         )
         out, saved = _native.phi_sum_forward(
-            parts[0], mixed, extra, stream, beta, radius, threads=threads
+            parts[0], mixed, [extra, incoming[3]], stream, beta, radius, threads=threads
         )
         grads = torch.empty_like(parts)
         _, grad_stream, grad_beta = _native.phi_sum_backward(
@@ -296,3 +301,26 @@ def test_head_rms_kernel_gives_the_same_bits_on_every_thread_count():
     for threads in (2, 3, 200):
         for got, want in zip(run(threads), one, strict=True):
             assert torch.equal(got, want)
+
+
+@needs_kernel
+def test_more_fields_than_the_kernel_adds_join_one(monkeypatch):
+    # the kernel's field sum takes two fields besides W_F x̂ and the attention: a third joins one
+    g = torch.Generator().manual_seed(13)
+    batch, n, heads, d = 2, 5, 2, 4
+    x_norm = torch.randn(batch, n, heads * d, generator=g, dtype=F64)
+    weight = 0.5 * torch.randn(4 * heads * d, heads * d, generator=g, dtype=F64)
+    beta, temperature = torch.full((heads,), 0.8, dtype=F64), torch.full((heads,), 2.0, dtype=F64)
+    fields = [torch.randn(batch, n, heads, d, generator=g, dtype=F64) for _ in range(3)]
+    fields = [f.requires_grad_() for f in fields]
+    radius = vmf.transformer_radius(d)
+
+    def run():
+        out = _CosineOneStep.apply(x_norm, weight, beta, temperature, radius, None, None, True,
+                                   None, *fields)  # fmt: skip
+        return out, *torch.autograd.grad(out.sum(), fields)
+
+    native = run()
+    monkeypatch.setenv("SPINFORMER_NATIVE", "0")
+    for got, want in zip(native, run(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -48,7 +49,7 @@ _SIGNATURES = {
         *[_I64] * 4,
         *[_PTR] * 2,
         *[_I64] * 3,
-        *[_PTR] * 3,
+        *[_PTR] * 4,
         _F64,
         _F64,
         *[_PTR] * 5,
@@ -158,11 +159,11 @@ def cosine_step_forward(
     rotation: tuple[Tensor, Tensor] | None, threads: int | None = None,
 ) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:  # fmt: skip
     """From the projections ``parts`` (4, B, N, H, d) = (W_F, W_Q, W_K, W_V) x̂: the scaled
-    queries and keys (2, B, N, H, d) with the saved list of :func:`cosine_scale` ((rotated)
-    queries and keys, inverse RMS, coefficient), and the start φ(W_V x̂) with its u."""
+    queries and keys (2, B, N, H, d) with the saved list of :func:`cosine_scale` but for the
+    queries and keys as projected, not rotated (:func:`cosine_step_backward` rotates them
+    again), inverse RMS, coefficient; and the start φ(W_V x̂) with its u."""
     _, batch, n, heads, d = parts.shape
     scaled = torch.empty_like(parts[1:3])
-    rotated = parts[1:3] if rotation is None else torch.empty_like(scaled)
     inverse = parts.new_empty(2, batch, n, heads, 1)
     coefficient = torch.empty_like(inverse)
     start = torch.empty_like(parts[3])
@@ -170,20 +171,23 @@ def cosine_step_forward(
     phases = _phases(rotation)
     _call("spf_cosine_step_forward", parts.dtype, parts.data_ptr(), batch, n, heads, d,
           temperature.contiguous().data_ptr(), beta.contiguous().data_ptr(), radius,
-          torch.finfo(parts.dtype).eps, _ptr(phases), scaled.data_ptr(),
-          _ptr(None if rotation is None else rotated), inverse.data_ptr(),
+          torch.finfo(parts.dtype).eps, _ptr(phases), scaled.data_ptr(), None, inverse.data_ptr(),
           coefficient.data_ptr(), start.data_ptr(), u_start.data_ptr(),
           threads_for(start.numel(), threads))  # fmt: skip
-    return scaled, [rotated, inverse, coefficient], start, u_start
+    return scaled, [parts[1:3], inverse, coefficient], start, u_start
 
 
 def phi_sum_forward(
-    linear: Tensor, mixed: Tensor, extra: Tensor | None, stream: Tensor | None,
+    linear: Tensor, mixed: Tensor, extras: Sequence[Tensor], stream: Tensor | None,
     beta: Tensor, radius: float, threads: int | None = None,
 ) -> tuple[Tensor, list[Tensor | None]]:  # fmt: skip
-    """:func:`~spinformer.physics.vmf.phi_sum` of the fields ``linear`` + ``mixed`` [+ ``extra``]
-    (B, N, H, d; ``mixed`` with any strides but unit stride along d) and the ``stream``."""
+    """:func:`~spinformer.physics.vmf.phi_sum` of the fields ``linear`` + ``mixed`` + the
+    ``extras`` (B, N, H, d each, at most two; ``mixed`` with any strides but unit stride along
+    d) and the ``stream``."""
     batch, n, heads, d = linear.shape
+    if len(extras) > 2:
+        raise ValueError(f"at most two extra fields, got {len(extras)}")
+    extra, extra2 = [t.contiguous() for t in extras] + [None] * (2 - len(extras))
     mixed = _rows(mixed)
     out, theta = torch.empty_like(linear), torch.empty_like(linear)
     u = linear.new_empty(batch, n, heads, 1)
@@ -191,7 +195,7 @@ def phi_sum_forward(
     if stream is not None:
         scale, radial = torch.empty_like(u), torch.empty_like(u)
     _call("spf_phi_sum_forward", linear.dtype, batch, n, heads, d, linear.data_ptr(),
-          mixed.data_ptr(), *mixed.stride()[:3], _ptr(extra), _ptr(stream),
+          mixed.data_ptr(), *mixed.stride()[:3], _ptr(extra), _ptr(extra2), _ptr(stream),
           beta.contiguous().data_ptr(), radius, torch.finfo(linear.dtype).eps,
           out.data_ptr(), theta.data_ptr(), u.data_ptr(), _ptr(scale), _ptr(radial),
           threads_for(out.numel(), threads))  # fmt: skip
@@ -222,18 +226,19 @@ def cosine_step_backward(
     radius: float, out: Tensor, threads: int | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The vector-Jacobian products of :func:`cosine_step_forward` from the gradients of the
-    scaled queries, keys and the start (B, N, H, d, any strides with unit stride along d):
+    scaled queries, keys and the start (B, N, H, d, any strides with unit stride along d) and
+    the saved list of :func:`cosine_step_forward`:
     ∂L/∂(W_Q x̂, W_K x̂, W_V x̂) into ``out`` (3, B, N, H, d), and per site ∂L/∂β of the start
     and ∂L/∂s · s/τ of the queries (summed over the sites it is ∂L/∂τ)."""
-    rotated, inverse, coefficient = cosine
+    projected, inverse, coefficient = cosine
     batch, n, heads, d = value.shape
     grads = [_rows(grad_q), _rows(grad_k), _rows(grad_start)]
-    strides = torch.tensor([s for g in grads for s in g.stride()[:3]], dtype=torch.int64)
+    strides = (_I64 * 9)(*(s for g in grads for s in g.stride()[:3]))
     grad_beta, grad_tau = torch.empty_like(u_start), torch.empty_like(u_start)
-    rotated = rotated.contiguous()  # the projections' view without rotation: already so
+    projected = projected.contiguous()  # a view of the projections: already so
     phases = _phases(rotation)
     _call("spf_cosine_step_backward", value.dtype, batch, n, heads, d, *(g.data_ptr() for g in grads),
-          strides.data_ptr(), rotated.data_ptr(), inverse.data_ptr(), coefficient.data_ptr(),
+          strides, projected.data_ptr(), inverse.data_ptr(), coefficient.data_ptr(),
           _ptr(phases), value.data_ptr(), u_start.data_ptr(), beta.contiguous().data_ptr(),
           radius, out.data_ptr(), grad_beta.data_ptr(), grad_tau.data_ptr(),
           threads_for(value.numel(), threads))  # fmt: skip

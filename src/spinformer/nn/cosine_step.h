@@ -32,7 +32,8 @@ SPF_INLINE void NAME(rotate)(const REAL *restrict x, const REAL *restrict phase,
 }
 
 /* Forward of the rows before attention: per head h, the queries and keys v = parts[1], parts[2]
- * (optionally rotated pairwise by the rotary phases of (n, h), see rotate), their inverse RMS
+ * (optionally rotated pairwise by the rotary phases of (n, h), see rotate; kept in `rotated`
+ * unless it is NULL), their inverse RMS
  * 1/sqrt(|v|^2/d + eps), the per-site coefficients s/rms (s = tau_h/d for queries, 1 for keys)
  * and s v/rms; and the learned start phi(W_V x) = beta v/(1 + u), u = sqrt(1 + beta^2|v|^2/R^2). */
 SPF_INLINE void NAME(cosine_forward)(const REAL *restrict parts, int64_t batch, int64_t n, int64_t heads,
@@ -51,8 +52,10 @@ SPF_INLINE void NAME(cosine_forward)(const REAL *restrict parts, int64_t batch, 
                 REAL turned[d];
                 if (rotation != NULL) {
                     NAME(rotate)(v, rotation + (nn * heads + h) * 2 * d, d, 1, turned);
-                    REAL *keep = rotated + which * size + r * d;
-                    for (int64_t a = 0; a < d; a++) keep[a] = turned[a];
+                    if (rotated != NULL) {
+                        REAL *keep = rotated + which * size + r * d;
+                        for (int64_t a = 0; a < d; a++) keep[a] = turned[a];
+                    }
                     v = turned;
                 }
                 const REAL norm2 = NAME(dot)(v, v, d);
@@ -77,7 +80,7 @@ SPF_INLINE void NAME(cosine_forward)(const REAL *restrict parts, int64_t batch, 
 SPF_INLINE void NAME(phi_forward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
                                   const REAL *restrict linear, const REAL *restrict mixed, int64_t msb,
                                   int64_t msn, int64_t msh, const REAL *restrict extra,
-                                  const REAL *restrict stream, const REAL *restrict beta, double radius,
+                                  const REAL *restrict extra2, const REAL *restrict stream, const REAL *restrict beta, double radius,
                                   double eps, REAL *restrict out, REAL *restrict theta, REAL *restrict u_out,
                                   REAL *restrict scale_out, REAL *restrict radial_out, int64_t first,
                                   int64_t last) {
@@ -91,6 +94,8 @@ SPF_INLINE void NAME(phi_forward)(int64_t batch, int64_t n, int64_t heads, int64
             for (int64_t a = 0; a < d; a++) t[a] = linear[r * d + a] + m[a];
             if (extra != NULL)
                 for (int64_t a = 0; a < d; a++) t[a] += extra[r * d + a];
+            if (extra2 != NULL)
+                for (int64_t a = 0; a < d; a++) t[a] += extra2[r * d + a];
             if (stream != NULL) {
                 const REAL *x = stream + r * d;
                 const REAL norm2 = NAME(dot)(x, x, d);
@@ -150,11 +155,13 @@ SPF_INLINE void NAME(phi_backward)(int64_t rows, int64_t heads, int64_t d, const
 
 /* Backward of the rows before attention from the attention's gradients of the scaled queries,
  * keys and of the start: dL/d(parts[1..3]) into grads (3, rows, d), dL/dbeta of the start per
- * site, and dL/ds s/tau per query site (summed over the sites it is dL/dtau). */
+ * site, and dL/ds s/tau per query site (summed over the sites it is dL/dtau). `projected` are
+ * the queries and keys parts[1..2] as projected: rotated again here (the same arithmetic as the
+ * forward's, so the same numbers), which costs less than the forward storing them rotated. */
 SPF_INLINE void NAME(cosine_backward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
                                       const REAL *restrict grad_q, const REAL *restrict grad_k,
                                       const REAL *restrict grad_v, const int64_t *strides,
-                                      const REAL *restrict rotated, const REAL *restrict inverse,
+                                      const REAL *restrict projected, const REAL *restrict inverse,
                                       const REAL *restrict coefficient, const REAL *restrict rotation,
                                       const REAL *restrict value, const REAL *restrict u_start, const REAL *restrict beta,
                                       double radius, REAL *restrict grads, REAL *restrict grad_beta,
@@ -169,7 +176,12 @@ SPF_INLINE void NAME(cosine_backward)(int64_t batch, int64_t n, int64_t heads, i
                 in[i] = incoming[i] + bb * strides[3 * i] + nn * strides[3 * i + 1] +
                         h * strides[3 * i + 2];
             for (int which = 0; which < 2; which++) {
-                const REAL *v = rotated + which * size + r * d, *g = in[which];
+                const REAL *v = projected + which * size + r * d, *g = in[which];
+                REAL turned[d];
+                if (rotation != NULL) { /* the rotated vector of the forward, recomputed */
+                    NAME(rotate)(v, rotation + (nn * heads + h) * 2 * d, d, 1, turned);
+                    v = turned;
+                }
                 const REAL inv = inverse[which * rows + r];
                 const REAL coef = coefficient[which * rows + r];
                 REAL *out = grads + which * size + r * d;
@@ -289,16 +301,16 @@ void NAME(spf_cosine_step_forward)(const REAL *parts, int64_t batch, int64_t n, 
 
 struct NAME(spf_phi_forward_args) {
     int64_t batch, n, heads, d; const REAL *linear, *mixed; int64_t msb, msn, msh;
-    const REAL *extra, *stream, *beta; double radius, eps; REAL *out, *theta, *u, *scale, *radial;
+    const REAL *extra, *extra2, *stream, *beta; double radius, eps; REAL *out, *theta, *u, *scale, *radial;
 };
 
 SPF_ROWS NAME(spf_phi_forward_rows)(int64_t batch, int64_t n, int64_t heads, int64_t d,
                                     const REAL *restrict linear, const REAL *restrict mixed, int64_t msb,
                                     int64_t msn, int64_t msh, const REAL *restrict extra,
-                                    const REAL *restrict stream, const REAL *restrict beta, double radius,
+                                    const REAL *restrict extra2, const REAL *restrict stream, const REAL *restrict beta, double radius,
                                     double eps, REAL *restrict out, REAL *restrict theta, REAL *restrict u,
                                     REAL *restrict scale, REAL *restrict radial, int64_t first, int64_t last) {
-#define SPF_CALL(w) NAME(phi_forward)(batch, n, heads, w, linear, mixed, msb, msn, msh, extra, stream, \
+#define SPF_CALL(w) NAME(phi_forward)(batch, n, heads, w, linear, mixed, msb, msn, msh, extra, extra2, stream, \
                                       beta, radius, eps, out, theta, u, scale, radial, first, last)
     SPF_WIDTHS(SPF_CALL, d);
 #undef SPF_CALL
@@ -307,16 +319,16 @@ SPF_ROWS NAME(spf_phi_forward_rows)(int64_t batch, int64_t n, int64_t heads, int
 static void NAME(spf_phi_forward_run)(const void *given, int64_t first, int64_t last) {
     const struct NAME(spf_phi_forward_args) *a = given;
     NAME(spf_phi_forward_rows)(a->batch, a->n, a->heads, a->d, a->linear, a->mixed, a->msb, a->msn,
-                               a->msh, a->extra, a->stream, a->beta, a->radius, a->eps, a->out,
+                               a->msh, a->extra, a->extra2, a->stream, a->beta, a->radius, a->eps, a->out,
                                a->theta, a->u, a->scale, a->radial, first, last);
 }
 
 void NAME(spf_phi_sum_forward)(int64_t batch, int64_t n, int64_t heads, int64_t d, const REAL *linear,
                                const REAL *mixed, int64_t msb, int64_t msn, int64_t msh, const REAL *extra,
-                               const REAL *stream, const REAL *beta, double radius, double eps, REAL *out,
+                               const REAL *extra2, const REAL *stream, const REAL *beta, double radius, double eps, REAL *out,
                                REAL *theta, REAL *u, REAL *scale, REAL *radial, int64_t threads) {
     const struct NAME(spf_phi_forward_args) a = {batch, n, heads, d, linear, mixed, msb, msn, msh, extra,
-                                                 stream, beta, radius, eps, out, theta, u, scale, radial};
+                                                 extra2, stream, beta, radius, eps, out, theta, u, scale, radial};
     spf_parallel(threads, batch * n, NAME(spf_phi_forward_run), &a);
 }
 
@@ -355,21 +367,21 @@ void NAME(spf_phi_sum_backward)(int64_t rows, int64_t heads, int64_t d, const RE
 
 struct NAME(spf_backward_args) {
     int64_t batch, n, heads, d; const REAL *grad_q, *grad_k, *grad_v; const int64_t *strides;
-    const REAL *rotated, *inverse, *coefficient, *rotation, *value, *u_start, *beta; double radius;
+    const REAL *projected, *inverse, *coefficient, *rotation, *value, *u_start, *beta; double radius;
     REAL *grads, *grad_beta, *grad_tau;
 };
 
 SPF_ROWS NAME(spf_backward_rows)(int64_t batch, int64_t n, int64_t heads, int64_t d,
                                  const REAL *restrict grad_q, const REAL *restrict grad_k,
                                  const REAL *restrict grad_v, const int64_t *strides,
-                                 const REAL *restrict rotated, const REAL *restrict inverse,
+                                 const REAL *restrict projected, const REAL *restrict inverse,
                                  const REAL *restrict coefficient, const REAL *restrict rotation,
                                  const REAL *restrict value, const REAL *restrict u_start,
                                  const REAL *restrict beta, double radius, REAL *restrict grads,
                                  REAL *restrict grad_beta, REAL *restrict grad_tau, int64_t first,
                                  int64_t last) {
 #define SPF_CALL(w) NAME(cosine_backward)(batch, n, heads, w, grad_q, grad_k, grad_v, strides, \
-                                          rotated, inverse, coefficient, rotation, value, u_start, \
+                                          projected, inverse, coefficient, rotation, value, u_start, \
                                           beta, radius, grads, grad_beta, grad_tau, first, last)
     SPF_WIDTHS(SPF_CALL, d);
 #undef SPF_CALL
@@ -378,18 +390,18 @@ SPF_ROWS NAME(spf_backward_rows)(int64_t batch, int64_t n, int64_t heads, int64_
 static void NAME(spf_backward_run)(const void *given, int64_t first, int64_t last) {
     const struct NAME(spf_backward_args) *a = given;
     NAME(spf_backward_rows)(a->batch, a->n, a->heads, a->d, a->grad_q, a->grad_k, a->grad_v, a->strides,
-                            a->rotated, a->inverse, a->coefficient, a->rotation, a->value,
+                            a->projected, a->inverse, a->coefficient, a->rotation, a->value,
                             a->u_start, a->beta, a->radius, a->grads, a->grad_beta, a->grad_tau,
                             first, last);
 }
 
 void NAME(spf_cosine_step_backward)(int64_t batch, int64_t n, int64_t heads, int64_t d, const REAL *grad_q,
                                     const REAL *grad_k, const REAL *grad_v, const int64_t *strides,
-                                    const REAL *rotated, const REAL *inverse, const REAL *coefficient,
+                                    const REAL *projected, const REAL *inverse, const REAL *coefficient,
                                     const REAL *rotation, const REAL *value, const REAL *u_start,
                                     const REAL *beta, double radius, REAL *grads, REAL *grad_beta,
                                     REAL *grad_tau, int64_t threads) {
-    const struct NAME(spf_backward_args) a = {batch, n, heads, d, grad_q, grad_k, grad_v, strides, rotated,
+    const struct NAME(spf_backward_args) a = {batch, n, heads, d, grad_q, grad_k, grad_v, strides, projected,
                                               inverse, coefficient, rotation, value, u_start, beta,
                                               radius, grads, grad_beta, grad_tau};
     spf_parallel(threads, batch * n, NAME(spf_backward_run), &a);

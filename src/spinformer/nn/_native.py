@@ -68,7 +68,7 @@ _RMS_BLOCK = 32
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
     built, reason = build_library(
-        "spinformer.nn", ("cosine_step.c",), ("cosine_step.h",), "nn", compiler()
+        "spinformer.nn", ("cosine_step.c",), ("cosine_step.h",), "nn", compiler(), ("-fopenmp",)
     )
     if built is None:
         return None, reason

@@ -12,6 +12,7 @@
 
 typedef void (*spf_run)(const void *arguments, int64_t first, int64_t last);
 
+#ifndef _OPENMP
 typedef struct {
     spf_run run;
     const void *arguments;
@@ -23,11 +24,14 @@ static void *spf_worker(void *given) {
     chunk->run(chunk->arguments, chunk->first, chunk->last);
     return NULL;
 }
+#endif
 
-/* run(arguments, first, last) over [0, count) in `threads` contiguous ranges, the first on the
- * calling thread and the others on threads started for the call (a range whose thread cannot
- * be started runs on the calling thread). The ranges are disjoint and each item's work does
- * not depend on the split. */
+/* run(arguments, first, last) over [0, count) in `threads` contiguous ranges. Built with
+ * OpenMP, the ranges run on the OpenMP runtime's threads -- the process's one libgomp, whose
+ * pool torch's own parallel operations use (threads of our own would compete with its workers
+ * spinning after each operation); otherwise the first range runs on the calling thread and the
+ * others on threads started for the call (a range whose thread cannot be started runs on the
+ * calling thread). The ranges are disjoint and each item's work does not depend on the split. */
 static void spf_parallel(int64_t threads, int64_t count, spf_run run, const void *arguments) {
     if (threads > count) threads = count;
     if (threads > SPF_MAX_THREADS) threads = SPF_MAX_THREADS;
@@ -35,6 +39,11 @@ static void spf_parallel(int64_t threads, int64_t count, spf_run run, const void
         if (count > 0) run(arguments, 0, count);
         return;
     }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads((int)threads) schedule(static, 1)
+    for (int64_t i = 0; i < threads; i++)
+        run(arguments, count * i / threads, count * (i + 1) / threads);
+#else
     spf_chunk chunks[SPF_MAX_THREADS];
     pthread_t ids[SPF_MAX_THREADS];
     int started[SPF_MAX_THREADS] = {0};
@@ -49,6 +58,7 @@ static void spf_parallel(int64_t threads, int64_t count, spf_run run, const void
         else
             run(arguments, chunks[i].first, chunks[i].last);
     }
+#endif
 }
 
 #define REAL float

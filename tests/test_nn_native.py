@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from spinformer.nn import SpinTransformerBlock, _native
-from spinformer.nn._spin import cosine_scale, rotary_phases
+from spinformer.nn._spin import HeadRMSNorm, cosine_scale, rotary_phases
 from spinformer.nn.blocks import _CosineOneStep
 from spinformer.physics import vmf
 
@@ -128,7 +128,8 @@ def test_native_forward_is_the_torch_forward():
     scale = torch.stack([temperature / d, torch.ones_like(temperature)])[:, None, None, :, None]
     expected, saved = cosine_scale(parts[1:3], rotation, scale)
     torch.testing.assert_close(scaled, expected)
-    for got, want in zip(cosine, saved, strict=True):
+    assert torch.equal(cosine[0], parts[1:3])  # kept as projected: the backward rotates again
+    for got, want in zip(cosine[1:], saved[1:], strict=True):
         torch.testing.assert_close(got, want)
     want_start, _, want_u = vmf.phi_terms(parts[3], beta[:, None], radius)
     torch.testing.assert_close(start, want_start)
@@ -136,11 +137,15 @@ def test_native_forward_is_the_torch_forward():
     mixed = torch.randn(batch, heads, n, d, generator=g, dtype=F64).transpose(1, 2)
     extra = torch.randn(batch, n, heads, d, generator=g, dtype=F64)
     stream = 0.4 * torch.tanh(torch.randn(batch, n, heads, d, generator=g, dtype=F64))
-    out, saved = _native.phi_sum_forward(parts[0], mixed, extra, stream, beta, radius)
+    out, saved = _native.phi_sum_forward(parts[0], mixed, [extra], stream, beta, radius)
     want, want_saved = vmf.phi_sum(beta[:, None], radius, stream, parts[0], extra, mixed)
     torch.testing.assert_close(out, want)
     for got, ref in zip(saved, want_saved, strict=True):
         torch.testing.assert_close(got, ref)
+    other = torch.randn(batch, n, heads, d, generator=g, dtype=F64)  # two extra fields
+    out, _ = _native.phi_sum_forward(parts[0], mixed, [extra, other], None, beta, radius)
+    want, _ = vmf.phi_sum(beta[:, None], radius, None, parts[0], extra, other, mixed)
+    torch.testing.assert_close(out, want)
 
 
 def test_native_path_steps_aside(monkeypatch):
@@ -200,3 +205,122 @@ def test_kernel_phases_are_built_once_per_table_and_rebuilt_after_a_write():
     after = _native._phases(own)
     assert after is not before
     assert torch.equal(after[:, :, 0], torch.view_as_real(table)[..., 0].repeat_interleave(2, -1))
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("d", [16, 6])
+def test_kernels_split_over_threads_give_the_same_bits(dtype, rope, d):
+    # rows split among threads: every row's arithmetic unchanged, so every output equal bit for
+    # bit to one thread's (forward and backward of both sides, with a strided attention layout)
+    g = torch.Generator().manual_seed(7)
+    batch, n, heads = 3, 7, 2
+    parts = torch.randn(4, batch, n, heads, d, generator=g, dtype=dtype)
+    temperature = 1.0 + torch.rand(heads, generator=g, dtype=dtype)
+    beta = 0.5 + torch.rand(heads, generator=g, dtype=dtype)
+    radius = vmf.transformer_radius(d)
+    rotation = rotary_phases(n, heads, parts[0, 0, 0, 0]) if rope else None
+    mixed = torch.randn(batch, heads, n, d, generator=g, dtype=dtype).transpose(1, 2)
+    extra = torch.randn(batch, n, heads, d, generator=g, dtype=dtype)
+    stream = 0.4 * torch.tanh(torch.randn(batch, n, heads, d, generator=g, dtype=dtype))
+    incoming = [torch.randn(batch, heads, n, d, generator=g, dtype=dtype).transpose(1, 2)]
+    incoming += [torch.randn(batch, n, heads, d, generator=g, dtype=dtype) for _ in range(3)]
+
+    def run(threads: int) -> list[torch.Tensor]:
+        scaled, cosine, start, u_start = _native.cosine_step_forward(
+            parts, temperature, beta, radius, rotation, threads=threads
+        )
+        out, saved = _native.phi_sum_forward(
+            parts[0], mixed, [extra, incoming[3]], stream, beta, radius, threads=threads
+        )
+        grads = torch.empty_like(parts)
+        _, grad_stream, grad_beta = _native.phi_sum_backward(
+            incoming[1], beta, radius, stream, saved, True, grads[0], threads=threads
+        )
+        grad_beta_start, per_query = _native.cosine_step_backward(
+            incoming[0], incoming[2], incoming[3], cosine, rotation, parts[3], u_start, beta,
+            radius, grads[1:], threads=threads,
+        )  # fmt: skip
+        return [scaled, *cosine, start, u_start, out, *saved, grads, grad_stream, grad_beta,
+                grad_beta_start, per_query]  # fmt: skip
+
+    one = run(1)
+    for threads in (2, 3, batch * n + 5):  # more threads than tokens: one token each
+        for got, want in zip(run(threads), one, strict=True):
+            assert torch.equal(got, want)
+
+
+def test_thread_count_follows_torch_and_the_size(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert _native.threads_for(10 * _native.GRAIN) == 4
+    assert _native.threads_for(2 * _native.GRAIN) == 2
+    assert _native.threads_for(_native.GRAIN // 2) == 1
+    assert _native.threads_for(_native.GRAIN // 2, threads=3) == 3
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("heads,d", [(4, 16), (3, 5)])
+def test_head_rms_norm_native_and_torch_paths_agree(monkeypatch, dtype, heads, d):
+    g = torch.Generator().manual_seed(11)
+    norm = HeadRMSNorm(heads, d, 1.5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(heads * d, generator=g, dtype=dtype))
+    x = torch.randn(3, 70, heads * d, generator=g, dtype=dtype)  # 70 tokens: a partial block
+    gy = torch.randn(3, 70, heads * d, generator=g, dtype=dtype)
+
+    def grads():
+        leaf = x.clone().requires_grad_()
+        y = norm(leaf)
+        return (y, *torch.autograd.grad(y, (leaf, norm.weight), gy))
+
+    native = grads()
+    monkeypatch.setenv("SPINFORMER_NATIVE", "0")
+    plain = grads()
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == F64 else {"rtol": 2e-5, "atol": 2e-5}
+    for got, want in zip(native, plain, strict=True):
+        torch.testing.assert_close(got, want, **tol)
+
+
+@needs_kernel
+def test_head_rms_kernel_gives_the_same_bits_on_every_thread_count():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(5, 41, 4, 16, generator=g)
+    weight = torch.randn(4, 16, generator=g)
+    grad = torch.randn(5, 41, 4, 16, generator=g)
+
+    def run(threads: int) -> list[torch.Tensor]:
+        out, inverse = _native.head_rms_forward(x, weight, threads=threads)
+        grad_x, grad_weight = _native.head_rms_backward(
+            grad, x, inverse, weight, True, True, threads=threads
+        )
+        return [out, inverse, grad_x, grad_weight]
+
+    one = run(1)
+    for threads in (2, 3, 200):
+        for got, want in zip(run(threads), one, strict=True):
+            assert torch.equal(got, want)
+
+
+@needs_kernel
+def test_more_fields_than_the_kernel_adds_join_one(monkeypatch):
+    # the kernel's field sum takes two fields besides W_F x̂ and the attention: a third joins one
+    g = torch.Generator().manual_seed(13)
+    batch, n, heads, d = 2, 5, 2, 4
+    x_norm = torch.randn(batch, n, heads * d, generator=g, dtype=F64)
+    weight = 0.5 * torch.randn(4 * heads * d, heads * d, generator=g, dtype=F64)
+    beta, temperature = torch.full((heads,), 0.8, dtype=F64), torch.full((heads,), 2.0, dtype=F64)
+    fields = [torch.randn(batch, n, heads, d, generator=g, dtype=F64) for _ in range(3)]
+    fields = [f.requires_grad_() for f in fields]
+    radius = vmf.transformer_radius(d)
+
+    def run():
+        out = _CosineOneStep.apply(x_norm, weight, beta, temperature, radius, None, None, True,
+                                   None, *fields)  # fmt: skip
+        return out, *torch.autograd.grad(out.sum(), fields)
+
+    native = run()
+    monkeypatch.setenv("SPINFORMER_NATIVE", "0")
+    for got, want in zip(native, run(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -59,9 +59,16 @@ def _cpu_signature() -> str:
     return platform.processor()
 
 
-def _compile(cc: str, files: dict[str, bytes], sources: Sequence[str], target: Path) -> str | None:
+def _compile(
+    cc: str,
+    files: dict[str, bytes],
+    sources: Sequence[str],
+    target: Path,
+    flags: Sequence[str] = (),
+) -> str | None:
     """Compile the ``sources`` among ``files`` (package-relative name → text; headers in the top
-    folder) to ``target`` atomically; ``None`` on success, else the compiler's complaint."""
+    folder) to ``target`` atomically, with the optional ``flags`` if the compiler takes them;
+    ``None`` on success, else the compiler's complaint."""
     target.parent.mkdir(parents=True, exist_ok=True)
     error = ""
     with tempfile.TemporaryDirectory(prefix="spinformer-build-") as folder:
@@ -70,7 +77,8 @@ def _compile(cc: str, files: dict[str, bytes], sources: Sequence[str], target: P
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(text)
         paths = [str(Path(folder, name)) for name in sources]
-        for extra in (("-march=native",), ()):  # the portable build if the native one fails
+        attempts = [(*flags, "-march=native"), tuple(flags), ("-march=native",), ()]
+        for extra in dict.fromkeys(attempts):  # the portable build if the native one fails
             fd, staging = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
             try:
@@ -93,11 +101,16 @@ def _compile(cc: str, files: dict[str, bytes], sources: Sequence[str], target: P
 
 
 def build_library(
-    package: str, sources: Sequence[str], headers: Sequence[str], name: str, cc: str | None
+    package: str,
+    sources: Sequence[str],
+    headers: Sequence[str],
+    name: str,
+    cc: str | None,
+    flags: Sequence[str] = (),
 ) -> tuple[ctypes.CDLL | None, str | None]:
     """(the loaded library, ``None``) built from the ``sources`` and ``headers`` (paths relative
-    to ``package``) with the compiler ``cc`` and cached as ``<name>-<key>.so``, or (``None``,
-    why not)."""
+    to ``package``) with the compiler ``cc`` (and the optional ``flags``, left out if it refuses
+    them) and cached as ``<name>-<key>.so``, or (``None``, why not)."""
     if cc is None:
         return None, "no C compiler found (set CC, or install cc/gcc/clang)"
     folder = resources.files(package)
@@ -107,7 +120,7 @@ def build_library(
             [
                 *(path.encode() + b"\0" + text for path, text in files.items()),
                 cc.encode(),
-                " ".join(BASE_FLAGS).encode(),
+                " ".join((*BASE_FLAGS, *flags)).encode(),
                 platform.machine().encode(),
                 _cpu_signature().encode(),
             ]
@@ -116,10 +129,10 @@ def build_library(
     target = _cache_dir() / f"{name}-{key}.so"
     if not target.exists():
         try:
-            error = _compile(cc, files, sources, target)
+            error = _compile(cc, files, sources, target, flags)
         except OSError:  # cache directory not writable: build in a private temp dir
             target = Path(tempfile.mkdtemp(prefix="spinformer-")) / target.name
-            error = _compile(cc, files, sources, target)
+            error = _compile(cc, files, sources, target, flags)
         if error is not None:
             return None, f"compiling {', '.join(sources)} with {cc} failed: {error}"
     try:

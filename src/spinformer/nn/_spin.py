@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from spinformer._validation import check_finite, check_positive_int, describe
+from spinformer.nn import _native
 from spinformer.solvers import fixed_point
 
 __all__ = [
@@ -263,10 +264,16 @@ def _inverse_rms(x: Tensor) -> Tensor:
 class _HeadRMS(torch.autograd.Function):
     """y = g ⊙ x/rms(x) per head, x (..., H, d), g (H, d), with the closed-form backward
     ∂L/∂x = (ĝ − x̂ (ĝ·x̂)/d)/rms(x), ĝ = g ⊙ ∂L/∂y, x̂ = x/rms(x) (one autograd node instead of
-    a chain through the mean, the root and the products)."""
+    a chain through the mean, the root and the products). Where :mod:`spinformer.nn._native`
+    takes the tensors, each side is one compiled pass over the rows (the same formulas)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.native = _native.usable(x, weight)
+        if ctx.native:
+            out, inverse = _native.head_rms_forward(x, weight)
+            ctx.save_for_backward(x, inverse, weight)
+            return out
         inverse = _inverse_rms(x)
         normed = x * inverse
         ctx.save_for_backward(normed, inverse, weight)
@@ -274,6 +281,9 @@ class _HeadRMS(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        if ctx.native:
+            x, inverse, weight = ctx.saved_tensors
+            return _native.head_rms_backward(grad, x, inverse, weight, *ctx.needs_input_grad)
         normed, inverse, weight = ctx.saved_tensors
         grad_x = grad_weight = None
         # fresh buffers are reused in place: fewer allocations of full-size tensors

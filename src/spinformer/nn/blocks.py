@@ -133,11 +133,9 @@ class _CosineOneStep(torch.autograd.Function):
         native = _native.usable(parts, temperature, beta, stream) and (
             rotation is None or rotation[0].is_contiguous()
         )
-        extra = None  # the other fields as one summand of the kernel's field sum
-        if native and fields:
-            extra = fields[0].contiguous() if len(fields) == 1 else fields[0] + fields[1]
-            for field in fields[2:]:
-                extra.add_(field)
+        extras = list(fields)  # the kernel's field sum adds two more fields: the rest join one
+        if native and len(extras) > 2:
+            extras[1:] = [sum(extras[2:], extras[1])]
         if native:  # the same math, one compiled pass over the rows per side
             scaled, cosine, start, u_start = _native.cosine_step_forward(
                 parts, temperature, beta, radius, rotation
@@ -151,7 +149,7 @@ class _CosineOneStep(torch.autograd.Function):
         mixed, lse = _flash(q, k, start, 0.0, causal, attn_mask=mask, scale=1.0)
         if native:
             out, saved = _native.phi_sum_forward(
-                parts[0], mixed.transpose(1, 2), extra, stream, beta, radius
+                parts[0], mixed.transpose(1, 2), extras, stream, beta, radius
             )
         else:
             out, saved = vmf.phi_sum(b, radius, stream, parts[0], *fields, mixed.transpose(1, 2))

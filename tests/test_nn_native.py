@@ -211,9 +211,14 @@ def test_kernel_phases_are_built_once_per_table_and_rebuilt_after_a_write():
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("rope", [False, True])
 @pytest.mark.parametrize("d", [16, 6])
-def test_kernels_split_over_threads_give_the_same_bits(dtype, rope, d):
+@pytest.mark.parametrize("flags", [_native._FLAGS, ()], ids=["openmp", "posix-threads"])
+def test_kernels_split_over_threads_give_the_same_bits(monkeypatch, dtype, rope, d, flags):
     # rows split among threads: every row's arithmetic unchanged, so every output equal bit for
-    # bit to one thread's (forward and backward of both sides, with a strided attention layout)
+    # bit to one thread's (forward and backward of both sides, with a strided attention layout),
+    # on the OpenMP runtime's threads and, built without OpenMP, on threads started per call
+    built = _native._load(flags)[0]
+    assert built is not None
+    monkeypatch.setattr(_native, "library", lambda: built)
     g = torch.Generator().manual_seed(7)
     batch, n, heads = 3, 7, 2
     parts = torch.randn(4, batch, n, heads, d, generator=g, dtype=dtype)

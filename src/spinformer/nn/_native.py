@@ -65,10 +65,14 @@ _SIGNATURES = {
 _RMS_BLOCK = 32
 
 
+#: the build's flags: threads from the OpenMP runtime torch uses (POSIX threads without it)
+_FLAGS = ("-fopenmp",)
+
+
 @functools.cache
-def _load() -> tuple[ctypes.CDLL | None, str | None]:
+def _load(flags: tuple[str, ...] = _FLAGS) -> tuple[ctypes.CDLL | None, str | None]:
     built, reason = build_library(
-        "spinformer.nn", ("cosine_step.c",), ("cosine_step.h",), "nn", compiler(), ("-fopenmp",)
+        "spinformer.nn", ("cosine_step.c",), ("cosine_step.h",), "nn", compiler(), flags
     )
     if built is None:
         return None, reason

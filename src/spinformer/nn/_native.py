@@ -44,7 +44,7 @@ _PTR = ctypes.c_void_p
 _F64 = ctypes.c_double
 _SUFFIX = {torch.float32: "_f32", torch.float64: "_f64"}
 _SIGNATURES = {
-    "spf_cosine_step_forward": [_PTR, *[_I64] * 4, _PTR, _PTR, _F64, _F64, *[_PTR] * 7, _I64],
+    "spf_cosine_step_forward": [_PTR, *[_I64] * 4, _PTR, _PTR, _F64, _F64, *[_PTR] * 6, _I64],
     "spf_phi_sum_forward": [
         *[_I64] * 4,
         *[_PTR] * 2,
@@ -175,7 +175,7 @@ def cosine_step_forward(
     phases = _phases(rotation)
     _call("spf_cosine_step_forward", parts.dtype, parts.data_ptr(), batch, n, heads, d,
           temperature.contiguous().data_ptr(), beta.contiguous().data_ptr(), radius,
-          torch.finfo(parts.dtype).eps, _ptr(phases), scaled.data_ptr(), None, inverse.data_ptr(),
+          torch.finfo(parts.dtype).eps, _ptr(phases), scaled.data_ptr(), inverse.data_ptr(),
           coefficient.data_ptr(), start.data_ptr(), u_start.data_ptr(),
           threads_for(start.numel(), threads))  # fmt: skip
     return scaled, [parts[1:3], inverse, coefficient], start, u_start

@@ -32,16 +32,15 @@ SPF_INLINE void NAME(rotate)(const REAL *restrict x, const REAL *restrict phase,
 }
 
 /* Forward of the rows before attention: per head h, the queries and keys v = parts[1], parts[2]
- * (optionally rotated pairwise by the rotary phases of (n, h), see rotate; kept in `rotated`
- * unless it is NULL), their inverse RMS
- * 1/sqrt(|v|^2/d + eps), the per-site coefficients s/rms (s = tau_h/d for queries, 1 for keys)
- * and s v/rms; and the learned start phi(W_V x) = beta v/(1 + u), u = sqrt(1 + beta^2|v|^2/R^2). */
+ * (optionally rotated pairwise by the rotary phases of (n, h), see rotate; not kept: the
+ * backward rotates them again), their inverse RMS 1/sqrt(|v|^2/d + eps), the per-site
+ * coefficients s/rms (s = tau_h/d for queries, 1 for keys) and s v/rms; and the learned start
+ * phi(W_V x) = beta v/(1 + u), u = sqrt(1 + beta^2|v|^2/R^2). */
 SPF_INLINE void NAME(cosine_forward)(const REAL *restrict parts, int64_t batch, int64_t n, int64_t heads,
                                      int64_t d, const REAL *restrict temperature, const REAL *restrict beta,
                                      double radius, double eps, const REAL *restrict rotation,
-                                     REAL *restrict scaled, REAL *restrict rotated, REAL *restrict inverse,
-                                     REAL *restrict coefficient, REAL *restrict start, REAL *restrict u_start,
-                                     int64_t first, int64_t last) {
+                                     REAL *restrict scaled, REAL *restrict inverse, REAL *restrict coefficient,
+                                     REAL *restrict start, REAL *restrict u_start, int64_t first, int64_t last) {
     const int64_t rows = batch * n * heads, size = rows * d;
     const REAL r2 = (REAL)(radius * radius), e = (REAL)eps, dd = (REAL)d;
     for (int64_t token = first; token < last; token++)
@@ -52,10 +51,6 @@ SPF_INLINE void NAME(cosine_forward)(const REAL *restrict parts, int64_t batch, 
                 REAL turned[d];
                 if (rotation != NULL) {
                     NAME(rotate)(v, rotation + (nn * heads + h) * 2 * d, d, 1, turned);
-                    if (rotated != NULL) {
-                        REAL *keep = rotated + which * size + r * d;
-                        for (int64_t a = 0; a < d; a++) keep[a] = turned[a];
-                    }
                     v = turned;
                 }
                 const REAL norm2 = NAME(dot)(v, v, d);
@@ -262,7 +257,7 @@ SPF_INLINE void NAME(rms_backward)(const REAL *restrict grad, const REAL *restri
 
 struct NAME(spf_forward_args) {
     const REAL *parts; int64_t batch, n, heads, d; const REAL *temperature, *beta; double radius, eps;
-    const REAL *rotation; REAL *scaled, *rotated, *inverse, *coefficient, *start, *u_start;
+    const REAL *rotation; REAL *scaled, *inverse, *coefficient, *start, *u_start;
 };
 
 /* Each exported entry runs its rows through a function whose pointer arguments are restrict
@@ -273,11 +268,11 @@ struct NAME(spf_forward_args) {
 SPF_ROWS NAME(spf_forward_rows)(const REAL *restrict parts, int64_t batch, int64_t n, int64_t heads, int64_t d,
                                 const REAL *restrict temperature, const REAL *restrict beta, double radius,
                                 double eps, const REAL *restrict rotation, REAL *restrict scaled,
-                                REAL *restrict rotated, REAL *restrict inverse, REAL *restrict coefficient,
-                                REAL *restrict start, REAL *restrict u_start, int64_t first, int64_t last) {
+                                REAL *restrict inverse, REAL *restrict coefficient, REAL *restrict start,
+                                REAL *restrict u_start, int64_t first, int64_t last) {
 #define SPF_CALL(w) NAME(cosine_forward)(parts, batch, n, heads, w, temperature, beta, radius, eps, \
-                                         rotation, scaled, rotated, inverse, coefficient, start, \
-                                         u_start, first, last)
+                                         rotation, scaled, inverse, coefficient, start, u_start, \
+                                         first, last)
     SPF_WIDTHS(SPF_CALL, d);
 #undef SPF_CALL
 }
@@ -285,17 +280,16 @@ SPF_ROWS NAME(spf_forward_rows)(const REAL *restrict parts, int64_t batch, int64
 static void NAME(spf_forward_run)(const void *given, int64_t first, int64_t last) {
     const struct NAME(spf_forward_args) *a = given;
     NAME(spf_forward_rows)(a->parts, a->batch, a->n, a->heads, a->d, a->temperature, a->beta, a->radius,
-                           a->eps, a->rotation, a->scaled, a->rotated, a->inverse, a->coefficient,
-                           a->start, a->u_start, first, last);
+                           a->eps, a->rotation, a->scaled, a->inverse, a->coefficient, a->start,
+                           a->u_start, first, last);
 }
 
 void NAME(spf_cosine_step_forward)(const REAL *parts, int64_t batch, int64_t n, int64_t heads, int64_t d,
                                    const REAL *temperature, const REAL *beta, double radius, double eps,
-                                   const REAL *rotation, REAL *scaled, REAL *rotated, REAL *inverse,
-                                   REAL *coefficient, REAL *start, REAL *u_start, int64_t threads) {
+                                   const REAL *rotation, REAL *scaled, REAL *inverse, REAL *coefficient,
+                                   REAL *start, REAL *u_start, int64_t threads) {
     const struct NAME(spf_forward_args) a = {parts, batch, n, heads, d, temperature, beta, radius, eps,
-                                             rotation, scaled, rotated, inverse, coefficient, start,
-                                             u_start};
+                                             rotation, scaled, inverse, coefficient, start, u_start};
     spf_parallel(threads, batch * n, NAME(spf_forward_run), &a);
 }
 

@@ -261,6 +261,48 @@ def _inverse_rms(x: Tensor) -> Tensor:
     return norm.square_().div_(x.shape[-1]).add_(torch.finfo(x.dtype).eps).rsqrt_()
 
 
+def head_rms(x: Tensor, weight: Tensor) -> tuple[Tensor, list[Tensor], bool]:
+    """y = g ⊙ x/rms(x) per head of x (..., H, d) with the gain g (H, d), without autograd:
+    (y, what :func:`head_rms_vjp` needs, whether the compiled rows computed it)."""
+    if _native.usable(x, weight):
+        out, inverse = _native.head_rms_forward(x, weight)
+        return out, [x, inverse], True
+    inverse = _inverse_rms(x)
+    normed = x * inverse
+    return normed * weight, [normed, inverse], False
+
+
+def head_rms_vjp(
+    grad: Tensor,
+    saved: list[Tensor],
+    weight: Tensor,
+    native: bool,
+    grad_x: bool = True,
+    grad_weight: bool = True,
+    add_to: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """The vector-Jacobian products of :func:`head_rms` in closed form (see :class:`_HeadRMS`):
+    ∂L/∂x (if ``grad_x``; added in place to ``add_to``, a contiguous tensor of x's shape, if
+    given) and ∂L/∂g (if ``grad_weight``)."""
+    if native:
+        x, inverse = saved
+        return _native.head_rms_backward(
+            grad, x, inverse, weight, grad_x, grad_weight, add_to=add_to
+        )
+    normed, inverse = saved
+    out = grad_weight_sum = None
+    # fresh buffers are reused in place: fewer allocations of full-size tensors
+    product = grad * normed
+    if grad_weight:
+        grad_weight_sum = product.sum_to_size(weight.shape)
+    if grad_x:
+        along = product.mul_(weight).mean(-1, keepdim=True)  # ĝ·x̂/d
+        out = (grad * weight).addcmul_(normed, along, value=-1.0).mul_(inverse)
+        if add_to is not None:
+            out = add_to.add_(out)
+    return out, grad_weight_sum
+
+
 class _HeadRMS(torch.autograd.Function):
     """y = g ⊙ x/rms(x) per head, x (..., H, d), g (H, d), with the closed-form backward
     ∂L/∂x = (ĝ − x̂ (ĝ·x̂)/d)/rms(x), ĝ = g ⊙ ∂L/∂y, x̂ = x/rms(x) (one autograd node instead of
@@ -269,31 +311,14 @@ class _HeadRMS(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.native = _native.usable(x, weight)
-        if ctx.native:
-            out, inverse = _native.head_rms_forward(x, weight)
-            ctx.save_for_backward(x, inverse, weight)
-            return out
-        inverse = _inverse_rms(x)
-        normed = x * inverse
-        ctx.save_for_backward(normed, inverse, weight)
-        return normed * weight
+        out, saved, ctx.native = head_rms(x, weight)
+        ctx.save_for_backward(*saved, weight)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
-        if ctx.native:
-            x, inverse, weight = ctx.saved_tensors
-            return _native.head_rms_backward(grad, x, inverse, weight, *ctx.needs_input_grad)
-        normed, inverse, weight = ctx.saved_tensors
-        grad_x = grad_weight = None
-        # fresh buffers are reused in place: fewer allocations of full-size tensors
-        product = grad * normed
-        if ctx.needs_input_grad[1]:
-            grad_weight = product.sum_to_size(weight.shape)
-        if ctx.needs_input_grad[0]:
-            along = product.mul_(weight).mean(-1, keepdim=True)  # ĝ·x̂/d
-            grad_x = (grad * weight).addcmul_(normed, along, value=-1.0).mul_(inverse)
-        return grad_x, grad_weight
+        *saved, weight = ctx.saved_tensors
+        return head_rms_vjp(grad, saved, weight, ctx.native, *ctx.needs_input_grad)
 
 
 class HeadRMSNorm(nn.Module):

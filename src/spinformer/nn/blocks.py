@@ -34,6 +34,7 @@ GELU MLP) with the same interface; every benchmark and experiment measures again
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import Literal
 
@@ -58,6 +59,8 @@ from spinformer.nn._spin import (
     cosine_scale_vjp,
     feed_forward,
     field_scale,
+    head_rms,
+    head_rms_vjp,
     merge_heads,
     relax,
     rotary,
@@ -89,53 +92,123 @@ _flash_backward = getattr(
 )
 
 
+def _unhooked(module: nn.Module) -> bool:
+    """Whether no forward or backward hooks are registered on ``module`` (a fused node that
+    skips its call must not skip hooks a user put there)."""
+    return not (
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+    )
+
+
+def _plain_mlp(mlp: nn.Module) -> bool:
+    """Whether ``mlp`` is Linear → GELU (erf) → Linear with biases, as
+    :func:`~spinformer.nn._spin.feed_forward` builds it, with no hooks: :class:`_CosineOneStep`
+    evaluates that form from its weights."""
+    if type(mlp) is not nn.Sequential or len(mlp) != 3:
+        return False
+    first, act, second = mlp
+    return (
+        type(first) is nn.Linear
+        and type(act) is nn.GELU
+        and act.approximate == "none"
+        and type(second) is nn.Linear
+        and first.bias is not None
+        and second.bias is not None
+        and all(_unhooked(m) for m in (mlp, first, act, second))
+    )
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(like: Tensor) -> Tensor:
+    """An uninitialised buffer of ``like``'s shape and dtype for a transient of a backward
+    that never leaves it, kept per thread for the next call (one, the latest shape): the MLP's
+    hidden gradient, several megabytes, whose fresh allocation glibc serves with new pages (a
+    page fault per 4 KiB at the first touch) whenever it has returned the last one's to the
+    system."""
+    kept = getattr(_SCRATCH, "buffer", None)
+    if kept is None or kept.shape != like.shape or kept.dtype != like.dtype:
+        kept = _SCRATCH.buffer = torch.empty_like(like)
+    return kept
+
+
 class _CosineOneStep(torch.autograd.Function):
-    r"""One step from the learned start with cosine couplings on the CPU, as one autograd node:
+    r"""The whole one-step block with cosine couplings from the learned start on the CPU, as one
+    autograd node: from the block input x (B, N, D),
 
     .. math::
 
-        m = \varphi\Big(W_F\hat x + \textstyle\sum \text{fields} + \varphi^{-1}(x)
+        m = \varphi\Big(W_F\hat x + \mathrm{MLP}(\hat x) + c(x)
         + \sum_j \operatorname{softmax}_j(\tau\cos(q_i, k_j))\,\varphi(W_V \hat x)_j\Big)
 
-    from the normalised tokens x̂ (B, N, D) and the stacked weight [W_F; W_Q; W_K; W_V]
-    (4D, D). The pieces are those of the unfused path -- :func:`~spinformer.nn._spin.cosine_scale`,
+    with x̂ the per-head RMS norm of x with the gain ``gain`` (H, d) (or ``x_norm`` given,
+    normalised outside, with ``gain`` ``None``), the stacked weight [W_F; W_Q; W_K; W_V]
+    (4D, D), the MLP Linear → GELU → Linear given by its weights and biases (or all four
+    ``None``), and the stream's carrier c(x) by ``residual``: x itself (``"field"``), φ⁻¹(x)
+    (``"magnetization"``) or none (``"add"``). The pieces are those of the unfused path --
+    :func:`~spinformer.nn._spin.head_rms`, :func:`~spinformer.nn._spin.cosine_scale`,
     :func:`~spinformer.physics.vmf.phi_sum` and torch's CPU flash attention -- with their
     closed-form vector-Jacobian products. The four projections are one batched product into
     (4, B, N, H, d), so that every per-head quantity and its gradient is a contiguous block
     (strided writes cost several times contiguous ones) and the gradient of the four is one
-    buffer (no concatenation); the field's gradient is shared by W_F x̂ and the other fields.
-    The per-head row math on each side of the attention (cosine scale with the rotary phases and
-    the start before it, the field sum and φ after it, and their vector-Jacobian products) runs
-    as one compiled pass over the rows where :mod:`spinformer.nn._native` takes the tensors
-    (contiguous CPU float32/float64, kernel built, ``SPINFORMER_NATIVE`` not 0), else as the
-    torch operations above; the two agree up to float rounding.
+    buffer (no concatenation); the field's gradient is shared by W_F x̂, the MLP and the
+    carrier. One node instead of a chain through the norm, the MLP and the weights'
+    concatenation: the gradients of x̂'s two uses are summed in one buffer by the products that
+    make them, and the norm's backward adds into the carrier's gradient, where autograd would
+    add full-size gradients. The per-head row math on each side of the attention (cosine scale
+    with the rotary phases and the start before it, the field sum and φ after it, and their
+    vector-Jacobian products) runs as one compiled pass over the rows where
+    :mod:`spinformer.nn._native` takes the tensors (contiguous CPU float32/float64, kernel
+    built, ``SPINFORMER_NATIVE`` not 0), else as the torch operations above; the two agree up
+    to float rounding.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx,
-        x_norm: Tensor,
+        x: Tensor,
+        x_norm: Tensor | None,
+        gain: Tensor | None,
         weight: Tensor,
+        w1: Tensor | None,
+        b1: Tensor | None,
+        w2: Tensor | None,
+        b2: Tensor | None,
         beta: Tensor,
         temperature: Tensor,
         radius: float,
         rotation: tuple[Tensor, Tensor] | None,
         mask: Tensor | None,
         causal: bool,
-        stream: Tensor | None,
-        *fields: Tensor,
+        residual: str,
     ) -> Tensor:
-        (batch, n, width), heads = x_norm.shape, beta.shape[0]
-        rows = x_norm.reshape(1, batch * n, width).expand(4, -1, -1)
-        parts = torch.bmm(rows, weight.view(4, width, width).transpose(1, 2))
-        parts = parts.view(4, batch, n, heads, width // heads)
+        (batch, n, width), heads = x.shape, beta.shape[0]
+        shape = (batch, n, heads, width // heads)
+        own = x.reshape(shape)  # the stream per head
+        norm_saved: list[Tensor] = []
+        ctx.norm_native = False
+        if gain is not None:
+            x_norm, norm_saved, ctx.norm_native = head_rms(own, gain)
+        assert x_norm is not None
+        flat = x_norm.reshape(batch * n, width)
+        parts = torch.bmm(flat.expand(4, -1, -1), weight.view(4, width, width).transpose(1, 2))
+        parts = parts.view(4, *shape)
+        fields, hidden, act = [], None, None
+        if w1 is not None:
+            hidden = torch.addmm(b1, flat, w1.t())
+            act = F.gelu(hidden)
+            fields.append(torch.addmm(b2, act, w2.t()).view(shape))
+        if residual == "field":
+            fields.append(own)
+        stream = own if residual == "magnetization" else None
         b = beta[:, None]
         native = _native.usable(parts, temperature, beta, stream) and (
             rotation is None or rotation[0].is_contiguous()
         )
-        extras = list(fields)  # the kernel's field sum adds two more fields: the rest join one
-        if native and len(extras) > 2:
-            extras[1:] = [sum(extras[2:], extras[1])]
         if native:  # the same math, one compiled pass over the rows per side
             scaled, cosine, start, u_start = _native.cosine_step_forward(
                 parts, temperature, beta, radius, rotation
@@ -149,29 +222,33 @@ class _CosineOneStep(torch.autograd.Function):
         mixed, lse = _flash(q, k, start, 0.0, causal, attn_mask=mask, scale=1.0)
         if native:
             out, saved = _native.phi_sum_forward(
-                parts[0], mixed.transpose(1, 2), extras, stream, beta, radius
+                parts[0], mixed.transpose(1, 2), fields, stream, beta, radius
             )
         else:
             out, saved = vmf.phi_sum(b, radius, stream, parts[0], *fields, mixed.transpose(1, 2))
         ctx.save_for_backward(
-            x_norm, weight, beta, stream, parts, u_start, q, k, start, mixed, lse, *cosine, *saved
-        )
+            gain, flat, weight, w1, w2, hidden, act, beta, stream, parts, u_start, q, k, start,
+            mixed, lse, *cosine, *saved, *norm_saved,
+        )  # fmt: skip
         ctx.radius, ctx.rotation, ctx.mask, ctx.causal = radius, rotation, mask, causal
-        ctx.fields, ctx.native = len(fields), native
+        ctx.residual, ctx.native, ctx.x_shape = residual, native, x.shape
+        ctx.x_norm_shape = None if gain is not None else x_norm.shape
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x_norm, weight, beta, stream, parts, u_start, q, k, start, mixed, lse, *saved = (
-            ctx.saved_tensors
+        gain, flat, weight, w1, w2, hidden, act, beta, stream, parts, u_start, q, k, start = (
+            ctx.saved_tensors[:14]
         )
-        radius, b, width = ctx.radius, beta[:, None], x_norm.shape[-1]
+        mixed, lse, *rest = ctx.saved_tensors[14:]
+        cosine, saved, norm_saved = rest[:3], rest[3:7], rest[7:]
+        needs = ctx.needs_input_grad
+        radius, b, width = ctx.radius, beta[:, None], flat.shape[-1]
         grads = torch.empty_like(parts)
         phi_vjp = _native.phi_sum_backward if ctx.native else vmf.phi_sum_vjp
         grad_field, grad_stream, grad_beta = phi_vjp(
-            grad, beta if ctx.native else b, radius, stream, saved[3:], ctx.needs_input_grad[8],
-            out=grads[0],
-        )  # fmt: skip
+            grad, beta if ctx.native else b, radius, stream, saved, needs[0], out=grads[0]
+        )
         grad_q, grad_k, grad_start = _flash_backward(
             grad_field.transpose(1, 2), q, k, start, mixed, lse, 0.0, ctx.causal,
             attn_mask=ctx.mask, scale=1.0,
@@ -179,29 +256,47 @@ class _CosineOneStep(torch.autograd.Function):
         if ctx.native:
             grad_beta_start, per_query = _native.cosine_step_backward(
                 grad_q.transpose(1, 2), grad_k.transpose(1, 2), grad_start.transpose(1, 2),
-                saved[:3], ctx.rotation, parts[3], u_start, beta, radius, out=grads[1:],
+                cosine, ctx.rotation, parts[3], u_start, beta, radius, out=grads[1:],
             )  # fmt: skip
         else:
             _, _, grad_beta_start = vmf.phi_sum_vjp(
                 grad_start.transpose(1, 2), b, radius, None, [parts[3], u_start, None, None],
                 out=grads[3],
             )  # fmt: skip
-            coefficient = saved[2]  # moving ∂L/∂(q, k) into place does the first product
+            coefficient = cosine[2]  # moving ∂L/∂(q, k) into place does the first product
             torch.mul(grad_q.transpose(1, 2), coefficient[0], out=grads[1])
             torch.mul(grad_k.transpose(1, 2), coefficient[1], out=grads[2])
-            _, per_site = cosine_scale_vjp(grads[1:3], saved[:3], ctx.rotation, premultiplied=True)
+            _, per_site = cosine_scale_vjp(grads[1:3], cosine, ctx.rotation, premultiplied=True)
             per_query = per_site[0]
         grad_temperature = per_query.sum_to_size(*beta.shape, 1).flatten()
         grad_beta = (grad_beta + grad_beta_start).sum_to_size(b.shape).flatten()
         rows = grads.view(4, -1, width)
-        flat = x_norm.reshape(-1, width)
-        grad_x = torch.mm(rows[0], weight[:width])
+        grad_flat = torch.mm(rows[0], weight[:width])
         for i in range(1, 4):
-            grad_x.addmm_(rows[i], weight[i * width : (i + 1) * width])
+            grad_flat.addmm_(rows[i], weight[i * width : (i + 1) * width])
         grad_weight = torch.bmm(rows.transpose(1, 2), flat.expand(4, -1, -1)).view(weight.shape)
+        grad_w1 = grad_b1 = grad_w2 = grad_b2 = None
+        if w1 is not None:  # the MLP's field has the field's gradient rows[0]
+            grad_w2, grad_b2 = torch.mm(rows[0].t(), act), rows[0].sum(0)
+            grad_hidden = torch.mm(rows[0], w2, out=_scratch(hidden))  # GELU's rule in place:
+            torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
+            grad_w1, grad_b1 = torch.mm(grad_hidden.t(), flat), grad_hidden.sum(0)
+            grad_flat.addmm_(grad_hidden, w1)
+        # the carrier's gradient: the field's for x as a field, φ⁻¹'s for a magnetization
+        carrier = grad_field if ctx.residual == "field" else grad_stream
+        grad_x = carrier if needs[0] else None
+        grad_x_norm = grad_gain = None
+        if gain is not None:
+            grad_x, grad_gain = head_rms_vjp(
+                grad_flat.view(parts.shape[1:]), norm_saved, gain, ctx.norm_native, needs[0],
+                needs[2], add_to=carrier,
+            )  # fmt: skip
+        else:
+            grad_x_norm = grad_flat.view(ctx.x_norm_shape)
         return (
-            grad_x.view(x_norm.shape), grad_weight, grad_beta, grad_temperature,
-            None, None, None, None, grad_stream, *(grad_field,) * ctx.fields,
+            None if grad_x is None else grad_x.view(ctx.x_shape), grad_x_norm, grad_gain,
+            grad_weight, grad_w1, grad_b1, grad_w2, grad_b2, grad_beta, grad_temperature,
+            None, None, None, None, None,
         )  # fmt: skip
 
 
@@ -340,7 +435,9 @@ class SpinTransformerBlock(nn.Module):
 
     def _fused(self, x: Tensor) -> bool:
         """Whether the one step runs as :class:`_CosineOneStep`: cosine couplings from the
-        learned start, on the CPU (torch's CPU flash attention), in float32 or float64."""
+        learned start, on the CPU (torch's CPU flash attention), in float32 or float64, with
+        the MLP field (if any) of :func:`~spinformer.nn._spin.feed_forward`'s form and no hooks
+        on it."""
         return (
             self.value is not None
             and self.temperature is not None
@@ -348,6 +445,7 @@ class SpinTransformerBlock(nn.Module):
             and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
             and x.shape[0] * x.shape[1] > 0
+            and (self.ffn is None or _plain_mlp(self.ffn))
         )
 
     def _flash_mask(self, x: Tensor, padding_mask: Tensor | None) -> tuple[bool, Tensor | None]:
@@ -360,43 +458,39 @@ class SpinTransformerBlock(nn.Module):
         mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
         return False, mask.masked_fill_(~allowed, float("-inf"))
 
-    def _one_step(
-        self, x: Tensor, x_norm: Tensor, beta: Tensor, padding_mask: Tensor | None
-    ) -> Tensor:
+    def _one_step(self, x: Tensor, beta: Tensor, padding_mask: Tensor | None) -> Tensor:
         """m(1) = φ(h + J m(0)) (B, N, H, d) without forming J: Σ_j J_ij m_j(0) is softmax
         attention with m(0) as values (torch's fused scaled-dot-product attention). W_F, W_Q,
         W_K, W_V act as one matrix product, whose token-major layout (B, N, H, d) every per-head
         quantity keeps; the cosine queries and keys (:func:`cosine_queries_keys`) and the field
         sum with the stream's carrier and φ (:func:`~spinformer.physics.vmf.phi_fused`) are
         single autograd nodes with closed-form backwards -- on the CPU with cosine couplings the
-        whole step is one (:class:`_CosineOneStep`). The numbers of the general path up to
-        rounding."""
+        whole block from its input, norm and MLP included, is one (:class:`_CosineOneStep`).
+        The numbers of the general path up to rounding."""
         width, shape = self.d_model, (self.n_heads, self.head_dim)
         b = beta[:, None]  # per head, against (B, N, H, d)
         if self._fused(x):
             weight = torch.cat([self.field.weight, self.query.weight, self.key.weight,
                                 self.value.weight])  # fmt: skip
-            extra, stream = self._stream(x)
-            fields = [] if self.ffn is None else [self.ffn(x_norm).unflatten(-1, shape)]
-            if extra is not None:
-                fields.append(extra)
-            n = x.shape[1]
+            mlp = (None,) * 4
+            if self.ffn is not None:
+                first, _, second = self.ffn
+                mlp = (first.weight, first.bias, second.weight, second.bias)
+            # the per-head RMS norm joins the node; any other norm runs before it
+            inside = type(self.norm) is HeadRMSNorm and _unhooked(self.norm)
+            x_norm = None if inside else self.norm(x)
+            gain = self.norm.weight.view(shape) if inside else None
             rotation = (
-                rotary_phases(n, self.n_heads, x_norm[0, 0, : self.head_dim]) if self.rope else None
+                rotary_phases(x.shape[1], self.n_heads, x[0, 0, : self.head_dim])
+                if self.rope
+                else None
             )
             causal, mask = self._flash_mask(x, padding_mask)
             return _CosineOneStep.apply(
-                x_norm,
-                weight,
-                beta,
-                self.temperature(),
-                self.radius,
-                rotation,
-                mask,
-                causal,
-                stream,
-                *fields,
-            )
+                x, x_norm, gain, weight, *mlp, beta, self.temperature(), self.radius, rotation,
+                mask, causal, self.residual,
+            )  # fmt: skip
+        x_norm = self.norm(x)
         fields = []
         if self.value is None:  # J m(0) = 0: the couplings drop out
             fields.append(self.field(x_norm).unflatten(-1, shape))
@@ -433,14 +527,14 @@ class SpinTransformerBlock(nn.Module):
         """x + W_O m (or m), m the dynamical mean-field magnetizations after K steps or at
         stationarity."""
         check_tokens(x, self.d_model, padding_mask, self.field.weight.dtype)
-        x_norm = self.norm(x)
         beta = self.beta()
-        b = beta[:, None, None]
         if self.steps == 1 and self.order == 1 and not return_state:
-            m = self._one_step(x, x_norm, beta, padding_mask).flatten(-2)
+            m = self._one_step(x, beta, padding_mask).flatten(-2)
             out = m if self.out is None else x + self.out(m)
             check_overflow(x, {"the block's output": out})
             return out
+        x_norm = self.norm(x)
+        b = beta[:, None, None]
         field = self._field(x, x_norm, self.field(x_norm), beta)
         if self.steps is None:  # per-head blocks: every solver step adds the field to J m
             field = field.contiguous()

@@ -6,6 +6,10 @@ on the spin radius, learned initial magnetization, stream as magnetizations, rot
 -- train on the same random next-token batches with AdamW. Rounds are interleaved (each round
 times a few optimizer steps of every model) so that load from other processes hits all alike;
 the ratio printed is the median over rounds of spin tokens/s over vanilla tokens/s.
+``--processes P`` repeats the whole measurement in P fresh processes and prints each one's
+ratios and their median: the state of the C allocator differs from process to process (how
+often glibc hands freed memory back to the system, so that the next step pays a page fault per
+4 KiB it touches), and that moves the ratio by a few percent between runs of one process.
 
     PYTHONPATH=src python benchmarks/train.py            # charlm CPU preset shape, 1 thread
     PYTHONPATH=src python benchmarks/train.py --torch-rows  # + the best design without its
@@ -17,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -85,11 +92,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--processes", type=int, default=1, help="repeat the measurement in this many processes"
+    )
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
         "--torch-rows",
         action="store_true",
         help="also time the best design with SPINFORMER_NATIVE=0 (its row math as torch ops)",
     )
     args = parser.parse_args()
+    if args.processes > 1:
+        _repeat(args)
+        return
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)
@@ -135,6 +149,13 @@ def main() -> None:
             seconds = time.perf_counter() - start
             rates[name].append(args.steps * args.batch * args.seq / seconds)
     base = rates["TransformerBlock (baseline)"]
+    if args.json:
+        ratios = {
+            name: statistics.median(a / b for a, b in zip(rate, base, strict=True))
+            for name, rate in rates.items()
+        }
+        print(json.dumps(ratios))
+        return
     print(
         f"# training tokens/s: B={args.batch} N={args.seq} D={args.width} H={args.heads} "
         f"L={args.layers} {args.device}, {args.threads} thread(s); median of {args.rounds} "
@@ -146,6 +167,33 @@ def main() -> None:
         ratio = statistics.median(a / b for a, b in zip(rate, base, strict=True))
         params = sum(p.numel() for p in runs[name][0].parameters())
         print(f"{name} | {params} | {statistics.median(rate):.0f} | {ratio:.3f}")
+
+
+def _repeat(args: argparse.Namespace) -> None:
+    """Run the measurement in ``args.processes`` fresh processes; print every ratio per model
+    and their median."""
+    command = [sys.executable, __file__, "--json", "--processes", "1"]
+    for key, value in vars(args).items():
+        if key in ("processes", "json") or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        command += [flag] if value is True else [flag, str(value)]
+    runs = []
+    for i in range(args.processes):
+        result = subprocess.run(command, check=True, capture_output=True, text=True)
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(f"# process {i + 1}/{args.processes} done", file=sys.stderr)
+    print(
+        f"# training tokens/s ratio to baseline: B={args.batch} N={args.seq} D={args.width} "
+        f"H={args.heads} L={args.layers} {args.device}, {args.threads} thread(s); {args.rounds} "
+        f"interleaved rounds of {args.steps} steps in each of {args.processes} processes"
+    )
+    print("model | ratio per process | median")
+    print("--- | --- | ---")
+    for name in runs[0]:
+        ratios = [run[name] for run in runs]
+        listed = ", ".join(f"{r:.3f}" for r in ratios)
+        print(f"{name} | {listed} | {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

@@ -157,7 +157,9 @@ def test_native_forward_is_the_torch_forward():
     out, saved = _native.phi_sum_forward(parts[0], mixed, [extra], stream, beta, radius)
     want, want_saved = vmf.phi_sum(beta[:, None], radius, stream, parts[0], extra, mixed)
     torch.testing.assert_close(out, want)
-    for got, ref in zip(saved, want_saved, strict=True):
+    assert saved[0] is out  # the response in θ's place: θ = φ(θ)(1 + u)/β
+    torch.testing.assert_close(out * (1.0 + saved[1]) / beta[:, None], want_saved[0])
+    for got, ref in zip(saved[1:], want_saved[1:], strict=True):
         torch.testing.assert_close(got, ref)
     other = torch.randn(batch, n, heads, d, generator=g, dtype=F64)  # two extra fields
     out, _ = _native.phi_sum_forward(parts[0], mixed, [extra, other], None, beta, radius)

@@ -52,7 +52,7 @@ _SIGNATURES = {
         *[_PTR] * 4,
         _F64,
         _F64,
-        *[_PTR] * 5,
+        *[_PTR] * 4,
         _I64,
     ],
     "spf_phi_sum_backward": [*[_I64] * 3, *[_PTR] * 7, _F64, *[_PTR] * 3, _I64],
@@ -187,13 +187,14 @@ def phi_sum_forward(
 ) -> tuple[Tensor, list[Tensor | None]]:  # fmt: skip
     """:func:`~spinformer.physics.vmf.phi_sum` of the fields ``linear`` + ``mixed`` + the
     ``extras`` (B, N, H, d each, at most two; ``mixed`` with any strides but unit stride along
-    d) and the ``stream``."""
+    d) and the ``stream``. The saved list holds the response φ(θ) itself in the place of θ:
+    :func:`phi_sum_backward` has θ = φ(θ)(1 + u)/β, so the forward writes no θ."""
     batch, n, heads, d = linear.shape
     if len(extras) > 2:
         raise ValueError(f"at most two extra fields, got {len(extras)}")
     extra, extra2 = [t.contiguous() for t in extras] + [None] * (2 - len(extras))
     mixed = _rows(mixed)
-    out, theta = torch.empty_like(linear), torch.empty_like(linear)
+    out = torch.empty_like(linear)
     u = linear.new_empty(batch, n, heads, 1)
     scale = radial = None
     if stream is not None:
@@ -201,9 +202,9 @@ def phi_sum_forward(
     _call("spf_phi_sum_forward", linear.dtype, batch, n, heads, d, linear.data_ptr(),
           mixed.data_ptr(), *mixed.stride()[:3], _ptr(extra), _ptr(extra2), _ptr(stream),
           beta.contiguous().data_ptr(), radius, torch.finfo(linear.dtype).eps,
-          out.data_ptr(), theta.data_ptr(), u.data_ptr(), _ptr(scale), _ptr(radial),
+          out.data_ptr(), u.data_ptr(), _ptr(scale), _ptr(radial),
           threads_for(out.numel(), threads))  # fmt: skip
-    return out, [theta, u, scale, radial]
+    return out, [out, u, scale, radial]
 
 
 def phi_sum_backward(
@@ -212,15 +213,15 @@ def phi_sum_backward(
 ) -> tuple[Tensor, Tensor | None, Tensor]:  # fmt: skip
     """:func:`~spinformer.physics.vmf.phi_sum_vjp` (∂L/∂θ into ``out``, ∂L/∂stream, ∂L/∂β per
     site) from the saved list of :func:`phi_sum_forward`."""
-    theta, u, scale, radial = saved
+    response, u, scale, radial = saved
     grad = grad.contiguous()
-    heads, d = theta.shape[-2:]
-    grad_stream = torch.empty_like(theta) if stream is not None and stream_grad else None
+    heads, d = response.shape[-2:]
+    grad_stream = torch.empty_like(response) if stream is not None and stream_grad else None
     grad_beta = torch.empty_like(u)
-    _call("spf_phi_sum_backward", theta.dtype, u.numel(), heads, d, grad.data_ptr(),
-          theta.data_ptr(), u.data_ptr(), _ptr(stream), _ptr(scale), _ptr(radial),
+    _call("spf_phi_sum_backward", response.dtype, u.numel(), heads, d, grad.data_ptr(),
+          response.data_ptr(), u.data_ptr(), _ptr(stream), _ptr(scale), _ptr(radial),
           beta.contiguous().data_ptr(), radius, out.data_ptr(), _ptr(grad_stream),
-          grad_beta.data_ptr(), threads_for(theta.numel(), threads))  # fmt: skip
+          grad_beta.data_ptr(), threads_for(response.numel(), threads))  # fmt: skip
     return out, grad_stream, grad_beta
 
 

@@ -71,12 +71,13 @@ SPF_INLINE void NAME(cosine_forward)(const REAL *restrict parts, int64_t batch, 
 
 /* Forward of the rows after attention: theta = W_F x + attention output [+ the other fields]
  * [+ phi^{-1}(stream) = scale * stream, scale = 2R^2/(beta gap), gap = max(R^2 - |x|^2,
- * R^2 eps)], and phi(theta), with what the backward needs per site (u, scale, d scale/d|x|^2). */
+ * R^2 eps)], and phi(theta) = g theta, with what the backward needs per site (u, scale,
+ * d scale/d|x|^2); theta itself is not kept: the backward has it as phi(theta) (1 + u)/beta. */
 SPF_INLINE void NAME(phi_forward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
                                   const REAL *restrict linear, const REAL *restrict mixed, int64_t msb,
                                   int64_t msn, int64_t msh, const REAL *restrict extra,
                                   const REAL *restrict extra2, const REAL *restrict stream, const REAL *restrict beta, double radius,
-                                  double eps, REAL *restrict out, REAL *restrict theta, REAL *restrict u_out,
+                                  double eps, REAL *restrict out, REAL *restrict u_out,
                                   REAL *restrict scale_out, REAL *restrict radial_out, int64_t first,
                                   int64_t last) {
     const REAL r2 = (REAL)(radius * radius), floor = (REAL)(radius * radius * eps);
@@ -84,7 +85,7 @@ SPF_INLINE void NAME(phi_forward)(int64_t batch, int64_t n, int64_t heads, int64
     for (int64_t token = first; token < last; token++)
         for (int64_t h = 0, bb = token / n, nn = token % n, r = token * heads; h < heads; h++, r++) {
             const REAL *m = mixed + bb * msb + nn * msn + h * msh;
-            REAL *t = theta + r * d;
+            REAL t[d];
             const REAL b = beta[h];
             for (int64_t a = 0; a < d; a++) t[a] = linear[r * d + a] + m[a];
             if (extra != NULL)
@@ -109,21 +110,23 @@ SPF_INLINE void NAME(phi_forward)(int64_t batch, int64_t n, int64_t heads, int64
         }
 }
 
-/* The closed-form vector-Jacobian product of phi at one row (see vmf._Phi): writes
- * dL/dtheta = g grad + (g'/r)(theta . grad) theta to gt and returns dL/dbeta at the site. */
-SPF_INLINE REAL NAME(phi_row_vjp)(const REAL *restrict grad, const REAL *restrict t, REAL u, REAL b, REAL r2,
-                                  int64_t d, REAL *restrict gt) {
+/* The closed-form vector-Jacobian product of phi at one row (see vmf._Phi) with the field
+ * theta = k t: writes dL/dtheta = g grad + (g'/r)(theta . grad) theta to gt and returns dL/dbeta
+ * at the site. */
+SPF_INLINE REAL NAME(phi_row_vjp)(const REAL *restrict grad, const REAL *restrict t, REAL k, REAL u, REAL b,
+                                  REAL r2, int64_t d, REAL *restrict gt) {
     const REAL one_u = (REAL)1 + u, w = (REAL)1 / (u * one_u), g = b / one_u;
-    const REAL along = NAME(dot)(t, grad, d);
-    const REAL grad_beta = w * along, coef = g * grad_beta * (b * b / -r2);
+    const REAL along = k * NAME(dot)(t, grad, d);
+    const REAL grad_beta = w * along, coef = k * g * grad_beta * (b * b / -r2);
     for (int64_t a = 0; a < d; a++) gt[a] = grad[a] * g + t[a] * coef;
     return grad_beta;
 }
 
-/* Backward of the field sum and phi: dL/dtheta (every field's gradient), dL/dstream (if asked)
- * and dL/dbeta per site. */
+/* Backward of the field sum and phi from the forward's response phi(theta) = g theta, g =
+ * beta/(1 + u): dL/dtheta (every field's gradient), dL/dstream (if asked) and dL/dbeta per
+ * site. */
 SPF_INLINE void NAME(phi_backward)(int64_t rows, int64_t heads, int64_t d, const REAL *restrict grad,
-                                   const REAL *restrict theta, const REAL *restrict u, const REAL *restrict stream,
+                                   const REAL *restrict response, const REAL *restrict u, const REAL *restrict stream,
                                    const REAL *restrict scale, const REAL *restrict radial, const REAL *restrict beta,
                                    double radius, REAL *restrict grad_theta, REAL *restrict grad_stream,
                                    REAL *restrict grad_beta, int64_t first, int64_t last) {
@@ -133,7 +136,8 @@ SPF_INLINE void NAME(phi_backward)(int64_t rows, int64_t heads, int64_t d, const
         for (int64_t h = 0, r = token * heads; h < heads; h++, r++) {
             const REAL b = beta[h];
             REAL *gt = grad_theta + r * d;
-            REAL gb = NAME(phi_row_vjp)(grad + r * d, theta + r * d, u[r], b, r2, d, gt);
+            REAL gb = NAME(phi_row_vjp)(grad + r * d, response + r * d, ((REAL)1 + u[r]) / b, u[r], b,
+                                        r2, d, gt);
             if (stream != NULL) {
                 const REAL *x = stream + r * d;
                 const REAL across = NAME(dot)(x, gt, d);
@@ -191,8 +195,8 @@ SPF_INLINE void NAME(cosine_backward)(int64_t batch, int64_t n, int64_t heads, i
                 }
                 if (which == 0) grad_tau[r] = along * inv / dd;
             }
-            grad_beta[r] = NAME(phi_row_vjp)(in[2], value + r * d, u_start[r], beta[h], r2,
-                                             d, grads + 2 * size + r * d);
+            grad_beta[r] = NAME(phi_row_vjp)(in[2], value + r * d, (REAL)1, u_start[r], beta[h],
+                                             r2, d, grads + 2 * size + r * d);
         }
 }
 
@@ -300,17 +304,17 @@ void NAME(spf_cosine_step_forward)(const REAL *parts, int64_t batch, int64_t n, 
 
 struct NAME(spf_phi_forward_args) {
     int64_t batch, n, heads, d; const REAL *linear, *mixed; int64_t msb, msn, msh;
-    const REAL *extra, *extra2, *stream, *beta; double radius, eps; REAL *out, *theta, *u, *scale, *radial;
+    const REAL *extra, *extra2, *stream, *beta; double radius, eps; REAL *out, *u, *scale, *radial;
 };
 
 SPF_ROWS NAME(spf_phi_forward_rows)(int64_t batch, int64_t n, int64_t heads, int64_t d,
                                     const REAL *restrict linear, const REAL *restrict mixed, int64_t msb,
                                     int64_t msn, int64_t msh, const REAL *restrict extra,
                                     const REAL *restrict extra2, const REAL *restrict stream, const REAL *restrict beta, double radius,
-                                    double eps, REAL *restrict out, REAL *restrict theta, REAL *restrict u,
-                                    REAL *restrict scale, REAL *restrict radial, int64_t first, int64_t last) {
+                                    double eps, REAL *restrict out, REAL *restrict u, REAL *restrict scale,
+                                    REAL *restrict radial, int64_t first, int64_t last) {
 #define SPF_CALL(w) NAME(phi_forward)(batch, n, heads, w, linear, mixed, msb, msn, msh, extra, extra2, stream, \
-                                      beta, radius, eps, out, theta, u, scale, radial, first, last)
+                                      beta, radius, eps, out, u, scale, radial, first, last)
     SPF_WIDTHS(SPF_CALL, d);
 #undef SPF_CALL
 }
@@ -319,30 +323,30 @@ static void NAME(spf_phi_forward_run)(const void *given, int64_t first, int64_t 
     const struct NAME(spf_phi_forward_args) *a = given;
     NAME(spf_phi_forward_rows)(a->batch, a->n, a->heads, a->d, a->linear, a->mixed, a->msb, a->msn,
                                a->msh, a->extra, a->extra2, a->stream, a->beta, a->radius, a->eps, a->out,
-                               a->theta, a->u, a->scale, a->radial, first, last);
+                               a->u, a->scale, a->radial, first, last);
 }
 
 void NAME(spf_phi_sum_forward)(int64_t batch, int64_t n, int64_t heads, int64_t d, const REAL *linear,
                                const REAL *mixed, int64_t msb, int64_t msn, int64_t msh, const REAL *extra,
                                const REAL *extra2, const REAL *stream, const REAL *beta, double radius, double eps, REAL *out,
-                               REAL *theta, REAL *u, REAL *scale, REAL *radial, int64_t threads) {
+                               REAL *u, REAL *scale, REAL *radial, int64_t threads) {
     const struct NAME(spf_phi_forward_args) a = {batch, n, heads, d, linear, mixed, msb, msn, msh, extra,
-                                                 extra2, stream, beta, radius, eps, out, theta, u, scale, radial};
+                                                 extra2, stream, beta, radius, eps, out, u, scale, radial};
     spf_parallel(threads, batch * n, NAME(spf_phi_forward_run), &a);
 }
 
 struct NAME(spf_phi_backward_args) {
-    int64_t rows, heads, d; const REAL *grad, *theta, *u, *stream, *scale, *radial, *beta;
+    int64_t rows, heads, d; const REAL *grad, *response, *u, *stream, *scale, *radial, *beta;
     double radius; REAL *grad_theta, *grad_stream, *grad_beta;
 };
 
 SPF_ROWS NAME(spf_phi_backward_rows)(int64_t rows, int64_t heads, int64_t d, const REAL *restrict grad,
-                                     const REAL *restrict theta, const REAL *restrict u,
+                                     const REAL *restrict response, const REAL *restrict u,
                                      const REAL *restrict stream, const REAL *restrict scale,
                                      const REAL *restrict radial, const REAL *restrict beta, double radius,
                                      REAL *restrict grad_theta, REAL *restrict grad_stream,
                                      REAL *restrict grad_beta, int64_t first, int64_t last) {
-#define SPF_CALL(w) NAME(phi_backward)(rows, heads, w, grad, theta, u, stream, scale, radial, beta, \
+#define SPF_CALL(w) NAME(phi_backward)(rows, heads, w, grad, response, u, stream, scale, radial, beta, \
                                        radius, grad_theta, grad_stream, grad_beta, first, last)
     SPF_WIDTHS(SPF_CALL, d);
 #undef SPF_CALL
@@ -350,16 +354,16 @@ SPF_ROWS NAME(spf_phi_backward_rows)(int64_t rows, int64_t heads, int64_t d, con
 
 static void NAME(spf_phi_backward_run)(const void *given, int64_t first, int64_t last) {
     const struct NAME(spf_phi_backward_args) *a = given;
-    NAME(spf_phi_backward_rows)(a->rows, a->heads, a->d, a->grad, a->theta, a->u, a->stream, a->scale,
+    NAME(spf_phi_backward_rows)(a->rows, a->heads, a->d, a->grad, a->response, a->u, a->stream, a->scale,
                                 a->radial, a->beta, a->radius, a->grad_theta, a->grad_stream,
                                 a->grad_beta, first, last);
 }
 
-void NAME(spf_phi_sum_backward)(int64_t rows, int64_t heads, int64_t d, const REAL *grad, const REAL *theta,
+void NAME(spf_phi_sum_backward)(int64_t rows, int64_t heads, int64_t d, const REAL *grad, const REAL *response,
                                 const REAL *u, const REAL *stream, const REAL *scale, const REAL *radial,
                                 const REAL *beta, double radius, REAL *grad_theta, REAL *grad_stream,
                                 REAL *grad_beta, int64_t threads) {
-    const struct NAME(spf_phi_backward_args) a = {rows, heads, d, grad, theta, u, stream, scale, radial,
+    const struct NAME(spf_phi_backward_args) a = {rows, heads, d, grad, response, u, stream, scale, radial,
                                                   beta, radius, grad_theta, grad_stream, grad_beta};
     spf_parallel(threads, rows / heads, NAME(spf_phi_backward_run), &a);
 }

@@ -58,7 +58,7 @@ _SIGNATURES = {
     "spf_phi_sum_backward": [*[_I64] * 3, *[_PTR] * 7, _F64, *[_PTR] * 3, _I64],
     "spf_cosine_step_backward": [*[_I64] * 4, *[_PTR] * 11, _F64, *[_PTR] * 3, _I64],
     "spf_head_rms_forward": [_PTR, *[_I64] * 3, _PTR, _F64, _PTR, _PTR, _I64],
-    "spf_head_rms_backward": [*[_PTR] * 3, *[_I64] * 3, *[_PTR] * 2, _I64, _PTR, _I64],
+    "spf_head_rms_backward": [*[_PTR] * 3, *[_I64] * 3, *[_PTR] * 4, _I64],
 }
 
 #: tokens per partial sum of the RMS norm's gain gradient (SPF_BLOCK in cosine_step.h)
@@ -267,22 +267,20 @@ def head_rms_forward(
 
 def head_rms_backward(
     grad: Tensor, x: Tensor, inverse: Tensor, weight: Tensor, grad_x: bool, grad_weight: bool,
-    threads: int | None = None, add_to: Tensor | None = None,
+    threads: int | None = None, add: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
-    """The vector-Jacobian products of :func:`head_rms_forward`: ∂L/∂x (if ``grad_x``; added
-    in place to ``add_to``, a contiguous tensor of x's shape, if given) and ∂L/∂g (if
-    ``grad_weight``), the latter summed in fixed blocks of tokens (the same numbers for every
-    thread count) and then over the blocks."""
+    """The vector-Jacobian products of :func:`head_rms_forward`: ∂L/∂x (if ``grad_x``; plus
+    ``add``, a contiguous tensor of x's shape, if given) and ∂L/∂g (if ``grad_weight``), the
+    latter summed in fixed blocks of tokens (the same numbers for every thread count) and then
+    over the blocks."""
     heads, d = x.shape[-2:]
     grad = grad.contiguous()
     tokens = x.numel() // (heads * d) if x.numel() else 0
-    out = None
-    if grad_x:
-        out = torch.empty_like(x) if add_to is None else add_to
+    out = torch.empty_like(x) if grad_x else None
     partial = None
     if grad_weight:
         partial = x.new_empty(-(-tokens // _RMS_BLOCK), heads, d)
     _call("spf_head_rms_backward", x.dtype, grad.data_ptr(), x.data_ptr(), inverse.data_ptr(),
-          tokens, heads, d, weight.data_ptr(), _ptr(out), int(add_to is not None),
-          _ptr(partial), threads_for(x.numel(), threads))  # fmt: skip
+          tokens, heads, d, weight.data_ptr(), _ptr(out), _ptr(add), _ptr(partial),
+          threads_for(x.numel(), threads))  # fmt: skip
     return out, None if partial is None else partial.sum(0)

@@ -279,16 +279,14 @@ def head_rms_vjp(
     native: bool,
     grad_x: bool = True,
     grad_weight: bool = True,
-    add_to: Tensor | None = None,
+    add: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """The vector-Jacobian products of :func:`head_rms` in closed form (see :class:`_HeadRMS`):
-    ∂L/∂x (if ``grad_x``; added in place to ``add_to``, a contiguous tensor of x's shape, if
-    given) and ∂L/∂g (if ``grad_weight``)."""
+    ∂L/∂x (if ``grad_x``; plus ``add``, a contiguous tensor of x's shape, if given), a fresh
+    tensor, and ∂L/∂g (if ``grad_weight``)."""
     if native:
         x, inverse = saved
-        return _native.head_rms_backward(
-            grad, x, inverse, weight, grad_x, grad_weight, add_to=add_to
-        )
+        return _native.head_rms_backward(grad, x, inverse, weight, grad_x, grad_weight, add=add)
     normed, inverse = saved
     out = grad_weight_sum = None
     # fresh buffers are reused in place: fewer allocations of full-size tensors
@@ -298,8 +296,8 @@ def head_rms_vjp(
     if grad_x:
         along = product.mul_(weight).mean(-1, keepdim=True)  # ĝ·x̂/d
         out = (grad * weight).addcmul_(normed, along, value=-1.0).mul_(inverse)
-        if add_to is not None:
-            out = add_to.add_(out)
+        if add is not None:
+            out.add_(add)
     return out, grad_weight_sum
 
 

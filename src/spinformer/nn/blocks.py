@@ -123,17 +123,24 @@ def _plain_mlp(mlp: nn.Module) -> bool:
 
 _SCRATCH = threading.local()
 
+#: the largest scratch buffer kept between calls: glibc serves larger allocations with fresh
+#: pages every time anyway (32 MiB is the most its mmap threshold moves up to)
+_SCRATCH_LIMIT = 32 << 20
 
-def _scratch(like: Tensor) -> Tensor:
-    """An uninitialised buffer of ``like``'s shape and dtype for a transient of a backward
-    that never leaves it, kept per thread for the next call (one, the latest shape): the MLP's
-    hidden gradient, several megabytes, whose fresh allocation glibc serves with new pages (a
-    page fault per 4 KiB at the first touch) whenever it has returned the last one's to the
-    system."""
-    kept = getattr(_SCRATCH, "buffer", None)
-    if kept is None or kept.shape != like.shape or kept.dtype != like.dtype:
-        kept = _SCRATCH.buffer = torch.empty_like(like)
-    return kept
+
+def _scratch(like: Tensor, role: str) -> Tensor:
+    """An uninitialised buffer of ``like``'s shape and dtype for a transient of a backward that
+    never leaves it, kept per thread and ``role`` (one, the latest shape) for the next call. The
+    one-step backward's transients are megabytes: a fresh allocation of that size is served by
+    glibc with new pages, a page fault per 4 KiB at the first touch, whenever it has handed the
+    last one's memory back to the system -- on a virtual machine several microseconds each."""
+    kept = getattr(_SCRATCH, role, None)
+    if kept is not None and kept.shape == like.shape and kept.dtype == like.dtype:
+        return kept
+    buffer = torch.empty_like(like)
+    if buffer.nbytes <= _SCRATCH_LIMIT:
+        setattr(_SCRATCH, role, buffer)
+    return buffer
 
 
 class _CosineOneStep(torch.autograd.Function):
@@ -244,7 +251,7 @@ class _CosineOneStep(torch.autograd.Function):
         cosine, saved, norm_saved = rest[:3], rest[3:7], rest[7:]
         needs = ctx.needs_input_grad
         radius, b, width = ctx.radius, beta[:, None], flat.shape[-1]
-        grads = torch.empty_like(parts)
+        grads = _scratch(parts, "grads")  # every entry written below, none returned
         phi_vjp = _native.phi_sum_backward if ctx.native else vmf.phi_sum_vjp
         grad_field, grad_stream, grad_beta = phi_vjp(
             grad, beta if ctx.native else b, radius, stream, saved, needs[0], out=grads[0]
@@ -278,21 +285,21 @@ class _CosineOneStep(torch.autograd.Function):
         grad_w1 = grad_b1 = grad_w2 = grad_b2 = None
         if w1 is not None:  # the MLP's field has the field's gradient rows[0]
             grad_w2, grad_b2 = torch.mm(rows[0].t(), act), rows[0].sum(0)
-            grad_hidden = torch.mm(rows[0], w2, out=_scratch(hidden))  # GELU's rule in place:
+            grad_hidden = torch.mm(rows[0], w2, out=_scratch(hidden, "hidden"))  # GELU's in place
             torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
             grad_w1, grad_b1 = torch.mm(grad_hidden.t(), flat), grad_hidden.sum(0)
             grad_flat.addmm_(grad_hidden, w1)
         # the carrier's gradient: the field's for x as a field, φ⁻¹'s for a magnetization
         carrier = grad_field if ctx.residual == "field" else grad_stream
-        grad_x = carrier if needs[0] else None
         grad_x_norm = grad_gain = None
         if gain is not None:
             grad_x, grad_gain = head_rms_vjp(
                 grad_flat.view(parts.shape[1:]), norm_saved, gain, ctx.norm_native, needs[0],
-                needs[2], add_to=carrier,
+                needs[2], add=carrier,
             )  # fmt: skip
         else:
             grad_x_norm = grad_flat.view(ctx.x_norm_shape)
+            grad_x = None if carrier is None or not needs[0] else carrier.clone()
         return (
             None if grad_x is None else grad_x.view(ctx.x_shape), grad_x_norm, grad_gain,
             grad_weight, grad_w1, grad_b1, grad_w2, grad_b2, grad_beta, grad_temperature,

@@ -216,13 +216,13 @@ SPF_INLINE void NAME(rms_forward)(const REAL *restrict x, int64_t heads, int64_t
 }
 
 /* Its vector-Jacobian products in closed form: dL/dx = (gg - xh (gg . xh)/d)/rms(x) with
- * gg = g dL/dy and xh = x/rms(x) (if grad_x is given; added to what grad_x holds if accumulate,
- * e.g. the gradient of another use of x), and dL/dg summed over the tokens of each block of
- * SPF_BLOCK tokens in order into partial (one row of heads d per block; if given). */
+ * gg = g dL/dy and xh = x/rms(x) (if grad_x is given; plus add, e.g. the gradient of another
+ * use of x, if given), and dL/dg summed over the tokens of each block of SPF_BLOCK tokens in
+ * order into partial (one row of heads d per block; if given). */
 #define SPF_BLOCK 32
 SPF_INLINE void NAME(rms_backward)(const REAL *restrict grad, const REAL *restrict x,
                                    const REAL *restrict inverse, int64_t tokens, int64_t heads, int64_t d,
-                                   const REAL *restrict weight, REAL *restrict grad_x, int64_t accumulate,
+                                   const REAL *restrict weight, REAL *restrict grad_x, const REAL *restrict add,
                                    REAL *restrict partial, int64_t first, int64_t last) {
     const REAL dd = (REAL)d;
     for (int64_t block = first; block < last; block++) {
@@ -243,9 +243,9 @@ SPF_INLINE void NAME(rms_backward)(const REAL *restrict grad, const REAL *restri
                     for (int64_t a = 0; a < d; a++) sum[h * d + a] += gy[a] * normed[a];
                 if (grad_x != NULL) {
                     const REAL along = NAME(dot)(scaled, normed, d) / dd;
-                    if (accumulate)
+                    if (add != NULL)
                         for (int64_t a = 0; a < d; a++)
-                            grad_x[r * d + a] += (scaled[a] - normed[a] * along) * inv;
+                            grad_x[r * d + a] = (scaled[a] - normed[a] * along) * inv + add[r * d + a];
                     else
                         for (int64_t a = 0; a < d; a++)
                             grad_x[r * d + a] = (scaled[a] - normed[a] * along) * inv;
@@ -435,14 +435,14 @@ void NAME(spf_head_rms_forward)(const REAL *x, int64_t tokens, int64_t heads, in
 
 struct NAME(spf_rms_backward_args) {
     const REAL *grad, *x, *inverse; int64_t tokens, heads, d; const REAL *weight; REAL *grad_x;
-    int64_t accumulate; REAL *partial;
+    const REAL *add; REAL *partial;
 };
 
 SPF_ROWS NAME(spf_rms_backward_rows)(const REAL *restrict grad, const REAL *restrict x,
                                      const REAL *restrict inverse, int64_t tokens, int64_t heads, int64_t d,
-                                     const REAL *restrict weight, REAL *restrict grad_x, int64_t accumulate,
+                                     const REAL *restrict weight, REAL *restrict grad_x, const REAL *restrict add,
                                      REAL *restrict partial, int64_t first, int64_t last) {
-#define SPF_CALL(w) NAME(rms_backward)(grad, x, inverse, tokens, heads, w, weight, grad_x, accumulate, \
+#define SPF_CALL(w) NAME(rms_backward)(grad, x, inverse, tokens, heads, w, weight, grad_x, add, \
                                        partial, first, last)
     SPF_WIDTHS(SPF_CALL, d);
 #undef SPF_CALL
@@ -451,15 +451,15 @@ SPF_ROWS NAME(spf_rms_backward_rows)(const REAL *restrict grad, const REAL *rest
 static void NAME(spf_rms_backward_run)(const void *given, int64_t first, int64_t last) {
     const struct NAME(spf_rms_backward_args) *a = given;
     NAME(spf_rms_backward_rows)(a->grad, a->x, a->inverse, a->tokens, a->heads, a->d, a->weight,
-                                a->grad_x, a->accumulate, a->partial, first, last);
+                                a->grad_x, a->add, a->partial, first, last);
 }
 
 /* partial: (ceil(tokens / SPF_BLOCK), heads, d), split over threads by whole blocks */
 void NAME(spf_head_rms_backward)(const REAL *grad, const REAL *x, const REAL *inverse, int64_t tokens,
                                  int64_t heads, int64_t d, const REAL *weight, REAL *grad_x,
-                                 int64_t accumulate, REAL *partial, int64_t threads) {
+                                 const REAL *add, REAL *partial, int64_t threads) {
     const struct NAME(spf_rms_backward_args) a = {grad, x, inverse, tokens, heads, d, weight, grad_x,
-                                                  accumulate, partial};
+                                                  add, partial};
     spf_parallel(threads, (tokens + SPF_BLOCK - 1) / SPF_BLOCK, NAME(spf_rms_backward_run), &a);
 }
 

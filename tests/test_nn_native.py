@@ -145,7 +145,7 @@ def test_native_forward_is_the_torch_forward():
     scale = torch.stack([temperature / d, torch.ones_like(temperature)])[:, None, None, :, None]
     expected, saved = cosine_scale(parts[1:3], rotation, scale)
     torch.testing.assert_close(scaled, expected)
-    assert torch.equal(cosine[0], parts[1:3])  # kept as projected: the backward rotates again
+    assert cosine[0] is scaled  # the backward divides by the coefficient
     for got, want in zip(cosine[1:], saved[1:], strict=True):
         torch.testing.assert_close(got, want)
     want_start, _, want_u = vmf.phi_terms(parts[3], beta[:, None], radius)
@@ -263,7 +263,7 @@ def test_kernels_split_over_threads_give_the_same_bits(monkeypatch, dtype, rope,
             incoming[1], beta, radius, stream, saved, True, grads[0], threads=threads
         )
         grad_beta_start, per_query = _native.cosine_step_backward(
-            incoming[0], incoming[2], incoming[3], cosine, rotation, parts[3], u_start, beta,
+            incoming[0], incoming[2], incoming[3], cosine, rotation, start, u_start, beta,
             radius, grads[1:], threads=threads,
         )  # fmt: skip
         return [scaled, *cosine, start, u_start, out, *saved, grads, grad_stream, grad_beta,

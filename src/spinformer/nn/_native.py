@@ -164,8 +164,8 @@ def cosine_step_forward(
 ) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:  # fmt: skip
     """From the projections ``parts`` (4, B, N, H, d) = (W_F, W_Q, W_K, W_V) x̂: the scaled
     queries and keys (2, B, N, H, d) with the saved list of :func:`cosine_scale` but for the
-    queries and keys as projected, not rotated (:func:`cosine_step_backward` rotates them
-    again), inverse RMS, coefficient; and the start φ(W_V x̂) with its u."""
+    scaled queries and keys in the place of the rotated ones (:func:`cosine_step_backward`
+    divides by the coefficient), inverse RMS, coefficient; and the start φ(W_V x̂) with its u."""
     _, batch, n, heads, d = parts.shape
     scaled = torch.empty_like(parts[1:3])
     inverse = parts.new_empty(2, batch, n, heads, 1)
@@ -178,7 +178,7 @@ def cosine_step_forward(
           torch.finfo(parts.dtype).eps, _ptr(phases), scaled.data_ptr(), inverse.data_ptr(),
           coefficient.data_ptr(), start.data_ptr(), u_start.data_ptr(),
           threads_for(start.numel(), threads))  # fmt: skip
-    return scaled, [parts[1:3], inverse, coefficient], start, u_start
+    return scaled, [scaled, inverse, coefficient], start, u_start
 
 
 def phi_sum_forward(
@@ -227,26 +227,28 @@ def phi_sum_backward(
 
 def cosine_step_backward(
     grad_q: Tensor, grad_k: Tensor, grad_start: Tensor, cosine: list[Tensor],
-    rotation: tuple[Tensor, Tensor] | None, value: Tensor, u_start: Tensor, beta: Tensor,
+    rotation: tuple[Tensor, Tensor] | None, start: Tensor, u_start: Tensor, beta: Tensor,
     radius: float, out: Tensor, threads: int | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The vector-Jacobian products of :func:`cosine_step_forward` from the gradients of the
-    scaled queries, keys and the start (B, N, H, d, any strides with unit stride along d) and
-    the saved list of :func:`cosine_step_forward`:
+    scaled queries, keys and the start (B, N, H, d, any strides with unit stride along d), the
+    saved list of :func:`cosine_step_forward` and its start φ(W_V x̂) (the field W_V x̂ is
+    start (1 + u)/β: what the attention's backward has just read replaces what the forward wrote
+    long before):
     ∂L/∂(W_Q x̂, W_K x̂, W_V x̂) into ``out`` (3, B, N, H, d), and per site ∂L/∂β of the start
     and ∂L/∂s · s/τ of the queries (summed over the sites it is ∂L/∂τ)."""
-    projected, inverse, coefficient = cosine
-    batch, n, heads, d = value.shape
+    scaled, inverse, coefficient = cosine
+    batch, n, heads, d = start.shape
     grads = [_rows(grad_q), _rows(grad_k), _rows(grad_start)]
     strides = (_I64 * 9)(*(s for g in grads for s in g.stride()[:3]))
     grad_beta, grad_tau = torch.empty_like(u_start), torch.empty_like(u_start)
-    projected = projected.contiguous()  # a view of the projections: already so
+    start = _rows(start).contiguous()  # the forward's (B, N, H, d): already so
     phases = _phases(rotation)
-    _call("spf_cosine_step_backward", value.dtype, batch, n, heads, d, *(g.data_ptr() for g in grads),
-          strides, projected.data_ptr(), inverse.data_ptr(), coefficient.data_ptr(),
-          _ptr(phases), value.data_ptr(), u_start.data_ptr(), beta.contiguous().data_ptr(),
+    _call("spf_cosine_step_backward", start.dtype, batch, n, heads, d, *(g.data_ptr() for g in grads),
+          strides, scaled.contiguous().data_ptr(), inverse.data_ptr(), coefficient.data_ptr(),
+          _ptr(phases), start.data_ptr(), u_start.data_ptr(), beta.contiguous().data_ptr(),
           radius, out.data_ptr(), grad_beta.data_ptr(), grad_tau.data_ptr(),
-          threads_for(value.numel(), threads))  # fmt: skip
+          threads_for(start.numel(), threads))  # fmt: skip
     return grad_beta, grad_tau
 
 

@@ -128,16 +128,17 @@ _SCRATCH = threading.local()
 _SCRATCH_LIMIT = 32 << 20
 
 
-def _scratch(like: Tensor, role: str) -> Tensor:
-    """An uninitialised buffer of ``like``'s shape and dtype for a transient of a backward that
-    never leaves it, kept per thread and ``role`` (one, the latest shape) for the next call. The
+def _scratch(role: str, shape: torch.Size, like: Tensor) -> Tensor:
+    """An uninitialised buffer of ``shape`` with ``like``'s dtype and device for a transient of a
+    backward that never leaves it, kept per thread and ``role`` (one, the latest shape) for the
+    next call. The
     one-step backward's transients are megabytes: a fresh allocation of that size is served by
     glibc with new pages, a page fault per 4 KiB at the first touch, whenever it has handed the
     last one's memory back to the system -- on a virtual machine several microseconds each."""
     kept = getattr(_SCRATCH, role, None)
-    if kept is not None and kept.shape == like.shape and kept.dtype == like.dtype:
+    if kept is not None and kept.shape == shape and kept.dtype == like.dtype:
         return kept
-    buffer = torch.empty_like(like)
+    buffer = like.new_empty(shape)
     if buffer.nbytes <= _SCRATCH_LIMIT:
         setattr(_SCRATCH, role, buffer)
     return buffer
@@ -233,10 +234,13 @@ class _CosineOneStep(torch.autograd.Function):
             )
         else:
             out, saved = vmf.phi_sum(b, radius, stream, parts[0], *fields, mixed.transpose(1, 2))
+        # the compiled backward has W_V x̂ from the start, the torch one keeps it
+        value = None if native else parts[3]
         ctx.save_for_backward(
-            gain, flat, weight, w1, w2, hidden, act, beta, stream, parts, u_start, q, k, start,
+            gain, flat, weight, w1, w2, hidden, act, beta, stream, value, u_start, q, k, start,
             mixed, lse, *cosine, *saved, *norm_saved,
         )  # fmt: skip
+        ctx.parts = parts.shape
         ctx.radius, ctx.rotation, ctx.mask, ctx.causal = radius, rotation, mask, causal
         ctx.residual, ctx.native, ctx.x_shape = residual, native, x.shape
         ctx.x_norm_shape = None if gain is not None else x_norm.shape
@@ -244,14 +248,14 @@ class _CosineOneStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        gain, flat, weight, w1, w2, hidden, act, beta, stream, parts, u_start, q, k, start = (
+        gain, flat, weight, w1, w2, hidden, act, beta, stream, value, u_start, q, k, start = (
             ctx.saved_tensors[:14]
         )
         mixed, lse, *rest = ctx.saved_tensors[14:]
         cosine, saved, norm_saved = rest[:3], rest[3:7], rest[7:]
         needs = ctx.needs_input_grad
         radius, b, width = ctx.radius, beta[:, None], flat.shape[-1]
-        grads = _scratch(parts, "grads")  # every entry written below, none returned
+        grads = _scratch("grads", ctx.parts, flat)  # every entry written below, none returned
         phi_vjp = _native.phi_sum_backward if ctx.native else vmf.phi_sum_vjp
         grad_field, grad_stream, grad_beta = phi_vjp(
             grad, beta if ctx.native else b, radius, stream, saved, needs[0], out=grads[0]
@@ -263,11 +267,11 @@ class _CosineOneStep(torch.autograd.Function):
         if ctx.native:
             grad_beta_start, per_query = _native.cosine_step_backward(
                 grad_q.transpose(1, 2), grad_k.transpose(1, 2), grad_start.transpose(1, 2),
-                cosine, ctx.rotation, parts[3], u_start, beta, radius, out=grads[1:],
+                cosine, ctx.rotation, start.transpose(1, 2), u_start, beta, radius, out=grads[1:],
             )  # fmt: skip
         else:
             _, _, grad_beta_start = vmf.phi_sum_vjp(
-                grad_start.transpose(1, 2), b, radius, None, [parts[3], u_start, None, None],
+                grad_start.transpose(1, 2), b, radius, None, [value, u_start, None, None],
                 out=grads[3],
             )  # fmt: skip
             coefficient = cosine[2]  # moving ∂L/∂(q, k) into place does the first product
@@ -285,7 +289,8 @@ class _CosineOneStep(torch.autograd.Function):
         grad_w1 = grad_b1 = grad_w2 = grad_b2 = None
         if w1 is not None:  # the MLP's field has the field's gradient rows[0]
             grad_w2, grad_b2 = torch.mm(rows[0].t(), act), rows[0].sum(0)
-            grad_hidden = torch.mm(rows[0], w2, out=_scratch(hidden, "hidden"))  # GELU's in place
+            grad_hidden = torch.mm(rows[0], w2, out=_scratch("hidden", hidden.shape, hidden))
+            # GELU's rule in place
             torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
             grad_w1, grad_b1 = torch.mm(grad_hidden.t(), flat), grad_hidden.sum(0)
             grad_flat.addmm_(grad_hidden, w1)
@@ -294,7 +299,7 @@ class _CosineOneStep(torch.autograd.Function):
         grad_x_norm = grad_gain = None
         if gain is not None:
             grad_x, grad_gain = head_rms_vjp(
-                grad_flat.view(parts.shape[1:]), norm_saved, gain, ctx.norm_native, needs[0],
+                grad_flat.view(ctx.parts[1:]), norm_saved, gain, ctx.norm_native, needs[0],
                 needs[2], add=carrier,
             )  # fmt: skip
         else:

@@ -32,8 +32,8 @@ SPF_INLINE void NAME(rotate)(const REAL *restrict x, const REAL *restrict phase,
 }
 
 /* Forward of the rows before attention: per head h, the queries and keys v = parts[1], parts[2]
- * (optionally rotated pairwise by the rotary phases of (n, h), see rotate; not kept: the
- * backward rotates them again), their inverse RMS 1/sqrt(|v|^2/d + eps), the per-site
+ * (optionally rotated pairwise by the rotary phases of (n, h), see rotate), their inverse RMS
+ * 1/sqrt(|v|^2/d + eps), the per-site
  * coefficients s/rms (s = tau_h/d for queries, 1 for keys) and s v/rms; and the learned start
  * phi(W_V x) = beta v/(1 + u), u = sqrt(1 + beta^2|v|^2/R^2). */
 SPF_INLINE void NAME(cosine_forward)(const REAL *restrict parts, int64_t batch, int64_t n, int64_t heads,
@@ -154,15 +154,16 @@ SPF_INLINE void NAME(phi_backward)(int64_t rows, int64_t heads, int64_t d, const
 
 /* Backward of the rows before attention from the attention's gradients of the scaled queries,
  * keys and of the start: dL/d(parts[1..3]) into grads (3, rows, d), dL/dbeta of the start per
- * site, and dL/ds s/tau per query site (summed over the sites it is dL/dtau). `projected` are
- * the queries and keys parts[1..2] as projected: rotated again here (the same arithmetic as the
- * forward's, so the same numbers), which costs less than the forward storing them rotated. */
+ * site, and dL/ds s/tau per query site (summed over the sites it is dL/dtau). It reads what the
+ * attention's backward has just read -- the scaled queries and keys c v (v rotated, c the
+ * coefficient s/rms) and the start phi(W_V x) = g W_V x, g = beta/(1 + u) -- instead of the
+ * projections the forward wrote long before: c v . grad = c (v . grad), and W_V x = start/g. */
 SPF_INLINE void NAME(cosine_backward)(int64_t batch, int64_t n, int64_t heads, int64_t d,
                                       const REAL *restrict grad_q, const REAL *restrict grad_k,
                                       const REAL *restrict grad_v, const int64_t *strides,
-                                      const REAL *restrict projected, const REAL *restrict inverse,
+                                      const REAL *restrict scaled, const REAL *restrict inverse,
                                       const REAL *restrict coefficient, const REAL *restrict rotation,
-                                      const REAL *restrict value, const REAL *restrict u_start, const REAL *restrict beta,
+                                      const REAL *restrict start, const REAL *restrict u_start, const REAL *restrict beta,
                                       double radius, REAL *restrict grads, REAL *restrict grad_beta,
                                       REAL *restrict grad_tau, int64_t first, int64_t last) {
     const int64_t rows = batch * n * heads, size = rows * d;
@@ -175,17 +176,12 @@ SPF_INLINE void NAME(cosine_backward)(int64_t batch, int64_t n, int64_t heads, i
                 in[i] = incoming[i] + bb * strides[3 * i] + nn * strides[3 * i + 1] +
                         h * strides[3 * i + 2];
             for (int which = 0; which < 2; which++) {
-                const REAL *v = projected + which * size + r * d, *g = in[which];
-                REAL turned[d];
-                if (rotation != NULL) { /* the rotated vector of the forward, recomputed */
-                    NAME(rotate)(v, rotation + (nn * heads + h) * 2 * d, d, 1, turned);
-                    v = turned;
-                }
+                const REAL *v = scaled + which * size + r * d, *g = in[which];
                 const REAL inv = inverse[which * rows + r];
                 const REAL coef = coefficient[which * rows + r];
                 REAL *out = grads + which * size + r * d;
-                const REAL along = NAME(dot)(v, g, d);
-                const REAL radial = coef * inv * inv * along / dd;
+                const REAL along = NAME(dot)(v, g, d) / coef; /* the rotated projection's */
+                const REAL radial = inv * inv * along / dd;   /* times the scaled row c v */
                 if (rotation != NULL) { /* back through the rotation: the conjugate phase */
                     REAL local[d];
                     for (int64_t a = 0; a < d; a++) local[a] = g[a] * coef - v[a] * radial;
@@ -195,8 +191,9 @@ SPF_INLINE void NAME(cosine_backward)(int64_t batch, int64_t n, int64_t heads, i
                 }
                 if (which == 0) grad_tau[r] = along * inv / dd;
             }
-            grad_beta[r] = NAME(phi_row_vjp)(in[2], value + r * d, (REAL)1, u_start[r], beta[h],
-                                             r2, d, grads + 2 * size + r * d);
+            const REAL b = beta[h];
+            grad_beta[r] = NAME(phi_row_vjp)(in[2], start + r * d, ((REAL)1 + u_start[r]) / b, u_start[r],
+                                             b, r2, d, grads + 2 * size + r * d);
         }
 }
 
@@ -370,21 +367,21 @@ void NAME(spf_phi_sum_backward)(int64_t rows, int64_t heads, int64_t d, const RE
 
 struct NAME(spf_backward_args) {
     int64_t batch, n, heads, d; const REAL *grad_q, *grad_k, *grad_v; const int64_t *strides;
-    const REAL *projected, *inverse, *coefficient, *rotation, *value, *u_start, *beta; double radius;
+    const REAL *scaled, *inverse, *coefficient, *rotation, *start, *u_start, *beta; double radius;
     REAL *grads, *grad_beta, *grad_tau;
 };
 
 SPF_ROWS NAME(spf_backward_rows)(int64_t batch, int64_t n, int64_t heads, int64_t d,
                                  const REAL *restrict grad_q, const REAL *restrict grad_k,
                                  const REAL *restrict grad_v, const int64_t *strides,
-                                 const REAL *restrict projected, const REAL *restrict inverse,
+                                 const REAL *restrict scaled, const REAL *restrict inverse,
                                  const REAL *restrict coefficient, const REAL *restrict rotation,
-                                 const REAL *restrict value, const REAL *restrict u_start,
+                                 const REAL *restrict start, const REAL *restrict u_start,
                                  const REAL *restrict beta, double radius, REAL *restrict grads,
                                  REAL *restrict grad_beta, REAL *restrict grad_tau, int64_t first,
                                  int64_t last) {
 #define SPF_CALL(w) NAME(cosine_backward)(batch, n, heads, w, grad_q, grad_k, grad_v, strides, \
-                                          projected, inverse, coefficient, rotation, value, u_start, \
+                                          scaled, inverse, coefficient, rotation, start, u_start, \
                                           beta, radius, grads, grad_beta, grad_tau, first, last)
     SPF_WIDTHS(SPF_CALL, d);
 #undef SPF_CALL
@@ -393,19 +390,19 @@ SPF_ROWS NAME(spf_backward_rows)(int64_t batch, int64_t n, int64_t heads, int64_
 static void NAME(spf_backward_run)(const void *given, int64_t first, int64_t last) {
     const struct NAME(spf_backward_args) *a = given;
     NAME(spf_backward_rows)(a->batch, a->n, a->heads, a->d, a->grad_q, a->grad_k, a->grad_v, a->strides,
-                            a->projected, a->inverse, a->coefficient, a->rotation, a->value,
+                            a->scaled, a->inverse, a->coefficient, a->rotation, a->start,
                             a->u_start, a->beta, a->radius, a->grads, a->grad_beta, a->grad_tau,
                             first, last);
 }
 
 void NAME(spf_cosine_step_backward)(int64_t batch, int64_t n, int64_t heads, int64_t d, const REAL *grad_q,
                                     const REAL *grad_k, const REAL *grad_v, const int64_t *strides,
-                                    const REAL *projected, const REAL *inverse, const REAL *coefficient,
-                                    const REAL *rotation, const REAL *value, const REAL *u_start,
+                                    const REAL *scaled, const REAL *inverse, const REAL *coefficient,
+                                    const REAL *rotation, const REAL *start, const REAL *u_start,
                                     const REAL *beta, double radius, REAL *grads, REAL *grad_beta,
                                     REAL *grad_tau, int64_t threads) {
-    const struct NAME(spf_backward_args) a = {batch, n, heads, d, grad_q, grad_k, grad_v, strides, projected,
-                                              inverse, coefficient, rotation, value, u_start, beta,
+    const struct NAME(spf_backward_args) a = {batch, n, heads, d, grad_q, grad_k, grad_v, strides, scaled,
+                                              inverse, coefficient, rotation, start, u_start, beta,
                                               radius, grads, grad_beta, grad_tau};
     spf_parallel(threads, batch * n, NAME(spf_backward_run), &a);
 }

@@ -242,7 +242,7 @@ def cosine_step_backward(
     grads = [_rows(grad_q), _rows(grad_k), _rows(grad_start)]
     strides = (_I64 * 9)(*(s for g in grads for s in g.stride()[:3]))
     grad_beta, grad_tau = torch.empty_like(u_start), torch.empty_like(u_start)
-    start = _rows(start).contiguous()  # the forward's (B, N, H, d): already so
+    start = start.contiguous()  # the forward's (B, N, H, d): already so
     phases = _phases(rotation)
     _call("spf_cosine_step_backward", start.dtype, batch, n, heads, d, *(g.data_ptr() for g in grads),
           strides, scaled.contiguous().data_ptr(), inverse.data_ptr(), coefficient.data_ptr(),

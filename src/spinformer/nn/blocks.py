@@ -131,12 +131,17 @@ _SCRATCH_LIMIT = 32 << 20
 def _scratch(role: str, shape: torch.Size, like: Tensor) -> Tensor:
     """An uninitialised buffer of ``shape`` with ``like``'s dtype and device for a transient of a
     backward that never leaves it, kept per thread and ``role`` (one, the latest shape) for the
-    next call. The
-    one-step backward's transients are megabytes: a fresh allocation of that size is served by
-    glibc with new pages, a page fault per 4 KiB at the first touch, whenever it has handed the
-    last one's memory back to the system -- on a virtual machine several microseconds each."""
+    next call. The one-step backward's transients are megabytes: a fresh allocation of that
+    size is served by glibc with new pages, a page fault per 4 KiB at the first touch, whenever
+    it has handed the last one's memory back to the system -- on a virtual machine several
+    microseconds each."""
     kept = getattr(_SCRATCH, role, None)
-    if kept is not None and kept.shape == shape and kept.dtype == like.dtype:
+    if (
+        kept is not None
+        and kept.shape == shape
+        and kept.dtype == like.dtype
+        and kept.device == like.device
+    ):
         return kept
     buffer = like.new_empty(shape)
     if buffer.nbytes <= _SCRATCH_LIMIT:
